@@ -1,1 +1,105 @@
+//! Shale's Kafka front end: connections, request dispatch and the API handlers (one API
+//! family per module under `handlers`), on top of the stream layer and the metadata quorum.
 
+pub mod config;
+mod connection;
+mod dispatch;
+pub mod handlers;
+mod partitions;
+mod retention;
+pub mod topic_config;
+
+pub use config::BrokerConfig;
+
+use parking_lot::Mutex;
+use shale_meta::MetaNode;
+use shale_stream::StreamStore;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// A running broker node: one per process.
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub meta: Arc<MetaNode>,
+    pub streams: Arc<StreamStore>,
+    partitions: partitions::Partitions,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Broker {
+    /// Registers the node, opens every partition it owns and starts background work.
+    pub async fn start(
+        config: BrokerConfig,
+        meta: Arc<MetaNode>,
+        streams: Arc<StreamStore>,
+    ) -> anyhow::Result<Arc<Broker>> {
+        meta.write(shale_meta::TopicCommand::RegisterNode(shale_meta::NodeMeta {
+            id: config.node_id as u64,
+            host: config.advertised_host.clone(),
+            port: config.advertised_port,
+            rack: config.rack.clone(),
+        }))
+        .await?;
+        let (shutdown, _) = watch::channel(false);
+        let broker = Arc::new(Broker {
+            config,
+            meta,
+            streams,
+            partitions: partitions::Partitions::default(),
+            shutdown,
+            tasks: Mutex::new(Vec::new()),
+        });
+        broker.open_owned_partitions().await?;
+        let retention = tokio::spawn(retention::run(broker.clone()));
+        broker.tasks.lock().push(retention);
+        Ok(broker)
+    }
+
+    /// Accepts Kafka connections until shutdown.
+    pub async fn serve(self: &Arc<Self>, listener: TcpListener) {
+        let mut stop = self.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, peer)) => {
+                        let _ = socket.set_nodelay(true);
+                        tokio::spawn(connection::serve(self.clone(), socket, peer));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stop.changed() => break,
+            }
+        }
+    }
+
+    /// Stops accepting, drains the WAL (in-flight appends are committed and acked) and stops.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        self.streams.shutdown().await;
+        for task in self.tasks.lock().drain(..) {
+            task.abort();
+        }
+        self.meta.shutdown().await;
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,134 @@
+//! One client connection: read frames, check the version range before decoding, dispatch,
+//! and write responses in request order.
+//!
+//! Requests are *started* in arrival order (so pipelined produces to one partition append in
+//! order); what remains of a request after that (waiting for WAL durability, fetch long-polls)
+//! runs concurrently, and the writer sends responses strictly in request order.
+
+use crate::Broker;
+use crate::dispatch::{self, Started};
+use bytes::Bytes;
+use kafka_protocol::messages::ApiKey;
+use shale_protocol::envelope;
+use shale_protocol::frame::{FrameError, read_frame};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Pipelined requests per connection before the reader waits for responses to go out.
+const MAX_IN_FLIGHT: usize = 128;
+
+type Pending = JoinHandle<Option<Bytes>>;
+
+pub(crate) async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
+    let (mut reader, mut writer) = socket.into_split();
+    let (tx, mut rx) = mpsc::channel::<Pending>(MAX_IN_FLIGHT);
+
+    let write_loop = tokio::spawn(async move {
+        while let Some(pending) = rx.recv().await {
+            match pending.await {
+                Ok(Some(frame)) => {
+                    if let Err(e) = writer.write_all(&frame).await {
+                        tracing::debug!(%peer, error = %e, "write failed; closing");
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    // A handler task failed; the client cannot be answered in order any more.
+                    tracing::error!(%peer, error = %e, "request handler failed; closing");
+                    return;
+                }
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+
+    let mut stop = broker.shutdown_signal();
+    let limit = broker.config.socket_request_max_bytes;
+    loop {
+        let frame = tokio::select! {
+            f = read_frame(&mut reader, limit) => f,
+            _ = stop.changed() => break,
+        };
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(FrameError::TooLarge { size, limit }) => {
+                tracing::warn!(%peer, size, limit, "request larger than socket.request.max.bytes; closing");
+                break;
+            }
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "connection ended");
+                break;
+            }
+        };
+        let Some(pending) = start_request(&broker, frame, peer).await else {
+            break;
+        };
+        if tx.send(pending).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = write_loop.await;
+}
+
+/// Starts one request; `None` closes the connection (what Kafka does on requests it cannot
+/// parse or answer).
+async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Option<Pending> {
+    let head = match envelope::peek(&frame) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "malformed request; closing");
+            return None;
+        }
+    };
+    let Some(api) = ApiKey::try_from(head.api_key).ok().filter(|k| dispatch::supported(*k).is_some()) else {
+        tracing::warn!(%peer, api_key = head.api_key, "unknown or unsupported api key; closing");
+        return None;
+    };
+    let range = dispatch::supported(api)?;
+    if head.api_version < range.min || head.api_version > range.max {
+        if api == ApiKey::ApiVersions {
+            // KIP-511: answer in v0 with the ranges so the client can downgrade.
+            let resp = envelope::unsupported_api_versions(
+                head.correlation_id,
+                &dispatch::api_versions_response(),
+            );
+            return Some(tokio::spawn(async move { resp.ok() }));
+        }
+        tracing::warn!(%peer, ?api, version = head.api_version, "unsupported api version; closing");
+        return None;
+    }
+    let (header, body) = match envelope::decode_request(frame, api, head.api_version) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot decode request; closing");
+            return None;
+        }
+    };
+    let version = head.api_version;
+    let correlation_id = header.correlation_id;
+    let started = dispatch::start(broker, version, body).await;
+    let encode = move |resp: Option<kafka_protocol::messages::ResponseKind>| {
+        let resp = resp?;
+        match envelope::encode_response(api, version, correlation_id, &resp) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(?api, version, error = %e, "cannot encode response");
+                None
+            }
+        }
+    };
+    Some(match started {
+        Started::Done(resp) => {
+            let frame = encode(resp);
+            tokio::spawn(async move { frame })
+        }
+        Started::Later(fut) => tokio::spawn(async move { encode(fut.await) }),
+    })
+}

@@ -1,0 +1,168 @@
+//! Metadata: brokers, cluster id, controller, and topics with their partitions. Unknown
+//! topics are created when the client and the broker both allow it.
+
+use crate::Broker;
+use crate::handlers::topics;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use std::sync::Arc;
+
+/// Reported when the client did not ask for authorized operations.
+const OPERATIONS_OMITTED: i32 = i32::MIN;
+
+pub async fn handle(broker: &Arc<Broker>, version: i16, req: MetadataRequest) -> MetadataResponse {
+    // v0 has no null "all topics": an empty list means all. v4+ lets the client forbid
+    // auto-creation; before v4 it is always allowed.
+    let allow_create =
+        broker.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+    let requested: Option<Vec<(Option<String>, uuid::Uuid)>> = match req.topics {
+        None => None,
+        Some(t) if t.is_empty() && version == 0 => None,
+        Some(t) => Some(
+            t.into_iter()
+                .map(|t| (t.name.map(|n| n.0.to_string()), t.topic_id))
+                .collect(),
+        ),
+    };
+
+    let mut topics = Vec::new();
+    match requested {
+        None => {
+            let names: Vec<String> = broker.meta.read(|s| s.topics.keys().cloned().collect());
+            for name in names {
+                topics.push(describe_topic(broker, &name, version));
+            }
+        }
+        Some(list) => {
+            for (name, id) in list {
+                let name = match name {
+                    Some(n) => n,
+                    None => match broker.topic_name_by_id(&id) {
+                        Some(n) => n,
+                        None => {
+                            topics.push(
+                                MetadataResponseTopic::default()
+                                    .with_error_code(ResponseError::UnknownTopicId.code())
+                                    .with_topic_id(id)
+                                    .with_topic_authorized_operations(OPERATIONS_OMITTED),
+                            );
+                            continue;
+                        }
+                    },
+                };
+                let exists = broker.meta.read(|s| s.topics.contains_key(&name));
+                if !exists {
+                    if let Err(e) = topics::validate_name(&name) {
+                        tracing::debug!(topic = name, reason = e, "invalid topic name in metadata");
+                        topics.push(error_topic(&name, ResponseError::InvalidTopicException));
+                        continue;
+                    }
+                    if !allow_create {
+                        topics.push(error_topic(&name, ResponseError::UnknownTopicOrPartition));
+                        continue;
+                    }
+                    let partitions = broker.config.num_partitions;
+                    match topics::create_topic(broker, &name, partitions, Default::default()).await
+                    {
+                        Ok(()) => tracing::info!(topic = name, partitions, "auto-created topic"),
+                        Err((ResponseError::TopicAlreadyExists, _)) => {}
+                        Err((code, msg)) => {
+                            tracing::warn!(topic = name, error = msg, "auto-creation failed");
+                            topics.push(error_topic(&name, code));
+                            continue;
+                        }
+                    }
+                }
+                topics.push(describe_topic(broker, &name, version));
+            }
+        }
+    }
+
+    MetadataResponse::default()
+        .with_brokers(brokers(broker))
+        .with_cluster_id(Some(StrBytes::from_string(cluster_id(broker))))
+        .with_controller_id(BrokerId(broker.config.node_id))
+        .with_topics(topics)
+        .with_cluster_authorized_operations(OPERATIONS_OMITTED)
+}
+
+pub(crate) fn cluster_id(broker: &Broker) -> String {
+    broker.meta.read(|s| s.cluster_id.clone())
+}
+
+pub(crate) fn brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
+    let mut nodes: Vec<MetadataResponseBroker> = broker.meta.read(|s| {
+        s.nodes
+            .values()
+            .map(|n| {
+                MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(n.id as i32))
+                    .with_host(StrBytes::from_string(n.host.clone()))
+                    .with_port(i32::from(n.port))
+                    .with_rack(n.rack.clone().map(StrBytes::from_string))
+            })
+            .collect()
+    });
+    if nodes.is_empty() {
+        nodes.push(
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(broker.config.node_id))
+                .with_host(StrBytes::from_string(broker.config.advertised_host.clone()))
+                .with_port(i32::from(broker.config.advertised_port)),
+        );
+    }
+    nodes
+}
+
+fn error_topic(name: &str, code: ResponseError) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_error_code(code.code())
+        .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
+        .with_topic_authorized_operations(OPERATIONS_OMITTED)
+}
+
+fn describe_topic(broker: &Broker, name: &str, _version: i16) -> MetadataResponseTopic {
+    let found = broker.meta.read(|s| {
+        let t = s.topics.get(name)?;
+        let parts: Vec<(u64, i32)> = t
+            .partitions
+            .iter()
+            .map(|p| {
+                let epoch = s.streams.get(&p.stream_id).map(|m| m.epoch).unwrap_or(0);
+                (p.owner, leader_epoch(epoch))
+            })
+            .collect();
+        Some((t.id, parts))
+    });
+    let Some((id, parts)) = found else {
+        return error_topic(name, ResponseError::UnknownTopicOrPartition);
+    };
+    let partitions = parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, (owner, epoch))| {
+            let leader = BrokerId(owner as i32);
+            MetadataResponsePartition::default()
+                .with_partition_index(i as i32)
+                .with_leader_id(leader)
+                .with_leader_epoch(epoch)
+                .with_replica_nodes(vec![leader])
+                .with_isr_nodes(vec![leader])
+        })
+        .collect();
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
+        .with_topic_id(uuid::Uuid::from_bytes(id))
+        .with_is_internal(name.starts_with("__"))
+        .with_partitions(partitions)
+        .with_topic_authorized_operations(OPERATIONS_OMITTED)
+}
+
+/// Kafka's leader epoch for a stream epoch (bumped on every ownership change).
+pub(crate) fn leader_epoch(stream_epoch: u64) -> i32 {
+    i32::try_from(stream_epoch).unwrap_or(i32::MAX)
+}

@@ -1,0 +1,117 @@
+//! The partitions this node owns: topic-partition → open stream.
+
+use crate::Broker;
+use kafka_protocol::error::ResponseError;
+use parking_lot::RwLock;
+use shale_stream::{Stream, StreamError, StreamId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Default)]
+pub(crate) struct Partitions {
+    open: RwLock<HashMap<StreamId, Arc<Stream>>>,
+    /// Serializes opens so one stream is never opened twice concurrently.
+    opening: tokio::sync::Mutex<()>,
+}
+
+/// What a handler needs to know about a partition it reads or writes.
+pub(crate) struct PartitionRef {
+    pub stream: Arc<Stream>,
+    pub topic_configs: std::collections::BTreeMap<String, String>,
+}
+
+impl Broker {
+    pub(crate) async fn open_owned_partitions(&self) -> anyhow::Result<()> {
+        let me = self.config.node_id as u64;
+        let ids: Vec<StreamId> = self.meta.read(|s| {
+            s.topics
+                .values()
+                .flat_map(|t| t.partitions.iter())
+                .filter(|p| p.owner == me)
+                .map(|p| p.stream_id)
+                .collect()
+        });
+        for id in ids {
+            self.open_stream(id).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn open_stream(&self, id: StreamId) -> Result<Arc<Stream>, StreamError> {
+        if let Some(s) = self.partitions.open.read().get(&id) {
+            return Ok(s.clone());
+        }
+        let _guard = self.partitions.opening.lock().await;
+        if let Some(s) = self.partitions.open.read().get(&id) {
+            return Ok(s.clone());
+        }
+        let stream = self.streams.open(id).await?;
+        self.partitions.open.write().insert(id, stream.clone());
+        Ok(stream)
+    }
+
+    /// Forgets a stream (topic deleted) or a fenced handle so the next use reopens it.
+    pub(crate) async fn close_stream(&self, id: StreamId) {
+        self.partitions.open.write().remove(&id);
+        self.streams.close(id).await;
+    }
+
+    /// Resolves a partition of a topic owned by this node.
+    pub(crate) async fn partition(
+        &self,
+        topic: &str,
+        index: i32,
+    ) -> Result<PartitionRef, ResponseError> {
+        let me = self.config.node_id as u64;
+        let found = self.meta.read(|s| {
+            let t = s.topics.get(topic)?;
+            let p = usize::try_from(index).ok().and_then(|i| t.partitions.get(i))?;
+            Some((p.stream_id, p.owner, t.configs.clone()))
+        });
+        let Some((stream_id, owner, topic_configs)) = found else {
+            return Err(ResponseError::UnknownTopicOrPartition);
+        };
+        if owner != me {
+            return Err(ResponseError::NotLeaderOrFollower);
+        }
+        match self.open_stream(stream_id).await {
+            Ok(stream) => Ok(PartitionRef {
+                stream,
+                topic_configs,
+            }),
+            Err(e) => {
+                tracing::warn!(topic, index, error = %e, "cannot open partition");
+                Err(ResponseError::NotLeaderOrFollower)
+            }
+        }
+    }
+
+    /// Name of the topic with this id.
+    pub(crate) fn topic_name_by_id(&self, id: &uuid::Uuid) -> Option<String> {
+        let id = *id.as_bytes();
+        self.meta.read(|s| {
+            s.topics
+                .values()
+                .find(|t| t.id == id)
+                .map(|t| t.name.clone())
+        })
+    }
+
+    /// Id of the named topic.
+    pub(crate) fn topic_id(&self, name: &str) -> Option<uuid::Uuid> {
+        self.meta
+            .read(|s| s.topics.get(name).map(|t| uuid::Uuid::from_bytes(t.id)))
+    }
+}
+
+/// Maps a stream-layer error to the Kafka error a client should see.
+pub(crate) fn stream_error_code(e: &StreamError) -> ResponseError {
+    match e {
+        StreamError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        StreamError::Fenced(_) => ResponseError::NotLeaderOrFollower,
+        StreamError::ShuttingDown => ResponseError::NotLeaderOrFollower,
+        StreamError::Corrupt { .. } => ResponseError::KafkaStorageError,
+        StreamError::ObjectStore(_) => ResponseError::KafkaStorageError,
+        StreamError::Catalog(_) => ResponseError::NotLeaderOrFollower,
+    }
+}
