@@ -84,6 +84,8 @@ impl Broker {
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }
+        // Let connection writers send the responses the drain just completed.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         self.meta.shutdown().await;
     }
 

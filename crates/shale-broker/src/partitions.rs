@@ -96,12 +96,6 @@ impl Broker {
                 .map(|t| t.name.clone())
         })
     }
-
-    /// Id of the named topic.
-    pub(crate) fn topic_id(&self, name: &str) -> Option<uuid::Uuid> {
-        self.meta
-            .read(|s| s.topics.get(name).map(|t| uuid::Uuid::from_bytes(t.id)))
-    }
 }
 
 /// Maps a stream-layer error to the Kafka error a client should see.

@@ -1,1 +1,198 @@
-fn main() {}
+//! The `shale` binary: `shale dev` (zero configuration) and `shale serve --config FILE`.
+
+mod config;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use config::Settings;
+use object_store::ObjectStore;
+use shale_broker::{Broker, BrokerConfig};
+use shale_meta::{MetaConfig, MetaNode};
+use shale_stream::{StreamConfig, StreamStore};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "shale", version, about = "Kafka-compatible shared-storage broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One node on 127.0.0.1:9092 with a local-directory object store under ./shale-data.
+    Dev {
+        /// Where metadata and objects are kept.
+        #[arg(long, default_value = "./shale-data")]
+        data_dir: PathBuf,
+        /// Kafka port on 127.0.0.1.
+        #[arg(long, default_value_t = 9092)]
+        port: u16,
+    },
+    /// Runs a node from a configuration file (SHALE_* environment variables override it).
+    Serve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHALE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let settings = match cli.command {
+        Command::Dev { data_dir, port } => {
+            let mut s = Settings::load(None)?;
+            if !s.is_set("data.dir") {
+                s.set("data.dir", data_dir.display().to_string())?;
+            }
+            if !s.is_set("listeners") {
+                s.set("listeners", format!("PLAINTEXT://127.0.0.1:{port}"))?;
+            }
+            s
+        }
+        Command::Serve { config } => Settings::load(config.as_deref())?,
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(settings))
+}
+
+fn object_store(s: &Settings) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    match s.str("object.store") {
+        "local" => {
+            let path = match s.opt("object.store.local.path") {
+                Some(p) => PathBuf::from(p),
+                None => s.data_dir().join("objects"),
+            };
+            std::fs::create_dir_all(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            Ok(Arc::new(
+                object_store::local::LocalFileSystem::new_with_prefix(&path)?
+                    .with_automatic_cleanup(true),
+            ))
+        }
+        "s3" => {
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(s.str("s3.bucket"))
+                .with_region(s.str("s3.region"))
+                .with_retry(object_store::RetryConfig {
+                    max_retries: 10,
+                    retry_timeout: std::time::Duration::from_secs(120),
+                    ..Default::default()
+                });
+            if let Some(endpoint) = s.opt("s3.endpoint") {
+                b = b
+                    .with_endpoint(endpoint)
+                    .with_allow_http(endpoint.starts_with("http://"))
+                    .with_virtual_hosted_style_request(false);
+            }
+            if let Some(k) = s.opt("s3.access.key.id") {
+                b = b.with_access_key_id(k);
+            }
+            if let Some(k) = s.opt("s3.secret.access.key") {
+                b = b.with_secret_access_key(k);
+            }
+            Ok(Arc::new(b.build()?))
+        }
+        other => anyhow::bail!("object.store must be local or s3, not {other}"),
+    }
+}
+
+async fn run(s: Settings) -> anyhow::Result<()> {
+    let node_id: u64 = s.parse("node.id")?;
+    let data_dir = s.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let (host, port) = s.listener()?;
+    let (adv_host, adv_port) = s.advertised()?;
+    let store = object_store(&s)?;
+
+    let meta = MetaNode::start(MetaConfig {
+        node_id,
+        data_dir: data_dir.join("meta"),
+        rpc_addr: format!("{host}:{port}"),
+    })
+    .await
+    .context("starting the metadata quorum")?;
+
+    let mut prefix = s.str("s3.prefix").to_string();
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    let streams = StreamStore::start(
+        store,
+        meta.catalog(),
+        StreamConfig {
+            node_id,
+            key_prefix: prefix,
+            wal_batch_interval: s.millis("wal.batch.interval.ms")?,
+            wal_batch_bytes: s.parse("wal.batch.bytes")?,
+            wal_max_inflight: s.parse("wal.max.inflight.uploads")?,
+            log_cache_bytes: s.parse("log.cache.bytes")?,
+            block_cache_bytes: s.parse("block.cache.bytes")?,
+            readahead_ranges: s.parse("block.readahead.ranges")?,
+            compaction_interval: s.millis("compaction.interval.ms")?,
+            compaction_small_object_bytes: s.parse("compaction.small.object.bytes")?,
+            compaction_max_object_bytes: s.parse("compaction.max.object.bytes")?,
+            object_delete_grace: s.millis("object.delete.grace.ms")?,
+        },
+    );
+
+    let broker = Broker::start(
+        BrokerConfig {
+            node_id: i32::try_from(node_id).context("node.id must fit in an int32")?,
+            advertised_host: adv_host.clone(),
+            advertised_port: adv_port,
+            rack: s.opt("broker.rack").map(str::to_string),
+            num_partitions: s.parse("num.partitions")?,
+            default_replication_factor: s.parse("default.replication.factor")?,
+            auto_create_topics: s.parse("auto.create.topics.enable")?,
+            socket_request_max_bytes: s.parse("socket.request.max.bytes")?,
+            retention_check_interval: s.millis("log.retention.check.interval.ms")?,
+            topic_defaults: s.topic_defaults(),
+        },
+        meta,
+        streams,
+    )
+    .await?;
+
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+        .await
+        .with_context(|| format!("binding {host}:{port}"))?;
+    tracing::info!(%host, port, data_dir = %data_dir.display(), "shale is serving");
+    println!("bootstrap: {adv_host}:{adv_port}");
+
+    let serving = {
+        let broker = broker.clone();
+        tokio::spawn(async move { broker.serve(listener).await })
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining the WAL");
+    broker.shutdown().await;
+    let _ = serving.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

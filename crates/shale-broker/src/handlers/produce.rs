@@ -162,15 +162,20 @@ async fn append_partition(
             batch::set_log_append_time(&mut buf, now);
         }
         let max_ts = if log_append_time { now } else { h.max_timestamp };
-        let handle = stream
-            .append(h.offset_count(), max_ts, |base| {
-                batch::patch_offsets(&mut buf, base as i64, epoch);
-                buf.freeze()
-            })
-            .map_err(|e| {
-                let code = stream_error_code(&e);
-                (code, e.to_string())
-            })?;
+        let appended = stream.append(h.offset_count(), max_ts, |base| {
+            batch::patch_offsets(&mut buf, base as i64, epoch);
+            buf.freeze()
+        });
+        let handle = match appended {
+            Ok(handle) => handle,
+            Err(e) => {
+                if matches!(e, StreamError::Fenced(_)) {
+                    // Reopen under a new epoch on the next request; the client retries.
+                    broker.close_stream(stream.id()).await;
+                }
+                return Err((stream_error_code(&e), e.to_string()));
+            }
+        };
         if base_offset < 0 {
             base_offset = handle.base_offset as i64;
         }

@@ -1,0 +1,220 @@
+//! `shale.toml` + `SHALE_*` environment overrides, with Kafka-style setting names.
+//! Every key is documented in docs/configuration.md.
+
+use anyhow::{Context, bail};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Every key Shale understands, with its default ("" means unset).
+pub const KEYS: &[(&str, &str)] = &[
+    ("node.id", "1"),
+    ("listeners", "PLAINTEXT://127.0.0.1:9092"),
+    ("advertised.listeners", ""),
+    ("broker.rack", ""),
+    ("data.dir", "./shale-data"),
+    ("object.store", "local"),
+    ("object.store.local.path", ""),
+    ("s3.endpoint", ""),
+    ("s3.bucket", "shale"),
+    ("s3.region", "us-east-1"),
+    ("s3.access.key.id", ""),
+    ("s3.secret.access.key", ""),
+    ("s3.prefix", ""),
+    ("wal.batch.interval.ms", "50"),
+    ("wal.batch.bytes", "8388608"),
+    ("wal.max.inflight.uploads", "4"),
+    ("log.cache.bytes", "268435456"),
+    ("block.cache.bytes", "268435456"),
+    ("block.readahead.ranges", "4"),
+    ("compaction.interval.ms", "60000"),
+    ("compaction.small.object.bytes", "8388608"),
+    ("compaction.max.object.bytes", "268435456"),
+    ("object.delete.grace.ms", "60000"),
+    ("num.partitions", "1"),
+    ("default.replication.factor", "1"),
+    ("auto.create.topics.enable", "true"),
+    ("socket.request.max.bytes", "104857600"),
+    ("log.retention.check.interval.ms", "300000"),
+    // Broker-level defaults of topic configs (Kafka's names).
+    ("log.retention.ms", "604800000"),
+    ("log.retention.bytes", "-1"),
+    ("message.max.bytes", "1048588"),
+    ("log.cleanup.policy", "delete"),
+    ("log.message.timestamp.type", "CreateTime"),
+    ("compression.type", "producer"),
+];
+
+/// Broker settings that provide topic config defaults: (broker key, topic key).
+pub const TOPIC_SYNONYMS: &[(&str, &str)] = &[
+    ("log.retention.ms", "retention.ms"),
+    ("log.retention.bytes", "retention.bytes"),
+    ("message.max.bytes", "max.message.bytes"),
+    ("log.cleanup.policy", "cleanup.policy"),
+    ("log.message.timestamp.type", "message.timestamp.type"),
+    ("compression.type", "compression.type"),
+];
+
+/// The resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    values: BTreeMap<String, String>,
+    /// Keys set explicitly (file or environment), as opposed to defaults.
+    explicit: std::collections::BTreeSet<String>,
+}
+
+impl Settings {
+    /// Defaults, then the file (if any), then `SHALE_*` environment variables.
+    pub fn load(file: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let mut s = Settings {
+            values: KEYS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            explicit: Default::default(),
+        };
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let table: toml::Table =
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            for (k, v) in table {
+                let v = match v {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    other => bail!("{}: value of {k} must be a string, number or boolean, not {other}", path.display()),
+                };
+                s.set(&k, v)?;
+            }
+        }
+        for (k, _) in KEYS {
+            let env = format!("SHALE_{}", k.to_ascii_uppercase().replace('.', "_"));
+            if let Ok(v) = std::env::var(&env) {
+                s.set(k, v)?;
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn set(&mut self, key: &str, value: String) -> anyhow::Result<()> {
+        if !KEYS.iter().any(|(k, _)| *k == key) {
+            bail!("unknown setting {key} (see docs/configuration.md)");
+        }
+        self.explicit.insert(key.to_string());
+        self.values.insert(key.to_string(), value);
+        Ok(())
+    }
+
+    pub fn is_set(&self, key: &str) -> bool {
+        self.explicit.contains(key)
+    }
+
+    pub fn str(&self, key: &str) -> &str {
+        self.values.get(key).map(String::as_str).unwrap_or("")
+    }
+
+    pub fn opt(&self, key: &str) -> Option<&str> {
+        Some(self.str(key)).filter(|v| !v.is_empty())
+    }
+
+    pub fn parse<T: std::str::FromStr>(&self, key: &str) -> anyhow::Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        self.str(key)
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("setting {key}={:?}: {e}", self.str(key)))
+    }
+
+    pub fn millis(&self, key: &str) -> anyhow::Result<Duration> {
+        Ok(Duration::from_millis(self.parse(key)?))
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        PathBuf::from(self.str("data.dir"))
+    }
+
+    /// Host and port of the first `PLAINTEXT://host:port` listener.
+    pub fn listener(&self) -> anyhow::Result<(String, u16)> {
+        parse_listener(self.str("listeners"))
+    }
+
+    /// Host and port clients are told to use.
+    pub fn advertised(&self) -> anyhow::Result<(String, u16)> {
+        match self.opt("advertised.listeners") {
+            Some(l) => parse_listener(l),
+            None => {
+                let (host, port) = self.listener()?;
+                // A wildcard bind address is no use to clients.
+                let host = if host == "0.0.0.0" || host.is_empty() {
+                    "127.0.0.1".to_string()
+                } else {
+                    host
+                };
+                Ok((host, port))
+            }
+        }
+    }
+
+    /// Broker-level topic config defaults explicitly set, by topic config name.
+    pub fn topic_defaults(&self) -> BTreeMap<String, String> {
+        TOPIC_SYNONYMS
+            .iter()
+            .filter(|(broker_key, _)| self.is_set(broker_key))
+            .map(|(broker_key, topic_key)| (topic_key.to_string(), self.str(broker_key).to_string()))
+            .collect()
+    }
+}
+
+fn parse_listener(spec: &str) -> anyhow::Result<(String, u16)> {
+    let first = spec.split(',').next().unwrap_or("").trim();
+    let rest = match first.split_once("://") {
+        Some((proto, rest)) => {
+            if !proto.eq_ignore_ascii_case("PLAINTEXT") {
+                bail!("listener {first}: only PLAINTEXT listeners are supported so far");
+            }
+            rest
+        }
+        None => first,
+    };
+    let (host, port) = rest
+        .rsplit_once(':')
+        .with_context(|| format!("listener {first}: expected host:port"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("listener {first}: bad port"))?;
+    Ok((host.trim_matches(['[', ']']).to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shale.toml");
+        std::fs::write(
+            &path,
+            "\"num.partitions\" = 3\n\"listeners\" = \"PLAINTEXT://0.0.0.0:19092\"\n\"log.retention.ms\" = 1000\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.parse::<i32>("num.partitions").unwrap(), 3);
+        assert_eq!(s.listener().unwrap(), ("0.0.0.0".to_string(), 19092));
+        assert_eq!(s.advertised().unwrap(), ("127.0.0.1".to_string(), 19092));
+        assert_eq!(s.topic_defaults().get("retention.ms").map(String::as_str), Some("1000"));
+        assert!(!s.topic_defaults().contains_key("retention.bytes"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shale.toml");
+        std::fs::write(&path, "\"num.partition\" = 3\n").unwrap();
+        assert!(Settings::load(Some(&path)).is_err());
+    }
+}
