@@ -104,7 +104,7 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
         tracing::warn!(%peer, ?api, version = head.api_version, "unsupported api version; closing");
         return None;
     }
-    let (header, body) = match envelope::decode_request(frame, api, head.api_version) {
+    let (header, body) = match envelope::decode_request(frame.clone(), api, head.api_version) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "cannot decode request; closing");
@@ -113,7 +113,10 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
     };
     let version = head.api_version;
     let correlation_id = header.correlation_id;
-    let started = dispatch::start(broker, version, body).await;
+    // The header's strings are slices of the frame; dropping them lets Produce reclaim the
+    // frame for in-place patching.
+    drop(header);
+    let started = dispatch::start(broker, version, body, frame).await;
     let encode = move |resp: Option<kafka_protocol::messages::ResponseKind>| {
         let resp = resp?;
         match envelope::encode_response(api, version, correlation_id, &resp) {

@@ -63,13 +63,20 @@ pub(crate) enum Started {
     Later(BoxFuture<'static, Option<ResponseKind>>),
 }
 
-pub(crate) async fn start(broker: &Arc<Broker>, version: i16, body: RequestKind) -> Started {
+pub(crate) async fn start(
+    broker: &Arc<Broker>,
+    version: i16,
+    body: RequestKind,
+    frame: bytes::Bytes,
+) -> Started {
     use Started::Done;
     match body {
         RequestKind::ApiVersions(_) => {
             Done(Some(ResponseKind::ApiVersions(api_versions_response())))
         }
-        RequestKind::Produce(req) => handlers::produce::start(broker, version, req).await,
+        RequestKind::Produce(req) => {
+            handlers::produce::start(broker, version, req, frame).await
+        },
         RequestKind::Fetch(req) => {
             let broker = broker.clone();
             Started::Later(Box::pin(async move {

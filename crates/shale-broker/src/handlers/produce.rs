@@ -10,7 +10,7 @@ use crate::topic_config;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use shale_protocol::batch::{self, BatchError};
 use shale_stream::StreamError;
@@ -28,33 +28,92 @@ struct Appended {
     durable: Vec<Durable>,
 }
 
-pub(crate) async fn start(broker: &Arc<Broker>, _version: i16, req: ProduceRequest) -> Started {
+/// Where one partition's records sit in the request frame.
+enum Records {
+    Missing,
+    /// Byte range inside the frame: patched in place, no copy.
+    InFrame(std::ops::Range<usize>),
+    /// Not a slice of the frame (never expected from the codec): patched in a copy.
+    Copied(BytesMut),
+}
+
+/// Starts a produce. `frame` is the request's frame: the records are slices of it, and once
+/// the decoded request is dropped the frame is uniquely owned again, so batch headers are
+/// patched in place and the batches go to the WAL without a copy.
+pub(crate) async fn start(
+    broker: &Arc<Broker>,
+    _version: i16,
+    req: ProduceRequest,
+    frame: Bytes,
+) -> Started {
     let acks = req.acks;
-    let mut results: Vec<(kafka_protocol::messages::TopicName, Vec<(i32, Result<Appended, (ResponseError, String)>)>)> =
-        Vec::with_capacity(req.topic_data.len());
-    for topic in req.topic_data {
-        let name = topic.name.0.to_string();
-        let mut parts = Vec::with_capacity(topic.partition_data.len());
-        for p in topic.partition_data {
+    let transactional = req.transactional_id.is_some();
+    let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
+    let base = frame.as_ptr() as usize;
+    let plan: Vec<(String, Vec<(i32, Records)>)> = req
+        .topic_data
+        .into_iter()
+        .map(|t| {
+            let parts = t
+                .partition_data
+                .into_iter()
+                .map(|p| {
+                    let records = match p.records {
+                        None => Records::Missing,
+                        Some(r) => {
+                            let start = (r.as_ptr() as usize).wrapping_sub(base);
+                            if start.checked_add(r.len()).is_some_and(|end| end <= frame.len()) {
+                                Records::InFrame(start..start + r.len())
+                            } else {
+                                Records::Copied(BytesMut::from(&r[..]))
+                            }
+                        }
+                    };
+                    (p.index, records)
+                })
+                .collect();
+            (t.name.0.to_string(), parts)
+        })
+        .collect();
+    // Every slice of the frame held by the decoded request is gone now.
+    let mut rest = match frame.try_into_mut() {
+        Ok(unique) => unique,
+        Err(shared) => BytesMut::from(&shared[..]),
+    };
+    let mut consumed = 0usize;
+
+    let mut results = Vec::with_capacity(plan.len());
+    for (name, parts) in plan {
+        let mut outcomes = Vec::with_capacity(parts.len());
+        for (index, records) in parts {
+            let records = match records {
+                Records::Missing => None,
+                Records::Copied(b) => Some(b),
+                Records::InFrame(range) if range.start >= consumed && range.end <= consumed + rest.len() => {
+                    let _ = rest.split_to(range.start - consumed);
+                    consumed = range.end;
+                    Some(rest.split_to(range.len()))
+                }
+                Records::InFrame(_) => None,
+            };
             let r = if !matches!(acks, -1..=1) {
                 Err((ResponseError::InvalidRequiredAcks, String::new()))
-            } else if req.transactional_id.is_some() {
+            } else if transactional {
                 Err((
                     ResponseError::TransactionalIdAuthorizationFailed,
                     "transactions are not supported yet".into(),
                 ))
             } else {
-                append_partition(broker, &name, p.index, p.records).await
+                append_partition(broker, &name, index, records).await
             };
-            parts.push((p.index, r));
+            outcomes.push((index, r));
         }
-        results.push((topic.name, parts));
+        results.push((name, outcomes));
     }
     if acks == 0 {
         // No response at all, as Kafka does; durability failures are only logged.
         return Started::Done(None);
     }
-    let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
     Started::Later(Box::pin(async move {
         let mut responses = Vec::with_capacity(results.len());
         for (name, parts) in results {
@@ -78,7 +137,7 @@ pub(crate) async fn start(broker: &Arc<Broker>, _version: i16, req: ProduceReque
             }
             responses.push(
                 TopicProduceResponse::default()
-                    .with_name(name)
+                    .with_name(TopicName(StrBytes::from_string(name)))
                     .with_partition_responses(partition_responses),
             );
         }
@@ -121,13 +180,13 @@ async fn append_partition(
     broker: &Broker,
     topic: &str,
     index: i32,
-    records: Option<Bytes>,
+    records: Option<BytesMut>,
 ) -> Result<Appended, (ResponseError, String)> {
     let part = broker
         .partition(topic, index)
         .await
         .map_err(|c| (c, String::new()))?;
-    let Some(records) = records else {
+    let Some(mut records) = records else {
         return Err((ResponseError::CorruptMessage, "no records".into()));
     };
     let batches = batch::validate_batches(&records).map_err(batch_error)?;
@@ -155,9 +214,9 @@ async fn append_partition(
     let mut durable = Vec::with_capacity(batches.len());
     let mut base_offset = -1;
     for (h, range) in batches {
-        // One copy of the batch so its header can be patched; the payload is never
-        // decompressed or re-encoded.
-        let mut buf = BytesMut::from(&records[range]);
+        // Batches are contiguous from the start of `records`: split each off and patch it
+        // in place; the payload is never decompressed, re-encoded or copied.
+        let mut buf = records.split_to(range.len());
         if log_append_time {
             batch::set_log_append_time(&mut buf, now);
         }
