@@ -22,6 +22,21 @@ pub struct BrokerConfig {
     pub retention_check_interval: Duration,
     /// Broker-level defaults of topic configs (`log.retention.ms` ...), by topic config name.
     pub topic_defaults: std::collections::BTreeMap<String, String>,
+    /// `offsets.topic.num.partitions`: partitions of `__consumer_offsets` when created.
+    pub offsets_topic_num_partitions: i32,
+    /// `group.initial.rebalance.delay.ms`: how long the first rebalance of an empty group
+    /// waits for more members.
+    pub group_initial_rebalance_delay: Duration,
+    /// `group.min.session.timeout.ms` / `group.max.session.timeout.ms`.
+    pub group_min_session_timeout_ms: i32,
+    pub group_max_session_timeout_ms: i32,
+    /// `offset.metadata.max.bytes`: longest metadata string of a committed offset.
+    pub offset_metadata_max_bytes: usize,
+    /// `offsets.retention.minutes`: committed offsets expire this long after their group
+    /// became empty.
+    pub offsets_retention_minutes: i64,
+    /// `offsets.retention.check.interval.ms`.
+    pub offsets_retention_check_interval: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -37,6 +52,13 @@ impl Default for BrokerConfig {
             socket_request_max_bytes: 100 * 1024 * 1024,
             retention_check_interval: Duration::from_secs(300),
             topic_defaults: Default::default(),
+            offsets_topic_num_partitions: 50,
+            group_initial_rebalance_delay: Duration::from_millis(3000),
+            group_min_session_timeout_ms: 6000,
+            group_max_session_timeout_ms: 1_800_000,
+            offset_metadata_max_bytes: 4096,
+            offsets_retention_minutes: 10080,
+            offsets_retention_check_interval: Duration::from_secs(600),
         }
     }
 }

@@ -4,12 +4,41 @@
 //! configs, partitions (stream id, owner, leader epoch), streams (epoch, start/end offsets)
 //! and objects (key, size, ranges). The Raft log and snapshots are on local disk; with one
 //! voter (`shale dev`) that is still a real Raft group, so more voters extend it later.
+//!
+//! Modules: `types` (Raft type config, log commands and responses), `state` (deterministic
+//! apply + per-stream range index), `log_store` (segmented, fsynced Raft log and vote),
+//! `sm_store` (state machine and snapshot files), `catalog` (the stream layer's
+//! `ObjectCatalog`), `network` (placeholder transport), `fsutil` (atomic files, frames).
+//!
+//! Data directory: `LOCK` (exclusive while running), `log/` (segments, `vote.json`,
+//! `purged.json`), `snapshot/snapshot.bin`.
+//!
+//! Durability: a write returns after its entry is applied, which requires it to be committed,
+//! which (one voter) requires the local log to have fsynced it. Snapshots are written to a
+//! temp file, fsynced and renamed before the log below them is purged.
 
+mod catalog;
+mod fsutil;
+mod log_store;
+mod network;
+mod sm_store;
+mod state;
+mod types;
+
+use crate::log_store::LogStore;
+use crate::network::NetworkFactory;
+use crate::sm_store::{Shared, StateMachineStore};
+use crate::state::MetaState;
+use crate::types::{Command, Response, TypeConfig};
+use anyhow::Context;
+use openraft::async_runtime::WatchReceiver;
+use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use shale_stream::{ObjectCatalog, ObjectMeta, StreamId, StreamMeta};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Configuration of the metadata node.
 #[derive(Debug, Clone)]
@@ -50,15 +79,32 @@ pub struct NodeMeta {
     pub rack: Option<String>,
 }
 
+/// An object no live range points into any more, waiting to be deleted from the bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadObject {
+    pub object: ObjectMeta,
+    /// When it became dead (ms, stamped by the command that killed it, so replicas agree).
+    pub dead_since_ms: i64,
+}
+
 /// The replicated state (readable locally on every node).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+///
+/// `#[serde(default)]` lets snapshots written before a field existed still load.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ClusterState {
     pub cluster_id: String,
     pub nodes: BTreeMap<u64, NodeMeta>,
     pub topics: BTreeMap<String, TopicMeta>,
     pub streams: BTreeMap<StreamId, StreamMeta>,
+    /// Live objects: at least one range still holds live data.
     pub objects: BTreeMap<u64, ObjectMeta>,
-    // the implementation adds what it needs (id counters, dead objects, range index ...)
+    /// Objects without live ranges (trimmed, stream deleted, or replaced by compaction).
+    pub dead_objects: BTreeMap<u64, DeadObject>,
+    /// Next stream id to allocate (ids start at 1).
+    pub next_stream_id: u64,
+    /// Next object id `prepare_object` hands out (ids start at 1).
+    pub next_object_id: u64,
 }
 
 /// Commands that change topics and nodes (the catalog commands are internal).
@@ -78,7 +124,11 @@ pub enum TopicCommand {
     /// Deletes a topic and its streams (their objects become dead).
     DeleteTopic { name: String },
     /// Grows a topic to `total` partitions (new streams owned by `owner`).
-    CreatePartitions { name: String, total: u32, owner: u64 },
+    CreatePartitions {
+        name: String,
+        total: u32,
+        owner: u64,
+    },
     /// Replaces a topic's config overrides.
     SetTopicConfigs {
         name: String,
@@ -103,43 +153,319 @@ pub enum MetaError {
     Unavailable(String),
 }
 
+/// Tuning of a metadata node; `Default` is the production setting.
+#[derive(Debug, Clone)]
+pub struct MetaOptions {
+    /// Build a snapshot every this many applied log entries (older log is then purged).
+    pub snapshot_logs: u64,
+    /// Log entries kept behind the snapshot, so a briefly lagging follower catches up from the
+    /// log instead of a full snapshot.
+    pub keep_logs: u64,
+    /// Roll Raft log segment files at this size; purging deletes whole segments.
+    pub segment_bytes: u64,
+    /// How long `start` waits for leadership and log recovery.
+    pub startup_timeout: Duration,
+}
+
+impl Default for MetaOptions {
+    fn default() -> Self {
+        Self {
+            snapshot_logs: 5000,
+            keep_logs: 1000,
+            segment_bytes: 16 << 20,
+            startup_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Unpadded base64url, as Kafka prints cluster ids (22 chars for 16 bytes).
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity((bytes.len() * 4).div_ceil(3));
+    for chunk in bytes.chunks(3) {
+        let b1 = chunk.get(1).copied().unwrap_or(0);
+        let b2 = chunk.get(2).copied().unwrap_or(0);
+        let n = (u32::from(chunk[0]) << 16) | (u32::from(b1) << 8) | u32::from(b2);
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+fn new_cluster_id() -> String {
+    base64url(uuid::Uuid::new_v4().as_bytes())
+}
+
+/// Takes an exclusive lock on the data directory: two processes appending to one Raft log
+/// would corrupt it.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::anyhow!(
+            "metadata dir {} is in use by another metadata node",
+            dir.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("lock {}", path.display())))
+        }
+    }
+}
+
 /// A running metadata node.
 pub struct MetaNode {
-    _private: (),
+    node_id: u64,
+    raft: Raft<TypeConfig, StateMachineStore>,
+    shared: Arc<Shared>,
+    /// Held until shutdown (or drop), see [`lock_data_dir`].
+    dir_lock: parking_lot::Mutex<Option<std::fs::File>>,
 }
 
 impl MetaNode {
     /// Starts the node; a fresh data directory initializes a one-voter cluster with a new
     /// cluster id; an existing one restarts from its log and snapshot.
     pub async fn start(config: MetaConfig) -> anyhow::Result<Arc<MetaNode>> {
-        let _ = config;
-        todo!()
+        Self::start_with(config, MetaOptions::default()).await
+    }
+
+    /// [`MetaNode::start`] with explicit tuning. Returns once this node leads and its state
+    /// machine has re-applied everything in its log.
+    pub async fn start_with(
+        config: MetaConfig,
+        options: MetaOptions,
+    ) -> anyhow::Result<Arc<MetaNode>> {
+        let data_dir = &config.data_dir;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("create metadata dir {}", data_dir.display()))?;
+        let dir_lock = lock_data_dir(data_dir)?;
+        let log_store = LogStore::open(&data_dir.join("log"), options.segment_bytes)
+            .with_context(|| format!("open raft log in {}", data_dir.display()))?;
+        let shared = Shared::new();
+        let sm = StateMachineStore::open(&data_dir.join("snapshot"), Arc::clone(&shared))
+            .with_context(|| format!("open metadata snapshots in {}", data_dir.display()))?;
+
+        let raft_config = Config {
+            cluster_name: "shale-meta".to_string(),
+            heartbeat_interval: 100,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_logs.max(1)),
+            max_in_snapshot_log_to_keep: options.keep_logs,
+            ..Default::default()
+        }
+        .validate()
+        .context("raft config")?;
+
+        let raft = Raft::new(
+            config.node_id,
+            Arc::new(raft_config),
+            NetworkFactory,
+            log_store,
+            sm,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("start raft: {e}"))?;
+        let node = Arc::new(MetaNode {
+            node_id: config.node_id,
+            raft,
+            shared,
+            dir_lock: parking_lot::Mutex::new(Some(dir_lock)),
+        });
+        if let Err(e) = node.become_ready(&config, &options).await {
+            node.shutdown().await;
+            return Err(e);
+        }
+        Ok(node)
+    }
+
+    async fn become_ready(&self, config: &MetaConfig, options: &MetaOptions) -> anyhow::Result<()> {
+        let timeout = Some(options.startup_timeout);
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| anyhow::anyhow!("raft: {e}"))?;
+        if !initialized {
+            // More voters join later as learners, then through change_membership.
+            let members = BTreeMap::from([(self.node_id, BasicNode::new(&config.rpc_addr))]);
+            self.raft
+                .initialize(members)
+                .await
+                .map_err(|e| anyhow::anyhow!("initialize metadata quorum: {e}"))?;
+            tracing::info!(
+                node_id = self.node_id,
+                "initialized a one-voter metadata quorum"
+            );
+        } else {
+            // Fail fast instead of timing out when the dir belongs to another node id.
+            let voters: Vec<u64> = self
+                .raft
+                .with_raft_state(|st| st.membership_state.effective().voter_ids().collect())
+                .await
+                .map_err(|e| anyhow::anyhow!("raft: {e}"))?;
+            if !voters.contains(&self.node_id) {
+                anyhow::bail!(
+                    "node {} is not a voter of the metadata quorum stored in {} \
+                     (voters {voters:?}): wrong node_id or data_dir?",
+                    self.node_id,
+                    config.data_dir.display()
+                );
+            }
+        }
+        let id = self.node_id;
+        self.raft
+            .wait(timeout)
+            .metrics(
+                |m| m.state == ServerState::Leader && m.current_leader == Some(id),
+                "metadata node becomes leader",
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("waiting for metadata leadership: {e}"))?;
+        // Without this, reads right after start could miss entries that are in the log but
+        // not yet re-applied on top of the snapshot.
+        self.raft
+            .wait_for_recovery(timeout)
+            .await
+            .map_err(|e| anyhow::anyhow!("waiting for metadata recovery: {e}"))?;
+        if self.read(|s| s.cluster_id.is_empty()) {
+            let cluster_id = new_cluster_id();
+            self.submit(Command::SetClusterId { cluster_id })
+                .await
+                .map_err(|e| anyhow::anyhow!("store cluster id: {e}"))?;
+        }
+        tracing::info!(
+            node_id = self.node_id,
+            cluster_id = %self.read(|s| s.cluster_id.clone()),
+            "metadata node ready"
+        );
+        Ok(())
     }
 
     /// The catalog view the stream layer uses.
     pub fn catalog(self: &Arc<Self>) -> Arc<dyn ObjectCatalog> {
-        todo!()
+        Arc::new(catalog::MetaCatalog {
+            node: Arc::clone(self),
+        })
     }
 
     /// Reads the local replica of the state.
+    ///
+    /// Holds a read lock while `f` runs, which delays applies: keep `f` short and do not call
+    /// back into this node (or its catalog) from it.
     pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
-        let _ = f;
-        todo!()
+        f(&self.shared.data.read().meta.state)
+    }
+
+    pub(crate) fn read_meta<R>(&self, f: impl FnOnce(&MetaState) -> R) -> R {
+        f(&self.shared.data.read().meta)
     }
 
     /// Commits a topic/node command through Raft and applies it.
     pub async fn write(&self, cmd: TopicCommand) -> Result<(), MetaError> {
-        let _ = cmd;
-        todo!()
+        match self
+            .submit(Command::Topic {
+                cmd,
+                now_ms: now_ms(),
+            })
+            .await
+        {
+            Ok(Response::Rejected(e)) => Err(e.into()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(MetaError::Unavailable(e)),
+        }
+    }
+
+    /// Proposes a command and waits until it is applied; returns the apply response.
+    pub(crate) async fn submit(&self, cmd: Command) -> Result<Response, String> {
+        self.raft
+            .client_write(cmd)
+            .await
+            .map(|r| r.data)
+            .map_err(|e| e.to_string())
     }
 
     /// Bumped after every applied log entry; lets readers wait for metadata changes.
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        todo!()
+        self.shared.changes.subscribe()
     }
 
-    /// Stops Raft cleanly.
+    /// Stops Raft cleanly. Writes fail with `Unavailable` afterwards; the data dir can then be
+    /// opened again (also in this process).
     pub async fn shutdown(&self) {
-        todo!()
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "metadata raft shutdown");
+        }
+        self.dir_lock.lock().take();
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// Whether this node currently leads the metadata quorum (controller logic runs there).
+    pub fn is_leader(&self) -> bool {
+        self.raft.is_leader()
+    }
+
+    /// Builds a snapshot of everything applied so far and waits until it is on disk (the log
+    /// before it is then purged according to [`MetaOptions::keep_logs`]).
+    pub async fn trigger_snapshot(&self) -> Result<(), MetaError> {
+        let applied = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .as_ref()
+            .map(|l| l.index);
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| MetaError::Unavailable(e.to_string()))?;
+        self.raft
+            .wait(Some(Duration::from_secs(60)))
+            .metrics(
+                move |m| m.snapshot.as_ref().map(|l| l.index) >= applied,
+                "metadata snapshot",
+            )
+            .await
+            .map_err(|e| MetaError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_id_is_22_chars_of_base64url() {
+        let id = new_cluster_id();
+        assert_eq!(id.len(), 22);
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
+        // RFC 4648 test vectors, unpadded.
+        assert_eq!(base64url(b"f"), "Zg");
+        assert_eq!(base64url(b"fo"), "Zm8");
+        assert_eq!(base64url(b"foo"), "Zm9v");
+        assert_eq!(base64url(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
     }
 }

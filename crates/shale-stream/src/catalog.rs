@@ -145,7 +145,12 @@ pub trait ObjectCatalog: Send + Sync + 'static {
 
     /// Local read: the ranges of a stream holding offsets >= `from_offset`, in offset order,
     /// at most `limit` of them.
-    fn ranges_from(&self, stream_id: StreamId, from_offset: u64, limit: usize) -> Vec<RangeLocation>;
+    fn ranges_from(
+        &self,
+        stream_id: StreamId,
+        from_offset: u64,
+        limit: usize,
+    ) -> Vec<RangeLocation>;
 
     /// Local read: every live range of a stream in offset order (retention, compaction).
     fn all_ranges(&self, stream_id: StreamId) -> Vec<RangeLocation>;

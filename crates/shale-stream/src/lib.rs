@@ -10,12 +10,31 @@
 //! Read path: log cache -> block cache (with read-ahead) -> ranged GET.
 
 pub mod catalog;
+pub mod memory;
+pub mod object;
+
+mod block_cache;
+mod compaction;
+mod log_cache;
+mod reader;
+mod retention;
+mod util;
+mod wal;
+
+#[cfg(test)]
+mod tests;
 
 pub use catalog::*;
 
 use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use util::Tuning;
 
 /// Settings of the stream layer (documented in docs/configuration.md).
 #[derive(Debug, Clone)]
@@ -36,7 +55,8 @@ pub struct StreamConfig {
     pub block_cache_bytes: usize,
     /// `block.readahead.ranges`: ranges prefetched after a sequential read.
     pub readahead_ranges: usize,
-    /// `compaction.interval.ms`: how often small objects are merged.
+    /// `compaction.interval.ms`: how often small objects are merged (0 disables the
+    /// background pass; `StreamStore::compact_now` still works).
     pub compaction_interval: Duration,
     /// `compaction.small.object.bytes`: objects below this size are merge candidates.
     pub compaction_small_object_bytes: u64,
@@ -104,7 +124,62 @@ impl StreamRecord {
 
 /// The node's stream storage: WAL, caches, compaction, retention and object deletion.
 pub struct StreamStore {
-    _private: (),
+    inner: Arc<Inner>,
+    tasks: tokio::sync::Mutex<Option<Tasks>>,
+}
+
+struct Tasks {
+    flusher: JoinHandle<()>,
+    committer: JoinHandle<()>,
+    compactor: JoinHandle<()>,
+    deleter: JoinHandle<()>,
+}
+
+/// State shared by the store, its streams and its background tasks.
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn object_store::ObjectStore>,
+    pub(crate) catalog: Arc<dyn ObjectCatalog>,
+    pub(crate) config: StreamConfig,
+    pub(crate) tuning: Tuning,
+    pub(crate) streams: RwLock<HashMap<StreamId, Arc<Stream>>>,
+    /// Serializes opens so two concurrent opens of one stream do not fence each other.
+    open_lock: tokio::sync::Mutex<()>,
+    /// Serializes compaction passes (background task and `compact_now`).
+    pub(crate) compaction_lock: tokio::sync::Mutex<()>,
+    pub(crate) wal: wal::Wal,
+    pub(crate) log_cache: log_cache::LogCache,
+    pub(crate) blocks: Arc<block_cache::BlockCache>,
+    pub(crate) commits: watch::Sender<u64>,
+    /// Set when the store is dropped or after a graceful shutdown: background tasks exit.
+    pub(crate) stop: watch::Sender<bool>,
+    next_handle_id: AtomicU64,
+}
+
+/// Per-handle state of an open stream, shared with the WAL and the log cache.
+pub(crate) struct StreamShared {
+    pub(crate) id: StreamId,
+    pub(crate) epoch: u64,
+    /// Unique per handle: a reopened stream gets a new one.
+    pub(crate) handle_id: u64,
+    pub(crate) start: AtomicU64,
+    /// Committed end offset (high watermark).
+    pub(crate) end: AtomicU64,
+    /// No further appends: fenced by a newer owner or an append of it failed.
+    pub(crate) fenced: AtomicBool,
+    /// Closed by the owner: no further appends, pending ones still commit.
+    pub(crate) closed: AtomicBool,
+    pub(crate) state: Mutex<StreamState>,
+    /// Notified whenever pending appends of this handle resolve.
+    pub(crate) resolved: Notify,
+    /// Where the last read ended: a read starting there is sequential (read-ahead).
+    pub(crate) last_read_end: AtomicU64,
+}
+
+/// Guarded by the stream's lock: offset assignment and the cached tail.
+pub(crate) struct StreamState {
+    pub(crate) next_offset: u64,
+    pub(crate) cache: VecDeque<StreamRecord>,
+    pub(crate) cache_bytes: usize,
 }
 
 /// Outcome of an append: the offset is known at once, durability later.
@@ -117,41 +192,181 @@ pub struct AppendHandle {
 
 /// An open stream owned by this node.
 pub struct Stream {
-    _private: (),
+    pub(crate) shared: Arc<StreamShared>,
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Counters for tests and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Bytes of entries in the log cache.
+    pub log_cache_bytes: usize,
+    /// Bytes and number of blocks in the block cache.
+    pub block_cache_bytes: usize,
+    pub block_cache_blocks: usize,
+    /// Block fetches in flight (reads and read-ahead).
+    pub block_fetches_inflight: usize,
+    /// Open stream handles.
+    pub open_streams: usize,
 }
 
 impl StreamStore {
     /// Starts the stream layer and its background tasks (WAL flusher, compaction, deleter).
+    /// Must be called within a Tokio runtime.
     pub fn start(
         store: Arc<dyn object_store::ObjectStore>,
         catalog: Arc<dyn ObjectCatalog>,
         config: StreamConfig,
     ) -> Arc<StreamStore> {
-        let _ = (store, catalog, config);
-        todo!("stream store")
+        Self::start_tuned(store, catalog, config, Tuning::default())
+    }
+
+    pub(crate) fn start_tuned(
+        store: Arc<dyn object_store::ObjectStore>,
+        catalog: Arc<dyn ObjectCatalog>,
+        config: StreamConfig,
+        tuning: Tuning,
+    ) -> Arc<StreamStore> {
+        let (commits, _) = watch::channel(0);
+        let (stop, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            store,
+            catalog,
+            tuning,
+            streams: RwLock::new(HashMap::new()),
+            open_lock: tokio::sync::Mutex::new(()),
+            compaction_lock: tokio::sync::Mutex::new(()),
+            wal: wal::Wal::new(config.wal_batch_bytes, config.wal_max_inflight),
+            log_cache: log_cache::LogCache::new(config.log_cache_bytes),
+            blocks: Arc::new(block_cache::BlockCache::new(config.block_cache_bytes)),
+            commits,
+            stop,
+            next_handle_id: AtomicU64::new(1),
+            config,
+        });
+        let (flusher, committer) = wal::spawn(&inner);
+        let compactor = tokio::spawn(compaction::run(
+            Arc::downgrade(&inner),
+            inner.stop.subscribe(),
+        ));
+        let deleter = tokio::spawn(retention::run_deleter(
+            Arc::downgrade(&inner),
+            inner.stop.subscribe(),
+        ));
+        tracing::info!(node_id = inner.config.node_id, "stream layer started");
+        Arc::new(StreamStore {
+            inner,
+            tasks: tokio::sync::Mutex::new(Some(Tasks {
+                flusher,
+                committer,
+                compactor,
+                deleter,
+            })),
+        })
+    }
+
+    fn is_stopping(&self) -> bool {
+        *self.inner.stop.borrow() || self.inner.wal.is_closed()
     }
 
     /// Opens a stream for appending and reading; bumps its epoch (fencing older owners).
-    /// Opening an already open stream returns the same handle.
+    /// Opening an already open stream returns the same handle (a fenced or closed handle is
+    /// replaced by a newly opened one).
     pub async fn open(&self, stream_id: StreamId) -> Result<Arc<Stream>, StreamError> {
-        let _ = stream_id;
-        todo!()
+        if self.is_stopping() {
+            return Err(StreamError::ShuttingDown);
+        }
+        let _guard = self.inner.open_lock.lock().await;
+        if let Some(s) = self.inner.streams.read().get(&stream_id)
+            && s.shared.usable()
+        {
+            return Ok(s.clone());
+        }
+        let meta = self.inner.catalog.open_stream(stream_id).await?;
+        if self.is_stopping() {
+            return Err(StreamError::ShuttingDown);
+        }
+        let handle_id = self.inner.next_handle_id.fetch_add(1, Ordering::Relaxed);
+        let stream = Arc::new(Stream {
+            shared: Arc::new(StreamShared {
+                id: stream_id,
+                epoch: meta.epoch,
+                handle_id,
+                start: AtomicU64::new(meta.start_offset),
+                end: AtomicU64::new(meta.end_offset),
+                fenced: AtomicBool::new(false),
+                closed: AtomicBool::new(false),
+                state: Mutex::new(StreamState {
+                    next_offset: meta.end_offset,
+                    cache: VecDeque::new(),
+                    cache_bytes: 0,
+                }),
+                resolved: Notify::new(),
+                last_read_end: AtomicU64::new(u64::MAX),
+            }),
+            inner: self.inner.clone(),
+        });
+        let old = self.inner.streams.write().insert(stream_id, stream.clone());
+        if let Some(old) = old {
+            // The catalog fenced it already; make it local knowledge so its buffered entries
+            // are left out of the next commit instead of failing it.
+            old.shared.fenced.store(true, Ordering::Release);
+            self.inner
+                .log_cache
+                .drop_stream(&mut old.shared.state.lock());
+        }
+        tracing::debug!(
+            stream_id,
+            epoch = meta.epoch,
+            start = meta.start_offset,
+            end = meta.end_offset,
+            "stream opened"
+        );
+        Ok(stream)
     }
 
-    /// Closes a stream (topic deleted or ownership moved) and forgets its caches.
+    /// Closes a stream (topic deleted or ownership moved) and forgets its caches. Appends
+    /// already accepted still commit (waited for, bounded) unless the handle is fenced.
     pub async fn close(&self, stream_id: StreamId) {
-        let _ = stream_id;
-        todo!()
+        let Some(s) = self.inner.streams.write().remove(&stream_id) else {
+            return;
+        };
+        let shared = &s.shared;
+        shared.closed.store(true, Ordering::Release);
+        let settled = async {
+            loop {
+                // Registered before the check so a resolution in between is not missed.
+                let notified = shared.resolved.notified();
+                if shared.fenced.load(Ordering::Acquire)
+                    || shared.end.load(Ordering::Acquire) >= shared.state.lock().next_offset
+                {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(self.inner.tuning.close_wait, settled)
+            .await
+            .is_err()
+        {
+            tracing::warn!(stream_id, "closing stream with appends still pending");
+        }
+        self.inner.log_cache.drop_stream(&mut shared.state.lock());
+        tracing::debug!(stream_id, "stream closed");
     }
 
     /// A counter bumped after every WAL commit and trim: fetch long-polls wait on it.
     pub fn commit_notifications(&self) -> tokio::sync::watch::Receiver<u64> {
-        todo!()
+        self.inner.commits.subscribe()
     }
 
     /// Applies time and size retention to a stream: raises its start offset past whole
     /// ranges that are older than `retention_ms` or beyond `retention_bytes` from the end.
     /// Returns the new start offset when it moved.
+    ///
+    /// Size follows Kafka: the oldest range is dropped while the ranges after it still hold
+    /// at least `retention_bytes`. Ranges without timestamps (-1) are never expired by time.
+    /// Negative limits mean unlimited.
     pub async fn apply_retention(
         &self,
         stream_id: StreamId,
@@ -159,35 +374,102 @@ impl StreamStore {
         retention_ms: Option<i64>,
         retention_bytes: Option<u64>,
     ) -> Result<Option<u64>, StreamError> {
-        let _ = (stream_id, now_ms, retention_ms, retention_bytes);
-        todo!()
+        retention::apply(
+            &self.inner,
+            stream_id,
+            now_ms,
+            retention_ms,
+            retention_bytes,
+        )
+        .await
+    }
+
+    /// Runs one compaction pass now (tests, admin tools). Returns the number of objects
+    /// replaced.
+    pub async fn compact_now(&self) -> Result<usize, StreamError> {
+        compaction::compact_once(&self.inner).await
+    }
+
+    /// Deletes dead objects whose grace period has passed, now (tests, admin tools). Returns
+    /// the number of objects deleted from the bucket.
+    pub async fn delete_dead_objects_now(&self) -> usize {
+        retention::delete_dead(&self.inner).await
+    }
+
+    /// Current cache usage.
+    pub fn stats(&self) -> StoreStats {
+        let (block_cache_bytes, block_cache_blocks) = self.inner.blocks.usage();
+        StoreStats {
+            log_cache_bytes: self.inner.log_cache.bytes(),
+            block_cache_bytes,
+            block_cache_blocks,
+            block_fetches_inflight: self.inner.blocks.inflight(),
+            open_streams: self.inner.streams.read().len(),
+        }
     }
 
     /// Flushes the WAL, waits for every pending commit and stops background tasks.
     pub async fn shutdown(&self) {
-        todo!()
+        let mut tasks = self.tasks.lock().await;
+        let Some(t) = tasks.take() else {
+            return;
+        };
+        tracing::info!("stream layer shutting down");
+        self.inner.wal.close();
+        let _ = t.flusher.await;
+        let _ = t.committer.await;
+        self.inner.stop.send_replace(true);
+        let _ = t.compactor.await;
+        let _ = t.deleter.await;
+        // Handles reference the store; dropping them here breaks the cycle.
+        let streams: Vec<_> = self.inner.streams.write().drain().map(|(_, s)| s).collect();
+        for s in streams {
+            s.shared.closed.store(true, Ordering::Release);
+            self.inner.log_cache.drop_stream(&mut s.shared.state.lock());
+        }
+        tracing::info!("stream layer stopped");
+    }
+}
+
+impl Drop for StreamStore {
+    fn drop(&mut self) {
+        // Without a graceful shutdown: stop the tasks (buffered appends fail) and break the
+        // store <-> stream reference cycle.
+        self.inner.stop.send_replace(true);
+        self.inner.wal.close();
+        self.inner.streams.write().clear();
+    }
+}
+
+impl StreamShared {
+    fn usable(&self) -> bool {
+        !self.fenced.load(Ordering::Acquire) && !self.closed.load(Ordering::Acquire)
     }
 }
 
 impl Stream {
     pub fn id(&self) -> StreamId {
-        todo!()
+        self.shared.id
     }
     /// Epoch under which this node owns the stream.
     pub fn epoch(&self) -> u64 {
-        todo!()
+        self.shared.epoch
     }
     /// First readable offset.
     pub fn start_offset(&self) -> u64 {
-        todo!()
+        self.shared.start.load(Ordering::Acquire)
     }
     /// One past the last durable offset (Kafka's high watermark).
     pub fn end_offset(&self) -> u64 {
-        todo!()
+        self.shared.end.load(Ordering::Acquire)
     }
     /// Next offset to assign (>= end_offset; includes appends not yet durable).
     pub fn next_offset(&self) -> u64 {
-        todo!()
+        self.shared.state.lock().next_offset
+    }
+    /// False once the handle is fenced or closed: appends fail and the owner must reopen.
+    pub fn is_writable(&self) -> bool {
+        self.shared.usable()
     }
 
     /// Appends an entry covering `count` offsets. `build` receives the base offset and returns
@@ -199,8 +481,35 @@ impl Stream {
         max_timestamp: i64,
         build: impl FnOnce(u64) -> Bytes,
     ) -> Result<AppendHandle, StreamError> {
-        let _ = (count, max_timestamp, build);
-        todo!()
+        let s = &self.shared;
+        let mut st = s.state.lock();
+        if !s.usable() {
+            return Err(StreamError::Fenced(s.id));
+        }
+        let base_offset = st.next_offset;
+        let payload = build(base_offset);
+        if payload.len() > object::MAX_ENTRY_PAYLOAD {
+            return Err(StreamError::ObjectStore(format!(
+                "entry of {} bytes exceeds the {} byte limit",
+                payload.len(),
+                object::MAX_ENTRY_PAYLOAD
+            )));
+        }
+        let record = StreamRecord {
+            base_offset,
+            count,
+            max_timestamp,
+            payload,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // Pushed under the stream lock: the WAL sees each stream's entries in offset order.
+        self.inner.wal.push(s, record.clone(), tx)?;
+        st.next_offset = record.end_offset();
+        self.inner.log_cache.insert(&mut st, record);
+        Ok(AppendHandle {
+            base_offset,
+            durable: rx,
+        })
     }
 
     /// Reads durable entries from `from_offset`: the first returned entry is the one holding
@@ -212,25 +521,43 @@ impl Stream {
         from_offset: u64,
         max_bytes: usize,
     ) -> Result<Vec<StreamRecord>, StreamError> {
-        let _ = (from_offset, max_bytes);
-        todo!()
+        reader::read(self, from_offset, max_bytes).await
     }
 
     /// Offset of the first entry whose max_timestamp >= `timestamp` (None when none).
     /// The broker then reads that entry to find the exact record.
     pub async fn find_by_timestamp(&self, timestamp: i64) -> Result<Option<u64>, StreamError> {
-        let _ = timestamp;
-        todo!()
+        reader::find_by_timestamp(self, timestamp).await
     }
 
     /// Largest timestamp in the stream and the base offset of the entry holding it.
     pub async fn max_timestamp(&self) -> Result<Option<(i64, u64)>, StreamError> {
-        todo!()
+        reader::max_timestamp(self).await
     }
 
     /// Raises the start offset (DeleteRecords). Never past `end_offset`.
     pub async fn trim(&self, new_start: u64) -> Result<(), StreamError> {
-        let _ = new_start;
-        todo!()
+        let target = new_start.min(self.end_offset());
+        if target <= self.start_offset() {
+            return Ok(());
+        }
+        self.inner.catalog.trim_stream(self.id(), target).await?;
+        self.shared.start.fetch_max(target, Ordering::AcqRel);
+        self.inner.commits.send_modify(|v| *v = v.wrapping_add(1));
+        Ok(())
+    }
+
+    /// Start offset as the catalog knows it, folded into the handle's own.
+    pub(crate) fn current_start(&self) -> u64 {
+        let local = self.start_offset();
+        match self.inner.catalog.stream(self.id()) {
+            Some(m) if m.start_offset > local => {
+                self.shared
+                    .start
+                    .fetch_max(m.start_offset, Ordering::AcqRel);
+                m.start_offset
+            }
+            _ => local,
+        }
     }
 }

@@ -36,6 +36,13 @@ pub const KEYS: &[(&str, &str)] = &[
     ("auto.create.topics.enable", "true"),
     ("socket.request.max.bytes", "104857600"),
     ("log.retention.check.interval.ms", "300000"),
+    ("offsets.topic.num.partitions", "50"),
+    ("group.initial.rebalance.delay.ms", "3000"),
+    ("group.min.session.timeout.ms", "6000"),
+    ("group.max.session.timeout.ms", "1800000"),
+    ("offset.metadata.max.bytes", "4096"),
+    ("offsets.retention.minutes", "10080"),
+    ("offsets.retention.check.interval.ms", "600000"),
     // Broker-level defaults of topic configs (Kafka's names).
     ("log.retention.ms", "604800000"),
     ("log.retention.bytes", "-1"),

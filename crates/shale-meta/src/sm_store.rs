@@ -1,0 +1,342 @@
+//! The openraft state machine: an in-memory [`MetaState`] shared with local readers, and
+//! persistent snapshots.
+//!
+//! The state machine itself is not persisted on apply; the snapshot file plus the log are the
+//! durable form. On restart openraft installs the last snapshot and re-applies the log after it
+//! once the leader (with one voter: this node) has re-established the commit index.
+//!
+//! Snapshot file (`snapshot.bin`, replaced atomically):
+//! `MAGIC | meta_len (LE u32) | json(meta) | data_len (LE u64) | data | crc32c (LE u32)`,
+//! the crc covering everything before it; `data` is `json(ClusterState)`.
+
+use crate::ClusterState;
+use crate::fsutil::{invalid_data, write_atomic};
+use crate::state::MetaState;
+use crate::types::{
+    LogId, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+};
+use futures::{Stream, StreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use parking_lot::{Mutex, RwLock};
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+const MAGIC: &[u8; 8] = b"SHALESN1";
+const MAX_META: usize = 16 << 20;
+
+/// Everything the state machine holds, under one lock so snapshots are consistent.
+#[derive(Debug, Default)]
+pub(crate) struct SmData {
+    pub meta: MetaState,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// State shared between the state machine (writer) and local readers.
+pub(crate) struct Shared {
+    pub data: RwLock<SmData>,
+    /// Bumped after every applied entry and snapshot install.
+    pub changes: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Arc<Shared> {
+        let (changes, _) = watch::channel(0);
+        Arc::new(Shared {
+            data: RwLock::new(SmData::default()),
+            changes,
+        })
+    }
+
+    fn bump(&self) {
+        // send_modify also updates when no receiver exists (send() would not).
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+/// The snapshot file of a node.
+pub(crate) struct SnapshotFiles {
+    dir: PathBuf,
+    /// Meta of the snapshot on disk, if any.
+    current: Mutex<Option<SnapshotMeta>>,
+    /// Serializes file writes (builds run on their own task, installs on the state machine's).
+    write_lock: Mutex<()>,
+}
+
+impl SnapshotFiles {
+    fn open(dir: &Path) -> io::Result<SnapshotFiles> {
+        fs::create_dir_all(dir)?;
+        let files = SnapshotFiles {
+            dir: dir.to_path_buf(),
+            current: Mutex::new(None),
+            write_lock: Mutex::new(()),
+        };
+        // Only the header here; the whole file is verified when openraft loads it at startup.
+        *files.current.lock() = files.read_meta()?;
+        Ok(files)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(SNAPSHOT_FILE)
+    }
+
+    fn read_meta(&self) -> io::Result<Option<SnapshotMeta>> {
+        let mut f = match fs::File::open(self.path()) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut head = [0u8; 12];
+        f.read_exact(&mut head)?;
+        if &head[..8] != MAGIC {
+            return Err(invalid_data("snapshot: bad magic"));
+        }
+        let meta_len = u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize;
+        // Meta is a log id and a membership: anything large is a corrupt header.
+        if meta_len > MAX_META {
+            return Err(invalid_data(format!("snapshot: meta length {meta_len}")));
+        }
+        let mut meta = vec![0u8; meta_len];
+        f.read_exact(&mut meta)?;
+        serde_json::from_slice(&meta)
+            .map(Some)
+            .map_err(|e| invalid_data(format!("snapshot meta: {e}")))
+    }
+
+    /// Reads and verifies the whole snapshot file.
+    fn load(&self) -> io::Result<Option<(SnapshotMeta, SnapshotData)>> {
+        let path = self.path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let bad = |why: &str| invalid_data(format!("{}: {why}", path.display()));
+        if bytes.len() < 8 + 4 + 8 + 4 || &bytes[..8] != MAGIC {
+            return Err(bad("not a snapshot file"));
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        if crc32c::crc32c(body) != crc {
+            return Err(bad("checksum mismatch"));
+        }
+        let meta_len = u32::from_le_bytes([body[8], body[9], body[10], body[11]]) as usize;
+        let meta_end = 12usize
+            .checked_add(meta_len)
+            .filter(|e| e + 8 <= body.len())
+            .ok_or_else(|| bad("truncated meta"))?;
+        let meta: SnapshotMeta =
+            serde_json::from_slice(&body[12..meta_end]).map_err(|e| bad(&format!("meta: {e}")))?;
+        let mut len8 = [0u8; 8];
+        len8.copy_from_slice(&body[meta_end..meta_end + 8]);
+        let data_len = u64::from_le_bytes(len8) as usize;
+        if body.len() - meta_end - 8 != data_len {
+            return Err(bad("data length mismatch"));
+        }
+        let data = body[meta_end + 8..].to_vec();
+        *self.current.lock() = Some(meta.clone());
+        Ok(Some((meta, data)))
+    }
+
+    /// Atomically writes a snapshot unless the one on disk is at least as new.
+    fn persist(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+        let _guard = self.write_lock.lock();
+        if let Some(cur) = self.current.lock().as_ref()
+            && cur.last_log_id >= meta.last_log_id
+        {
+            return Ok(());
+        }
+        let meta_json = serde_json::to_vec(meta)?;
+        let meta_len = (meta_json.len() as u32).to_le_bytes();
+        let data_len = (data.len() as u64).to_le_bytes();
+        let mut crc = crc32c::crc32c(MAGIC);
+        for part in [&meta_len[..], &meta_json, &data_len, data] {
+            crc = crc32c::crc32c_append(crc, part);
+        }
+        let crc = crc.to_le_bytes();
+        write_atomic(
+            &self.path(),
+            &[MAGIC, &meta_len, &meta_json, &data_len, data, &crc],
+        )?;
+        *self.current.lock() = Some(meta.clone());
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "metadata snapshot saved");
+        Ok(())
+    }
+}
+
+/// The openraft state machine handle.
+pub(crate) struct StateMachineStore {
+    shared: Arc<Shared>,
+    files: Arc<SnapshotFiles>,
+}
+
+impl StateMachineStore {
+    pub(crate) fn open(dir: &Path, shared: Arc<Shared>) -> io::Result<StateMachineStore> {
+        Ok(StateMachineStore {
+            shared,
+            files: Arc::new(SnapshotFiles::open(dir)?),
+        })
+    }
+}
+
+/// A consistent copy of the state taken between two applies; serialized on its own task.
+pub(crate) struct SnapshotBuilder {
+    state: ClusterState,
+    meta: SnapshotMeta,
+    files: Arc<SnapshotFiles>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let state = std::mem::take(&mut self.state);
+        let meta = self.meta.clone();
+        let files = Arc::clone(&self.files);
+        let m = meta.clone();
+        let data = tokio::task::spawn_blocking(move || -> io::Result<SnapshotData> {
+            let data = serde_json::to_vec(&state)?;
+            files.persist(&m, &data)?;
+            Ok(data)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
+    }
+}
+
+fn bad_snapshot(e: serde_json::Error) -> io::Error {
+    invalid_data(format!("snapshot data: {e}"))
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let d = self.shared.data.read();
+        Ok((d.last_applied, d.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let log_id = entry.log_id;
+            let response = {
+                // One entry per lock so local readers never wait for a whole batch.
+                let mut d = self.shared.data.write();
+                let r = match entry.payload {
+                    EntryPayload::Blank => Response::Ok,
+                    EntryPayload::Normal(cmd) => {
+                        let r = d.meta.apply(cmd);
+                        if let Response::Rejected(e) = &r {
+                            tracing::debug!(%log_id, error = %e, "metadata command rejected");
+                        }
+                        r
+                    }
+                    EntryPayload::Membership(m) => {
+                        d.membership = StoredMembership::new(Some(log_id), m);
+                        Response::Ok
+                    }
+                };
+                d.last_applied = Some(log_id);
+                r
+            };
+            self.shared.bump();
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Called on the state machine task between applies: the clone is a consistent view.
+        let d = self.shared.data.read();
+        SnapshotBuilder {
+            state: d.meta.state.clone(),
+            meta: SnapshotMeta {
+                last_log_id: d.last_applied,
+                last_membership: d.membership.clone(),
+            },
+            files: Arc::clone(&self.files),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let state: ClusterState = serde_json::from_slice(&snapshot).map_err(bad_snapshot)?;
+        // Durable first: a crash must never leave a half-installed snapshot behind.
+        let files = Arc::clone(&self.files);
+        let m = meta.clone();
+        tokio::task::spawn_blocking(move || files.persist(&m, &snapshot))
+            .await
+            .map_err(io::Error::other)??;
+        let meta_state = MetaState::from_state(state);
+        {
+            let mut d = self.shared.data.write();
+            d.meta = meta_state;
+            d.last_applied = meta.last_log_id;
+            d.membership = meta.last_membership.clone();
+        }
+        self.shared.bump();
+        tracing::info!(last_log_id = ?meta.last_log_id, "metadata snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let files = Arc::clone(&self.files);
+        let loaded = tokio::task::spawn_blocking(move || files.load())
+            .await
+            .map_err(io::Error::other)??;
+        Ok(loaded.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: data,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log_store::LogStore;
+    use openraft::testing::log::{StoreBuilder, Suite};
+    use openraft::{ErrorSubject, ErrorVerb, StorageError};
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Builder {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>>
+        {
+            let err = |e| StorageError::from_io_error(ErrorSubject::Store, ErrorVerb::Write, e);
+            let dir = tempfile::tempdir().map_err(err)?;
+            // Small segments so the suite's purges and truncations cross segment boundaries.
+            let log = LogStore::open(&dir.path().join("log"), 512).map_err(err)?;
+            let sm = StateMachineStore::open(&dir.path().join("snapshot"), Shared::new())
+                .map_err(err)?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's conformance suite for log storage and state machine.
+    #[tokio::test]
+    async fn openraft_storage_suite() {
+        Suite::test_all(Builder).await.unwrap();
+    }
+}

@@ -1,0 +1,627 @@
+//! The replicated state machine logic: deterministic apply of [`Command`]s to a
+//! [`ClusterState`], plus a derived per-stream range index for fast local catalog reads.
+//!
+//! Invariants kept by apply:
+//! - `objects` holds only objects with at least one live range; the others are in
+//!   `dead_objects` with the (command-carried) time they died.
+//! - A range is live when its stream exists, it is non-empty and it ends above the stream's
+//!   start offset. Live ranges of one stream never overlap (commits append at the end offset,
+//!   compaction must preserve live coverage), so the index can key them by start offset.
+
+use crate::types::{ApplyError, Command, Response};
+use crate::{ClusterState, DeadObject, PartitionMeta, TopicCommand, TopicMeta};
+use shale_stream::{
+    ObjectId, ObjectMeta, ObjectRange, RangeLocation, StreamCommit, StreamId, StreamMeta,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+
+/// Where a live range is: the object and the position of the range in `object.ranges`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RangeRef {
+    pub object_id: ObjectId,
+    pub slot: u32,
+}
+
+/// Live ranges per stream keyed by start offset. Derived from `ClusterState`, never persisted.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct RangeIndex {
+    by_stream: HashMap<StreamId, BTreeMap<u64, RangeRef>>,
+}
+
+/// The applied state plus its derived index.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct MetaState {
+    pub state: ClusterState,
+    pub index: RangeIndex,
+}
+
+fn range_live(streams: &BTreeMap<StreamId, StreamMeta>, r: &ObjectRange) -> bool {
+    match streams.get(&r.stream_id) {
+        Some(s) => r.end_offset > r.start_offset && r.end_offset > s.start_offset,
+        None => false,
+    }
+}
+
+fn object_live(streams: &BTreeMap<StreamId, StreamMeta>, o: &ObjectMeta) -> bool {
+    o.ranges.iter().any(|r| range_live(streams, r))
+}
+
+/// Sorts and merges touching/overlapping intervals.
+fn merge_intervals(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+    for (s, e) in v {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+impl RangeIndex {
+    fn insert_object(&mut self, streams: &BTreeMap<StreamId, StreamMeta>, o: &ObjectMeta) {
+        for (slot, r) in o.ranges.iter().enumerate() {
+            if !range_live(streams, r) {
+                continue;
+            }
+            let rr = RangeRef {
+                object_id: o.id,
+                slot: slot as u32,
+            };
+            let prev = self
+                .by_stream
+                .entry(r.stream_id)
+                .or_default()
+                .insert(r.start_offset, rr);
+            if let Some(prev) = prev {
+                // Apply validation makes this impossible; say so loudly if it ever happens.
+                tracing::error!(
+                    stream_id = r.stream_id,
+                    start = r.start_offset,
+                    object = o.id,
+                    replaced_object = prev.object_id,
+                    "range index collision"
+                );
+            }
+        }
+    }
+
+    fn remove_object(&mut self, o: &ObjectMeta) {
+        for r in &o.ranges {
+            if let Some(m) = self.by_stream.get_mut(&r.stream_id) {
+                if m.get(&r.start_offset).map(|x| x.object_id) == Some(o.id) {
+                    m.remove(&r.start_offset);
+                }
+                if m.is_empty() {
+                    self.by_stream.remove(&r.stream_id);
+                }
+            }
+        }
+    }
+}
+
+impl MetaState {
+    /// Wraps a state (e.g. from a snapshot) and builds its index.
+    pub(crate) fn from_state(state: ClusterState) -> Self {
+        let mut index = RangeIndex::default();
+        for o in state.objects.values() {
+            index.insert_object(&state.streams, o);
+        }
+        MetaState { state, index }
+    }
+
+    fn location(&self, rr: &RangeRef) -> Option<RangeLocation> {
+        let o = self.state.objects.get(&rr.object_id)?;
+        let range = o.ranges.get(rr.slot as usize)?;
+        Some(RangeLocation {
+            object_id: o.id,
+            object_key: o.key.clone(),
+            range: range.clone(),
+        })
+    }
+
+    fn range_of(&self, rr: &RangeRef) -> Option<&ObjectRange> {
+        self.state
+            .objects
+            .get(&rr.object_id)
+            .and_then(|o| o.ranges.get(rr.slot as usize))
+    }
+
+    /// Live ranges of a stream holding offsets >= `from`, in offset order, at most `limit`.
+    pub(crate) fn ranges_from(
+        &self,
+        stream_id: StreamId,
+        from: u64,
+        limit: usize,
+    ) -> Vec<RangeLocation> {
+        let mut out = Vec::new();
+        let Some(m) = self.index.by_stream.get(&stream_id) else {
+            return out;
+        };
+        if limit == 0 {
+            return out;
+        }
+        // The range containing `from` starts at or before it (ranges do not overlap).
+        if let Some(loc) = m
+            .range(..=from)
+            .next_back()
+            .and_then(|(_, rr)| self.location(rr))
+            && loc.range.end_offset > from
+        {
+            out.push(loc);
+        }
+        for (_, rr) in m.range((Bound::Excluded(from), Bound::Unbounded)) {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(loc) = self.location(rr) {
+                out.push(loc);
+            }
+        }
+        out
+    }
+
+    /// Every live range of a stream in offset order.
+    pub(crate) fn all_ranges(&self, stream_id: StreamId) -> Vec<RangeLocation> {
+        self.index
+            .by_stream
+            .get(&stream_id)
+            .map(|m| m.values().filter_map(|rr| self.location(rr)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Applies one command. Rejections leave the state untouched.
+    pub(crate) fn apply(&mut self, cmd: Command) -> Response {
+        let res = match cmd {
+            Command::Topic { cmd, now_ms } => self.apply_topic(cmd, now_ms).map(|()| Response::Ok),
+            Command::SetClusterId { cluster_id } => {
+                // First writer wins so a retried or duplicated first-start write is harmless.
+                if self.state.cluster_id.is_empty() {
+                    self.state.cluster_id = cluster_id;
+                }
+                Ok(Response::Ok)
+            }
+            Command::PrepareObject => {
+                let id = self.state.next_object_id.max(1);
+                self.state.next_object_id = id + 1;
+                Ok(Response::ObjectId(id))
+            }
+            Command::OpenStream { stream_id } => Ok(Response::Stream(self.open_stream(stream_id))),
+            Command::CommitObject { object, streams } => {
+                self.commit_object(object, streams).map(|()| Response::Ok)
+            }
+            Command::CompactObjects {
+                new_object,
+                replaced,
+                now_ms,
+            } => self
+                .compact_objects(new_object, replaced, now_ms)
+                .map(|()| Response::Ok),
+            Command::TrimStream {
+                stream_id,
+                new_start,
+                now_ms,
+            } => self
+                .trim_stream(stream_id, new_start, now_ms)
+                .map(|()| Response::Ok),
+            Command::DeleteStream { stream_id, now_ms } => {
+                if self.delete_stream(stream_id, now_ms) {
+                    Ok(Response::Ok)
+                } else {
+                    Err(ApplyError::UnknownStream(stream_id))
+                }
+            }
+            Command::ForgetObjects { ids } => {
+                // Only dead objects can be forgotten: a live id here is a caller bug, ignore it.
+                for id in ids {
+                    self.state.dead_objects.remove(&id);
+                }
+                Ok(Response::Ok)
+            }
+        };
+        res.unwrap_or_else(Response::Rejected)
+    }
+
+    fn apply_topic(&mut self, cmd: TopicCommand, now_ms: i64) -> Result<(), ApplyError> {
+        match cmd {
+            TopicCommand::RegisterNode(node) => {
+                self.state.nodes.insert(node.id, node);
+            }
+            TopicCommand::CreateTopic {
+                name,
+                id,
+                partitions,
+                configs,
+                owner,
+                now_ms: created_at_ms,
+            } => {
+                if self.state.topics.contains_key(&name) {
+                    return Err(ApplyError::TopicExists(name));
+                }
+                let partitions = (0..partitions)
+                    .map(|_| PartitionMeta {
+                        stream_id: self.alloc_stream(),
+                        owner,
+                    })
+                    .collect();
+                self.state.topics.insert(
+                    name.clone(),
+                    TopicMeta {
+                        name,
+                        id,
+                        configs,
+                        partitions,
+                        created_at_ms,
+                    },
+                );
+            }
+            TopicCommand::DeleteTopic { name } => {
+                let Some(topic) = self.state.topics.remove(&name) else {
+                    return Err(ApplyError::UnknownTopic(name));
+                };
+                for p in topic.partitions {
+                    self.delete_stream(p.stream_id, now_ms);
+                }
+            }
+            TopicCommand::CreatePartitions { name, total, owner } => {
+                let current = match self.state.topics.get(&name) {
+                    Some(t) => t.partitions.len() as u32,
+                    None => return Err(ApplyError::UnknownTopic(name)),
+                };
+                if total <= current {
+                    return Err(ApplyError::InvalidPartitions {
+                        name,
+                        current,
+                        requested: total,
+                    });
+                }
+                let new: Vec<PartitionMeta> = (current..total)
+                    .map(|_| PartitionMeta {
+                        stream_id: self.alloc_stream(),
+                        owner,
+                    })
+                    .collect();
+                if let Some(t) = self.state.topics.get_mut(&name) {
+                    t.partitions.extend(new);
+                }
+            }
+            TopicCommand::SetTopicConfigs { name, configs } => {
+                match self.state.topics.get_mut(&name) {
+                    Some(t) => t.configs = configs,
+                    None => return Err(ApplyError::UnknownTopic(name)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Allocates a fresh stream (epoch 0, empty).
+    fn alloc_stream(&mut self) -> StreamId {
+        let mut id = self.state.next_stream_id.max(1);
+        // Streams created by `open_stream` with arbitrary ids bump the counter, but stay safe.
+        while self.state.streams.contains_key(&id) {
+            id += 1;
+        }
+        self.state.next_stream_id = id + 1;
+        self.state.streams.insert(
+            id,
+            StreamMeta {
+                id,
+                epoch: 0,
+                start_offset: 0,
+                end_offset: 0,
+            },
+        );
+        id
+    }
+
+    fn open_stream(&mut self, stream_id: StreamId) -> StreamMeta {
+        let s = self.state.streams.entry(stream_id).or_insert(StreamMeta {
+            id: stream_id,
+            epoch: 0,
+            start_offset: 0,
+            end_offset: 0,
+        });
+        s.epoch += 1;
+        let out = s.clone();
+        if stream_id >= self.state.next_stream_id {
+            self.state.next_stream_id = stream_id + 1;
+        }
+        out
+    }
+
+    fn object_id_taken(&self, id: ObjectId) -> bool {
+        self.state.objects.contains_key(&id) || self.state.dead_objects.contains_key(&id)
+    }
+
+    fn note_object_id(&mut self, id: ObjectId) {
+        // Ids not handed out by prepare_object must still never be handed out later.
+        if id >= self.state.next_object_id {
+            self.state.next_object_id = id + 1;
+        }
+    }
+
+    fn commit_object(
+        &mut self,
+        object: ObjectMeta,
+        commits: Vec<StreamCommit>,
+    ) -> Result<(), ApplyError> {
+        if self.object_id_taken(object.id) {
+            return Err(ApplyError::Invalid(format!(
+                "object {} is already committed",
+                object.id
+            )));
+        }
+        let epoch_of = |sid: StreamId| commits.iter().find(|c| c.stream_id == sid).map(|c| c.epoch);
+        // Validate everything first so a rejection changes nothing.
+        let mut ends: BTreeMap<StreamId, u64> = BTreeMap::new();
+        for r in &object.ranges {
+            let Some(s) = self.state.streams.get(&r.stream_id) else {
+                return Err(ApplyError::UnknownStream(r.stream_id));
+            };
+            match epoch_of(r.stream_id) {
+                Some(e) if e == s.epoch => {}
+                // A range without an epoch does not prove ownership either.
+                e => {
+                    return Err(ApplyError::Fenced {
+                        stream_id: r.stream_id,
+                        epoch: e.unwrap_or(0),
+                        current: s.epoch,
+                    });
+                }
+            }
+            let expected = ends.get(&r.stream_id).copied().unwrap_or(s.end_offset);
+            if r.start_offset != expected || r.end_offset < r.start_offset {
+                return Err(ApplyError::OffsetGap {
+                    stream_id: r.stream_id,
+                    start: r.start_offset,
+                    expected,
+                });
+            }
+            ends.insert(r.stream_id, r.end_offset);
+        }
+        for c in &commits {
+            let Some(s) = self.state.streams.get(&c.stream_id) else {
+                return Err(ApplyError::UnknownStream(c.stream_id));
+            };
+            if c.epoch != s.epoch {
+                return Err(ApplyError::Fenced {
+                    stream_id: c.stream_id,
+                    epoch: c.epoch,
+                    current: s.epoch,
+                });
+            }
+        }
+        for (sid, end) in ends {
+            if let Some(s) = self.state.streams.get_mut(&sid) {
+                s.end_offset = end;
+            }
+        }
+        self.note_object_id(object.id);
+        let dead_since = object.committed_at_ms;
+        self.insert_object(object, dead_since);
+        Ok(())
+    }
+
+    /// Adds an object as live, or straight to the dead list if no range of it is live.
+    fn insert_object(&mut self, object: ObjectMeta, dead_since_ms: i64) {
+        if object_live(&self.state.streams, &object) {
+            self.index.insert_object(&self.state.streams, &object);
+            self.state.objects.insert(object.id, object);
+        } else {
+            self.state.dead_objects.insert(
+                object.id,
+                DeadObject {
+                    object,
+                    dead_since_ms,
+                },
+            );
+        }
+    }
+
+    /// Moves a live object to the dead list if none of its ranges is live any more.
+    fn retire_if_dead(&mut self, id: ObjectId, now_ms: i64) {
+        let dead = match self.state.objects.get(&id) {
+            Some(o) => !object_live(&self.state.streams, o),
+            None => false,
+        };
+        if !dead {
+            return;
+        }
+        if let Some(o) = self.state.objects.remove(&id) {
+            self.index.remove_object(&o);
+            self.state.dead_objects.insert(
+                id,
+                DeadObject {
+                    object: o,
+                    dead_since_ms: now_ms,
+                },
+            );
+        }
+    }
+
+    /// Live offsets of `stream` per stream from `ranges`, merged into disjoint intervals and
+    /// clipped at the stream start (offsets below it are deleted anyway).
+    fn live_coverage<'a>(
+        &self,
+        ranges: impl Iterator<Item = &'a ObjectRange>,
+    ) -> BTreeMap<StreamId, Vec<(u64, u64)>> {
+        let mut cov: BTreeMap<StreamId, Vec<(u64, u64)>> = BTreeMap::new();
+        for r in ranges {
+            if !range_live(&self.state.streams, r) {
+                continue;
+            }
+            let start = self
+                .state
+                .streams
+                .get(&r.stream_id)
+                .map_or(r.start_offset, |s| r.start_offset.max(s.start_offset));
+            cov.entry(r.stream_id)
+                .or_default()
+                .push((start, r.end_offset));
+        }
+        cov.into_iter()
+            .map(|(k, v)| (k, merge_intervals(v)))
+            .collect()
+    }
+
+    fn compact_objects(
+        &mut self,
+        new_object: Option<ObjectMeta>,
+        replaced: Vec<ObjectId>,
+        now_ms: i64,
+    ) -> Result<(), ApplyError> {
+        if let Some(n) = new_object.as_ref().filter(|n| self.object_id_taken(n.id)) {
+            return Err(ApplyError::Invalid(format!(
+                "object {} is already committed",
+                n.id
+            )));
+        }
+        // Replaced objects that already died (retention raced the compaction) or were forgotten
+        // contribute no live data, so they are simply skipped.
+        let replaced: BTreeSet<ObjectId> = replaced
+            .into_iter()
+            .filter(|id| self.state.objects.contains_key(id))
+            .collect();
+
+        // The new object's live ranges of one stream must not overlap each other.
+        if let Some(n) = &new_object {
+            let mut by_stream: BTreeMap<StreamId, Vec<&ObjectRange>> = BTreeMap::new();
+            for r in n
+                .ranges
+                .iter()
+                .filter(|r| range_live(&self.state.streams, r))
+            {
+                by_stream.entry(r.stream_id).or_default().push(r);
+            }
+            for (sid, mut rs) in by_stream {
+                rs.sort_by_key(|r| r.start_offset);
+                for w in rs.windows(2) {
+                    if w[1].start_offset < w[0].end_offset {
+                        return Err(ApplyError::OffsetGap {
+                            stream_id: sid,
+                            start: w[1].start_offset,
+                            expected: w[0].end_offset,
+                        });
+                    }
+                }
+            }
+        }
+
+        // Live data must be preserved exactly: same live offsets before and after the swap.
+        let old_cov = self.live_coverage(
+            replaced
+                .iter()
+                .filter_map(|id| self.state.objects.get(id))
+                .flat_map(|o| o.ranges.iter()),
+        );
+        let new_cov = self.live_coverage(new_object.iter().flat_map(|o| o.ranges.iter()));
+        let streams: BTreeSet<StreamId> = old_cov.keys().chain(new_cov.keys()).copied().collect();
+        for sid in streams {
+            let empty = Vec::new();
+            let old = old_cov.get(&sid).unwrap_or(&empty);
+            let new = new_cov.get(&sid).unwrap_or(&empty);
+            if old != new {
+                let i = old
+                    .iter()
+                    .zip(new.iter())
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                let (start, expected) = match (new.get(i), old.get(i)) {
+                    (Some(n), Some(o)) if n.0 == o.0 => (n.1, o.1),
+                    (Some(n), Some(o)) => (n.0, o.0),
+                    (Some(n), None) => (n.0, old.last().map_or(n.0, |o| o.1)),
+                    (None, Some(o)) => (new.last().map_or(o.0, |n| n.1), o.0),
+                    (None, None) => (0, 0),
+                };
+                return Err(ApplyError::OffsetGap {
+                    stream_id: sid,
+                    start,
+                    expected,
+                });
+            }
+        }
+
+        for id in &replaced {
+            if let Some(o) = self.state.objects.remove(id) {
+                self.index.remove_object(&o);
+                self.state.dead_objects.insert(
+                    *id,
+                    DeadObject {
+                        object: o,
+                        dead_since_ms: now_ms,
+                    },
+                );
+            }
+        }
+        if let Some(n) = new_object {
+            self.note_object_id(n.id);
+            self.insert_object(n, now_ms);
+        }
+        Ok(())
+    }
+
+    fn trim_stream(
+        &mut self,
+        stream_id: StreamId,
+        new_start: u64,
+        now_ms: i64,
+    ) -> Result<(), ApplyError> {
+        let Some(s) = self.state.streams.get_mut(&stream_id) else {
+            return Err(ApplyError::UnknownStream(stream_id));
+        };
+        // Never lowers the start, never passes the end: clamp rather than reject.
+        let target = new_start.min(s.end_offset);
+        if target <= s.start_offset {
+            return Ok(());
+        }
+        s.start_offset = target;
+
+        let mut affected = BTreeSet::new();
+        let mut drop_keys = Vec::new();
+        if let Some(m) = self.index.by_stream.get(&stream_id) {
+            // Ranges are disjoint and sorted, so their ends increase too: stop at the first
+            // range still reaching above the new start.
+            for (start, rr) in m {
+                match self.range_of(rr) {
+                    Some(r) if r.end_offset > target => break,
+                    _ => {
+                        drop_keys.push(*start);
+                        affected.insert(rr.object_id);
+                    }
+                }
+            }
+        }
+        if let Some(m) = self.index.by_stream.get_mut(&stream_id) {
+            for k in drop_keys {
+                m.remove(&k);
+            }
+            if m.is_empty() {
+                self.index.by_stream.remove(&stream_id);
+            }
+        }
+        for id in affected {
+            self.retire_if_dead(id, now_ms);
+        }
+        Ok(())
+    }
+
+    /// Removes a stream; returns false if it did not exist.
+    fn delete_stream(&mut self, stream_id: StreamId, now_ms: i64) -> bool {
+        if self.state.streams.remove(&stream_id).is_none() {
+            return false;
+        }
+        let affected: BTreeSet<ObjectId> = self
+            .index
+            .by_stream
+            .remove(&stream_id)
+            .map(|m| m.values().map(|rr| rr.object_id).collect())
+            .unwrap_or_default();
+        for id in affected {
+            self.retire_if_dead(id, now_ms);
+        }
+        true
+    }
+}

@@ -1,0 +1,202 @@
+//! Raft type configuration and the commands/responses carried in the Raft log.
+//!
+//! Every command carries all inputs its apply needs (ids from the state, timestamps from the
+//! proposer), so applying the same log on any replica yields the same state.
+
+use crate::{MetaError, TopicCommand};
+use serde::{Deserialize, Serialize};
+use shale_stream::{CatalogError, ObjectId, ObjectMeta, StreamCommit, StreamId, StreamMeta};
+use std::fmt;
+
+openraft::declare_raft_types!(
+    /// Openraft types of the metadata quorum: node ids are `u64`, nodes carry their RPC address.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+);
+
+pub(crate) type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub(crate) type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub(crate) type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub(crate) type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub(crate) type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub(crate) type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+/// Snapshot payload: the serialized [`crate::ClusterState`] (JSON).
+pub(crate) type SnapshotData = Vec<u8>;
+
+/// A state machine command (one Raft log entry payload).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    /// Topic and node administration; `now_ms` stamps objects that die by it.
+    Topic {
+        cmd: TopicCommand,
+        now_ms: i64,
+    },
+    /// Sets the cluster id if none is set yet (first start).
+    SetClusterId {
+        cluster_id: String,
+    },
+    PrepareObject,
+    OpenStream {
+        stream_id: StreamId,
+    },
+    CommitObject {
+        object: ObjectMeta,
+        streams: Vec<StreamCommit>,
+    },
+    CompactObjects {
+        new_object: Option<ObjectMeta>,
+        replaced: Vec<ObjectId>,
+        now_ms: i64,
+    },
+    TrimStream {
+        stream_id: StreamId,
+        new_start: u64,
+        now_ms: i64,
+    },
+    DeleteStream {
+        stream_id: StreamId,
+        now_ms: i64,
+    },
+    ForgetObjects {
+        ids: Vec<ObjectId>,
+    },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Short on purpose: openraft logs entries, and objects can have thousands of ranges.
+        match self {
+            Command::Topic { cmd, .. } => match cmd {
+                TopicCommand::RegisterNode(n) => write!(f, "RegisterNode({})", n.id),
+                TopicCommand::CreateTopic {
+                    name, partitions, ..
+                } => write!(f, "CreateTopic({name}, {partitions})"),
+                TopicCommand::DeleteTopic { name } => write!(f, "DeleteTopic({name})"),
+                TopicCommand::CreatePartitions { name, total, .. } => {
+                    write!(f, "CreatePartitions({name}, {total})")
+                }
+                TopicCommand::SetTopicConfigs { name, .. } => write!(f, "SetTopicConfigs({name})"),
+            },
+            Command::SetClusterId { cluster_id } => write!(f, "SetClusterId({cluster_id})"),
+            Command::PrepareObject => write!(f, "PrepareObject"),
+            Command::OpenStream { stream_id } => write!(f, "OpenStream({stream_id})"),
+            Command::CommitObject { object, .. } => {
+                write!(
+                    f,
+                    "CommitObject({}, {} ranges)",
+                    object.id,
+                    object.ranges.len()
+                )
+            }
+            Command::CompactObjects {
+                new_object,
+                replaced,
+                ..
+            } => write!(
+                f,
+                "CompactObjects({:?} replaces {} objects)",
+                new_object.as_ref().map(|o| o.id),
+                replaced.len()
+            ),
+            Command::TrimStream {
+                stream_id,
+                new_start,
+                ..
+            } => write!(f, "TrimStream({stream_id}, {new_start})"),
+            Command::DeleteStream { stream_id, .. } => write!(f, "DeleteStream({stream_id})"),
+            Command::ForgetObjects { ids } => write!(f, "ForgetObjects({} ids)", ids.len()),
+        }
+    }
+}
+
+/// The result of applying a command, returned to the proposer through `client_write`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Ok,
+    ObjectId(ObjectId),
+    Stream(StreamMeta),
+    /// The command was rejected by validation; the state is unchanged.
+    Rejected(ApplyError),
+}
+
+/// A deterministic rejection by the state machine (serializable, unlike the public errors).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    #[error("stream {stream_id} fenced: epoch {epoch} is older than {current}")]
+    Fenced {
+        stream_id: StreamId,
+        epoch: u64,
+        current: u64,
+    },
+    #[error("unknown stream {0}")]
+    UnknownStream(StreamId),
+    #[error("stream {stream_id}: range starts at {start}, expected {expected}")]
+    OffsetGap {
+        stream_id: StreamId,
+        start: u64,
+        expected: u64,
+    },
+    #[error("topic {0} already exists")]
+    TopicExists(String),
+    #[error("unknown topic {0}")]
+    UnknownTopic(String),
+    #[error("topic {name} has {current} partitions; cannot go to {requested}")]
+    InvalidPartitions {
+        name: String,
+        current: u32,
+        requested: u32,
+    },
+    /// A malformed request (e.g. reusing a committed object id).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+impl From<ApplyError> for CatalogError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::Fenced {
+                stream_id,
+                epoch,
+                current,
+            } => CatalogError::Fenced {
+                stream_id,
+                epoch,
+                current,
+            },
+            ApplyError::UnknownStream(id) => CatalogError::UnknownStream(id),
+            ApplyError::OffsetGap {
+                stream_id,
+                start,
+                expected,
+            } => CatalogError::OffsetGap {
+                stream_id,
+                start,
+                expected,
+            },
+            // The catalog error set has no "invalid" variant; these only arise from caller bugs.
+            other => CatalogError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<ApplyError> for MetaError {
+    fn from(e: ApplyError) -> Self {
+        match e {
+            ApplyError::TopicExists(n) => MetaError::TopicExists(n),
+            ApplyError::UnknownTopic(n) => MetaError::UnknownTopic(n),
+            ApplyError::InvalidPartitions {
+                name,
+                current,
+                requested,
+            } => MetaError::InvalidPartitions {
+                name,
+                current,
+                requested,
+            },
+            other => MetaError::Unavailable(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Compaction: merges small objects into one, dropping data below stream start offsets and
+//! joining adjacent ranges of the same stream, so object count (and GETs per read) stay
+//! bounded. The swap is one atomic catalog command; replaced objects become dead and are
+//! deleted after the grace period, so reads in flight on them still finish.
+//!
+//! Each object is compacted by at most one node: the owner (opener) of the stream of its first
+//! live range. Nodes thus never race for the same objects, and objects written by a node that
+//! is gone are still picked up by the new owners of their streams.
+
+use crate::object;
+use crate::util::{Backoff, now_ms};
+use crate::{
+    CatalogError, Inner, ObjectId, ObjectMeta, StreamError, StreamId, StreamMeta, StreamRecord,
+};
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Weak;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Merges per pass, so a backlog of small objects drains without waiting many intervals.
+const MAX_MERGES_PER_PASS: usize = 16;
+/// How long a compacted object's PUT is retried.
+const PUT_RETRY: Duration = Duration::from_secs(30);
+
+/// Key of a compacted object.
+pub(crate) fn object_key(prefix: &str, id: ObjectId) -> String {
+    format!("{prefix}obj/{id:020}")
+}
+
+pub(crate) async fn run(inner: Weak<Inner>, mut stop: watch::Receiver<bool>) {
+    let period = match inner.upgrade() {
+        Some(i) => i.config.compaction_interval,
+        None => return,
+    };
+    if period.is_zero() {
+        // Disabled; compact_now still works.
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = crate::wal::stopped(&mut stop) => return,
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if let Err(e) = compact_once(&inner).await {
+            tracing::warn!(error = %e, "compaction pass failed");
+        }
+    }
+}
+
+/// One pass: drops objects without live data, then merges batches of small objects.
+/// Returns the number of objects replaced.
+pub(crate) async fn compact_once(inner: &Inner) -> Result<usize, StreamError> {
+    let _pass = inner.compaction_lock.lock().await;
+    let mut replaced = drop_dead_objects(inner).await;
+    for _ in 0..MAX_MERGES_PER_PASS {
+        let picked = pick(inner);
+        if picked.len() < 2 {
+            break;
+        }
+        replaced += merge(inner, picked).await?;
+    }
+    Ok(replaced)
+}
+
+fn range_live(streams: &HashMap<StreamId, Option<StreamMeta>>, r: &crate::ObjectRange) -> bool {
+    match streams.get(&r.stream_id) {
+        Some(Some(s)) => r.end_offset > r.start_offset && r.end_offset > s.start_offset,
+        _ => false,
+    }
+}
+
+fn stream_metas<'a>(
+    inner: &Inner,
+    objects: impl Iterator<Item = &'a ObjectMeta>,
+) -> HashMap<StreamId, Option<StreamMeta>> {
+    let mut m = HashMap::new();
+    for o in objects {
+        for r in &o.ranges {
+            m.entry(r.stream_id)
+                .or_insert_with(|| inner.catalog.stream(r.stream_id));
+        }
+    }
+    m
+}
+
+/// Live objects whose ranges are all below their streams' start (the catalog normally retires
+/// those itself; this covers catalogs that leave it to the stream layer).
+async fn drop_dead_objects(inner: &Inner) -> usize {
+    let live = inner.catalog.live_objects();
+    let streams = stream_metas(inner, live.iter());
+    let dead: Vec<ObjectId> = live
+        .iter()
+        .filter(|o| !o.ranges.iter().any(|r| range_live(&streams, r)))
+        .map(|o| o.id)
+        .collect();
+    if dead.is_empty() {
+        return 0;
+    }
+    let n = dead.len();
+    match inner.catalog.compact_objects(None, dead).await {
+        Ok(()) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot drop objects without live data");
+            0
+        }
+    }
+}
+
+/// Oldest small objects this node is responsible for, up to the merged size limit.
+fn pick(inner: &Inner) -> Vec<ObjectMeta> {
+    let cfg = &inner.config;
+    let live = inner.catalog.live_objects();
+    let streams = stream_metas(inner, live.iter());
+    let open = inner.streams.read();
+    let mut candidates: Vec<ObjectMeta> = live
+        .into_iter()
+        .filter(|o| o.size < cfg.compaction_small_object_bytes)
+        .filter(|o| {
+            o.ranges
+                .iter()
+                .find(|r| range_live(&streams, r))
+                .is_some_and(|r| open.get(&r.stream_id).is_some_and(|s| s.is_writable()))
+        })
+        .collect();
+    drop(open);
+    candidates.sort_by_key(|o| (o.committed_at_ms, o.id));
+    let mut total = 0u64;
+    let mut picked = Vec::new();
+    for o in candidates {
+        if !picked.is_empty() && total + o.size > cfg.compaction_max_object_bytes {
+            break;
+        }
+        total += o.size;
+        picked.push(o);
+    }
+    picked
+}
+
+/// Reads `picked`, writes one merged object and swaps it in. Returns objects replaced.
+async fn merge(inner: &Inner, picked: Vec<ObjectMeta>) -> Result<usize, StreamError> {
+    let store = &inner.store;
+    let fetched: Vec<(ObjectMeta, bytes::Bytes)> = futures::stream::iter(picked)
+        .map(|o| async move {
+            let path = Path::from(o.key.as_str());
+            let data = async { store.get(&path).await?.bytes().await }
+                .await
+                .map_err(|e| StreamError::ObjectStore(format!("GET {}: {e}", o.key)))?;
+            Ok::<_, StreamError>((o, data))
+        })
+        .buffered(4)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+
+    let streams = stream_metas(inner, fetched.iter().map(|(o, _)| o));
+    // Live entries per stream, as runs of contiguous entries.
+    let mut runs: BTreeMap<StreamId, Vec<Vec<StreamRecord>>> = BTreeMap::new();
+    for (o, data) in &fetched {
+        for r in &o.ranges {
+            if !range_live(&streams, r) {
+                continue;
+            }
+            let start = match streams.get(&r.stream_id) {
+                Some(Some(s)) => s.start_offset,
+                _ => continue,
+            };
+            let entries: Vec<StreamRecord> = object::decode_range(data, r)
+                .map_err(|e| e.at(&o.key))?
+                .into_iter()
+                .filter(|e| e.end_offset() > start)
+                .collect();
+            if !entries.is_empty() {
+                runs.entry(r.stream_id).or_default().push(entries);
+            }
+        }
+    }
+    let mut merged: Vec<(StreamId, Vec<StreamRecord>)> = Vec::new();
+    for (sid, mut rs) in runs {
+        rs.sort_by_key(|run| run.first().map(|e| e.base_offset));
+        let mut cur: Vec<StreamRecord> = Vec::new();
+        for run in rs {
+            let (Some(first), Some(prev)) = (run.first(), cur.last()) else {
+                cur = run;
+                continue;
+            };
+            if first.base_offset < prev.end_offset() {
+                return Err(StreamError::Corrupt {
+                    key: String::new(),
+                    reason: format!(
+                        "stream {sid}: ranges overlap at offset {} during compaction",
+                        first.base_offset
+                    ),
+                });
+            }
+            if first.base_offset == prev.end_offset() {
+                cur.extend(run);
+            } else {
+                merged.push((sid, std::mem::take(&mut cur)));
+                cur = run;
+            }
+        }
+        if !cur.is_empty() {
+            merged.push((sid, cur));
+        }
+    }
+    let replaced: Vec<ObjectId> = fetched.iter().map(|(o, _)| o.id).collect();
+    let n = replaced.len();
+    drop(fetched);
+
+    if merged.is_empty() {
+        // Nothing live any more (trimmed meanwhile): just retire them.
+        inner.catalog.compact_objects(None, replaced).await?;
+        return Ok(n);
+    }
+    let input: Vec<(StreamId, &[StreamRecord])> =
+        merged.iter().map(|(s, e)| (*s, e.as_slice())).collect();
+    let (data, ranges) = object::encode(&input);
+    drop(input);
+    drop(merged);
+
+    let id = inner.catalog.prepare_object().await?;
+    let key = object_key(&inner.config.key_prefix, id);
+    let path = Path::from(key.as_str());
+    let mut backoff = Backoff::new(&inner.tuning, PUT_RETRY);
+    let size = data.len() as u64;
+    loop {
+        match store.put(&path, data.clone().into()).await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "compacted object upload failed; retrying");
+                if !backoff.wait().await {
+                    return Err(StreamError::ObjectStore(format!("PUT {key}: {e}")));
+                }
+            }
+        }
+    }
+    drop(data);
+    let meta = ObjectMeta {
+        id,
+        key: key.clone(),
+        size,
+        ranges,
+        committed_at_ms: now_ms(),
+    };
+    match inner
+        .catalog
+        .compact_objects(Some(meta), replaced.clone())
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(object = id, replaced = n, bytes = size, "compacted objects");
+            Ok(n)
+        }
+        Err(e) => {
+            // A deterministic rejection means the object is not referenced: remove it. After
+            // `Unavailable` it may or may not be committed, so it must stay.
+            if !matches!(e, CatalogError::Unavailable(_))
+                && let Err(de) = store.delete(&path).await
+            {
+                tracing::warn!(key, error = %de, "cannot delete rejected compacted object");
+            }
+            Err(e.into())
+        }
+    }
+}

@@ -1,0 +1,1011 @@
+//! End-to-end tests of the stream layer against an in-memory bucket and [`MemoryCatalog`].
+
+use crate::memory::MemoryCatalog;
+use crate::util::Tuning;
+use crate::*;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta as StoreMeta,
+    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::time::timeout;
+
+/// An in-memory bucket that counts requests and can fail or delay PUTs.
+#[derive(Debug, Default)]
+struct TestStore {
+    inner: InMemory,
+    puts: AtomicUsize,
+    gets: AtomicUsize,
+    /// Fail this many PUTs (usize::MAX: all).
+    fail_puts: AtomicUsize,
+    /// Delay of each next PUT, in order.
+    put_delays: parking_lot::Mutex<VecDeque<Duration>>,
+}
+
+impl fmt::Display for TestStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TestStore")
+    }
+}
+
+#[async_trait]
+impl ObjectStore for TestStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        let delay = self.put_delays.lock().pop_front();
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        let failing = self
+            .fail_puts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                0 => None,
+                usize::MAX => Some(usize::MAX),
+                n => Some(n - 1),
+            })
+            .is_ok();
+        if failing {
+            return Err(object_store::Error::Generic {
+                store: "test",
+                source: "injected PUT failure".into(),
+            });
+        }
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<StoreMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+impl TestStore {
+    async fn keys(&self, prefix: &str) -> Vec<String> {
+        let p = Path::from(prefix);
+        let mut keys: Vec<String> = self
+            .inner
+            .list(Some(&p))
+            .map(|m| m.map(|m| m.location.to_string()))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        keys.sort();
+        keys
+    }
+}
+
+fn config() -> StreamConfig {
+    StreamConfig {
+        node_id: 1,
+        key_prefix: "t/".into(),
+        wal_batch_interval: Duration::from_millis(20),
+        wal_batch_bytes: 1 << 20,
+        wal_max_inflight: 4,
+        log_cache_bytes: 1 << 20,
+        block_cache_bytes: 1 << 20,
+        readahead_ranges: 2,
+        // Driven by compact_now in tests.
+        compaction_interval: Duration::ZERO,
+        compaction_small_object_bytes: 1 << 20,
+        compaction_max_object_bytes: 16 << 20,
+        object_delete_grace: Duration::from_millis(50),
+    }
+}
+
+fn tuning() -> Tuning {
+    Tuning {
+        retry_initial: Duration::from_millis(5),
+        retry_max: Duration::from_millis(20),
+        wal_retry_timeout: Duration::from_millis(400),
+        close_wait: Duration::from_secs(2),
+        ..Tuning::default()
+    }
+}
+
+struct Env {
+    bucket: Arc<TestStore>,
+    catalog: Arc<MemoryCatalog>,
+    store: Arc<StreamStore>,
+}
+
+impl Env {
+    fn new(cfg: StreamConfig) -> Env {
+        let bucket = Arc::new(TestStore::default());
+        let catalog = Arc::new(MemoryCatalog::new());
+        let store = StreamStore::start_tuned(bucket.clone(), catalog.clone(), cfg, tuning());
+        Env {
+            bucket,
+            catalog,
+            store,
+        }
+    }
+
+    /// Another node on the same bucket and catalog.
+    fn peer(&self, cfg: StreamConfig) -> Arc<StreamStore> {
+        StreamStore::start_tuned(self.bucket.clone(), self.catalog.clone(), cfg, tuning())
+    }
+}
+
+fn payload(stream: u64, offset: u64, len: usize) -> Bytes {
+    let mut v = format!("s{stream}-o{offset}-").into_bytes();
+    v.resize(len.max(v.len()), b'x');
+    Bytes::from(v)
+}
+
+async fn durable(h: AppendHandle) -> Result<(), StreamError> {
+    timeout(Duration::from_secs(10), h.durable)
+        .await
+        .expect("append never resolved")
+        .expect("durable sender dropped")
+}
+
+/// Appends `n` entries of `count` offsets each and waits until all are durable.
+async fn append_n(s: &Stream, n: usize, count: u32, len: usize) -> Vec<u64> {
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        let id = s.id();
+        let h = s
+            .append(count, crate::util::now_ms(), |base| payload(id, base, len))
+            .unwrap();
+        handles.push(h);
+    }
+    let mut bases = Vec::new();
+    for h in handles {
+        bases.push(h.base_offset);
+        durable(h).await.unwrap();
+    }
+    bases
+}
+
+async fn read_all(s: &Stream, from: u64) -> Vec<StreamRecord> {
+    let mut out = Vec::new();
+    let mut pos = from;
+    while pos < s.end_offset() {
+        let got = s.read(pos, 64 * 1024).await.unwrap();
+        assert!(!got.is_empty(), "no progress at {pos}");
+        pos = got.last().unwrap().end_offset();
+        out.extend(got);
+    }
+    out
+}
+
+fn check_entries(entries: &[StreamRecord], stream: u64, from: u64, to: u64, count: u32) {
+    let mut expected = from;
+    for e in entries {
+        assert_eq!(e.base_offset, expected);
+        assert_eq!(e.count, count);
+        assert!(
+            e.payload
+                .starts_with(format!("s{stream}-o{expected}-").as_bytes())
+        );
+        expected = e.end_offset();
+    }
+    assert_eq!(expected, to);
+}
+
+#[tokio::test]
+async fn wal_batches_many_streams_into_one_object() {
+    let mut cfg = config();
+    cfg.wal_batch_interval = Duration::from_millis(300);
+    let env = Env::new(cfg);
+    let mut streams = Vec::new();
+    for id in 1..=8 {
+        streams.push(env.store.open(id).await.unwrap());
+    }
+    let mut handles = Vec::new();
+    for round in 0..25 {
+        for s in &streams {
+            let id = s.id();
+            let h = s.append(2, round, |base| payload(id, base, 100)).unwrap();
+            assert_eq!(h.base_offset, round as u64 * 2);
+            handles.push(h);
+        }
+    }
+    for h in handles {
+        durable(h).await.unwrap();
+    }
+    assert_eq!(env.bucket.keys("t/wal").await.len(), 1);
+    assert_eq!(env.bucket.puts.load(Ordering::SeqCst), 1);
+    let objects = env.catalog.live_objects();
+    assert_eq!(objects.len(), 1);
+    assert_eq!(objects[0].ranges.len(), 8);
+    assert_eq!(objects[0].key, "t/wal/1/00000000000000000001");
+    for s in &streams {
+        assert_eq!(s.end_offset(), 50);
+        assert_eq!(s.next_offset(), 50);
+        check_entries(&s.read(0, usize::MAX).await.unwrap(), s.id(), 0, 50, 2);
+    }
+}
+
+#[tokio::test]
+async fn wal_flushes_when_batch_bytes_reached() {
+    let mut cfg = config();
+    cfg.wal_batch_interval = Duration::from_secs(3600);
+    cfg.wal_batch_bytes = 10_000;
+    let env = Env::new(cfg);
+    let s = env.store.open(1).await.unwrap();
+    // ~20 KB: at least one size-triggered flush without waiting for the (huge) interval.
+    let handles: Vec<_> = (0..20)
+        .map(|_| s.append(1, 0, |b| payload(1, b, 1000)).unwrap())
+        .collect();
+    let first = handles.into_iter().next().unwrap();
+    durable(first).await.unwrap();
+    assert!(s.end_offset() >= 9);
+    // Nothing buffered means no object: the count stays put.
+    let objects = env.bucket.keys("t/wal").await.len();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(env.bucket.keys("t/wal").await.len() <= objects + 1);
+    env.store.shutdown().await;
+    assert_eq!(s.end_offset(), 20);
+}
+
+#[tokio::test]
+async fn appends_resolve_only_after_commit() {
+    let env = Env::new(config());
+    let s = env.store.open(1).await.unwrap();
+    env.catalog.inject_commit_failures(5);
+    let mut h = s.append(3, 7, |b| payload(1, b, 10)).unwrap();
+    assert_eq!(h.base_offset, 0);
+    assert_eq!(s.next_offset(), 3);
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    // Uploaded but not committed: neither acknowledged nor visible.
+    assert!(h.durable.try_recv().is_err());
+    assert_eq!(s.end_offset(), 0);
+    assert!(s.read(0, 100).await.unwrap().is_empty());
+    assert!(matches!(
+        s.read(1, 100).await,
+        Err(StreamError::OffsetOutOfRange { .. })
+    ));
+    durable(h).await.unwrap();
+    assert_eq!(s.end_offset(), 3);
+    assert_eq!(s.read(0, 100).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn lost_commit_response_is_still_acknowledged() {
+    let env = Env::new(config());
+    let s = env.store.open(1).await.unwrap();
+    env.catalog.inject_lost_commit_acks(1);
+    append_n(&s, 3, 1, 10).await;
+    assert_eq!(s.end_offset(), 3);
+    append_n(&s, 3, 1, 10).await;
+    assert_eq!(env.catalog.stream(1).unwrap().end_offset, 6);
+}
+
+#[tokio::test]
+async fn put_failures_are_retried() {
+    let env = Env::new(config());
+    env.bucket.fail_puts.store(3, Ordering::SeqCst);
+    env.catalog.inject_prepare_failures(2);
+    let s = env.store.open(1).await.unwrap();
+    append_n(&s, 5, 1, 10).await;
+    assert_eq!(s.end_offset(), 5);
+    assert!(s.is_writable());
+}
+
+#[tokio::test]
+async fn permanent_put_failure_fails_appends_and_fences() {
+    let env = Env::new(config());
+    let s = env.store.open(1).await.unwrap();
+    append_n(&s, 2, 1, 10).await;
+    env.bucket.fail_puts.store(usize::MAX, Ordering::SeqCst);
+    let h = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
+    assert!(matches!(durable(h).await, Err(StreamError::ObjectStore(_))));
+    assert!(!s.is_writable());
+    assert!(matches!(
+        s.append(1, 0, |b| payload(1, b, 10)),
+        Err(StreamError::Fenced(1))
+    ));
+    // Never acknowledged, never visible.
+    assert_eq!(s.end_offset(), 2);
+    env.bucket.fail_puts.store(0, Ordering::SeqCst);
+    let s2 = env.store.open(1).await.unwrap();
+    assert_eq!(s2.epoch(), s.epoch() + 1);
+    assert_eq!(s2.next_offset(), 2);
+    append_n(&s2, 2, 1, 10).await;
+    check_entries(&read_all(&s2, 0).await, 1, 0, 4, 1);
+}
+
+#[tokio::test]
+async fn fenced_by_another_node() {
+    let env = Env::new(config());
+    let a1 = env.store.open(1).await.unwrap();
+    let a2 = env.store.open(2).await.unwrap();
+    append_n(&a1, 3, 1, 10).await;
+    let mut cfg = config();
+    cfg.node_id = 2;
+    let peer = env.peer(cfg);
+    let b1 = peer.open(1).await.unwrap();
+    assert_eq!(b1.epoch(), a1.epoch() + 1);
+    assert_eq!(b1.next_offset(), 3);
+    // The zombie's append fails; the other stream in the same WAL object still commits.
+    let h1 = a1.append(1, 0, |b| payload(1, b, 10)).unwrap();
+    let h2 = a2.append(1, 0, |b| payload(2, b, 10)).unwrap();
+    assert!(matches!(durable(h1).await, Err(StreamError::Fenced(1))));
+    durable(h2).await.unwrap();
+    assert!(matches!(
+        a1.append(1, 0, |b| payload(1, b, 10)),
+        Err(StreamError::Fenced(1))
+    ));
+    assert_eq!(a1.end_offset(), 3);
+    append_n(&b1, 2, 1, 10).await;
+    check_entries(&read_all(&b1, 0).await, 1, 0, 5, 1);
+    // Reopening on the first node fences the peer in turn.
+    let a1b = env.store.open(1).await.unwrap();
+    assert_eq!(a1b.next_offset(), 5);
+    let h = b1.append(1, 0, |b| payload(1, b, 10)).unwrap();
+    assert!(matches!(durable(h).await, Err(StreamError::Fenced(1))));
+    peer.shutdown().await;
+}
+
+#[tokio::test]
+async fn open_returns_same_handle_until_fenced() {
+    let env = Env::new(config());
+    let a = env.store.open(5).await.unwrap();
+    let b = env.store.open(5).await.unwrap();
+    assert!(Arc::ptr_eq(&a, &b));
+    assert_eq!(env.catalog.stream(5).unwrap().epoch, 1);
+    // A buffered entry of a replaced handle is left out; the new handle's commit succeeds.
+    let mut cfg = config();
+    cfg.wal_batch_interval = Duration::from_millis(100);
+    let env = Env::new(cfg);
+    let old = env.store.open(5).await.unwrap();
+    let h_old = old.append(1, 0, |b| payload(5, b, 10)).unwrap();
+    old.shared.fenced.store(true, Ordering::SeqCst);
+    let new = env.store.open(5).await.unwrap();
+    assert!(!Arc::ptr_eq(&old, &new));
+    let h_new = new.append(1, 0, |b| payload(5, b, 10)).unwrap();
+    assert_eq!(h_new.base_offset, 0);
+    assert!(matches!(durable(h_old).await, Err(StreamError::Fenced(5))));
+    durable(h_new).await.unwrap();
+    assert_eq!(new.end_offset(), 1);
+}
+
+#[tokio::test]
+async fn read_across_log_cache_and_objects() {
+    let mut cfg = config();
+    cfg.log_cache_bytes = 2_000;
+    let env = Env::new(cfg);
+    let s = env.store.open(1).await.unwrap();
+    for _ in 0..10 {
+        append_n(&s, 10, 2, 100).await;
+    }
+    assert_eq!(s.end_offset(), 200);
+    assert!(env.store.stats().log_cache_bytes <= 2_000);
+    assert!(env.bucket.keys("t/wal").await.len() >= 10);
+    let gets = env.bucket.gets.load(Ordering::SeqCst);
+    // The tail comes from memory.
+    let tail = s.read(198, 10_000).await.unwrap();
+    assert_eq!(tail.len(), 1);
+    assert_eq!(env.bucket.gets.load(Ordering::SeqCst), gets);
+    // The head from objects, continuing into the cache.
+    check_entries(&read_all(&s, 0).await, 1, 0, 200, 2);
+    assert!(env.bucket.gets.load(Ordering::SeqCst) > gets);
+    // The entry holding an offset comes first.
+    let got = s.read(51, 1).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].base_offset, 50);
+    // max_bytes: stop before exceeding, always at least one entry.
+    let len = got[0].payload.len();
+    assert_eq!(s.read(0, 3 * len).await.unwrap().len(), 3);
+    assert_eq!(s.read(0, 3 * len + 1).await.unwrap().len(), 3);
+    assert_eq!(s.read(0, 0).await.unwrap().len(), 1);
+    let big = s.read(0, usize::MAX).await.unwrap();
+    check_entries(&big, 1, 0, 200, 2);
+    assert!(s.read(200, 10).await.unwrap().is_empty());
+    assert!(matches!(
+        s.read(201, 10).await,
+        Err(StreamError::OffsetOutOfRange {
+            offset: 201,
+            start: 0,
+            end: 200
+        })
+    ));
+}
+
+#[tokio::test]
+async fn log_cache_disabled_still_reads() {
+    let mut cfg = config();
+    cfg.log_cache_bytes = 0;
+    let env = Env::new(cfg);
+    let s = env.store.open(1).await.unwrap();
+    append_n(&s, 5, 1, 50).await;
+    assert_eq!(env.store.stats().log_cache_bytes, 0);
+    check_entries(&read_all(&s, 0).await, 1, 0, 5, 1);
+}
+
+#[tokio::test]
+async fn restart_reads_all_acknowledged_data() {
+    let env = Env::new(config());
+    for id in 1..=3 {
+        let s = env.store.open(id).await.unwrap();
+        for _ in 0..4 {
+            append_n(&s, 5, 3, 64).await;
+        }
+    }
+    env.store.shutdown().await;
+    assert!(matches!(
+        env.store.open(1).await,
+        Err(StreamError::ShuttingDown)
+    ));
+    let again = env.peer(config());
+    for id in 1..=3 {
+        let s = again.open(id).await.unwrap();
+        assert_eq!(
+            (s.start_offset(), s.end_offset(), s.next_offset()),
+            (0, 60, 60)
+        );
+        check_entries(&read_all(&s, 0).await, id, 0, 60, 3);
+        append_n(&s, 1, 3, 64).await;
+        check_entries(&read_all(&s, 57).await, id, 57, 63, 3);
+    }
+    again.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_flushes_buffered_appends() {
+    let mut cfg = config();
+    cfg.wal_batch_interval = Duration::from_secs(3600);
+    let env = Env::new(cfg);
+    let s = env.store.open(1).await.unwrap();
+    let h = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
+    timeout(Duration::from_secs(5), env.store.shutdown())
+        .await
+        .unwrap();
+    durable(h).await.unwrap();
+    assert!(matches!(
+        s.append(1, 0, |b| payload(1, b, 10)),
+        Err(StreamError::Fenced(_) | StreamError::ShuttingDown)
+    ));
+    assert_eq!(env.catalog.stream(1).unwrap().end_offset, 1);
+    // Idempotent.
+    env.store.shutdown().await;
+}
+
+#[tokio::test]
+async fn dropping_the_store_fails_buffered_appends() {
+    let mut cfg = config();
+    cfg.wal_batch_interval = Duration::from_secs(3600);
+    let env = Env::new(cfg);
+    let s = env.store.open(1).await.unwrap();
+    let h = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
+    drop(env.store);
+    let r = timeout(Duration::from_secs(5), h.durable).await.unwrap();
+    assert!(matches!(r, Ok(Err(StreamError::ShuttingDown)) | Err(_)));
+}
+
+#[tokio::test]
+async fn close_waits_for_pending_appends() {
+    let mut cfg = config();
+    cfg.wal_batch_interval = Duration::from_millis(100);
+    let env = Env::new(cfg);
+    let s = env.store.open(1).await.unwrap();
+    let mut h = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
+    env.store.close(1).await;
+    assert!(matches!(h.durable.try_recv(), Ok(Ok(()))));
+    assert!(matches!(
+        s.append(1, 0, |b| payload(1, b, 10)),
+        Err(StreamError::Fenced(1))
+    ));
+    assert_eq!(env.store.stats().open_streams, 0);
+    let s2 = env.store.open(1).await.unwrap();
+    assert_eq!(s2.next_offset(), 1);
+}
+
+#[tokio::test]
+async fn deleted_stream_fails_pending_appends() {
+    let mut cfg = config();
+    cfg.wal_batch_interval = Duration::from_millis(50);
+    let env = Env::new(cfg);
+    let s = env.store.open(1).await.unwrap();
+    let other = env.store.open(2).await.unwrap();
+    append_n(&s, 1, 1, 10).await;
+    let h = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
+    let h2 = other.append(1, 0, |b| payload(2, b, 10)).unwrap();
+    env.catalog.delete_stream(1).await.unwrap();
+    assert!(matches!(
+        durable(h).await,
+        Err(StreamError::Catalog(CatalogError::UnknownStream(1)))
+    ));
+    durable(h2).await.unwrap();
+    // The first object is dead now and goes away after the grace period.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    env.store.delete_dead_objects_now().await;
+    assert!(env.catalog.dead_objects().is_empty());
+}
+
+#[tokio::test]
+async fn commits_stay_in_flush_order() {
+    let mut cfg = config();
+    cfg.wal_batch_interval = Duration::from_millis(10);
+    let env = Env::new(cfg);
+    let s = env.store.open(1).await.unwrap();
+    // The first object's upload is slow; later ones finish first but must wait.
+    env.bucket
+        .put_delays
+        .lock()
+        .extend([Duration::from_millis(300)]);
+    let first = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let second = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(s.end_offset(), 0);
+    assert_eq!(env.bucket.puts.load(Ordering::SeqCst), 1);
+    durable(second).await.unwrap();
+    durable(first).await.unwrap();
+    assert_eq!(s.end_offset(), 2);
+    check_entries(&read_all(&s, 0).await, 1, 0, 2, 1);
+}
+
+#[tokio::test]
+async fn timestamps() {
+    let mut cfg = config();
+    cfg.log_cache_bytes = 0;
+    let env = Env::new(cfg);
+    let s = env.store.open(1).await.unwrap();
+    assert_eq!(s.max_timestamp().await.unwrap(), None);
+    assert_eq!(s.find_by_timestamp(0).await.unwrap(), None);
+    // Non-monotonic timestamps across three objects.
+    for (i, ts) in [100, 300, 200, 250, 150, 300].iter().enumerate() {
+        let h = s.append(2, *ts, |b| payload(1, b, 10)).unwrap();
+        assert_eq!(h.base_offset, i as u64 * 2);
+        if i % 2 == 1 {
+            durable(h).await.unwrap();
+        }
+    }
+    assert_eq!(s.find_by_timestamp(50).await.unwrap(), Some(0));
+    assert_eq!(s.find_by_timestamp(101).await.unwrap(), Some(2));
+    assert_eq!(s.find_by_timestamp(260).await.unwrap(), Some(2));
+    assert_eq!(s.find_by_timestamp(301).await.unwrap(), None);
+    assert_eq!(s.max_timestamp().await.unwrap(), Some((300, 2)));
+    // Below the start: the first live entry counts.
+    s.trim(3).await.unwrap();
+    assert_eq!(s.find_by_timestamp(0).await.unwrap(), Some(3));
+    assert_eq!(s.max_timestamp().await.unwrap(), Some((300, 3)));
+    s.trim(4).await.unwrap();
+    assert_eq!(s.max_timestamp().await.unwrap(), Some((300, 10)));
+    assert_eq!(s.find_by_timestamp(210).await.unwrap(), Some(6));
+}
+
+#[tokio::test]
+async fn trim_moves_start() {
+    let env = Env::new(config());
+    let s = env.store.open(1).await.unwrap();
+    append_n(&s, 10, 1, 10).await;
+    let mut notes = env.store.commit_notifications();
+    let before = *notes.borrow_and_update();
+    s.trim(4).await.unwrap();
+    assert!(*notes.borrow() > before);
+    assert_eq!(s.start_offset(), 4);
+    assert_eq!(env.catalog.stream(1).unwrap().start_offset, 4);
+    s.trim(2).await.unwrap();
+    assert_eq!(s.start_offset(), 4);
+    assert!(matches!(
+        s.read(3, 10).await,
+        Err(StreamError::OffsetOutOfRange { start: 4, .. })
+    ));
+    assert_eq!(s.read(4, 1).await.unwrap()[0].base_offset, 4);
+    s.trim(100).await.unwrap();
+    assert_eq!(s.start_offset(), 10);
+    assert!(s.read(10, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn retention_by_time_deletes_objects_after_grace() {
+    let env = Env::new(config());
+    let s = env.store.open(1).await.unwrap();
+    for ts in [1_000, 2_000, 3_000] {
+        let hs: Vec<_> = (0..5)
+            .map(|_| s.append(1, ts, |b| payload(1, b, 100)).unwrap())
+            .collect();
+        for h in hs {
+            durable(h).await.unwrap();
+        }
+    }
+    assert_eq!(env.bucket.keys("t/wal").await.len(), 3);
+    assert_eq!(
+        env.store
+            .apply_retention(1, 3_500, Some(5_000), None)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        env.store
+            .apply_retention(1, 3_500, None, None)
+            .await
+            .unwrap(),
+        None
+    );
+    let moved = env
+        .store
+        .apply_retention(1, 3_500, Some(1_000), None)
+        .await
+        .unwrap();
+    assert_eq!(moved, Some(10));
+    assert_eq!(s.start_offset(), 10);
+    assert_eq!(env.catalog.dead_objects().len(), 2);
+    // Still in the bucket during the grace period, gone after it.
+    assert_eq!(env.bucket.keys("t/wal").await.len(), 3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while env.bucket.keys("t/wal").await.len() > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead objects not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(env.catalog.dead_objects().is_empty());
+    check_entries(&read_all(&s, 10).await, 1, 10, 15, 1);
+}
+
+#[tokio::test]
+async fn retention_by_bytes() {
+    let mut cfg = config();
+    cfg.object_delete_grace = Duration::from_millis(300);
+    let env = Env::new(cfg);
+    let s = env.store.open(1).await.unwrap();
+    for _ in 0..4 {
+        append_n(&s, 4, 1, 100).await;
+    }
+    let ranges = env.catalog.all_ranges(1);
+    assert_eq!(ranges.len(), 4);
+    let len = u64::from(ranges[0].range.length);
+    // Keep at least two ranges' worth.
+    let moved = env
+        .store
+        .apply_retention(1, 0, None, Some(2 * len))
+        .await
+        .unwrap();
+    assert_eq!(moved, Some(8));
+    assert_eq!(
+        env.store
+            .apply_retention(1, 0, None, Some(2 * len))
+            .await
+            .unwrap(),
+        None
+    );
+    // Within the grace period nothing is deleted; after it the two dead objects go.
+    assert_eq!(env.store.delete_dead_objects_now().await, 0);
+    assert_eq!(env.bucket.keys("t/wal").await.len(), 4);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while env.bucket.keys("t/wal").await.len() > 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead objects not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check_entries(&read_all(&s, 8).await, 1, 8, 16, 1);
+    // A stream that is not open here can have retention applied too.
+    let other = env.store.open(2).await.unwrap();
+    append_n(&other, 2, 1, 100).await;
+    env.store.close(2).await;
+    assert_eq!(
+        env.store
+            .apply_retention(2, 0, None, Some(0))
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert!(matches!(
+        env.store.apply_retention(99, 0, None, Some(0)).await,
+        Err(StreamError::Catalog(CatalogError::UnknownStream(99)))
+    ));
+}
+
+#[tokio::test]
+async fn compaction_merges_small_objects() {
+    let mut cfg = config();
+    cfg.log_cache_bytes = 0;
+    let env = Env::new(cfg);
+    let a = env.store.open(1).await.unwrap();
+    let b = env.store.open(2).await.unwrap();
+    for round in 0..6 {
+        let mut hs = Vec::new();
+        for _ in 0..3 {
+            hs.push(a.append(2, round, |o| payload(1, o, 50)).unwrap());
+            if round % 2 == 0 {
+                hs.push(b.append(1, round, |o| payload(2, o, 70)).unwrap());
+            }
+        }
+        for h in hs {
+            durable(h).await.unwrap();
+        }
+    }
+    assert_eq!(env.catalog.live_objects().len(), 6);
+    a.trim(7).await.unwrap();
+    let replaced = env.store.compact_now().await.unwrap();
+    assert_eq!(replaced, 6);
+    let live = env.catalog.live_objects();
+    assert_eq!(live.len(), 1);
+    assert!(live[0].key.starts_with("t/obj/"));
+    // Adjacent ranges merged: one per stream; entries below the start dropped.
+    assert_eq!(live[0].ranges.len(), 2);
+    assert_eq!(
+        (live[0].ranges[0].start_offset, live[0].ranges[0].end_offset),
+        (6, 36)
+    );
+    assert_eq!(
+        (live[0].ranges[1].start_offset, live[0].ranges[1].end_offset),
+        (0, 9)
+    );
+    assert_eq!(live[0].ranges[0].max_timestamp, 5);
+    check_entries(&read_all(&a, 7).await, 1, 6, 36, 2);
+    check_entries(&read_all(&b, 0).await, 2, 0, 9, 1);
+    assert_eq!(a.max_timestamp().await.unwrap(), Some((5, 30)));
+    // Replaced objects leave the bucket after the grace period.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    env.store.delete_dead_objects_now().await;
+    assert!(env.bucket.keys("t/wal").await.is_empty());
+    assert_eq!(env.bucket.keys("t/obj").await.len(), 1);
+    // Nothing left to merge.
+    assert_eq!(env.store.compact_now().await.unwrap(), 0);
+    // New appends continue after the compacted data.
+    append_n(&a, 2, 2, 50).await;
+    check_entries(&read_all(&a, 7).await, 1, 6, 40, 2);
+}
+
+#[tokio::test]
+async fn compaction_respects_size_limits_and_ownership() {
+    let mut cfg = config();
+    cfg.compaction_max_object_bytes = 1_000;
+    let env = Env::new(cfg);
+    let a = env.store.open(1).await.unwrap();
+    for _ in 0..6 {
+        append_n(&a, 1, 1, 300).await;
+    }
+    assert_eq!(env.catalog.live_objects().len(), 6);
+    // Streams not open here are left to their owner.
+    let mut peer_cfg = config();
+    peer_cfg.node_id = 2;
+    let peer = env.peer(peer_cfg);
+    assert_eq!(peer.compact_now().await.unwrap(), 0);
+    env.store.compact_now().await.unwrap();
+    let live = env.catalog.live_objects();
+    assert!(live.len() < 6);
+    assert!(live.iter().all(|o| o.size <= 2_000));
+    check_entries(&read_all(&a, 0).await, 1, 0, 6, 1);
+}
+
+#[tokio::test]
+async fn readahead_and_bounded_block_cache() {
+    let mut cfg = config();
+    cfg.log_cache_bytes = 0;
+    cfg.readahead_ranges = 3;
+    cfg.block_cache_bytes = 5 * 1_100;
+    let env = Env::new(cfg);
+    let s = env.store.open(1).await.unwrap();
+    for _ in 0..12 {
+        append_n(&s, 1, 1, 1_000).await;
+    }
+    let ranges = env.catalog.all_ranges(1);
+    assert_eq!(ranges.len(), 12);
+    // First read: not sequential yet, fetches one block.
+    let got = s.read(0, 1).await.unwrap();
+    assert_eq!(got.len(), 1);
+    // Second read continues where the first ended: sequential, so read-ahead kicks in.
+    s.read(1, 1).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !(2..=4).all(|i| {
+        env.store
+            .inner
+            .blocks
+            .contains(ranges[i].object_id, ranges[i].range.position)
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "read-ahead did not happen"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 2..12 {
+        let got = s.read(i, 1).await.unwrap();
+        assert_eq!(got[0].base_offset, i);
+        let st = env.store.stats();
+        assert!(st.block_cache_bytes <= 5 * 1_100, "{st:?}");
+    }
+    // Random reads do not trigger read-ahead and stay bounded.
+    for i in [7, 1, 10, 0] {
+        assert_eq!(s.read(i, 1).await.unwrap()[0].base_offset, i);
+    }
+    assert!(env.store.stats().block_cache_blocks <= 5);
+}
+
+#[tokio::test]
+async fn block_cache_serves_repeated_reads() {
+    let mut cfg = config();
+    cfg.log_cache_bytes = 0;
+    cfg.readahead_ranges = 0;
+    let env = Env::new(cfg);
+    let s = env.store.open(1).await.unwrap();
+    append_n(&s, 10, 1, 100).await;
+    s.read(0, usize::MAX).await.unwrap();
+    let gets = env.bucket.gets.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        check_entries(&s.read(0, usize::MAX).await.unwrap(), 1, 0, 10, 1);
+    }
+    assert_eq!(env.bucket.gets.load(Ordering::SeqCst), gets);
+}
+
+#[tokio::test]
+async fn corrupted_object_is_reported() {
+    let mut cfg = config();
+    cfg.log_cache_bytes = 0;
+    let env = Env::new(cfg);
+    let s = env.store.open(1).await.unwrap();
+    append_n(&s, 3, 1, 100).await;
+    let key = env.catalog.live_objects()[0].key.clone();
+    let path = Path::from(key.as_str());
+    let data = env
+        .bucket
+        .inner
+        .get_opts(&path, GetOptions::default())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut bad = data.to_vec();
+    bad[30] ^= 0xff;
+    env.bucket
+        .inner
+        .put_opts(&path, Bytes::from(bad).into(), PutOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.read(0, 100).await,
+        Err(StreamError::Corrupt { key: k, .. }) if k == key
+    ));
+}
+
+#[tokio::test]
+async fn commit_notifications_follow_commits() {
+    let env = Env::new(config());
+    let mut rx = env.store.commit_notifications();
+    let s = env.store.open(1).await.unwrap();
+    let h = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
+    timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.end_offset(), 1);
+    durable(h).await.unwrap();
+}
+
+#[tokio::test]
+async fn many_concurrent_appenders() {
+    let mut cfg = config();
+    cfg.wal_batch_bytes = 20_000;
+    cfg.wal_max_inflight = 2;
+    cfg.log_cache_bytes = 50_000;
+    let env = Env::new(cfg);
+    let mut tasks = Vec::new();
+    for id in 1..=6u64 {
+        let s = env.store.open(id).await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let mut hs = Vec::new();
+            for i in 0..200u64 {
+                hs.push(s.append(1, i as i64, |b| payload(id, b, 200)).unwrap());
+                if i % 50 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            for h in hs {
+                durable(h).await.unwrap();
+            }
+            check_entries(&read_all(&s, 0).await, id, 0, 200, 1);
+            s
+        }));
+    }
+    for t in tasks {
+        let s = t.await.unwrap();
+        assert_eq!(s.end_offset(), 200);
+    }
+    assert!(env.store.stats().log_cache_bytes <= 50_000);
+    env.store.shutdown().await;
+}
+
+/// The broker spawns these futures: they must be `Send`.
+#[allow(dead_code)]
+fn public_futures_are_send(store: Arc<StreamStore>, s: Arc<Stream>) {
+    fn send<T: Send>(_: T) {}
+    send(store.open(1));
+    send(store.close(1));
+    send(store.apply_retention(1, 0, None, None));
+    send(store.compact_now());
+    send(store.delete_dead_objects_now());
+    send(store.shutdown());
+    send(s.read(0, 1));
+    send(s.find_by_timestamp(0));
+    send(s.max_timestamp());
+    send(s.trim(0));
+}
+
+#[tokio::test]
+async fn local_filesystem_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket: Arc<dyn ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let catalog = Arc::new(MemoryCatalog::new());
+    let mut cfg = config();
+    cfg.log_cache_bytes = 0;
+    cfg.key_prefix = String::new();
+    let store = StreamStore::start_tuned(bucket.clone(), catalog.clone(), cfg.clone(), tuning());
+    let s = store.open(1).await.unwrap();
+    for _ in 0..3 {
+        append_n(&s, 4, 1, 500).await;
+    }
+    assert!(dir.path().join("wal/1/00000000000000000001").exists());
+    check_entries(&read_all(&s, 0).await, 1, 0, 12, 1);
+    store.compact_now().await.unwrap();
+    s.trim(2).await.unwrap();
+    store.shutdown().await;
+    drop(s);
+    drop(store);
+
+    let store = StreamStore::start_tuned(bucket, catalog.clone(), cfg, tuning());
+    let s = store.open(1).await.unwrap();
+    check_entries(&read_all(&s, 2).await, 1, 2, 12, 1);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    store.delete_dead_objects_now().await;
+    assert!(catalog.dead_objects().is_empty());
+    assert!(!dir.path().join("wal/1/00000000000000000001").exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("obj")).unwrap().count(),
+        1
+    );
+    store.shutdown().await;
+}
