@@ -25,6 +25,19 @@ const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    // Consumer groups (classic protocol). OffsetCommit/OffsetFetch stop at v8: v9 is the
+    // KIP-848 flavour (member epochs), which Shale does not implement.
+    (ApiKey::FindCoordinator, 0, 5),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// The accepted version range of an API, `None` when Shale does not implement it.
@@ -58,6 +71,8 @@ pub(crate) fn api_versions_response() -> ApiVersionsResponse {
 
 /// A request that has been started: either answered already, or finishing in a future
 /// (`None` from either means no response is sent, as for acks=0 produce).
+// Moved once per request, never stored: boxing the large variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Started {
     Done(Option<ResponseKind>),
     Later(BoxFuture<'static, Option<ResponseKind>>),
@@ -120,6 +135,65 @@ pub(crate) async fn start(
         RequestKind::DescribeCluster(req) => Done(Some(ResponseKind::DescribeCluster(
             handlers::cluster::describe_cluster(broker, version, req).await,
         ))),
+        // Consumer groups: answers may wait for a rebalance or for durability.
+        RequestKind::FindCoordinator(req) => Done(Some(ResponseKind::FindCoordinator(
+            handlers::groups::find_coordinator(broker, version, req).await,
+        ))),
+        RequestKind::JoinGroup(req) => {
+            let (broker, client_id) = (broker.clone(), handlers::groups::client_id(&frame));
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::JoinGroup(
+                    handlers::groups::join_group(&broker, version, req, client_id).await,
+                ))
+            }))
+        }
+        RequestKind::SyncGroup(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::SyncGroup(
+                    handlers::groups::sync_group(&broker, version, req).await,
+                ))
+            }))
+        }
+        RequestKind::Heartbeat(req) => Done(Some(ResponseKind::Heartbeat(
+            handlers::groups::heartbeat(broker, version, req).await,
+        ))),
+        RequestKind::LeaveGroup(req) => Done(Some(ResponseKind::LeaveGroup(
+            handlers::groups::leave_group(broker, version, req).await,
+        ))),
+        RequestKind::ListGroups(req) => Done(Some(ResponseKind::ListGroups(
+            handlers::groups::list_groups(broker, version, req).await,
+        ))),
+        RequestKind::DescribeGroups(req) => Done(Some(ResponseKind::DescribeGroups(
+            handlers::groups::describe_groups(broker, version, req).await,
+        ))),
+        RequestKind::DeleteGroups(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::DeleteGroups(
+                    handlers::groups::delete_groups(&broker, version, req).await,
+                ))
+            }))
+        }
+        RequestKind::OffsetCommit(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::OffsetCommit(
+                    handlers::offset_commit::offset_commit(&broker, version, req).await,
+                ))
+            }))
+        }
+        RequestKind::OffsetFetch(req) => Done(Some(ResponseKind::OffsetFetch(
+            handlers::offset_commit::offset_fetch(broker, version, req).await,
+        ))),
+        RequestKind::OffsetDelete(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::OffsetDelete(
+                    handlers::offset_commit::offset_delete(&broker, version, req).await,
+                ))
+            }))
+        }
         other => {
             // Unreachable: `supported` filters API keys before decoding.
             tracing::error!(request = ?std::mem::discriminant(&other), "no handler");

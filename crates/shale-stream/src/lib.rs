@@ -64,6 +64,9 @@ pub struct StreamConfig {
     pub compaction_max_object_bytes: u64,
     /// `object.delete.grace.ms`: dead objects stay this long so in-flight reads finish.
     pub object_delete_grace: Duration,
+    /// `wal.max.pending.bytes`: appends not yet durable (buffered or uploading) may hold at
+    /// most this much memory; producers wait in [`StreamStore::reserve`] beyond it.
+    pub wal_max_pending_bytes: usize,
 }
 
 impl Default for StreamConfig {
@@ -81,6 +84,7 @@ impl Default for StreamConfig {
             compaction_small_object_bytes: 8 * 1024 * 1024,
             compaction_max_object_bytes: 256 * 1024 * 1024,
             object_delete_grace: Duration::from_secs(60),
+            wal_max_pending_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -150,6 +154,8 @@ pub(crate) struct Inner {
     pub(crate) log_cache: log_cache::LogCache,
     pub(crate) blocks: Arc<block_cache::BlockCache>,
     pub(crate) commits: watch::Sender<u64>,
+    /// Bytes of appends not yet durable: the WAL's memory bound (back-pressure on producers).
+    pending: Arc<tokio::sync::Semaphore>,
     /// Set when the store is dropped or after a graceful shutdown: background tasks exit.
     pub(crate) stop: watch::Sender<bool>,
     next_handle_id: AtomicU64,
@@ -210,7 +216,29 @@ pub struct StoreStats {
     pub open_streams: usize,
 }
 
+/// Memory reserved for appends until they are durable; dropping it releases the memory.
+pub struct AppendPermit {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Permits count KiB so that large limits fit the semaphore's u32 acquire size.
+fn pending_permits(bytes: usize) -> usize {
+    (bytes / 1024).clamp(1, u32::MAX as usize)
+}
+
 impl StreamStore {
+    /// Waits until `bytes` more of not-yet-durable appends fit in `wal.max.pending.bytes`.
+    /// The broker holds the permit until its appends are durable, so a slow object store
+    /// slows producers down instead of growing memory without bound. A request larger than
+    /// the whole limit waits for all of it and then proceeds alone.
+    pub async fn reserve(&self, bytes: usize) -> AppendPermit {
+        let total = pending_permits(self.inner.config.wal_max_pending_bytes);
+        let want = bytes.div_ceil(1024).clamp(1, total) as u32;
+        // The semaphore is never closed; if it were, appends would go on unbounded.
+        let permit = self.inner.pending.clone().acquire_many_owned(want).await.ok();
+        AppendPermit { _permit: permit }
+    }
+
     /// Starts the stream layer and its background tasks (WAL flusher, compaction, deleter).
     /// Must be called within a Tokio runtime.
     pub fn start(
@@ -240,6 +268,9 @@ impl StreamStore {
             log_cache: log_cache::LogCache::new(config.log_cache_bytes),
             blocks: Arc::new(block_cache::BlockCache::new(config.block_cache_bytes)),
             commits,
+            pending: Arc::new(tokio::sync::Semaphore::new(pending_permits(
+                config.wal_max_pending_bytes,
+            ))),
             stop,
             next_handle_id: AtomicU64::new(1),
             config,

@@ -141,6 +141,7 @@ fn config() -> StreamConfig {
         compaction_small_object_bytes: 1 << 20,
         compaction_max_object_bytes: 16 << 20,
         object_delete_grace: Duration::from_millis(50),
+        wal_max_pending_bytes: 64 << 20,
     }
 }
 

@@ -24,6 +24,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("wal.batch.interval.ms", "50"),
     ("wal.batch.bytes", "8388608"),
     ("wal.max.inflight.uploads", "4"),
+    ("wal.max.pending.bytes", "268435456"),
     ("log.cache.bytes", "268435456"),
     ("block.cache.bytes", "268435456"),
     ("block.readahead.ranges", "4"),

@@ -75,6 +75,18 @@ pub(crate) async fn start(
             (t.name.0.to_string(), parts)
         })
         .collect();
+    // Memory for these batches until they are durable: waits while the WAL is backed up,
+    // which stops reading this connection and pushes back on the producer.
+    let pending: usize = plan
+        .iter()
+        .flat_map(|(_, parts)| parts.iter())
+        .map(|(_, r)| match r {
+            Records::InFrame(range) => range.len(),
+            Records::Copied(b) => b.len(),
+            Records::Missing => 0,
+        })
+        .sum();
+    let permit = broker.streams.reserve(pending).await;
     // Every slice of the frame held by the decoded request is gone now.
     let mut rest = match frame.try_into_mut() {
         Ok(unique) => unique,
@@ -111,10 +123,27 @@ pub(crate) async fn start(
         results.push((name, outcomes));
     }
     if acks == 0 {
-        // No response at all, as Kafka does; durability failures are only logged.
+        // No response at all, as Kafka does; the memory is released once durable.
+        let durable: Vec<Durable> = results
+            .into_iter()
+            .flat_map(|(_, parts)| parts)
+            .filter_map(|(_, r)| r.ok())
+            .flat_map(|a| a.durable)
+            .collect();
+        if !durable.is_empty() {
+            tokio::spawn(async move {
+                for d in durable {
+                    if let Ok(Err(e)) = d.await {
+                        tracing::warn!(error = %e, "acks=0 append failed");
+                    }
+                }
+                drop(permit);
+            });
+        }
         return Started::Done(None);
     }
     Started::Later(Box::pin(async move {
+        let _permit = permit;
         let mut responses = Vec::with_capacity(results.len());
         for (name, parts) in results {
             let mut partition_responses = Vec::with_capacity(parts.len());
