@@ -4,6 +4,7 @@
 pub mod config;
 mod connection;
 mod dispatch;
+mod groups;
 pub mod handlers;
 mod partitions;
 mod retention;
@@ -24,6 +25,8 @@ pub struct Broker {
     pub meta: Arc<MetaNode>,
     pub streams: Arc<StreamStore>,
     partitions: partitions::Partitions,
+    /// Group coordinator for the `__consumer_offsets` partitions this node owns.
+    groups: Arc<groups::GroupCoordinator>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -43,15 +46,18 @@ impl Broker {
         }))
         .await?;
         let (shutdown, _) = watch::channel(false);
+        let coordinator = groups::GroupCoordinator::new(groups::GroupConfig::from_broker(&config));
         let broker = Arc::new(Broker {
             config,
             meta,
             streams,
             partitions: partitions::Partitions::default(),
+            groups: coordinator,
             shutdown,
             tasks: Mutex::new(Vec::new()),
         });
         broker.open_owned_partitions().await?;
+        groups::start(&broker).await?;
         let retention = tokio::spawn(retention::run(broker.clone()));
         broker.tasks.lock().push(retention);
         Ok(broker)
@@ -80,6 +86,7 @@ impl Broker {
     /// Stops accepting, drains the WAL (in-flight appends are committed and acked) and stops.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+        self.groups.unload_all();
         self.streams.shutdown().await;
         for task in self.tasks.lock().drain(..) {
             task.abort();

@@ -3,7 +3,9 @@
 pub mod cluster;
 pub mod configs;
 pub mod fetch;
+pub mod groups;
 pub mod metadata;
+pub mod offset_commit;
 pub mod offsets;
 pub mod produce;
 pub mod topics;

@@ -1,0 +1,206 @@
+//! Wiring of the coordinator into the broker: the `__consumer_offsets` topic, loading the
+//! partitions this node owns (and dropping those it loses), appends through the stream, and
+//! the offset expiry task.
+
+use super::{Durable, GroupCoordinator, PartitionLog, records};
+use crate::Broker;
+use crate::handlers::metadata::leader_epoch;
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use shale_stream::{Stream, StreamError};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+pub(crate) const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Appends to a coordinator partition's stream, as produce does.
+struct StreamLog {
+    stream: Arc<Stream>,
+}
+
+fn coordinator_error(e: &StreamError) -> ResponseError {
+    match e {
+        // Another node owns the partition now: the client must find the new coordinator.
+        StreamError::Fenced(_) | StreamError::ShuttingDown | StreamError::Catalog(_) => {
+            ResponseError::NotCoordinator
+        }
+        _ => ResponseError::CoordinatorNotAvailable,
+    }
+}
+
+impl PartitionLog for StreamLog {
+    fn append(
+        &self,
+        records: Vec<(Bytes, Option<Bytes>)>,
+    ) -> Result<(u64, Durable), ResponseError> {
+        let now = crate::now_ms();
+        let mut buf = records::encode_batch(&records, now).map_err(|e| {
+            tracing::error!(error = %e, "cannot encode a __consumer_offsets batch");
+            ResponseError::UnknownServerError
+        })?;
+        let epoch = leader_epoch(self.stream.epoch());
+        let handle = self
+            .stream
+            .append(records.len() as u32, now, move |base| {
+                shale_protocol::batch::patch_offsets(&mut buf, base as i64, epoch);
+                buf.freeze()
+            })
+            .map_err(|e| {
+                tracing::warn!(stream = self.stream.id(), error = %e, "__consumer_offsets append failed");
+                coordinator_error(&e)
+            })?;
+        let durable = handle.durable;
+        Ok((
+            handle.base_offset,
+            Box::pin(async move {
+                match durable.await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(coordinator_error(&e)),
+                    Err(_) => Err(ResponseError::NotCoordinator),
+                }
+            }),
+        ))
+    }
+}
+
+/// Reads every record of a stream, start to end.
+async fn read_all(stream: &Stream) -> Result<Vec<(u64, Bytes, Option<Bytes>)>, StreamError> {
+    let mut out = Vec::new();
+    let start = stream.start_offset();
+    let end = stream.end_offset();
+    let mut from = start;
+    while from < end {
+        let entries = stream.read(from, 4 << 20).await?;
+        let Some(last) = entries.last() else { break };
+        let next = last.end_offset();
+        for e in entries {
+            match records::decode_batches(e.payload) {
+                Ok(recs) => out.extend(
+                    recs.into_iter()
+                        .filter(|(o, ..)| *o >= start as i64)
+                        .map(|(o, k, v)| (o as u64, k, v)),
+                ),
+                Err(err) => {
+                    tracing::warn!(stream = stream.id(), offset = e.base_offset, error = %err, "skipping undecodable batch")
+                }
+            }
+        }
+        if next <= from {
+            break;
+        }
+        from = next;
+    }
+    Ok(out)
+}
+
+/// Creates the topic if missing, then keeps the loaded partitions in line with ownership.
+pub(crate) async fn start(broker: &Arc<Broker>) -> anyhow::Result<()> {
+    let coord = broker.groups.clone();
+    let exists = broker.meta.read(|s| s.topics.contains_key(OFFSETS_TOPIC));
+    if !exists {
+        let configs = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+        let n = coord.config().offsets_partitions;
+        match crate::handlers::topics::create_topic(broker, OFFSETS_TOPIC, n, configs).await {
+            Ok(()) => tracing::info!(partitions = n, "created {OFFSETS_TOPIC}"),
+            Err((ResponseError::TopicAlreadyExists, _)) => {}
+            Err((code, msg)) => anyhow::bail!("cannot create {OFFSETS_TOPIC}: {code:?} {msg}"),
+        }
+    }
+    sync_ownership(broker).await;
+    let task = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let mut changes = broker.meta.changes();
+            let mut stop = broker.shutdown_signal();
+            loop {
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = stop.changed() => return,
+                }
+                sync_ownership(&broker).await;
+            }
+        })
+    };
+    let expiry = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let mut stop = broker.shutdown_signal();
+            let mut tick = tokio::time::interval(broker.groups.config().retention_check_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                broker.groups.expire_offsets(crate::now_ms()).await;
+            }
+        })
+    };
+    broker.tasks.lock().extend([task, expiry]);
+    Ok(())
+}
+
+/// Loads the coordinator partitions this node owns and unloads the others.
+async fn sync_ownership(broker: &Arc<Broker>) {
+    let coord: &Arc<GroupCoordinator> = &broker.groups;
+    let me = broker.config.node_id as u64;
+    let Some((count, owned)) = broker.meta.read(|s| {
+        s.topics.get(OFFSETS_TOPIC).map(|t| {
+            let owned: HashSet<i32> = t
+                .partitions
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.owner == me)
+                .map(|(i, _)| i as i32)
+                .collect();
+            (t.partitions.len() as i32, owned)
+        })
+    }) else {
+        for p in coord.tracked_partitions() {
+            coord.unload_partition(p);
+        }
+        return;
+    };
+    coord.set_partition_count(count);
+    for p in coord.tracked_partitions() {
+        if !owned.contains(&p) {
+            coord.unload_partition(p);
+        }
+    }
+    let mut to_load: Vec<i32> = owned
+        .into_iter()
+        .filter(|p| !coord.is_tracked(*p))
+        .collect();
+    to_load.sort_unstable();
+    for &p in &to_load {
+        coord.mark_loading(p);
+    }
+    for p in to_load {
+        load_one(broker, p).await;
+    }
+}
+
+async fn load_one(broker: &Arc<Broker>, p: i32) {
+    let coord = &broker.groups;
+    let part = match broker.partition(OFFSETS_TOPIC, p).await {
+        Ok(part) => part,
+        Err(e) => {
+            tracing::warn!(partition = p, error = ?e, "cannot open coordinator partition");
+            coord.unload_partition(p);
+            return;
+        }
+    };
+    let stream = part.stream;
+    match read_all(&stream).await {
+        Ok(recs) => {
+            let log: Arc<dyn PartitionLog> = Arc::new(StreamLog { stream });
+            coord.load_partition(p, log, recs);
+        }
+        Err(e) => {
+            // Left untracked so the next metadata change retries.
+            tracing::warn!(partition = p, error = %e, "cannot read coordinator partition");
+            coord.unload_partition(p);
+        }
+    }
+}
