@@ -21,7 +21,9 @@ use tokio::task::JoinHandle;
 /// Pipelined requests per connection before the reader waits for responses to go out.
 const MAX_IN_FLIGHT: usize = 128;
 
-type Pending = JoinHandle<Option<Bytes>>;
+/// A response frame to send, nothing (acks=0), or `Err` when no response can be produced
+/// and the connection must close rather than leave the client waiting.
+type Pending = JoinHandle<Result<Option<Bytes>, ()>>;
 
 pub(crate) async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
     let (mut reader, mut writer) = socket.into_split();
@@ -30,13 +32,14 @@ pub(crate) async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAd
     let write_loop = tokio::spawn(async move {
         while let Some(pending) = rx.recv().await {
             match pending.await {
-                Ok(Some(frame)) => {
+                Ok(Ok(Some(frame))) => {
                     if let Err(e) = writer.write_all(&frame).await {
                         tracing::debug!(%peer, error = %e, "write failed; closing");
                         return;
                     }
                 }
-                Ok(None) => {}
+                Ok(Ok(None)) => {}
+                Ok(Err(())) => return,
                 Err(e) => {
                     // A handler task failed; the client cannot be answered in order any more.
                     tracing::error!(%peer, error = %e, "request handler failed; closing");
@@ -87,7 +90,10 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
             return None;
         }
     };
-    let Some(api) = ApiKey::try_from(head.api_key).ok().filter(|k| dispatch::supported(*k).is_some()) else {
+    let Some(api) = ApiKey::try_from(head.api_key)
+        .ok()
+        .filter(|k| dispatch::supported(*k).is_some())
+    else {
         tracing::warn!(%peer, api_key = head.api_key, "unknown or unsupported api key; closing");
         return None;
     };
@@ -99,7 +105,7 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
                 head.correlation_id,
                 &dispatch::api_versions_response(),
             );
-            return Some(tokio::spawn(async move { resp.ok() }));
+            return Some(tokio::spawn(async move { resp.map(Some).map_err(|_| ()) }));
         }
         tracing::warn!(%peer, ?api, version = head.api_version, "unsupported api version; closing");
         return None;
@@ -118,12 +124,12 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
     drop(header);
     let started = dispatch::start(broker, version, body, frame).await;
     let encode = move |resp: Option<kafka_protocol::messages::ResponseKind>| {
-        let resp = resp?;
+        let Some(resp) = resp else { return Ok(None) };
         match envelope::encode_response(api, version, correlation_id, &resp) {
-            Ok(b) => Some(b),
+            Ok(b) => Ok(Some(b)),
             Err(e) => {
-                tracing::error!(?api, version, error = %e, "cannot encode response");
-                None
+                tracing::error!(?api, version, error = %e, "cannot encode response; closing");
+                Err(())
             }
         }
     };

@@ -89,9 +89,7 @@ pub(crate) async fn start(
         RequestKind::ApiVersions(_) => {
             Done(Some(ResponseKind::ApiVersions(api_versions_response())))
         }
-        RequestKind::Produce(req) => {
-            handlers::produce::start(broker, version, req, frame).await
-        },
+        RequestKind::Produce(req) => handlers::produce::start(broker, version, req, frame).await,
         RequestKind::Fetch(req) => {
             let broker = broker.clone();
             Started::Later(Box::pin(async move {

@@ -38,12 +38,14 @@ impl Broker {
         meta: Arc<MetaNode>,
         streams: Arc<StreamStore>,
     ) -> anyhow::Result<Arc<Broker>> {
-        meta.write(shale_meta::TopicCommand::RegisterNode(shale_meta::NodeMeta {
-            id: config.node_id as u64,
-            host: config.advertised_host.clone(),
-            port: config.advertised_port,
-            rack: config.rack.clone(),
-        }))
+        meta.write(shale_meta::TopicCommand::RegisterNode(
+            shale_meta::NodeMeta {
+                id: config.node_id as u64,
+                host: config.advertised_host.clone(),
+                port: config.advertised_port,
+                rack: config.rack.clone(),
+            },
+        ))
         .await?;
         let (shutdown, _) = watch::channel(false);
         let coordinator = groups::GroupCoordinator::new(groups::GroupConfig::from_broker(&config));

@@ -65,7 +65,9 @@ impl Broker {
         let me = self.config.node_id as u64;
         let found = self.meta.read(|s| {
             let t = s.topics.get(topic)?;
-            let p = usize::try_from(index).ok().and_then(|i| t.partitions.get(i))?;
+            let p = usize::try_from(index)
+                .ok()
+                .and_then(|i| t.partitions.get(i))?;
             Some((p.stream_id, p.owner, t.configs.clone()))
         });
         let Some((stream_id, owner, topic_configs)) = found else {

@@ -283,7 +283,10 @@ mod tests {
         ));
         let mut two = good.clone();
         two.extend_from_slice(&good[..20]);
-        assert!(matches!(validate_batches(&two), Err(BatchError::Corrupt(_))));
+        assert!(matches!(
+            validate_batches(&two),
+            Err(BatchError::Corrupt(_))
+        ));
         let mut old = good.clone();
         old[16] = 1;
         assert_eq!(

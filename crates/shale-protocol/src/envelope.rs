@@ -151,7 +151,12 @@ mod tests {
         assert!(peek(&[0, 1, 2]).is_err());
         for len in 8..200usize {
             let junk: Bytes = (0..len).map(|i| (i * 131 + 7) as u8).collect();
-            for api in [ApiKey::Produce, ApiKey::Fetch, ApiKey::Metadata, ApiKey::CreateTopics] {
+            for api in [
+                ApiKey::Produce,
+                ApiKey::Fetch,
+                ApiKey::Metadata,
+                ApiKey::CreateTopics,
+            ] {
                 let _ = decode_request(junk.clone(), api, api.valid_versions().max);
             }
         }

@@ -88,7 +88,10 @@ mod tests {
         let mut partial_len: &[u8] = &[0, 0];
         assert!(matches!(
             read_frame(&mut partial_len, 10).await,
-            Err(FrameError::Truncated { got: 2, expected: 4 })
+            Err(FrameError::Truncated {
+                got: 2,
+                expected: 4
+            })
         ));
     }
 }

@@ -235,7 +235,13 @@ impl StreamStore {
         let total = pending_permits(self.inner.config.wal_max_pending_bytes);
         let want = bytes.div_ceil(1024).clamp(1, total) as u32;
         // The semaphore is never closed; if it were, appends would go on unbounded.
-        let permit = self.inner.pending.clone().acquire_many_owned(want).await.ok();
+        let permit = self
+            .inner
+            .pending
+            .clone()
+            .acquire_many_owned(want)
+            .await
+            .ok();
         AppendPermit { _permit: permit }
     }
 

@@ -92,7 +92,10 @@ impl Settings {
                     toml::Value::Integer(i) => i.to_string(),
                     toml::Value::Boolean(b) => b.to_string(),
                     toml::Value::Float(f) => f.to_string(),
-                    other => bail!("{}: value of {k} must be a string, number or boolean, not {other}", path.display()),
+                    other => bail!(
+                        "{}: value of {k} must be a string, number or boolean, not {other}",
+                        path.display()
+                    ),
                 };
                 s.set(&k, v)?;
             }
@@ -172,7 +175,9 @@ impl Settings {
         TOPIC_SYNONYMS
             .iter()
             .filter(|(broker_key, _)| self.is_set(broker_key))
-            .map(|(broker_key, topic_key)| (topic_key.to_string(), self.str(broker_key).to_string()))
+            .map(|(broker_key, topic_key)| {
+                (topic_key.to_string(), self.str(broker_key).to_string())
+            })
             .collect()
     }
 }
@@ -214,7 +219,10 @@ mod tests {
         assert_eq!(s.parse::<i32>("num.partitions").unwrap(), 3);
         assert_eq!(s.listener().unwrap(), ("0.0.0.0".to_string(), 19092));
         assert_eq!(s.advertised().unwrap(), ("127.0.0.1".to_string(), 19092));
-        assert_eq!(s.topic_defaults().get("retention.ms").map(String::as_str), Some("1000"));
+        assert_eq!(
+            s.topic_defaults().get("retention.ms").map(String::as_str),
+            Some("1000")
+        );
         assert!(!s.topic_defaults().contains_key("retention.bytes"));
     }
 

@@ -13,7 +13,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "shale", version, about = "Kafka-compatible shared-storage broker")]
+#[command(
+    name = "shale",
+    version,
+    about = "Kafka-compatible shared-storage broker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

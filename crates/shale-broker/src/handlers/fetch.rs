@@ -22,9 +22,16 @@ struct PartitionResult {
 pub async fn handle(broker: &Arc<Broker>, version: i16, req: FetchRequest) -> FetchResponse {
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
-    let max_bytes = if req.max_bytes <= 0 { i32::MAX as usize } else { req.max_bytes as usize };
+    let max_bytes = if req.max_bytes <= 0 {
+        i32::MAX as usize
+    } else {
+        req.max_bytes as usize
+    };
     // Resolve topic names once (v13+ addresses topics by id).
-    let topics: Vec<(Option<String>, &kafka_protocol::messages::fetch_request::FetchTopic)> = req
+    let topics: Vec<(
+        Option<String>,
+        &kafka_protocol::messages::fetch_request::FetchTopic,
+    )> = req
         .topics
         .iter()
         .map(|t| {
@@ -58,7 +65,10 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, req: FetchRequest) -> Fe
 async fn read_pass(
     broker: &Arc<Broker>,
     version: i16,
-    topics: &[(Option<String>, &kafka_protocol::messages::fetch_request::FetchTopic)],
+    topics: &[(
+        Option<String>,
+        &kafka_protocol::messages::fetch_request::FetchTopic,
+    )],
     max_bytes: usize,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
     let mut total = 0usize;
@@ -195,4 +205,3 @@ async fn read_partition(
         }
     }
 }
-

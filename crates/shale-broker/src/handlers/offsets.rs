@@ -29,7 +29,7 @@ const LATEST_TIERED: i64 = -5;
 
 pub async fn list_offsets(
     broker: &Arc<Broker>,
-    _version: i16,
+    version: i16,
     req: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
@@ -58,8 +58,8 @@ pub async fn list_offsets(
                             Ok(Some((ts, offset))) => resp
                                 .with_timestamp(ts)
                                 .with_offset(offset)
-                                .with_leader_epoch(epoch),
-                            Ok(None) => resp.with_leader_epoch(epoch),
+                                .with_leader_epoch(if version >= 4 { epoch } else { -1 }),
+                            Ok(None) => resp,
                             Err(code) => resp.with_error_code(code.code()),
                         }
                     }
@@ -82,7 +82,10 @@ async fn lookup(stream: &Stream, target: i64) -> Result<Option<(i64, i64)>, Resp
         LATEST | LATEST_TIERED => Ok(Some((-1, stream.end_offset() as i64))),
         EARLIEST | EARLIEST_LOCAL => Ok(Some((-1, stream.start_offset() as i64))),
         MAX_TIMESTAMP => {
-            let Some((max_ts, base)) = stream.max_timestamp().await.map_err(|e| stream_error_code(&e))?
+            let Some((max_ts, base)) = stream
+                .max_timestamp()
+                .await
+                .map_err(|e| stream_error_code(&e))?
             else {
                 return Ok(None);
             };
@@ -94,7 +97,10 @@ async fn lookup(stream: &Stream, target: i64) -> Result<Option<(i64, i64)>, Resp
                 .or(Some((max_ts, base as i64))))
         }
         ts if ts >= 0 => {
-            let Some(base) = stream.find_by_timestamp(ts).await.map_err(|e| stream_error_code(&e))?
+            let Some(base) = stream
+                .find_by_timestamp(ts)
+                .await
+                .map_err(|e| stream_error_code(&e))?
             else {
                 return Ok(None);
             };

@@ -62,7 +62,10 @@ pub(crate) async fn start(
                         None => Records::Missing,
                         Some(r) => {
                             let start = (r.as_ptr() as usize).wrapping_sub(base);
-                            if start.checked_add(r.len()).is_some_and(|end| end <= frame.len()) {
+                            if start
+                                .checked_add(r.len())
+                                .is_some_and(|end| end <= frame.len())
+                            {
                                 Records::InFrame(start..start + r.len())
                             } else {
                                 Records::Copied(BytesMut::from(&r[..]))
@@ -101,7 +104,9 @@ pub(crate) async fn start(
             let records = match records {
                 Records::Missing => None,
                 Records::Copied(b) => Some(b),
-                Records::InFrame(range) if range.start >= consumed && range.end <= consumed + rest.len() => {
+                Records::InFrame(range)
+                    if range.start >= consumed && range.end <= consumed + rest.len() =>
+                {
                     let _ = rest.split_to(range.start - consumed);
                     consumed = range.end;
                     Some(rest.split_to(range.len()))
@@ -220,21 +225,32 @@ async fn append_partition(
     };
     let batches = batch::validate_batches(&records).map_err(batch_error)?;
     let defaults = &broker.config.topic_defaults;
-    let max_message_bytes = topic_config::effective_i64("max.message.bytes", &part.topic_configs, defaults);
-    let log_append_time = topic_config::effective_str("message.timestamp.type", &part.topic_configs, defaults)
-        == "LogAppendTime";
+    let max_message_bytes =
+        topic_config::effective_i64("max.message.bytes", &part.topic_configs, defaults);
+    let log_append_time =
+        topic_config::effective_str("message.timestamp.type", &part.topic_configs, defaults)
+            == "LogAppendTime";
     for (h, range) in &batches {
         if range.len() as i64 > max_message_bytes {
             return Err((
                 ResponseError::MessageTooLarge,
-                format!("batch of {} bytes exceeds max.message.bytes {max_message_bytes}", range.len()),
+                format!(
+                    "batch of {} bytes exceeds max.message.bytes {max_message_bytes}",
+                    range.len()
+                ),
             ));
         }
         if h.is_control() {
-            return Err((ResponseError::InvalidRecord, "control batches are written by the broker".into()));
+            return Err((
+                ResponseError::InvalidRecord,
+                "control batches are written by the broker".into(),
+            ));
         }
         if h.is_transactional() {
-            return Err((ResponseError::InvalidRecord, "transactions are not supported yet".into()));
+            return Err((
+                ResponseError::InvalidRecord,
+                "transactions are not supported yet".into(),
+            ));
         }
     }
     let now = if log_append_time { crate::now_ms() } else { -1 };
@@ -249,7 +265,11 @@ async fn append_partition(
         if log_append_time {
             batch::set_log_append_time(&mut buf, now);
         }
-        let max_ts = if log_append_time { now } else { h.max_timestamp };
+        let max_ts = if log_append_time {
+            now
+        } else {
+            h.max_timestamp
+        };
         let appended = stream.append(h.offset_count(), max_ts, |base| {
             batch::patch_offsets(&mut buf, base as i64, epoch);
             buf.freeze()
