@@ -157,7 +157,7 @@ fn describe_topic(broker: &Broker, name: &str, _version: i16) -> MetadataRespons
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
         .with_topic_id(uuid::Uuid::from_bytes(id))
-        .with_is_internal(name.starts_with("__"))
+        .with_is_internal(topics::is_internal(name))
         .with_partitions(partitions)
         .with_topic_authorized_operations(OPERATIONS_OMITTED)
 }

@@ -115,6 +115,12 @@ pub(crate) async fn start(
             };
             let r = if !matches!(acks, -1..=1) {
                 Err((ResponseError::InvalidRequiredAcks, String::new()))
+            } else if crate::handlers::topics::is_internal(&name) {
+                // As Kafka: clients never append to internal topics directly.
+                Err((
+                    ResponseError::InvalidTopicException,
+                    format!("Cannot append to internal topic {name}"),
+                ))
             } else if transactional {
                 Err((
                     ResponseError::TransactionalIdAuthorizationFailed,

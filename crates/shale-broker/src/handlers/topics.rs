@@ -46,6 +46,11 @@ const UNKNOWN_TOPIC_MESSAGE: &str = "This server does not host this topic-partit
 const UNKNOWN_TOPIC_ID_MESSAGE: &str = "This server does not host this topic ID.";
 const TOO_MANY_PARTITIONS_MESSAGE: &str = "Excessively large number of partitions per request.";
 
+/// Kafka's internal topics: written only by the broker itself.
+pub fn is_internal(name: &str) -> bool {
+    name == crate::groups::OFFSETS_TOPIC || name == "__transaction_state"
+}
+
 /// Kafka's topic name rules: 1..=249 chars of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
