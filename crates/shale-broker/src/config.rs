@@ -37,6 +37,9 @@ pub struct BrokerConfig {
     pub offsets_retention_minutes: i64,
     /// `offsets.retention.check.interval.ms`.
     pub offsets_retention_check_interval: Duration,
+    /// `log.cleaner.backoff.ms`: pause between log-cleaner passes over compacted partitions
+    /// (0 disables the background cleaner).
+    pub log_cleaner_backoff: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -59,6 +62,7 @@ impl Default for BrokerConfig {
             offset_metadata_max_bytes: 4096,
             offsets_retention_minutes: 10080,
             offsets_retention_check_interval: Duration::from_secs(600),
+            log_cleaner_backoff: Duration::from_millis(15_000),
         }
     }
 }

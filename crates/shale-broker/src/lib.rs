@@ -1,6 +1,7 @@
 //! Shale's Kafka front end: connections, request dispatch and the API handlers (one API
 //! family per module under `handlers`), on top of the stream layer and the metadata quorum.
 
+mod compaction;
 pub mod config;
 mod connection;
 mod dispatch;
@@ -10,6 +11,7 @@ mod partitions;
 mod retention;
 pub mod topic_config;
 
+pub use compaction::CleanerStats;
 pub use config::BrokerConfig;
 
 use parking_lot::Mutex;
@@ -27,6 +29,8 @@ pub struct Broker {
     partitions: partitions::Partitions,
     /// Group coordinator for the `__consumer_offsets` partitions this node owns.
     groups: Arc<groups::GroupCoordinator>,
+    /// Log-cleaner progress per owned compacted partition.
+    cleaner: compaction::CleanerState,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -55,6 +59,7 @@ impl Broker {
             streams,
             partitions: partitions::Partitions::default(),
             groups: coordinator,
+            cleaner: Default::default(),
             shutdown,
             tasks: Mutex::new(Vec::new()),
         });
@@ -62,6 +67,8 @@ impl Broker {
         groups::start(&broker).await?;
         let retention = tokio::spawn(retention::run(broker.clone()));
         broker.tasks.lock().push(retention);
+        let cleaner = tokio::spawn(compaction::run(broker.clone()));
+        broker.tasks.lock().push(cleaner);
         Ok(broker)
     }
 

@@ -73,6 +73,25 @@ impl ObjectCatalog for MetaCatalog {
         .await
     }
 
+    async fn replace_stream_ranges(
+        &self,
+        stream_id: StreamId,
+        epoch: u64,
+        start: u64,
+        end: u64,
+        new_object: ObjectMeta,
+    ) -> Result<(), CatalogError> {
+        self.submit_unit(Command::ReplaceStreamRanges {
+            stream_id,
+            epoch,
+            start,
+            end,
+            new_object,
+            now_ms: crate::now_ms(),
+        })
+        .await
+    }
+
     async fn trim_stream(&self, stream_id: StreamId, new_start: u64) -> Result<(), CatalogError> {
         self.submit_unit(Command::TrimStream {
             stream_id,

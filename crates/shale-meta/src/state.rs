@@ -213,6 +213,16 @@ impl MetaState {
                     Err(ApplyError::UnknownStream(stream_id))
                 }
             }
+            Command::ReplaceStreamRanges {
+                stream_id,
+                epoch,
+                start,
+                end,
+                new_object,
+                now_ms,
+            } => self
+                .replace_stream_ranges(stream_id, epoch, start, end, new_object, now_ms)
+                .map(|()| Response::Ok),
             Command::ForgetObjects { ids } => {
                 // Only dead objects can be forgotten: a live id here is a caller bug, ignore it.
                 for id in ids {
@@ -605,6 +615,58 @@ impl MetaState {
         for id in affected {
             self.retire_if_dead(id, now_ms);
         }
+        Ok(())
+    }
+
+    /// Log compaction's swap; the rules are `shale_stream::validate_replace` (shared with the
+    /// in-memory catalog). Replaced ranges leave their objects' range lists; objects left
+    /// without live ranges die.
+    fn replace_stream_ranges(
+        &mut self,
+        stream_id: StreamId,
+        epoch: u64,
+        start: u64,
+        end: u64,
+        new_object: ObjectMeta,
+        now_ms: i64,
+    ) -> Result<(), ApplyError> {
+        if self.object_id_taken(new_object.id) {
+            return Err(ApplyError::Invalid(format!(
+                "object {} is already committed",
+                new_object.id
+            )));
+        }
+        let Some(s) = self.state.streams.get(&stream_id) else {
+            return Err(ApplyError::UnknownStream(stream_id));
+        };
+        // Live ranges overlapping [start, end): the one holding `start` and those after it.
+        let mut replaced: Vec<(u64, u64, ObjectId)> = Vec::new();
+        if let Some(m) = self.index.by_stream.get(&stream_id).filter(|_| start < end) {
+            let first = m.range(..=start).next_back().map_or(start, |(k, _)| *k);
+            for (&k, rr) in m.range(first..end) {
+                if let Some(r) = self.range_of(rr) {
+                    replaced.push((k, r.end_offset, rr.object_id));
+                }
+            }
+        }
+        let live: Vec<(u64, u64)> = replaced.iter().map(|&(s, e, _)| (s, e)).collect();
+        shale_stream::validate_replace(s, epoch, start, end, &live, &new_object.ranges)?;
+        let mut by_object: BTreeMap<ObjectId, BTreeSet<u64>> = BTreeMap::new();
+        for (s, _, id) in replaced {
+            by_object.entry(id).or_default().insert(s);
+        }
+        for (id, starts) in by_object {
+            let Some(mut o) = self.state.objects.remove(&id) else {
+                continue;
+            };
+            // Slots shift when ranges are removed: re-index the object as a whole.
+            self.index.remove_object(&o);
+            o.ranges
+                .retain(|r| !(r.stream_id == stream_id && starts.contains(&r.start_offset)));
+            self.insert_object(o, now_ms);
+        }
+        self.note_object_id(new_object.id);
+        self.insert_object(new_object, now_ms);
         Ok(())
     }
 

@@ -63,6 +63,16 @@ pub enum Command {
     ForgetObjects {
         ids: Vec<ObjectId>,
     },
+    /// Log compaction: swaps a stream's live ranges in `[start, end)` for `new_object`.
+    /// Appended last so existing log entries keep their encoding.
+    ReplaceStreamRanges {
+        stream_id: StreamId,
+        epoch: u64,
+        start: u64,
+        end: u64,
+        new_object: ObjectMeta,
+        now_ms: i64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -108,6 +118,17 @@ impl fmt::Display for Command {
             } => write!(f, "TrimStream({stream_id}, {new_start})"),
             Command::DeleteStream { stream_id, .. } => write!(f, "DeleteStream({stream_id})"),
             Command::ForgetObjects { ids } => write!(f, "ForgetObjects({} ids)", ids.len()),
+            Command::ReplaceStreamRanges {
+                stream_id,
+                start,
+                end,
+                new_object,
+                ..
+            } => write!(
+                f,
+                "ReplaceStreamRanges(stream {stream_id} [{start}, {end}) -> object {})",
+                new_object.id
+            ),
         }
     }
 }
@@ -152,6 +173,34 @@ pub enum ApplyError {
     /// A malformed request (e.g. reusing a committed object id).
     #[error("invalid request: {0}")]
     Invalid(String),
+}
+
+impl From<CatalogError> for ApplyError {
+    /// Rejections computed by the stream layer's shared validation rules.
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::Fenced {
+                stream_id,
+                epoch,
+                current,
+            } => ApplyError::Fenced {
+                stream_id,
+                epoch,
+                current,
+            },
+            CatalogError::UnknownStream(id) => ApplyError::UnknownStream(id),
+            CatalogError::OffsetGap {
+                stream_id,
+                start,
+                expected,
+            } => ApplyError::OffsetGap {
+                stream_id,
+                start,
+                expected,
+            },
+            CatalogError::Unavailable(m) => ApplyError::Invalid(m),
+        }
+    }
 }
 
 impl From<ApplyError> for CatalogError {

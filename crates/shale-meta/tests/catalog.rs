@@ -334,3 +334,143 @@ async fn compaction_swaps_atomically() {
     assert!(cat.dead_objects().iter().any(|(o, _)| o.id == n));
     node.shutdown().await;
 }
+
+/// The rules of `replace_stream_ranges` (log compaction), run against a catalog; returns
+/// what it observed so the Raft catalog and the in-memory reference can be compared.
+async fn replace_rules(cat: Arc<dyn ObjectCatalog>) -> Vec<String> {
+    let mut seen = Vec::new();
+    let e1 = cat.open_stream(1).await.unwrap().epoch;
+    let e2 = cat.open_stream(2).await.unwrap().epoch;
+    let o1 = commit(
+        &cat,
+        vec![range(1, 0, 10), range(2, 0, 5)],
+        vec![sc(1, e1), sc(2, e2)],
+    )
+    .await
+    .unwrap();
+    let o2 = commit(&cat, vec![range(1, 10, 20)], vec![sc(1, e1)])
+        .await
+        .unwrap();
+    commit(&cat, vec![range(1, 20, 30)], vec![sc(1, e1)])
+        .await
+        .unwrap();
+    fn outcome(seen: &mut Vec<String>, what: &str, r: Result<(), CatalogError>) {
+        let s = match r {
+            Ok(()) => "ok".to_string(),
+            Err(CatalogError::Fenced { .. }) => "fenced".to_string(),
+            Err(CatalogError::OffsetGap { .. }) => "gap".to_string(),
+            Err(CatalogError::UnknownStream(s)) => format!("unknown {s}"),
+            Err(CatalogError::Unavailable(_)) => "invalid".to_string(),
+        };
+        seen.push(format!("{what}: {s}"));
+    }
+    let new = |id: u64, ranges| object(id, ranges);
+    let id = cat.prepare_object().await.unwrap();
+    // Rejections, each leaving the state unchanged.
+    let r = cat
+        .replace_stream_ranges(1, e1 - 1, 0, 20, new(id, vec![range(1, 0, 20)]))
+        .await;
+    outcome(&mut seen, "stale epoch", r);
+    let r = cat
+        .replace_stream_ranges(1, e1, 5, 20, new(id, vec![range(1, 5, 20)]))
+        .await;
+    outcome(&mut seen, "start inside a range", r);
+    let r = cat
+        .replace_stream_ranges(1, e1, 0, 15, new(id, vec![range(1, 0, 15)]))
+        .await;
+    outcome(&mut seen, "end inside a range", r);
+    let r = cat
+        .replace_stream_ranges(1, e1, 0, 40, new(id, vec![range(1, 0, 40)]))
+        .await;
+    outcome(&mut seen, "past the end", r);
+    let r = cat
+        .replace_stream_ranges(1, e1, 0, 20, new(id, vec![range(1, 0, 19)]))
+        .await;
+    outcome(&mut seen, "new ranges short", r);
+    let r = cat
+        .replace_stream_ranges(1, e1, 0, 20, new(id, vec![range(2, 0, 20)]))
+        .await;
+    outcome(&mut seen, "other stream", r);
+    let r = cat
+        .replace_stream_ranges(9, 1, 0, 20, new(id, vec![range(9, 0, 20)]))
+        .await;
+    outcome(&mut seen, "unknown stream", r);
+    let r = cat
+        .replace_stream_ranges(1, e1, 0, 20, new(o2, vec![range(1, 0, 20)]))
+        .await;
+    outcome(&mut seen, "reused object id", r);
+    seen.push(format!("ranges {:?}", ids(&cat.all_ranges(1))));
+    // Accepted: two ranges become one (here as two contiguous new ranges).
+    let r = cat
+        .replace_stream_ranges(
+            1,
+            e1,
+            0,
+            20,
+            new(id, vec![range(1, 0, 12), range(1, 12, 20)]),
+        )
+        .await;
+    outcome(&mut seen, "replace [0, 20)", r);
+    seen.push(format!("ranges {:?}", ids(&cat.all_ranges(1))));
+    seen.push(format!(
+        "ranges from 13 {:?}",
+        ids(&cat.ranges_from(1, 13, 1))
+    ));
+    // Object 1 keeps stream 2's range; object 2 had nothing else and died.
+    let live: Vec<(u64, usize)> = cat
+        .live_objects()
+        .iter()
+        .map(|o| (o.id, o.ranges.len()))
+        .collect();
+    seen.push(format!("live {live:?}"));
+    let dead: Vec<u64> = cat.dead_objects().iter().map(|(o, _)| o.id).collect();
+    seen.push(format!("dead {dead:?}"));
+    assert!(dead.contains(&o2) && !dead.contains(&o1));
+    // Trimming stream 2 now retires object 1 as well.
+    cat.trim_stream(2, 5).await.unwrap();
+    let dead: Vec<u64> = cat.dead_objects().iter().map(|(o, _)| o.id).collect();
+    assert!(dead.contains(&o1));
+    // Object ids handed out later stay unique; the object can be compacted like any other.
+    let id2 = cat.prepare_object().await.unwrap();
+    assert!(id2 > id);
+    let r = cat
+        .compact_objects(Some(new(id2, vec![range(1, 0, 30)])), vec![id, 3])
+        .await;
+    outcome(&mut seen, "merge after replace", r);
+    seen.push(format!("ranges {:?}", ids(&cat.all_ranges(1))));
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_stream_ranges_matches_memory_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let raft = replace_rules(node.catalog()).await;
+    let memory = replace_rules(Arc::new(shale_stream::memory::MemoryCatalog::new())).await;
+    assert_eq!(raft, memory);
+    let expected_rejections = [
+        "stale epoch: fenced",
+        "start inside a range: gap",
+        "end inside a range: gap",
+        "past the end: gap",
+        "new ranges short: gap",
+        "other stream: unknown 2",
+        "unknown stream: unknown 9",
+        "reused object id: invalid",
+    ];
+    assert_eq!(raft[..8], expected_rejections);
+    assert!(
+        raft.contains(&"replace [0, 20): ok".to_string()),
+        "{raft:?}"
+    );
+    assert!(
+        raft.contains(&"merge after replace: ok".to_string()),
+        "{raft:?}"
+    );
+    // Survives a restart (log replay) with the same index.
+    let before = ids(&node.catalog().all_ranges(1));
+    node.shutdown().await;
+    let node = start(dir.path()).await;
+    assert_eq!(ids(&node.catalog().all_ranges(1)), before);
+    node.shutdown().await;
+}

@@ -49,6 +49,17 @@ async fn workload(node: &Arc<MetaNode>, round: u32) {
             .await
             .unwrap();
     }
+    // Log compaction of the second partition's first two ranges into one object.
+    let id = cat.prepare_object().await.unwrap();
+    cat.replace_stream_ranges(
+        streams[1],
+        epochs[1],
+        0,
+        20,
+        object(id, vec![range(streams[1], 0, 20)]),
+    )
+    .await
+    .unwrap();
     cat.trim_stream(streams[0], 35).await.unwrap();
     let dead: Vec<u64> = cat.dead_objects().iter().map(|(o, _)| o.id).collect();
     cat.forget_objects(dead.into_iter().take(1).collect())

@@ -173,6 +173,13 @@ async fn fetch_block(
             key: loc.object_key.clone(),
             reason: format!("range position {} overflows", r.position),
         })?;
+    if r.length == 0 {
+        // A range compacted down to no entries: nothing to GET (and an empty ranged GET is
+        // invalid); still verified against the catalog's crc and offsets.
+        let records =
+            object::decode_block(bytes::Bytes::new(), r).map_err(|e| e.at(&loc.object_key))?;
+        return Ok(Block { records, size: 0 });
+    }
     let path = Path::from(loc.object_key.as_str());
     let data = store.get_range(&path, r.position..end).await.map_err(|e| {
         StreamError::ObjectStore(format!(

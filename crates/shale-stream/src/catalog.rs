@@ -39,7 +39,9 @@ pub struct ObjectMeta {
     pub key: String,
     /// Total object size in bytes.
     pub size: u64,
-    /// Ranges in the object, ordered by (stream_id, start_offset).
+    /// Ranges in the object still referenced, ordered by (stream_id, start_offset). A range
+    /// superseded by [`ObjectCatalog::replace_stream_ranges`] is removed from this list (its
+    /// bytes stay in the object until the object dies as a whole).
     pub ranges: Vec<ObjectRange>,
     /// Wall-clock ms when the object was committed.
     pub committed_at_ms: i64,
@@ -125,6 +127,26 @@ pub trait ObjectCatalog: Send + Sync + 'static {
         replaced: Vec<ObjectId>,
     ) -> Result<(), CatalogError>;
 
+    /// Atomically replaces a stream's live ranges covering exactly `[start, end)` by the ranges
+    /// of `new_object` (log compaction rewriting a stream's older data). Rules:
+    /// - `epoch` must be the stream's current epoch (only the owner rewrites; `Fenced`);
+    /// - `start < end <= end_offset`, `start` must be the start of a live range and `end` the
+    ///   end of one, with the live ranges in between contiguous (`OffsetGap` otherwise);
+    /// - `new_object`'s ranges all belong to `stream_id`, are non-empty, contiguous, and span
+    ///   exactly `[start, end)` (`OffsetGap` otherwise). They may hold fewer entries than the
+    ///   offsets they span (gaps), or none.
+    ///
+    /// The replaced ranges are removed from their objects' `ranges`; an object left with no
+    /// live range becomes dead. Other streams' ranges in those objects are untouched.
+    async fn replace_stream_ranges(
+        &self,
+        stream_id: StreamId,
+        epoch: u64,
+        start: u64,
+        end: u64,
+        new_object: ObjectMeta,
+    ) -> Result<(), CatalogError>;
+
     /// Raises a stream's start offset (retention, DeleteRecords). Never lowers it and never
     /// moves it past the end offset. Objects left without live ranges become deletable.
     async fn trim_stream(&self, stream_id: StreamId, new_start: u64) -> Result<(), CatalogError>;
@@ -157,4 +179,63 @@ pub trait ObjectCatalog: Send + Sync + 'static {
 
     /// Local read: all committed live objects (compaction picks from these).
     fn live_objects(&self) -> Vec<ObjectMeta>;
+}
+
+/// The validation rules of [`ObjectCatalog::replace_stream_ranges`], shared by every catalog
+/// implementation so they accept and reject exactly the same requests. `live` holds the
+/// stream's live ranges as `(start, end)` in offset order (at least those overlapping
+/// `[start, end)`).
+pub fn validate_replace(
+    stream: &StreamMeta,
+    epoch: u64,
+    start: u64,
+    end: u64,
+    live: &[(u64, u64)],
+    new_ranges: &[ObjectRange],
+) -> Result<(), CatalogError> {
+    let sid = stream.id;
+    if epoch != stream.epoch {
+        return Err(CatalogError::Fenced {
+            stream_id: sid,
+            epoch,
+            current: stream.epoch,
+        });
+    }
+    let gap = |start, expected| CatalogError::OffsetGap {
+        stream_id: sid,
+        start,
+        expected,
+    };
+    if start >= end {
+        return Err(gap(start, end));
+    }
+    if end > stream.end_offset {
+        return Err(gap(end, stream.end_offset));
+    }
+    // The replaced span must be made of whole, contiguous live ranges.
+    let mut expected = start;
+    for &(s, e) in live.iter().filter(|(s, e)| *e > start && *s < end) {
+        if s != expected {
+            return Err(gap(s, expected));
+        }
+        expected = e;
+    }
+    if expected != end {
+        return Err(gap(expected, end));
+    }
+    // The new ranges must tile exactly the same span.
+    let mut expected = start;
+    for r in new_ranges {
+        if r.stream_id != sid {
+            return Err(CatalogError::UnknownStream(r.stream_id));
+        }
+        if r.start_offset != expected || r.end_offset <= r.start_offset {
+            return Err(gap(r.start_offset, expected));
+        }
+        expected = r.end_offset;
+    }
+    if expected != end {
+        return Err(gap(expected, end));
+    }
+    Ok(())
 }

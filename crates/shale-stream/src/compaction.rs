@@ -142,6 +142,9 @@ fn pick(inner: &Inner) -> Vec<ObjectMeta> {
     picked
 }
 
+/// A live range being merged: start, end and its entries.
+type Run = (u64, u64, Vec<StreamRecord>);
+
 /// Reads `picked`, writes one merged object and swaps it in. Returns objects replaced.
 async fn merge(inner: &Inner, picked: Vec<ObjectMeta>) -> Result<usize, StreamError> {
     let store = &inner.store;
@@ -160,8 +163,9 @@ async fn merge(inner: &Inner, picked: Vec<ObjectMeta>) -> Result<usize, StreamEr
         .collect::<Result<_, _>>()?;
 
     let streams = stream_metas(inner, fetched.iter().map(|(o, _)| o));
-    // Live entries per stream, as runs of contiguous entries.
-    let mut runs: BTreeMap<StreamId, Vec<Vec<StreamRecord>>> = BTreeMap::new();
+    // Live ranges per stream as (start, end, entries): bounds are kept explicitly because
+    // ranges rewritten by log compaction may have gaps or no entries at all.
+    let mut runs: BTreeMap<StreamId, Vec<Run>> = BTreeMap::new();
     for (o, data) in &fetched {
         for r in &o.ranges {
             if !range_live(&streams, r) {
@@ -176,38 +180,43 @@ async fn merge(inner: &Inner, picked: Vec<ObjectMeta>) -> Result<usize, StreamEr
                 .into_iter()
                 .filter(|e| e.end_offset() > start)
                 .collect();
-            if !entries.is_empty() {
-                runs.entry(r.stream_id).or_default().push(entries);
-            }
+            // Clipped at the stream start, but never inside the first kept entry.
+            let lo = r
+                .start_offset
+                .max(start)
+                .min(entries.first().map_or(u64::MAX, |e| e.base_offset));
+            runs.entry(r.stream_id)
+                .or_default()
+                .push((lo, r.end_offset, entries));
         }
     }
-    let mut merged: Vec<(StreamId, Vec<StreamRecord>)> = Vec::new();
+    let mut merged: Vec<(StreamId, Run)> = Vec::new();
     for (sid, mut rs) in runs {
-        rs.sort_by_key(|run| run.first().map(|e| e.base_offset));
-        let mut cur: Vec<StreamRecord> = Vec::new();
+        rs.sort_by_key(|run| run.0);
+        let mut cur: Option<Run> = None;
         for run in rs {
-            let (Some(first), Some(prev)) = (run.first(), cur.last()) else {
-                cur = run;
+            let Some(prev) = cur.as_mut() else {
+                cur = Some(run);
                 continue;
             };
-            if first.base_offset < prev.end_offset() {
+            if run.0 < prev.1 {
                 return Err(StreamError::Corrupt {
                     key: String::new(),
                     reason: format!(
                         "stream {sid}: ranges overlap at offset {} during compaction",
-                        first.base_offset
+                        run.0
                     ),
                 });
             }
-            if first.base_offset == prev.end_offset() {
-                cur.extend(run);
-            } else {
-                merged.push((sid, std::mem::take(&mut cur)));
-                cur = run;
+            if run.0 == prev.1 {
+                prev.1 = run.1;
+                prev.2.extend(run.2);
+            } else if let Some(done) = cur.replace(run) {
+                merged.push((sid, done));
             }
         }
-        if !cur.is_empty() {
-            merged.push((sid, cur));
+        if let Some(done) = cur {
+            merged.push((sid, done));
         }
     }
     let replaced: Vec<ObjectId> = fetched.iter().map(|(o, _)| o.id).collect();
@@ -219,28 +228,21 @@ async fn merge(inner: &Inner, picked: Vec<ObjectMeta>) -> Result<usize, StreamEr
         inner.catalog.compact_objects(None, replaced).await?;
         return Ok(n);
     }
-    let input: Vec<(StreamId, &[StreamRecord])> =
-        merged.iter().map(|(s, e)| (*s, e.as_slice())).collect();
-    let (data, ranges) = object::encode(&input);
+    let input: Vec<object::BoundedRange<'_>> = merged
+        .iter()
+        .map(|(sid, (start, end, entries))| object::BoundedRange {
+            stream_id: *sid,
+            start: *start,
+            end: *end,
+            records: entries.as_slice(),
+        })
+        .collect();
+    let (data, ranges) = object::encode_bounded(&input);
     drop(input);
     drop(merged);
 
-    let id = inner.catalog.prepare_object().await?;
-    let key = object_key(&inner.config.key_prefix, id);
-    let path = Path::from(key.as_str());
-    let mut backoff = Backoff::new(&inner.tuning, PUT_RETRY);
+    let (id, key, path) = put_object(inner, data.clone()).await?;
     let size = data.len() as u64;
-    loop {
-        match store.put(&path, data.clone().into()).await {
-            Ok(_) => break,
-            Err(e) => {
-                tracing::warn!(key, error = %e, "compacted object upload failed; retrying");
-                if !backoff.wait().await {
-                    return Err(StreamError::ObjectStore(format!("PUT {key}: {e}")));
-                }
-            }
-        }
-    }
     drop(data);
     let meta = ObjectMeta {
         id,
@@ -265,6 +267,138 @@ async fn merge(inner: &Inner, picked: Vec<ObjectMeta>) -> Result<usize, StreamEr
                 && let Err(de) = store.delete(&path).await
             {
                 tracing::warn!(key, error = %de, "cannot delete rejected compacted object");
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// Writes a new stream object under a fresh id (retrying with back-off).
+async fn put_object(
+    inner: &Inner,
+    data: bytes::Bytes,
+) -> Result<(ObjectId, String, Path), StreamError> {
+    let id = inner.catalog.prepare_object().await?;
+    let key = object_key(&inner.config.key_prefix, id);
+    let path = Path::from(key.as_str());
+    let mut backoff = Backoff::new(&inner.tuning, PUT_RETRY);
+    loop {
+        match inner.store.put(&path, data.clone().into()).await {
+            Ok(_) => return Ok((id, key, path)),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "compacted object upload failed; retrying");
+                if !backoff.wait().await {
+                    return Err(StreamError::ObjectStore(format!("PUT {key}: {e}")));
+                }
+            }
+        }
+    }
+}
+
+/// Log compaction's rewrite of `[start, end)` of an open stream (see
+/// [`crate::StreamStore::rewrite_range`]).
+pub(crate) async fn rewrite_range(
+    inner: &Inner,
+    stream_id: StreamId,
+    start: u64,
+    end: u64,
+    entries: Vec<StreamRecord>,
+) -> Result<(), StreamError> {
+    let stream = inner
+        .streams
+        .read()
+        .get(&stream_id)
+        .filter(|s| s.is_writable())
+        .cloned()
+        .ok_or(StreamError::Fenced(stream_id))?;
+    let bad = |reason: String| StreamError::Corrupt {
+        key: String::new(),
+        reason: format!("stream {stream_id}: rewrite of [{start}, {end}): {reason}"),
+    };
+    if start >= end || end > stream.end_offset() {
+        return Err(StreamError::OffsetOutOfRange {
+            offset: end,
+            start,
+            end: stream.end_offset(),
+        });
+    }
+    let mut pos = start;
+    for e in &entries {
+        if e.base_offset < pos || e.end_offset() > end {
+            return Err(bad(format!(
+                "entry at {} out of order or bounds",
+                e.base_offset
+            )));
+        }
+        if e.payload.len() > object::MAX_ENTRY_PAYLOAD {
+            return Err(bad(format!("entry at {} too large", e.base_offset)));
+        }
+        pos = e.end_offset();
+    }
+    // Serialized with small-object merges on this node, which read the same ranges.
+    let _pass = inner.compaction_lock.lock().await;
+    let old_ranges: Vec<crate::RangeLocation> = inner
+        .catalog
+        .all_ranges(stream_id)
+        .into_iter()
+        .filter(|l| l.range.end_offset > start && l.range.start_offset < end)
+        .collect();
+    let (data, mut ranges) = object::encode_bounded(&[object::BoundedRange {
+        stream_id,
+        start,
+        end,
+        records: &entries,
+    }]);
+    // A range without entries keeps the largest timestamp of the data it replaced, so time
+    // retention still expires it (an unknown -1 would block retention forever).
+    let old_max = old_ranges
+        .iter()
+        .map(|l| l.range.max_timestamp)
+        .max()
+        .unwrap_or(-1);
+    for r in ranges.iter_mut().filter(|r| r.length == 0) {
+        r.max_timestamp = old_max;
+    }
+    let size = data.len() as u64;
+    let (id, key, path) = put_object(inner, data).await?;
+    let meta = ObjectMeta {
+        id,
+        key: key.clone(),
+        size,
+        ranges,
+        committed_at_ms: now_ms(),
+    };
+    match inner
+        .catalog
+        .replace_stream_ranges(stream_id, stream.epoch(), start, end, meta)
+        .await
+    {
+        Ok(()) => {
+            {
+                let mut st = stream.shared.state.lock();
+                inner.log_cache.drop_below(&mut st, end);
+            }
+            tracing::info!(
+                stream_id,
+                start,
+                end,
+                object = id,
+                entries = entries.len(),
+                replaced_ranges = old_ranges.len(),
+                bytes = size,
+                "rewrote stream range"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            // As in `merge`: only a deterministic rejection proves the object unreferenced.
+            if !matches!(e, CatalogError::Unavailable(_))
+                && let Err(de) = inner.store.delete(&path).await
+            {
+                tracing::warn!(key, error = %de, "cannot delete rejected rewritten object");
+            }
+            if let CatalogError::Fenced { .. } = e {
+                return Err(StreamError::Fenced(stream_id));
             }
             Err(e.into())
         }

@@ -427,6 +427,32 @@ impl StreamStore {
         compaction::compact_once(&self.inner).await
     }
 
+    /// Rewrites offsets `[start, end)` of an open stream with `entries` (log compaction): the
+    /// entries go into one new stream object which atomically replaces, in the catalog, the
+    /// stream's live ranges covering exactly `[start, end)`. `start`/`end` must be boundaries
+    /// of live ranges (see [`ObjectCatalog::replace_stream_ranges`]) and `end` must not pass
+    /// the committed end offset. Entries must be in offset order, disjoint and inside
+    /// `[start, end)`; offsets they no longer cover become gaps (a read there returns the next
+    /// entry), and an empty `entries` leaves the whole span as one empty range so the stream's
+    /// ranges still tile its offsets. Old objects keep their other streams' ranges and die
+    /// once no live range remains in them. The stream must be open on this node (its epoch
+    /// fences a zombie owner).
+    pub async fn rewrite_range(
+        &self,
+        stream_id: StreamId,
+        start: u64,
+        end: u64,
+        entries: Vec<StreamRecord>,
+    ) -> Result<(), StreamError> {
+        compaction::rewrite_range(&self.inner, stream_id, start, end, entries).await
+    }
+
+    /// A stream's live ranges in offset order, as the local catalog replica knows them (log
+    /// compaction plans its rewrites on range boundaries).
+    pub fn live_ranges(&self, stream_id: StreamId) -> Vec<RangeLocation> {
+        self.inner.catalog.all_ranges(stream_id)
+    }
+
     /// Deletes dead objects whose grace period has passed, now (tests, admin tools). Returns
     /// the number of objects deleted from the bucket.
     pub async fn delete_dead_objects_now(&self) -> usize {
@@ -550,7 +576,9 @@ impl Stream {
     }
 
     /// Reads durable entries from `from_offset`: the first returned entry is the one holding
-    /// `from_offset`; entries follow in order until `max_bytes` would be exceeded, but at least
+    /// `from_offset` (or, when `from_offset` falls in a gap left by
+    /// [`StreamStore::rewrite_range`], the first entry after it, as Kafka returns the next
+    /// batch for a compacted-away offset); entries follow in order until `max_bytes` would be exceeded, but at least
     /// one entry is returned when any exists. Empty when `from_offset == end_offset`.
     /// `OffsetOutOfRange` when `from_offset` is below start or above end.
     pub async fn read(

@@ -92,6 +92,17 @@ impl LogCache {
         self.bytes.fetch_sub(n, Ordering::Relaxed);
     }
 
+    /// Drops a stream's cached entries below `end` (their offsets were rewritten by log
+    /// compaction, so the cache must not keep serving the old versions). Only durable entries
+    /// can be below a rewritten span, and the remaining cache is still a contiguous tail.
+    pub fn drop_below(&self, st: &mut StreamState, end: u64) {
+        while st.cache.front().is_some_and(|e| e.end_offset() <= end) {
+            if let Some(e) = st.cache.pop_front() {
+                self.release(st, e.payload.len());
+            }
+        }
+    }
+
     fn release(&self, st: &mut StreamState, n: usize) {
         st.cache_bytes -= n;
         self.bytes.fetch_sub(n, Ordering::Relaxed);

@@ -14,6 +14,8 @@
 //!   per stream after clipping at the stream start); replaced ids that are no longer live are
 //!   ignored.
 //! - `trim_stream` clamps to `[start, end]` and never lowers the start.
+//! - `replace_stream_ranges` follows [`validate_replace`]; replaced ranges are removed from
+//!   their objects' range lists, and objects left without live ranges die.
 
 use crate::catalog::*;
 use async_trait::async_trait;
@@ -378,6 +380,56 @@ impl State {
         Ok(())
     }
 
+    fn replace_stream_ranges(
+        &mut self,
+        stream_id: StreamId,
+        epoch: u64,
+        start: u64,
+        end: u64,
+        new_object: ObjectMeta,
+        now: i64,
+    ) -> Result<(), CatalogError> {
+        if self.taken(new_object.id) {
+            return Err(CatalogError::Unavailable(format!(
+                "invalid request: object {} is already committed",
+                new_object.id
+            )));
+        }
+        let s = self
+            .streams
+            .get(&stream_id)
+            .ok_or(CatalogError::UnknownStream(stream_id))?;
+        // Live ranges overlapping [start, end): the one holding `start` and those after it.
+        let mut replaced: Vec<(u64, u64, ObjectId)> = Vec::new();
+        if let Some(m) = self.index.get(&stream_id).filter(|_| start < end) {
+            let first = m.range(..=start).next_back().map_or(start, |(k, _)| *k);
+            for (&k, &(id, slot)) in m.range(first..end) {
+                if let Some(r) = self.objects.get(&id).and_then(|o| o.ranges.get(slot)) {
+                    replaced.push((k, r.end_offset, id));
+                }
+            }
+        }
+        let live: Vec<(u64, u64)> = replaced.iter().map(|&(s, e, _)| (s, e)).collect();
+        validate_replace(s, epoch, start, end, &live, &new_object.ranges)?;
+        let mut by_object: BTreeMap<ObjectId, BTreeSet<u64>> = BTreeMap::new();
+        for (s, _, id) in replaced {
+            by_object.entry(id).or_default().insert(s);
+        }
+        for (id, starts) in by_object {
+            let Some(mut o) = self.objects.remove(&id) else {
+                continue;
+            };
+            // Slots shift when ranges are removed: re-index the object as a whole.
+            self.index_remove(&o);
+            o.ranges
+                .retain(|r| !(r.stream_id == stream_id && starts.contains(&r.start_offset)));
+            self.insert_object(o, now);
+        }
+        self.note_object_id(new_object.id);
+        self.insert_object(new_object, now);
+        Ok(())
+    }
+
     fn delete_stream(&mut self, stream_id: StreamId, now: i64) -> Result<(), CatalogError> {
         if self.streams.remove(&stream_id).is_none() {
             return Err(CatalogError::UnknownStream(stream_id));
@@ -456,6 +508,19 @@ impl ObjectCatalog for MemoryCatalog {
         self.state
             .lock()
             .compact_objects(new_object, replaced, now_ms())
+    }
+
+    async fn replace_stream_ranges(
+        &self,
+        stream_id: StreamId,
+        epoch: u64,
+        start: u64,
+        end: u64,
+        new_object: ObjectMeta,
+    ) -> Result<(), CatalogError> {
+        self.state
+            .lock()
+            .replace_stream_ranges(stream_id, epoch, start, end, new_object, now_ms())
     }
 
     async fn trim_stream(&self, stream_id: StreamId, new_start: u64) -> Result<(), CatalogError> {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! object  = block* index footer
-//! block   = entry*                                  (one contiguous range of one stream)
+//! block   = entry*                                  (one range of one stream)
 //! entry   = base_offset u64 | count u32 | max_timestamp i64 | len u32 | payload[len]
 //! index   = range_count u32 | range*
 //! range   = stream_id u64 | start_offset u64 | end_offset u64 | position u64 | length u32
@@ -10,6 +10,11 @@
 //! footer  = index_position u64 | index_length u32 | index_crc32c u32 | version u16
 //!         | flags u16 | magic "SHOB"                                          (24 bytes)
 //! ```
+//!
+//! Entries of a block are in offset order and lie inside the range's `[start, end)`. WAL
+//! objects cover their range contiguously; a range written by log compaction
+//! ([`encode_bounded`]) may have gaps between entries, or no entry at all (an empty block),
+//! so that the stream's ranges still tile its offsets after records were removed.
 //!
 //! All integers are big-endian. A block can be read and verified on its own with one ranged
 //! GET (the catalog holds its position, length and CRC), so reads never need the index; the
@@ -88,22 +93,56 @@ pub fn encoded_len(ranges: &[(StreamId, &[StreamRecord])]) -> usize {
 /// so the index is ordered as [`crate::ObjectMeta::ranges`] requires. Every payload must be at
 /// most [`MAX_ENTRY_PAYLOAD`] bytes ([`crate::Stream::append`] enforces it).
 pub fn encode(ranges: &[(StreamId, &[StreamRecord])]) -> (Bytes, Vec<ObjectRange>) {
-    let mut buf = BytesMut::with_capacity(encoded_len(ranges));
+    let bounded: Vec<BoundedRange<'_>> = ranges
+        .iter()
+        .filter_map(|&(stream_id, records)| {
+            let start = records.first()?.base_offset;
+            let end = records.last()?.end_offset();
+            Some(BoundedRange {
+                stream_id,
+                start,
+                end,
+                records,
+            })
+        })
+        .collect();
+    encode_bounded(&bounded)
+}
+
+/// A range with explicit bounds: its entries lie inside `[start, end)`, possibly with gaps,
+/// possibly none at all (what log compaction writes).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundedRange<'a> {
+    pub stream_id: StreamId,
+    pub start: u64,
+    pub end: u64,
+    pub records: &'a [StreamRecord],
+}
+
+/// Like [`encode`] but every input becomes a range spanning exactly its bounds, even without
+/// entries (an empty block). A split oversized range keeps the bounds tiled: each piece ends
+/// where the next begins. Callers guarantee entries are ordered and inside the bounds.
+pub fn encode_bounded(ranges: &[BoundedRange<'_>]) -> (Bytes, Vec<ObjectRange>) {
+    let data: usize = ranges
+        .iter()
+        .flat_map(|r| r.records.iter())
+        .map(|r| ENTRY_HEADER_LEN + r.payload.len())
+        .sum();
+    let mut buf = BytesMut::with_capacity(data + 4 + ranges.len() * INDEX_RANGE_LEN + FOOTER_LEN);
     let mut index: Vec<IndexRange> = Vec::with_capacity(ranges.len());
-    for &(stream_id, records) in ranges {
-        let mut block = BlockWriter::new(stream_id, buf.len());
-        for r in records {
+    for br in ranges {
+        let mut block = BlockWriter::new(br.stream_id, buf.len(), br.start);
+        for r in br.records {
             debug_assert!(r.payload.len() <= MAX_ENTRY_PAYLOAD);
             let entry_len = ENTRY_HEADER_LEN + r.payload.len();
             if block.entries > 0 && block.len(&buf) + entry_len > u32::MAX as usize {
-                index.push(block.finish(&buf));
-                block = BlockWriter::new(stream_id, buf.len());
+                let split_at = r.base_offset;
+                index.push(block.finish(&buf, split_at));
+                block = BlockWriter::new(br.stream_id, buf.len(), split_at);
             }
             block.push(&mut buf, r);
         }
-        if block.entries > 0 {
-            index.push(block.finish(&buf));
-        }
+        index.push(block.finish(&buf, br.end));
     }
     let index_position = buf.len() as u64;
     let index_start = buf.len();
@@ -135,18 +174,16 @@ struct BlockWriter {
     position: usize,
     entries: u32,
     start: u64,
-    end: u64,
     max_timestamp: i64,
 }
 
 impl BlockWriter {
-    fn new(stream_id: StreamId, position: usize) -> Self {
+    fn new(stream_id: StreamId, position: usize, start: u64) -> Self {
         BlockWriter {
             stream_id,
             position,
             entries: 0,
-            start: 0,
-            end: 0,
+            start,
             max_timestamp: -1,
         }
     }
@@ -157,11 +194,9 @@ impl BlockWriter {
 
     fn push(&mut self, buf: &mut BytesMut, r: &StreamRecord) {
         if self.entries == 0 {
-            self.start = r.base_offset;
             self.max_timestamp = r.max_timestamp;
         }
         self.entries += 1;
-        self.end = r.end_offset();
         self.max_timestamp = self.max_timestamp.max(r.max_timestamp);
         buf.put_u64(r.base_offset);
         buf.put_u32(r.count);
@@ -170,13 +205,13 @@ impl BlockWriter {
         buf.put_slice(&r.payload);
     }
 
-    fn finish(self, buf: &BytesMut) -> IndexRange {
+    fn finish(self, buf: &BytesMut, end: u64) -> IndexRange {
         let block = &buf[self.position..];
         IndexRange {
             range: ObjectRange {
                 stream_id: self.stream_id,
                 start_offset: self.start,
-                end_offset: self.end,
+                end_offset: end,
                 position: self.position as u64,
                 length: block.len() as u32,
                 max_timestamp: self.max_timestamp,
@@ -319,7 +354,8 @@ pub fn decode_index_full(object: &[u8]) -> Result<Vec<IndexRange>, FormatError> 
 }
 
 /// Decodes one range's block (exactly the bytes `[position, position + length)` of the object),
-/// verifying its CRC and that its entries cover exactly `[start_offset, end_offset)`.
+/// verifying its CRC and that its entries are ordered, disjoint and inside
+/// `[start_offset, end_offset)` (gaps are allowed: compacted ranges have them).
 /// Payloads are zero-copy slices of `block`.
 pub fn decode_block(block: Bytes, range: &ObjectRange) -> Result<Vec<StreamRecord>, FormatError> {
     if block.len() != range.length as usize {
@@ -355,9 +391,9 @@ pub fn decode_block(block: Bytes, range: &ObjectRange) -> Result<Vec<StreamRecor
                     "entry at byte {at} overruns its block ({len} bytes)"
                 ))
             })?;
-        if base_offset != expected {
+        if base_offset < expected {
             return Err(FormatError::new(format!(
-                "entry at byte {at} has base offset {base_offset}, expected {expected}"
+                "entry at byte {at} has base offset {base_offset}, expected at least {expected}"
             )));
         }
         expected = base_offset
@@ -371,7 +407,7 @@ pub fn decode_block(block: Bytes, range: &ObjectRange) -> Result<Vec<StreamRecor
         });
         at = end;
     }
-    if expected != range.end_offset {
+    if expected > range.end_offset {
         return Err(FormatError::new(format!(
             "block of stream {} ends at offset {expected}, index says {}",
             range.stream_id, range.end_offset
@@ -506,9 +542,47 @@ mod tests {
         let mut shifted = r.clone();
         shifted.start_offset += 1;
         assert!(decode_range(&obj, &shifted).is_err());
+        let mut shorter = r.clone();
+        shorter.end_offset -= 1;
+        assert!(decode_range(&obj, &shorter).is_err());
+        // A range may end after its last entry (a compacted range ending in a gap).
         let mut longer = r.clone();
         longer.end_offset += 1;
-        assert!(decode_range(&obj, &longer).is_err());
+        assert_eq!(decode_range(&obj, &longer).unwrap(), a);
+    }
+
+    #[test]
+    fn bounded_ranges_with_gaps_and_no_entries() {
+        let entries = vec![rec(12, 1, 5, b"a"), rec(15, 2, 7, b"bc")];
+        let (obj, ranges) = encode_bounded(&[
+            BoundedRange {
+                stream_id: 1,
+                start: 10,
+                end: 20,
+                records: &entries,
+            },
+            BoundedRange {
+                stream_id: 1,
+                start: 20,
+                end: 30,
+                records: &[],
+            },
+        ]);
+        assert_eq!(ranges.len(), 2);
+        assert_eq!((ranges[0].start_offset, ranges[0].end_offset), (10, 20));
+        assert_eq!(ranges[0].max_timestamp, 7);
+        assert_eq!((ranges[1].start_offset, ranges[1].end_offset), (20, 30));
+        assert_eq!((ranges[1].length, ranges[1].max_timestamp), (0, -1));
+        assert_eq!(decode_index(&obj).unwrap(), ranges);
+        assert_eq!(decode_range(&obj, &ranges[0]).unwrap(), entries);
+        assert!(decode_range(&obj, &ranges[1]).unwrap().is_empty());
+        // Entries outside the bounds or overlapping are rejected.
+        let mut narrow = ranges[0].clone();
+        narrow.start_offset = 13;
+        assert!(decode_range(&obj, &narrow).is_err());
+        narrow.start_offset = 10;
+        narrow.end_offset = 16;
+        assert!(decode_range(&obj, &narrow).is_err());
     }
 
     #[test]

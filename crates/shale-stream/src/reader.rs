@@ -137,13 +137,14 @@ async fn read_objects(
         }
     }
     let mut pos = pos;
-    for block in &blocks {
+    for (loc, block) in needed.iter().zip(&blocks) {
         for e in &block.records {
             if e.end_offset() <= pos {
                 continue;
             }
             if e.base_offset >= limit {
-                return Ok((pos, false));
+                // Offsets between here and `limit` are a compaction gap.
+                return Ok((pos.max(limit), false));
             }
             let n = e.payload.len();
             if !out.is_empty() && *bytes + n > max_bytes {
@@ -153,6 +154,9 @@ async fn read_objects(
             pos = e.end_offset();
             out.push(e.clone());
         }
+        // A compacted range may end in a gap (or hold no entry at all): move past it so the
+        // read continues with the next range instead of stalling inside the gap.
+        pos = pos.max(loc.range.end_offset.min(limit));
     }
     Ok((pos, false))
 }
@@ -213,6 +217,10 @@ pub(crate) async fn max_timestamp(stream: &Stream) -> Result<Option<(i64, u64)>,
     let mut best: Option<(i64, usize)> = None;
     for (i, loc) in ranges.iter().enumerate() {
         let r = &loc.range;
+        if r.length == 0 {
+            // Fully compacted away: its catalog timestamp is that of data no longer there.
+            continue;
+        }
         let m = if r.start_offset < start || r.end_offset > end {
             range_entries(stream, loc)
                 .await?

@@ -1010,3 +1010,190 @@ async fn local_filesystem_bucket() {
     );
     store.shutdown().await;
 }
+
+/// Appends one entry per offset to stream 1 (and one to stream 2) per round, each round its
+/// own WAL object, with timestamps 1000, 2000, ... per round.
+async fn rounds(a: &Stream, b: &Stream, rounds: i64, per_round: usize) {
+    for round in 0..rounds {
+        let ts = 1000 * (round + 1);
+        let mut hs: Vec<_> = (0..per_round)
+            .map(|_| a.append(1, ts, |o| payload(1, o, 40)).unwrap())
+            .collect();
+        hs.push(b.append(1, ts, |o| payload(2, o, 40)).unwrap());
+        for h in hs {
+            durable(h).await.unwrap();
+        }
+    }
+}
+
+fn bases(entries: &[StreamRecord]) -> Vec<u64> {
+    entries.iter().map(|e| e.base_offset).collect()
+}
+
+#[tokio::test]
+async fn rewrite_range_keeps_offsets_and_reads_across_gaps() {
+    let env = Env::new(config());
+    let a = env.store.open(1).await.unwrap();
+    let b = env.store.open(2).await.unwrap();
+    rounds(&a, &b, 3, 4).await;
+    assert_eq!(env.catalog.all_ranges(1).len(), 3);
+    let old = read_all(&a, 0).await;
+    let keep: Vec<StreamRecord> = old
+        .iter()
+        .filter(|e| [1, 6].contains(&e.base_offset))
+        .cloned()
+        .collect();
+    // The log cache holds [0, 12): after the rewrite it must not serve the old entries.
+    env.store
+        .rewrite_range(1, 0, 8, keep.clone())
+        .await
+        .unwrap();
+    let ranges = env.catalog.all_ranges(1);
+    assert_eq!(
+        ranges
+            .iter()
+            .map(|l| (l.range.start_offset, l.range.end_offset))
+            .collect::<Vec<_>>(),
+        vec![(0, 8), (8, 12)]
+    );
+    assert!(ranges[0].object_key.starts_with("t/obj/"));
+    assert_eq!(ranges[0].range.max_timestamp, 2000);
+    // Old objects keep stream 2's ranges: nothing died yet.
+    assert_eq!(env.catalog.live_objects().len(), 4);
+    assert!(env.catalog.dead_objects().is_empty());
+    let all = read_all(&a, 0).await;
+    assert_eq!(bases(&all), vec![1, 6, 8, 9, 10, 11]);
+    assert_eq!(all[0].payload, keep[0].payload);
+    // A read inside a gap returns the next entry (Kafka: next batch after a compacted offset).
+    assert_eq!(bases(&a.read(2, 1).await.unwrap()), vec![6]);
+    assert_eq!(bases(&a.read(7, 1).await.unwrap()), vec![8]);
+    assert_eq!(
+        bases(&a.read(0, 1 << 20).await.unwrap()),
+        vec![1, 6, 8, 9, 10, 11]
+    );
+    check_entries(&read_all(&b, 0).await, 2, 0, 3, 1);
+    assert_eq!(a.find_by_timestamp(1500).await.unwrap(), Some(6));
+
+    // Rejections: misaligned spans, spans past the end, entries outside the span.
+    assert!(matches!(
+        env.store.rewrite_range(1, 1, 8, vec![]).await,
+        Err(StreamError::Catalog(CatalogError::OffsetGap { .. }))
+    ));
+    assert!(matches!(
+        env.store.rewrite_range(1, 0, 9, vec![]).await,
+        Err(StreamError::Catalog(CatalogError::OffsetGap { .. }))
+    ));
+    assert!(matches!(
+        env.store.rewrite_range(1, 0, 13, vec![]).await,
+        Err(StreamError::OffsetOutOfRange { .. })
+    ));
+    assert!(
+        env.store
+            .rewrite_range(1, 8, 12, keep.clone())
+            .await
+            .is_err()
+    );
+    assert_eq!(bases(&read_all(&a, 0).await), vec![1, 6, 8, 9, 10, 11]);
+
+    // Small-object compaction keeps the gaps and the range bounds.
+    env.store.compact_now().await.unwrap();
+    let ranges = env.catalog.all_ranges(1);
+    assert_eq!(ranges.len(), 1);
+    assert_eq!(
+        (ranges[0].range.start_offset, ranges[0].range.end_offset),
+        (0, 12)
+    );
+    assert_eq!(bases(&read_all(&a, 0).await), vec![1, 6, 8, 9, 10, 11]);
+    assert_eq!(bases(&a.read(2, 1).await.unwrap()), vec![6]);
+    assert_eq!(a.max_timestamp().await.unwrap(), Some((3000, 8)));
+
+    // A span can lose all its entries before later data: reads skip the empty prefix.
+    let tail: Vec<StreamRecord> = read_all(&a, 8).await;
+    env.store.rewrite_range(1, 0, 12, tail).await.unwrap();
+    assert_eq!(bases(&a.read(0, 1).await.unwrap()), vec![8]);
+    assert_eq!(bases(&read_all(&a, 3).await), vec![8, 9, 10, 11]);
+    // Appends continue after the rewritten data.
+    append_n(&a, 2, 1, 40).await;
+    assert_eq!(bases(&read_all(&a, 0).await), vec![8, 9, 10, 11, 12, 13]);
+
+    // Fencing: another owner opened the stream; the old handle can no longer rewrite.
+    let peer = env.peer(config());
+    let a2 = peer.open(1).await.unwrap();
+    assert!(matches!(
+        env.store.rewrite_range(1, 12, 13, vec![]).await,
+        Err(StreamError::Fenced(1))
+    ));
+    let stale = env.catalog.stream(1).unwrap().epoch - 1;
+    let obj = ObjectMeta {
+        id: 999,
+        key: "x".into(),
+        size: 0,
+        ranges: vec![],
+        committed_at_ms: 0,
+    };
+    assert!(matches!(
+        env.catalog
+            .replace_stream_ranges(1, stale, 12, 13, obj)
+            .await,
+        Err(CatalogError::Fenced { .. })
+    ));
+    // The new owner can (the two appends above went into one WAL range [12, 14)).
+    let last: Vec<StreamRecord> = read_all(&a2, 13).await;
+    peer.rewrite_range(1, 12, 14, last).await.unwrap();
+    assert_eq!(bases(&read_all(&a2, 12).await), vec![13]);
+    peer.shutdown().await;
+}
+
+#[tokio::test]
+async fn retention_and_dead_objects_after_rewrite() {
+    let env = Env::new(config());
+    let a = env.store.open(1).await.unwrap();
+    let b = env.store.open(2).await.unwrap();
+    rounds(&a, &b, 3, 4).await;
+    // Everything in [0, 8) compacted away: one empty range keeps the offsets tiled.
+    env.store.rewrite_range(1, 0, 8, vec![]).await.unwrap();
+    let first = env.catalog.all_ranges(1)[0].clone();
+    assert_eq!((first.range.start_offset, first.range.end_offset), (0, 8));
+    assert_eq!(first.range.length, 0);
+    // It keeps the replaced data's timestamp so time retention can expire it.
+    assert_eq!(first.range.max_timestamp, 2000);
+    assert_eq!(bases(&a.read(0, 1).await.unwrap()), vec![8]);
+    assert_eq!(a.max_timestamp().await.unwrap(), Some((3000, 8)));
+    assert_eq!(a.find_by_timestamp(0).await.unwrap(), Some(8));
+    // Stream 2 trimmed: the first two WAL objects have no live range left.
+    b.trim(3).await.unwrap();
+    assert_eq!(env.catalog.dead_objects().len(), 2);
+    let moved = env
+        .store
+        .apply_retention(1, 3500, Some(1000), None)
+        .await
+        .unwrap();
+    assert_eq!(moved, Some(8));
+    // The rewritten object died with retention too.
+    assert_eq!(env.catalog.dead_objects().len(), 3);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(env.store.delete_dead_objects_now().await, 3);
+    assert!(env.bucket.keys("t/obj").await.is_empty());
+    assert_eq!(env.bucket.keys("t/wal").await.len(), 1);
+    check_entries(&read_all(&a, 8).await, 1, 8, 12, 1);
+}
+
+#[tokio::test]
+async fn rewrite_survives_restart() {
+    let env = Env::new(config());
+    let a = env.store.open(1).await.unwrap();
+    let b = env.store.open(2).await.unwrap();
+    rounds(&a, &b, 2, 3).await;
+    let keep: Vec<StreamRecord> = read_all(&a, 0)
+        .await
+        .into_iter()
+        .filter(|e| e.base_offset == 2)
+        .collect();
+    env.store.rewrite_range(1, 0, 3, keep).await.unwrap();
+    env.store.shutdown().await;
+    let store =
+        StreamStore::start_tuned(env.bucket.clone(), env.catalog.clone(), config(), tuning());
+    let a = store.open(1).await.unwrap();
+    assert_eq!(bases(&read_all(&a, 0).await), vec![2, 3, 4, 5]);
+    store.shutdown().await;
+}

@@ -44,6 +44,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("offset.metadata.max.bytes", "4096"),
     ("offsets.retention.minutes", "10080"),
     ("offsets.retention.check.interval.ms", "600000"),
+    ("log.cleaner.backoff.ms", "15000"),
     // Broker-level defaults of topic configs (Kafka's names).
     ("log.retention.ms", "604800000"),
     ("log.retention.bytes", "-1"),

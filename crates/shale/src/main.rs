@@ -170,6 +170,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             offset_metadata_max_bytes: s.parse("offset.metadata.max.bytes")?,
             offsets_retention_minutes: s.parse("offsets.retention.minutes")?,
             offsets_retention_check_interval: s.millis("offsets.retention.check.interval.ms")?,
+            log_cleaner_backoff: s.millis("log.cleaner.backoff.ms")?,
         },
         meta,
         streams,

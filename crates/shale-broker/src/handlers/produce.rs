@@ -9,11 +9,14 @@ use crate::partitions::stream_error_code;
 use crate::topic_config;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use shale_protocol::batch::{self, BatchError};
 use shale_stream::StreamError;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -98,7 +101,14 @@ pub(crate) async fn start(
     let mut consumed = 0usize;
 
     let mut results = Vec::with_capacity(plan.len());
+    // (topic, partition) -> indexes of keyless records rejected on a compacted topic.
+    let mut record_errors: HashMap<(String, i32), Vec<i32>> = HashMap::new();
     for (name, parts) in plan {
+        let compacted = broker.meta.read(|s| {
+            s.topics.get(&name).is_some_and(|t| {
+                crate::compaction::is_compacted(&t.configs, &broker.config.topic_defaults)
+            })
+        });
         let mut outcomes = Vec::with_capacity(parts.len());
         for (index, records) in parts {
             let records = match records {
@@ -125,6 +135,20 @@ pub(crate) async fn start(
                 Err((
                     ResponseError::TransactionalIdAuthorizationFailed,
                     "transactions are not supported yet".into(),
+                ))
+            } else if let Some(bad) = records
+                .as_deref()
+                .filter(|_| compacted)
+                .and_then(crate::compaction::keyless_records)
+                .filter(|bad| !bad.is_empty())
+            {
+                // Only compacted topics pay for decoding; Kafka rejects keyless records there.
+                record_errors.insert((name.clone(), index), bad);
+                Err((
+                    ResponseError::InvalidRecord,
+                    format!(
+                        "Compacted topic cannot accept message without key in topic partition {name}-{index}."
+                    ),
                 ))
             } else {
                 append_partition(broker, &name, index, records).await
@@ -171,6 +195,20 @@ pub(crate) async fn start(
                     Err((code, msg)) => resp
                         .with_error_code(code.code())
                         .with_base_offset(-1)
+                        .with_record_errors(
+                            record_errors
+                                .remove(&(name.clone(), index))
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|i| {
+                                    BatchIndexAndErrorMessage::default()
+                                        .with_batch_index(i)
+                                        .with_batch_index_error_message(Some(
+                                            StrBytes::from_static_str("key is null"),
+                                        ))
+                                })
+                                .collect(),
+                        )
                         .with_error_message((!msg.is_empty()).then(|| StrBytes::from_string(msg))),
                 };
                 partition_responses.push(resp);

@@ -1,0 +1,410 @@
+//! The log cleaner: Kafka log compaction (`cleanup.policy=compact`, `compact,delete`) for the
+//! partitions this node owns, on top of the stream layer's generic `rewrite_range`.
+//!
+//! One pass per partition:
+//! - the *cleanable window* is the stream's live ranges from its start, stopping before the
+//!   last range (the active tail is never cleaned), before the first range holding data newer
+//!   than `min.compaction.lag.ms`, and once `MAX_PASS_BYTES` of ranges are taken (bounded
+//!   work; later passes continue as earlier data shrinks);
+//! - it is cleaned only when the share of bytes not yet cleaned by this node reaches
+//!   `min.cleanable.dirty.ratio`, or when dirty data is older than `max.compaction.lag.ms`;
+//! - keys map to their last offset in the window; a record survives if it is the latest of
+//!   its key in the window, and a surviving tombstone (null value) is dropped once its batch
+//!   is older than `delete.retention.ms` (Kafka measures that from the cleaner's first pass
+//!   over the tombstone; the batch timestamp is the simple approximation used here);
+//! - batches are re-encoded only when they lose records, keeping each kept record's offset,
+//!   timestamp, key, value, headers, the batch's producer id/epoch, sequence numbering,
+//!   leader epoch, timestamp type and compression. Batches losing every record disappear
+//!   (an offset gap, as in Kafka). Control and transactional batches are kept as they are and
+//!   their keys are ignored (an aborted transaction must not shadow committed data);
+//!   undecodable batches are kept as they are too.
+//!
+//! Progress ("cleaned up to") is kept in memory only: after a restart the first pass treats
+//! everything as dirty and cleans once more, which is harmless.
+
+use crate::Broker;
+use crate::topic_config;
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, RecordSet,
+};
+use parking_lot::Mutex;
+use shale_protocol::batch::{self, BatchHeader};
+use shale_stream::{StreamError, StreamId, StreamRecord};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Most range bytes one partition's pass reads (and holds in memory).
+pub(crate) const MAX_PASS_BYTES: u64 = 64 * 1024 * 1024;
+/// Bytes per read while loading the window.
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// Per-node cleaner progress: stream id -> offset up to which the last pass cleaned.
+#[derive(Default)]
+pub(crate) struct CleanerState {
+    cleaned: Mutex<HashMap<StreamId, u64>>,
+}
+
+/// What a cleaner pass did, for tests and logs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CleanerStats {
+    /// Partitions whose window was rewritten.
+    pub partitions_cleaned: usize,
+    /// Records removed (superseded or expired tombstones).
+    pub records_removed: usize,
+    /// Range bytes read.
+    pub bytes_read: u64,
+}
+
+/// Effective compaction settings of one partition.
+struct Policy {
+    delete_retention_ms: i64,
+    min_lag_ms: i64,
+    max_lag_ms: i64,
+    min_dirty_ratio: f64,
+}
+
+pub(crate) async fn run(broker: Arc<Broker>) {
+    let mut stop = broker.shutdown_signal();
+    let period = broker.config.log_cleaner_backoff;
+    if period.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        clean_once(&broker, false).await;
+    }
+}
+
+impl Broker {
+    /// Runs one log-cleaner pass now over every compacted partition this node owns, ignoring
+    /// `min.cleanable.dirty.ratio` (tests, admin tools).
+    pub async fn compact_now(&self) -> CleanerStats {
+        clean_once(self, true).await
+    }
+}
+
+async fn clean_once(broker: &Broker, force: bool) -> CleanerStats {
+    let me = broker.config.node_id as u64;
+    let defaults = &broker.config.topic_defaults;
+    let work: Vec<(String, StreamId, Policy)> = broker.meta.read(|s| {
+        s.topics
+            .values()
+            .filter(|t| is_compacted(&t.configs, defaults))
+            .flat_map(|t| {
+                let i = |name| topic_config::effective_i64(name, &t.configs, defaults);
+                let ratio = topic_config::lookup("min.cleanable.dirty.ratio")
+                    .map(|d| topic_config::effective(d, &t.configs, defaults).value)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.5);
+                let (del, min, max) = (
+                    i("delete.retention.ms"),
+                    i("min.compaction.lag.ms"),
+                    i("max.compaction.lag.ms"),
+                );
+                t.partitions
+                    .iter()
+                    .filter(|p| p.owner == me)
+                    .map(move |p| {
+                        let policy = Policy {
+                            delete_retention_ms: del,
+                            min_lag_ms: min,
+                            max_lag_ms: max,
+                            min_dirty_ratio: ratio,
+                        };
+                        (t.name.clone(), p.stream_id, policy)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    });
+    let mut stats = CleanerStats::default();
+    for (topic, stream_id, policy) in work {
+        if broker.is_shutting_down() {
+            break;
+        }
+        match clean_partition(broker, stream_id, &policy, force).await {
+            Ok(Some((removed, read))) => {
+                stats.bytes_read += read;
+                if removed > 0 {
+                    stats.partitions_cleaned += 1;
+                    stats.records_removed += removed;
+                    tracing::info!(topic, stream_id, removed, bytes = read, "log cleaned");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(topic, stream_id, error = %e, "log cleaning failed"),
+        }
+    }
+    stats
+}
+
+/// Cleans one partition's window. Returns (records removed, bytes read), None when skipped.
+async fn clean_partition(
+    broker: &Broker,
+    stream_id: StreamId,
+    policy: &Policy,
+    force: bool,
+) -> Result<Option<(usize, u64)>, StreamError> {
+    let stream = broker.open_stream(stream_id).await?;
+    let start = stream.start_offset();
+    let now = crate::now_ms();
+    let ranges: Vec<_> = broker
+        .streams
+        .live_ranges(stream_id)
+        .into_iter()
+        .filter(|l| l.range.end_offset > start)
+        .collect();
+    // The window: whole ranges, never the last one, none with data newer than the min lag.
+    let min_lag_cutoff = now.saturating_sub(policy.min_lag_ms.max(0));
+    let mut window_end = None;
+    let mut bytes = 0u64;
+    let cleaned = broker
+        .cleaner
+        .cleaned
+        .lock()
+        .get(&stream_id)
+        .copied()
+        .unwrap_or(0);
+    let (mut dirty_bytes, mut oldest_dirty) = (0u64, i64::MAX);
+    for l in ranges.iter().take(ranges.len().saturating_sub(1)) {
+        let r = &l.range;
+        if r.max_timestamp > min_lag_cutoff {
+            break;
+        }
+        if window_end.is_some() && bytes + u64::from(r.length) > MAX_PASS_BYTES {
+            break;
+        }
+        bytes += u64::from(r.length);
+        if r.end_offset > cleaned {
+            dirty_bytes += u64::from(r.length);
+            if r.max_timestamp >= 0 {
+                oldest_dirty = oldest_dirty.min(r.max_timestamp);
+            }
+        }
+        window_end = Some(r.end_offset);
+    }
+    let (Some(first), Some(end)) = (ranges.first(), window_end) else {
+        return Ok(None);
+    };
+    if dirty_bytes == 0 {
+        return Ok(None);
+    }
+    let ratio = dirty_bytes as f64 / bytes.max(1) as f64;
+    let overdue = oldest_dirty != i64::MAX && now.saturating_sub(oldest_dirty) > policy.max_lag_ms;
+    if !force && ratio < policy.min_dirty_ratio && !overdue {
+        return Ok(None);
+    }
+    let window_start = first.range.start_offset;
+
+    // Load the window (entries below the start offset are logically deleted: left out).
+    let mut entries: Vec<StreamRecord> = Vec::new();
+    let mut pos = start.max(window_start);
+    while pos < end {
+        let got = stream.read(pos, READ_CHUNK).await?;
+        let Some(last) = got.last().map(|e| e.end_offset()) else {
+            break;
+        };
+        entries.extend(got.into_iter().filter(|e| e.base_offset < end));
+        if last <= pos {
+            break;
+        }
+        pos = last;
+    }
+    let read: u64 = entries.iter().map(|e| e.payload.len() as u64).sum();
+
+    // Decode once; keys map to their last offset in the window.
+    let decoded: Vec<Option<Vec<RecordSet>>> = entries.iter().map(decode_entry).collect();
+    let mut latest: HashMap<Bytes, i64> = HashMap::new();
+    for sets in decoded.iter().flatten() {
+        for set in sets {
+            for r in &set.records {
+                if r.control || r.transactional {
+                    continue;
+                }
+                if let Some(k) = &r.key {
+                    latest.insert(k.clone(), r.offset);
+                }
+            }
+        }
+    }
+    let tombstone_cutoff = now.saturating_sub(policy.delete_retention_ms.max(0));
+    let mut out: Vec<StreamRecord> = Vec::with_capacity(entries.len());
+    let mut removed = 0usize;
+    for (entry, sets) in entries.into_iter().zip(decoded) {
+        let Some(sets) = sets else {
+            out.push(entry);
+            continue;
+        };
+        match rewrite_entry(&entry, &sets, &latest, tombstone_cutoff) {
+            Ok(Rewritten::Unchanged) => out.push(entry),
+            Ok(Rewritten::Dropped(n)) => removed += n,
+            Ok(Rewritten::Smaller(e, n)) => {
+                removed += n;
+                out.push(e);
+            }
+            Err(e) => {
+                tracing::warn!(stream_id, offset = entry.base_offset, error = %e,
+                    "cannot re-encode batch; kept as is");
+                out.push(entry);
+            }
+        }
+    }
+    if removed > 0 {
+        broker
+            .streams
+            .rewrite_range(stream_id, window_start, end, out)
+            .await?;
+    }
+    broker.cleaner.cleaned.lock().insert(stream_id, end);
+    Ok(Some((removed, read)))
+}
+
+/// All batches of an entry, or None when any of them cannot be decoded (kept as is).
+fn decode_entry(e: &StreamRecord) -> Option<Vec<RecordSet>> {
+    let mut buf = e.payload.clone();
+    let mut sets = Vec::new();
+    for (h, range) in batch::headers(&e.payload) {
+        let mut one = buf.split_to(range.len());
+        // Control/transactional batches are never touched; no need to decode them fully.
+        if h.is_control() || h.is_transactional() {
+            return None;
+        }
+        match RecordBatchDecoder::decode(&mut one) {
+            Ok(set) => sets.push(set),
+            Err(err) => {
+                tracing::debug!(offset = e.base_offset, error = %err, "undecodable batch");
+                return None;
+            }
+        }
+    }
+    if !buf.is_empty() || sets.is_empty() {
+        // A torn tail or no batch at all: not something to rewrite.
+        return None;
+    }
+    Some(sets)
+}
+
+enum Rewritten {
+    Unchanged,
+    /// Every record removed: the entry disappears (an offset gap).
+    Dropped(usize),
+    /// Re-encoded with fewer records.
+    Smaller(StreamRecord, usize),
+}
+
+fn rewrite_entry(
+    entry: &StreamRecord,
+    sets: &[RecordSet],
+    latest: &HashMap<Bytes, i64>,
+    tombstone_cutoff: i64,
+) -> Result<Rewritten, String> {
+    let headers: Vec<BatchHeader> = batch::headers(&entry.payload).map(|(h, _)| h).collect();
+    if headers.len() != sets.len() {
+        return Err("batch count mismatch".into());
+    }
+    let mut removed = 0usize;
+    let mut kept_sets: Vec<(BatchHeader, Compression, Vec<Record>)> = Vec::new();
+    for (h, set) in headers.iter().zip(sets) {
+        let keep = |r: &&Record| match &r.key {
+            // Keyless records cannot be compacted (produce rejects them); keep old ones.
+            None => true,
+            Some(k) => {
+                latest.get(k) == Some(&r.offset)
+                    && (r.value.is_some() || h.max_timestamp >= tombstone_cutoff)
+            }
+        };
+        let kept: Vec<Record> = set.records.iter().filter(keep).cloned().collect();
+        removed += set.records.len() - kept.len();
+        if !kept.is_empty() {
+            kept_sets.push((*h, set.compression, kept));
+        }
+    }
+    if removed == 0 {
+        return Ok(Rewritten::Unchanged);
+    }
+    if kept_sets.is_empty() {
+        return Ok(Rewritten::Dropped(removed));
+    }
+    let mut payload = BytesMut::new();
+    let (mut first, mut last, mut max_ts) = (i64::MAX, i64::MIN, -1i64);
+    for (h, compression, mut records) in kept_sets {
+        let base = records.first().map_or(0, |r| r.offset);
+        if h.base_sequence < 0 {
+            // The encoder derives the base sequence from the first record: keep "none" (-1)
+            // and a constant offset-sequence distance so the records stay one batch.
+            for r in &mut records {
+                r.sequence = (r.offset - base) as i32 - 1;
+            }
+        }
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            records.iter(),
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        if h.is_log_append_time() {
+            // The encoder writes CreateTime; restore the type and the appended time.
+            batch::set_log_append_time(&mut buf, h.max_timestamp);
+        }
+        let written: Vec<BatchHeader> = batch::headers(&buf).map(|(h, _)| h).collect();
+        if written.len() != 1 {
+            return Err(format!("re-encoded into {} batches", written.len()));
+        }
+        first = first.min(base);
+        last = last.max(records.last().map_or(base, |r| r.offset));
+        max_ts = max_ts.max(written.iter().map(|w| w.max_timestamp).max().unwrap_or(-1));
+        payload.extend_from_slice(&buf);
+    }
+    let (Ok(base_offset), Ok(count)) = (u64::try_from(first), u32::try_from(last - first + 1))
+    else {
+        return Err("offsets out of range".into());
+    };
+    Ok(Rewritten::Smaller(
+        StreamRecord {
+            base_offset,
+            count,
+            max_timestamp: max_ts,
+            payload: payload.freeze(),
+        },
+        removed,
+    ))
+}
+
+/// Offsets of records without a key in `records` (a produce request's batches), counted
+/// across its batches; None when the batches cannot be decoded (the normal validation
+/// reports that).
+pub(crate) fn keyless_records(records: &[u8]) -> Option<Vec<i32>> {
+    let mut out = Vec::new();
+    let mut index = 0i32;
+    for (_, range) in batch::headers(records) {
+        let mut one = Bytes::copy_from_slice(records.get(range)?);
+        let set = RecordBatchDecoder::decode(&mut one).ok()?;
+        for r in &set.records {
+            if r.key.is_none() {
+                out.push(index);
+            }
+            index += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Whether a topic's effective `cleanup.policy` includes `compact`.
+pub(crate) fn is_compacted(
+    configs: &BTreeMap<String, String>,
+    defaults: &BTreeMap<String, String>,
+) -> bool {
+    topic_config::effective_str("cleanup.policy", configs, defaults)
+        .split(',')
+        .any(|p| p.trim() == "compact")
+}

@@ -1,0 +1,466 @@
+//! Log compaction end to end in one process: a compacted topic, several values per key and
+//! tombstones, one cleaner pass, then Fetch shows the latest value per key at its original
+//! offset; keyless records are rejected on compacted topics.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use shale_broker::{Broker, BrokerConfig};
+use shale_meta::{MetaConfig, MetaNode};
+use shale_stream::{StreamConfig, StreamStore};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn start_broker(dir: &std::path::Path) -> (Arc<Broker>, std::net::SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let meta = MetaNode::start(MetaConfig {
+        node_id: 1,
+        data_dir: dir.join("meta"),
+        rpc_addr: addr.to_string(),
+    })
+    .await
+    .unwrap();
+    let streams = StreamStore::start(
+        Arc::new(object_store::memory::InMemory::new()),
+        meta.catalog(),
+        StreamConfig {
+            wal_batch_interval: Duration::from_millis(5),
+            ..StreamConfig::default()
+        },
+    );
+    let broker = Broker::start(
+        BrokerConfig {
+            advertised_port: addr.port(),
+            offsets_topic_num_partitions: 1,
+            // Driven by compact_now.
+            log_cleaner_backoff: Duration::ZERO,
+            ..BrokerConfig::default()
+        },
+        meta,
+        streams,
+    )
+    .await
+    .unwrap();
+    let b = broker.clone();
+    tokio::spawn(async move { b.serve(listener).await });
+    (broker, addr)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn name(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+async fn call(conn: &mut TcpStream, api: ApiKey, version: i16, body: RequestKind) -> ResponseKind {
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(7)
+        .with_client_id(Some(name("compaction-test")))
+        .encode(&mut buf, api.request_header_version(version))
+        .unwrap();
+    body.encode(&mut buf, version).unwrap();
+    let len = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    conn.write_all(&buf).await.unwrap();
+    let size = tokio::time::timeout(Duration::from_secs(10), conn.read_i32())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut frame = vec![0u8; size as usize];
+    conn.read_exact(&mut frame).await.unwrap();
+    let mut frame = Bytes::from(frame);
+    ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
+    ResponseKind::decode(api, &mut frame, version).unwrap()
+}
+
+async fn create_topic(conn: &mut TcpStream, topic: &str, configs: &[(&str, &str)]) {
+    let t = create_topics_request::CreatableTopic::default()
+        .with_name(TopicName(name(topic)))
+        .with_num_partitions(1)
+        .with_replication_factor(1)
+        .with_configs(
+            configs
+                .iter()
+                .map(|(k, v)| {
+                    create_topics_request::CreatableTopicConfig::default()
+                        .with_name(name(k))
+                        .with_value(Some(name(v)))
+                })
+                .collect(),
+        );
+    let req = CreateTopicsRequest::default()
+        .with_topics(vec![t])
+        .with_timeout_ms(5000);
+    let ResponseKind::CreateTopics(r) = call(
+        conn,
+        ApiKey::CreateTopics,
+        5,
+        RequestKind::CreateTopics(req),
+    )
+    .await
+    else {
+        panic!("not a CreateTopics response");
+    };
+    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0]);
+}
+
+/// One batch of (key, value) records; `None` key or value = null.
+fn batch(records: &[(Option<&str>, Option<&str>)], producer_id: i64, base_sequence: i32) -> Bytes {
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (k, v))| {
+            let mut r = Record {
+                transactional: false,
+                control: false,
+                partition_leader_epoch: 0,
+                producer_id,
+                producer_epoch: if producer_id < 0 { -1 } else { 0 },
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                // The encoder groups records whose offset - sequence is constant; a batch
+                // without sequences starts at -1 (base sequence "none").
+                sequence: if base_sequence < 0 {
+                    i as i32 - 1
+                } else {
+                    base_sequence + i as i32
+                },
+                // Recent enough that delete.retention.ms (1 day) keeps tombstones.
+                timestamp: now_ms() - 1000 + i as i64,
+                key: k.map(|k| Bytes::from(k.to_string())),
+                value: v.map(|v| Bytes::from(v.to_string())),
+                headers: Default::default(),
+                delete_horizon: false,
+            };
+            r.headers
+                .insert(name("h"), Some(Bytes::from(format!("{i}"))));
+            r
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+async fn produce(
+    conn: &mut TcpStream,
+    topic: &str,
+    records: Bytes,
+) -> produce_response::PartitionProduceResponse {
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![
+            produce_request::TopicProduceData::default()
+                .with_name(TopicName(name(topic)))
+                .with_partition_data(vec![
+                    produce_request::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(records)),
+                ]),
+        ]);
+    let ResponseKind::Produce(r) = call(conn, ApiKey::Produce, 9, RequestKind::Produce(req)).await
+    else {
+        panic!("not a Produce response");
+    };
+    r.responses[0].partition_responses[0].clone()
+}
+
+/// Every record of the partition via Fetch: (offset, key, value, header h).
+async fn fetch_all(
+    conn: &mut TcpStream,
+    topic: &str,
+) -> (
+    Vec<(i64, Option<String>, Option<String>, String)>,
+    Vec<i64>,
+    i64,
+) {
+    let s = |b: &Option<Bytes>| b.as_ref().map(|b| String::from_utf8_lossy(b).to_string());
+    let mut out = Vec::new();
+    let mut batch_bases = Vec::new();
+    let mut pos = 0i64;
+    let mut hw;
+    loop {
+        let req = FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![
+                fetch_request::FetchTopic::default()
+                    .with_topic(TopicName(name(topic)))
+                    .with_partitions(vec![
+                        fetch_request::FetchPartition::default()
+                            .with_partition(0)
+                            .with_fetch_offset(pos)
+                            .with_partition_max_bytes(1 << 20),
+                    ]),
+            ]);
+        let ResponseKind::Fetch(r) = call(conn, ApiKey::Fetch, 11, RequestKind::Fetch(req)).await
+        else {
+            panic!("not a Fetch response");
+        };
+        let p = &r.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0);
+        hw = p.high_watermark;
+        let mut records = p.records.clone().unwrap_or_default();
+        if records.is_empty() {
+            break;
+        }
+        for set in RecordBatchDecoder::decode_all(&mut records).unwrap() {
+            batch_bases.push(set.records[0].offset);
+            for rec in set.records {
+                let h = rec
+                    .headers
+                    .get(b"h".as_slice())
+                    .and_then(|v| v.as_ref())
+                    .map(|v| String::from_utf8_lossy(v).to_string())
+                    .unwrap_or_default();
+                out.push((rec.offset, s(&rec.key), s(&rec.value), h));
+                pos = rec.offset + 1;
+            }
+        }
+        if pos >= hw {
+            break;
+        }
+    }
+    (out, batch_bases, hw)
+}
+
+type Rec = (i64, Option<String>, Option<String>, String);
+
+fn rec(offset: i64, k: &str, v: Option<&str>, h: &str) -> Rec {
+    (offset, Some(k.into()), v.map(String::from), h.into())
+}
+
+async fn fill(conn: &mut TcpStream, topic: &str) {
+    let batches = [
+        batch(
+            &[
+                (Some("k1"), Some("a")),
+                (Some("k2"), Some("a")),
+                (Some("k3"), Some("a")),
+            ],
+            -1,
+            -1,
+        ),
+        batch(&[(Some("k1"), Some("b"))], -1, -1),
+        // An idempotent producer's batch: its sequence numbering must survive the rewrite.
+        batch(&[(Some("k2"), None), (Some("k4"), Some("a"))], 1000, 0),
+        batch(
+            &[
+                (Some("k3"), Some("b")),
+                (Some("k4"), Some("b")),
+                (Some("k6"), Some("a")),
+            ],
+            -1,
+            -1,
+        ),
+        // The last range (active tail) is never cleaned.
+        batch(&[(Some("k5"), Some("a")), (Some("k1"), Some("c"))], -1, -1),
+    ];
+    for b in batches {
+        let r = produce(conn, topic, b).await;
+        assert_eq!(r.error_code, 0, "{r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleaner_keeps_latest_value_per_key_at_original_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, addr) = start_broker(dir.path()).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    create_topic(&mut conn, "keep", &[("cleanup.policy", "compact")]).await;
+    create_topic(
+        &mut conn,
+        "drop",
+        &[
+            ("cleanup.policy", "compact,delete"),
+            ("delete.retention.ms", "0"),
+        ],
+    )
+    .await;
+    fill(&mut conn, "keep").await;
+    fill(&mut conn, "drop").await;
+    let (before, _, hw) = fetch_all(&mut conn, "keep").await;
+    assert_eq!(before.len(), 11);
+    assert_eq!(hw, 11);
+
+    let stats = broker.compact_now().await;
+    assert_eq!(stats.partitions_cleaned, 2, "{stats:?}");
+
+    // Tombstone kept (delete.retention.ms not elapsed). k1=b at 3 is superseded by k1=c in
+    // the tail, but the tail is not part of the cleaned window, so k1=b stays for now.
+    let (after, bases, hw) = fetch_all(&mut conn, "keep").await;
+    assert_eq!(hw, 11, "high watermark unchanged");
+    assert_eq!(
+        after,
+        vec![
+            rec(3, "k1", Some("b"), "0"),
+            rec(4, "k2", None, "0"),
+            rec(6, "k3", Some("b"), "0"),
+            rec(7, "k4", Some("b"), "1"),
+            rec(8, "k6", Some("a"), "2"),
+            rec(9, "k5", Some("a"), "0"),
+            rec(10, "k1", Some("c"), "1"),
+        ]
+    );
+    assert_eq!(bases, vec![3, 4, 6, 9]);
+    // Every kept record is byte-for-byte the one produced at that offset.
+    for r in &after {
+        assert!(before.contains(r), "{r:?} not produced as such");
+    }
+    // Fetch at a compacted-away offset returns the next batch.
+    let req = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            fetch_request::FetchTopic::default()
+                .with_topic(TopicName(name("keep")))
+                .with_partitions(vec![
+                    fetch_request::FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(1)
+                        .with_partition_max_bytes(1),
+                ]),
+        ]);
+    let ResponseKind::Fetch(r) = call(&mut conn, ApiKey::Fetch, 11, RequestKind::Fetch(req)).await
+    else {
+        panic!("not a Fetch response");
+    };
+    let mut records = r.responses[0].partitions[0].records.clone().unwrap();
+    let sets = RecordBatchDecoder::decode_all(&mut records).unwrap();
+    assert_eq!(sets[0].records[0].offset, 3);
+
+    // delete.retention.ms=0: the tombstone goes too; batch [4, 6) keeps only k4... which is
+    // superseded at 7, so it disappears entirely.
+    let (after, bases, hw) = fetch_all(&mut conn, "drop").await;
+    assert_eq!(hw, 11);
+    assert_eq!(
+        after,
+        vec![
+            rec(3, "k1", Some("b"), "0"),
+            rec(6, "k3", Some("b"), "0"),
+            rec(7, "k4", Some("b"), "1"),
+            rec(8, "k6", Some("a"), "2"),
+            rec(9, "k5", Some("a"), "0"),
+            rec(10, "k1", Some("c"), "1"),
+        ]
+    );
+    assert_eq!(bases, vec![3, 6, 9]);
+
+    // A second pass finds nothing more to do in the window; appends continue after it.
+    let r = produce(&mut conn, "keep", batch(&[(Some("k9"), Some("z"))], -1, -1)).await;
+    assert_eq!((r.error_code, r.base_offset), (0, 11));
+    let stats = broker.compact_now().await;
+    // k1=b at 3 is now superseded inside the window ([0, 11) without the new tail).
+    assert_eq!(stats.records_removed, 1, "{stats:?}");
+    let (after, _, _) = fetch_all(&mut conn, "keep").await;
+    assert_eq!(after.first(), Some(&rec(4, "k2", None, "0")));
+    assert_eq!(after.last(), Some(&rec(11, "k9", Some("z"), "0")));
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_batches_keep_producer_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, addr) = start_broker(dir.path()).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    create_topic(&mut conn, "idem", &[("cleanup.policy", "compact")]).await;
+    let b = batch(
+        &[
+            (Some("a"), Some("1")),
+            (Some("b"), Some("1")),
+            (Some("c"), Some("1")),
+        ],
+        42,
+        10,
+    );
+    assert_eq!(produce(&mut conn, "idem", b).await.error_code, 0);
+    let b = batch(&[(Some("a"), Some("2"))], -1, -1);
+    assert_eq!(produce(&mut conn, "idem", b).await.error_code, 0);
+    let b = batch(&[(Some("z"), Some("2"))], -1, -1);
+    assert_eq!(produce(&mut conn, "idem", b).await.error_code, 0);
+    broker.compact_now().await;
+    let req = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            fetch_request::FetchTopic::default()
+                .with_topic(TopicName(name("idem")))
+                .with_partitions(vec![
+                    fetch_request::FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    let ResponseKind::Fetch(r) = call(&mut conn, ApiKey::Fetch, 11, RequestKind::Fetch(req)).await
+    else {
+        panic!("not a Fetch response");
+    };
+    let mut records = r.responses[0].partitions[0].records.clone().unwrap();
+    let sets = RecordBatchDecoder::decode_all(&mut records).unwrap();
+    let first = &sets[0].records;
+    assert_eq!(first.len(), 2);
+    assert_eq!((first[0].offset, first[1].offset), (1, 2));
+    assert_eq!((first[0].producer_id, first[0].producer_epoch), (42, 0));
+    assert_eq!((first[0].sequence, first[1].sequence), (11, 12));
+    assert_eq!(first[1].timestamp - first[0].timestamp, 1);
+    assert_eq!(
+        first[0].headers.get(b"h".as_slice()),
+        Some(&Some(Bytes::from("1")))
+    );
+    // The non-idempotent batch stays without sequence numbers.
+    assert_eq!(sets[1].records[0].sequence, -1);
+    broker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_records_rejected_on_compacted_topics_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, addr) = start_broker(dir.path()).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    create_topic(&mut conn, "c", &[("cleanup.policy", "compact,delete")]).await;
+    create_topic(&mut conn, "d", &[]).await;
+    let mixed = batch(
+        &[(Some("k"), Some("v")), (None, Some("v")), (None, None)],
+        -1,
+        -1,
+    );
+    let r = produce(&mut conn, "c", mixed.clone()).await;
+    assert_eq!(r.error_code, ResponseError::InvalidRecord.code());
+    let bad: Vec<i32> = r.record_errors.iter().map(|e| e.batch_index).collect();
+    assert_eq!(bad, vec![1, 2]);
+    assert!(r.error_message.is_some());
+    // Nothing was appended.
+    assert_eq!(fetch_all(&mut conn, "c").await.2, 0);
+    let keyed = batch(&[(Some("k"), Some("v"))], -1, -1);
+    assert_eq!(produce(&mut conn, "c", keyed).await.error_code, 0);
+    // Other topics take keyless records as before.
+    let r = produce(&mut conn, "d", mixed).await;
+    assert_eq!(r.error_code, 0);
+    broker.shutdown().await;
+}
