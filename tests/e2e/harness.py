@@ -1,0 +1,321 @@
+"""Processes the end-to-end tests run: a moto S3 server and `shale` nodes.
+
+Used by conftest.py (fixtures) and by scripts/crash-check.py. Every process is started in
+its own session and killed on teardown (and at interpreter exit, as a safety net).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import kproto
+
+REPO = Path(__file__).resolve().parents[2]
+
+_LIVE: set[subprocess.Popen] = set()
+
+
+def _kill_all_at_exit():
+    for p in list(_LIVE):
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+atexit.register(_kill_all_at_exit)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def shale_bin() -> Path:
+    p = Path(os.environ.get("SHALE_BIN") or REPO / "target" / "release" / "shale")
+    if not (p.is_file() and os.access(p, os.X_OK)):
+        raise RuntimeError(f"no shale binary at {p}: run `cargo build --release -p shale` or set SHALE_BIN")
+    return p
+
+
+def _spawn(args, log_path: Path, env=None) -> subprocess.Popen:
+    log = open(log_path, "ab")
+    try:
+        p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                             env=env, start_new_session=True)
+    finally:
+        log.close()
+    _LIVE.add(p)
+    return p
+
+
+def _stop(p: subprocess.Popen | None, sig=signal.SIGKILL, timeout=10.0):
+    if p is None:
+        return None
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, sig)
+        except OSError:
+            pass
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+    _LIVE.discard(p)
+    return p.returncode
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def tail(path: Path, lines: int = 200) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+    return _ANSI.sub("", "\n".join(text.splitlines()[-lines:]))
+
+
+# ---------------------------------------------------------------------------------------
+
+
+class MotoServer:
+    """`moto_server -H 127.0.0.1 -p PORT`: a real S3 API server, in memory."""
+
+    access_key = "test"
+    secret_key = "test"
+    region = "us-east-1"
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = None
+        self.proc = None
+        self.log = self.workdir / "moto.log"
+        self._s3 = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "MotoServer":
+        exe = shutil.which("moto_server")
+        cmd = [exe] if exe else [sys.executable, "-m", "moto.server"]
+        self.port = free_port()
+        self.proc = _spawn(cmd + ["-H", "127.0.0.1", "-p", str(self.port)], self.log)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {self.proc.returncode}:\n{tail(self.log)}")
+            try:
+                with urllib.request.urlopen(self.endpoint + "/", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"moto_server not ready after {timeout}s:\n{tail(self.log)}")
+            time.sleep(0.1)
+
+    def stop(self):
+        _stop(self.proc)
+
+    @property
+    def s3(self):
+        if self._s3 is None:
+            import boto3
+            from botocore.config import Config
+
+            self._s3 = boto3.client(
+                "s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+                aws_secret_access_key=self.secret_key, region_name=self.region,
+                config=Config(retries={"max_attempts": 3}))
+        return self._s3
+
+    def create_bucket(self, name: str | None = None) -> str:
+        name = name or f"shale-{uuid.uuid4().hex[:12]}"
+        self.s3.create_bucket(Bucket=name)
+        return name
+
+    def objects(self, bucket: str, prefix: str = "") -> dict[str, int]:
+        """Every object in the bucket: key -> size."""
+        out = {}
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for o in page.get("Contents", []):
+                out[o["Key"]] = o["Size"]
+        return out
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    return json.dumps(str(v))  # a TOML basic string
+
+
+class Shale:
+    """One `shale` process: `serve` with a TOML config (S3 via moto, or local objects), or
+    `dev`. Keeps its data dir and port across restarts."""
+
+    # Settings every test broker gets unless the test overrides them.
+    DEFAULTS = {
+        "node.id": 1,
+        "wal.batch.interval.ms": 20,
+    }
+
+    def __init__(self, workdir: Path, mode: str = "serve", moto: MotoServer | None = None,
+                 bucket: str | None = None, settings: dict | None = None, env: dict | None = None,
+                 name: str = "shale"):
+        assert mode in ("serve", "dev")
+        self.name = name
+        self.mode = mode
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.workdir / "data"
+        self.port = free_port()
+        self.moto = moto
+        self.bucket = bucket
+        self.settings = dict(self.DEFAULTS)
+        if mode == "serve":
+            self.settings.update({
+                "listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+                "data.dir": str(self.data_dir),
+            })
+            if moto is not None:
+                self.bucket = bucket or moto.create_bucket()
+                self.settings.update({
+                    "object.store": "s3",
+                    "s3.endpoint": moto.endpoint,
+                    "s3.bucket": self.bucket,
+                    "s3.region": moto.region,
+                    "s3.access.key.id": moto.access_key,
+                    "s3.secret.access.key": moto.secret_key,
+                })
+            else:
+                self.settings["object.store"] = "local"
+        self.settings.update(settings or {})
+        self.extra_env = dict(env or {})
+        self.log = self.workdir / f"{name}.log"
+        self.config_path = self.workdir / "shale.toml"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _env(self):
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SHALE_") and not (k.startswith("AWS_") and k != "AWS_CA_BUNDLE")}
+        env.setdefault("SHALE_LOG", os.environ.get("SHALE_TEST_LOG", "info"))
+        env["RUST_BACKTRACE"] = "1"
+        env["NO_COLOR"] = "1"
+        if self.mode == "dev":
+            # `shale dev` takes the same settings from SHALE_* variables.
+            for k, v in self.settings.items():
+                env["SHALE_" + k.upper().replace(".", "_")] = (
+                    ("true" if v else "false") if isinstance(v, bool) else str(v))
+        env.update(self.extra_env)
+        return env
+
+    def command(self):
+        if self.mode == "serve":
+            self.config_path.write_text("".join(
+                f"{json.dumps(k)} = {_toml_value(v)}\n" for k, v in self.settings.items()))
+            return [str(shale_bin()), "serve", "--config", str(self.config_path)]
+        return [str(shale_bin()), "dev", "--data-dir", str(self.data_dir), "--port", str(self.port)]
+
+    def start(self, wait: bool = True, timeout: float = 60.0) -> "Shale":
+        assert not self.running(), "already running"
+        cmd = self.command()
+        self.starts += 1
+        with open(self.log, "ab") as f:
+            f.write(f"\n===== start #{self.starts}: {' '.join(cmd)}\n".encode())
+        self.proc = _spawn(cmd, self.log, env=self._env())
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = 60.0):
+        """Until the port accepts connections and ApiVersions + Metadata are answered."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode} while starting:\n{tail(self.log, 80)}")
+            try:
+                with kproto.Conn("127.0.0.1", self.port, timeout=5) as c:
+                    err, versions = kproto.api_versions(c)
+                    if err == 0 and kproto.METADATA in versions:
+                        md = kproto.metadata(c, version=1)
+                        if any(b[2] == self.port for b in md["brokers"]):
+                            return
+                        last = f"metadata lists no broker on port {self.port}: {md['brokers']}"
+                    else:
+                        last = f"ApiVersions error {err}"
+            except (OSError, kproto.Closed, ValueError, AssertionError) as e:
+                last = repr(e)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} not ready after {timeout}s ({last}):\n{tail(self.log, 80)}")
+            time.sleep(0.1)
+
+    def kill9(self):
+        """SIGKILL, no chance to flush anything."""
+        assert self.running(), "not running"
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        _LIVE.discard(self.proc)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait for the exit; returns the exit status (kills -9 and raises when
+        the process does not exit within `timeout`)."""
+        assert self.running(), "not running"
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _stop(self.proc)
+            raise AssertionError(f"{self.name} did not exit within {timeout}s of SIGTERM")
+        _LIVE.discard(self.proc)
+        return rc
+
+    def restart(self, timeout: float = 60.0) -> "Shale":
+        """Starts again on the same port, data dir and bucket (after kill9/terminate)."""
+        if self.running():
+            self.terminate()
+        return self.start(timeout=timeout)
+
+    def stop(self):
+        """Teardown: kill whatever is still running."""
+        _stop(self.proc)
+
+    def log_tail(self, lines: int = 200) -> str:
+        return tail(self.log, lines)
+
+    def objects(self) -> dict[str, int]:
+        """The objects this node's bucket holds (S3 mode)."""
+        assert self.moto is not None and self.bucket
+        return self.moto.objects(self.bucket)
