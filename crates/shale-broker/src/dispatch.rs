@@ -174,11 +174,10 @@ pub(crate) async fn start(
             }))
         }
         RequestKind::OffsetCommit(req) => {
-            let broker = broker.clone();
+            // Appended now, in request order; only the durability wait runs concurrently.
+            let commit = handlers::offset_commit::offset_commit(broker, version, req);
             Started::Later(Box::pin(async move {
-                Some(ResponseKind::OffsetCommit(
-                    handlers::offset_commit::offset_commit(&broker, version, req).await,
-                ))
+                Some(ResponseKind::OffsetCommit(commit.await))
             }))
         }
         RequestKind::OffsetFetch(req) => Done(Some(ResponseKind::OffsetFetch(

@@ -453,8 +453,16 @@ impl GroupCoordinator {
     // ---- offsets ----
 
     /// OffsetCommit; answers once the records are durable. Per-partition error codes.
+    #[cfg(test)]
     pub(crate) async fn commit(self: &Arc<Self>, req: CommitRequest) -> Vec<i16> {
-        let all = |e: ResponseError| vec![e.code(); req.partitions.len()];
+        self.commit_start(req).finish().await
+    }
+
+    /// Validates an OffsetCommit and appends its records, without waiting: called in request
+    /// order on a connection, so pipelined commits of one group land in the log in that order
+    /// (the later commit wins, as in Kafka). [`CommitPending::finish`] waits for durability.
+    pub(crate) fn commit_start(self: &Arc<Self>, req: CommitRequest) -> CommitPending {
+        let all = |e: ResponseError| CommitPending::Done(vec![e.code(); req.partitions.len()]);
         let handle = match self.lookup(&req.group_id) {
             Ok(Some(h)) => h,
             Ok(None) if req.generation < 0 => match self.get_or_create(&req.group_id) {
@@ -494,7 +502,7 @@ impl GroupCoordinator {
             written.push((i, p.topic.clone(), p.partition, value));
         }
         if records.is_empty() {
-            return codes;
+            return CommitPending::Done(codes);
         }
         let appended = {
             let mut g = handle.group.lock();
@@ -507,25 +515,13 @@ impl GroupCoordinator {
             }
         };
         handle.wake.notify_one();
-        let result = match appended {
-            Ok((base, durable)) => durable.await.map(|()| base),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(base) => {
-                let mut g = handle.group.lock();
-                for (n, (_, topic, partition, value)) in written.into_iter().enumerate() {
-                    g.apply_offset(topic, partition, Some(value), base + n as u64);
-                }
-            }
-            Err(e) => {
-                tracing::debug!(group = %req.group_id, error = ?e, "offset commit failed");
-                for (i, ..) in &written {
-                    codes[*i] = e.code();
-                }
-            }
+        CommitPending::Appended {
+            handle,
+            group_id: req.group_id,
+            codes,
+            written,
+            appended,
         }
-        codes
     }
 
     /// Committed offsets of a group: every partition when `topics` is None.
@@ -970,5 +966,52 @@ impl GroupCoordinator {
         for p in self.tracked_partitions() {
             self.unload_partition(p);
         }
+    }
+}
+
+/// An OffsetCommit whose records are appended (or rejected), waiting to become durable.
+pub(crate) enum CommitPending {
+    Done(Vec<i16>),
+    Appended {
+        handle: Arc<GroupHandle>,
+        group_id: String,
+        codes: Vec<i16>,
+        written: Vec<(usize, String, i32, OffsetValue)>,
+        appended: Result<(u64, Durable), ResponseError>,
+    },
+}
+
+impl CommitPending {
+    /// Waits until the commit is durable, then makes it visible to OffsetFetch.
+    pub(crate) async fn finish(self) -> Vec<i16> {
+        let (handle, group_id, mut codes, written, appended) = match self {
+            CommitPending::Done(codes) => return codes,
+            CommitPending::Appended {
+                handle,
+                group_id,
+                codes,
+                written,
+                appended,
+            } => (handle, group_id, codes, written, appended),
+        };
+        let result = match appended {
+            Ok((base, durable)) => durable.await.map(|()| base),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(base) => {
+                let mut g = handle.group.lock();
+                for (n, (_, topic, partition, value)) in written.into_iter().enumerate() {
+                    g.apply_offset(topic, partition, Some(value), base + n as u64);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(group = %group_id, error = ?e, "offset commit failed");
+                for (i, ..) in &written {
+                    codes[*i] = e.code();
+                }
+            }
+        }
+        codes
     }
 }

@@ -34,11 +34,13 @@ fn partition_exists(broker: &Broker, topic: &str, partition: i32) -> bool {
     })
 }
 
-pub async fn offset_commit(
+/// Starts an OffsetCommit in request order (validation and append happen now) and returns
+/// the part that waits for durability.
+pub fn offset_commit(
     broker: &Arc<Broker>,
     version: i16,
     req: OffsetCommitRequest,
-) -> OffsetCommitResponse {
+) -> impl std::future::Future<Output = OffsetCommitResponse> + Send + 'static {
     // (topic, partition, known)
     let mut slots: Vec<(String, i32, bool)> = Vec::new();
     let mut partitions = Vec::new();
@@ -83,34 +85,40 @@ pub async fn offset_commit(
             ResponseError::IllegalGeneration
         },
     };
-    let codes = if commit.partitions.is_empty() {
-        Vec::new()
+    let pending = if commit.partitions.is_empty() {
+        None
     } else {
-        broker.groups.commit(commit).await
+        Some(broker.groups.commit_start(commit))
     };
-    let mut codes = codes.into_iter();
-    let mut topics: Vec<OffsetCommitResponseTopic> = Vec::new();
-    for (topic, partition, known) in slots {
-        let code = if known {
-            codes
-                .next()
-                .unwrap_or(ResponseError::UnknownServerError.code())
-        } else {
-            ResponseError::UnknownTopicOrPartition.code()
+    async move {
+        let codes = match pending {
+            Some(p) => p.finish().await,
+            None => Vec::new(),
         };
-        let part = OffsetCommitResponsePartition::default()
-            .with_partition_index(partition)
-            .with_error_code(code);
-        match topics.last_mut() {
-            Some(t) if *t.name.0 == *topic => t.partitions.push(part),
-            _ => topics.push(
-                OffsetCommitResponseTopic::default()
-                    .with_name(TopicName(s(topic)))
-                    .with_partitions(vec![part]),
-            ),
+        let mut codes = codes.into_iter();
+        let mut topics: Vec<OffsetCommitResponseTopic> = Vec::new();
+        for (topic, partition, known) in slots {
+            let code = if known {
+                codes
+                    .next()
+                    .unwrap_or(ResponseError::UnknownServerError.code())
+            } else {
+                ResponseError::UnknownTopicOrPartition.code()
+            };
+            let part = OffsetCommitResponsePartition::default()
+                .with_partition_index(partition)
+                .with_error_code(code);
+            match topics.last_mut() {
+                Some(t) if *t.name.0 == *topic => t.partitions.push(part),
+                _ => topics.push(
+                    OffsetCommitResponseTopic::default()
+                        .with_name(TopicName(s(topic)))
+                        .with_partitions(vec![part]),
+                ),
+            }
         }
+        OffsetCommitResponse::default().with_topics(topics)
     }
-    OffsetCommitResponse::default().with_topics(topics)
 }
 
 /// Offsets of one group as (topic, [(partition, offset, leader epoch, metadata, error)]).
