@@ -141,8 +141,9 @@ start_broker() {
             PORT="$(free_port)"
             rm -rf "$WORK/data"
             # The suite's "default" scenario (tests/scenarios/default.json):
-            # auto-created topics get 4 partitions.
-            SHALE_NUM_PARTITIONS=4 SHALE_AUTO_CREATE_TOPICS_ENABLE=true \
+            # auto-created topics get 4 partitions. The log cleaner runs every second so
+            # compaction tests (0077) see it within their wait.
+            SHALE_NUM_PARTITIONS=4 SHALE_AUTO_CREATE_TOPICS_ENABLE=true SHALE_LOG_CLEANER_BACKOFF_MS=1000 \
                 start_shale "$WORK/data" "$PORT" "$LOG_DIR/broker.$BROKER_N.log" || return 1
             BROKER_PID=$SHALE_PID; BOOT="127.0.0.1:$PORT" ;;
     esac
