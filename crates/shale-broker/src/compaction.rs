@@ -12,9 +12,10 @@
 //!   its key in the window, and a surviving tombstone (null value) is dropped once its batch
 //!   is older than `delete.retention.ms` (Kafka measures that from the cleaner's first pass
 //!   over the tombstone; the batch timestamp is the simple approximation used here);
-//! - batches are re-encoded only when they lose records, keeping each kept record's offset,
-//!   timestamp, key, value, headers, the batch's producer id/epoch, sequence numbering,
-//!   leader epoch, timestamp type and compression. Batches losing every record disappear
+//! - batches are rebuilt only when they lose records: kept records are copied byte for byte
+//!   (`shale_protocol::records`) under the original batch header (base offset, last offset
+//!   delta, timestamps, producer id/epoch/sequence, leader epoch, timestamp type), recompressed
+//!   with the batch's codec, as Kafka's cleaner does. Batches losing every record disappear
 //!   (an offset gap, as in Kafka). Control and transactional batches are kept as they are and
 //!   their keys are ignored (an aborted transaction must not shadow committed data);
 //!   undecodable batches are kept as they are too.
@@ -25,11 +26,10 @@
 use crate::Broker;
 use crate::topic_config;
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, RecordSet,
-};
+use kafka_protocol::records::{RecordBatchDecoder, RecordSet};
 use parking_lot::Mutex;
-use shale_protocol::batch::{self, BatchHeader};
+use shale_protocol::batch;
+use shale_protocol::records;
 use shale_stream::{StreamError, StreamId, StreamRecord};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -237,11 +237,12 @@ async fn clean_partition(
     let mut out: Vec<StreamRecord> = Vec::with_capacity(entries.len());
     let mut removed = 0usize;
     for (entry, sets) in entries.into_iter().zip(decoded) {
-        let Some(sets) = sets else {
+        // Undecodable, control and transactional entries are kept as they are.
+        if sets.is_none() {
             out.push(entry);
             continue;
-        };
-        match rewrite_entry(&entry, &sets, &latest, tombstone_cutoff) {
+        }
+        match rewrite_entry(&entry, &latest, tombstone_cutoff) {
             Ok(Rewritten::Unchanged) => out.push(entry),
             Ok(Rewritten::Dropped(n)) => removed += n,
             Ok(Rewritten::Smaller(e, n)) => {
@@ -300,70 +301,50 @@ enum Rewritten {
 
 fn rewrite_entry(
     entry: &StreamRecord,
-    sets: &[RecordSet],
     latest: &HashMap<Bytes, i64>,
     tombstone_cutoff: i64,
 ) -> Result<Rewritten, String> {
-    let headers: Vec<BatchHeader> = batch::headers(&entry.payload).map(|(h, _)| h).collect();
-    if headers.len() != sets.len() {
-        return Err("batch count mismatch".into());
-    }
+    // Kept records are copied byte for byte into batches that keep their original header
+    // (base offset, last offset delta, timestamps, producer fields, codec), as Kafka's
+    // cleaner does: nothing about a surviving record changes, duplicate header keys included.
     let mut removed = 0usize;
-    let mut kept_sets: Vec<(BatchHeader, Compression, Vec<Record>)> = Vec::new();
-    for (h, set) in headers.iter().zip(sets) {
-        let keep = |r: &&Record| match &r.key {
-            // Keyless records cannot be compacted (produce rejects them); keep old ones.
-            None => true,
-            Some(k) => {
-                latest.get(k) == Some(&r.offset)
-                    && (r.value.is_some() || h.max_timestamp >= tombstone_cutoff)
-            }
-        };
-        let kept: Vec<Record> = set.records.iter().filter(keep).cloned().collect();
-        removed += set.records.len() - kept.len();
-        if !kept.is_empty() {
-            kept_sets.push((*h, set.compression, kept));
+    let mut payload = BytesMut::new();
+    let (mut first, mut last, mut max_ts) = (i64::MAX, i64::MIN, -1i64);
+    for (h, range) in batch::headers(&entry.payload) {
+        let original = &entry.payload[range];
+        let section = records::records_section(original, &h).map_err(|e| e.to_string())?;
+        let all = records::parse_records(&section, h.record_count).map_err(|e| e.to_string())?;
+        let kept: Vec<_> = all
+            .iter()
+            .copied()
+            .filter(|r| match r.key {
+                // Keyless records cannot be compacted (produce rejects them); keep old ones.
+                None => true,
+                Some(k) => {
+                    latest.get(k) == Some(&(h.base_offset + i64::from(r.offset_delta)))
+                        && (r.has_value || h.max_timestamp >= tombstone_cutoff)
+                }
+            })
+            .collect();
+        removed += all.len() - kept.len();
+        if kept.is_empty() {
+            continue;
+        }
+        first = first.min(h.base_offset);
+        last = last.max(h.last_offset());
+        max_ts = max_ts.max(h.max_timestamp);
+        if kept.len() == all.len() {
+            payload.extend_from_slice(original);
+        } else {
+            let rebuilt = records::rebuild_batch(original, &h, &kept).map_err(|e| e.to_string())?;
+            payload.extend_from_slice(&rebuilt);
         }
     }
     if removed == 0 {
         return Ok(Rewritten::Unchanged);
     }
-    if kept_sets.is_empty() {
+    if payload.is_empty() {
         return Ok(Rewritten::Dropped(removed));
-    }
-    let mut payload = BytesMut::new();
-    let (mut first, mut last, mut max_ts) = (i64::MAX, i64::MIN, -1i64);
-    for (h, compression, mut records) in kept_sets {
-        let base = records.first().map_or(0, |r| r.offset);
-        if h.base_sequence < 0 {
-            // The encoder derives the base sequence from the first record: keep "none" (-1)
-            // and a constant offset-sequence distance so the records stay one batch.
-            for r in &mut records {
-                r.sequence = (r.offset - base) as i32 - 1;
-            }
-        }
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            records.iter(),
-            &RecordEncodeOptions {
-                version: 2,
-                compression,
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        if h.is_log_append_time() {
-            // The encoder writes CreateTime; restore the type and the appended time.
-            batch::set_log_append_time(&mut buf, h.max_timestamp);
-        }
-        let written: Vec<BatchHeader> = batch::headers(&buf).map(|(h, _)| h).collect();
-        if written.len() != 1 {
-            return Err(format!("re-encoded into {} batches", written.len()));
-        }
-        first = first.min(base);
-        last = last.max(records.last().map_or(base, |r| r.offset));
-        max_ts = max_ts.max(written.iter().map(|w| w.max_timestamp).max().unwrap_or(-1));
-        payload.extend_from_slice(&buf);
     }
     let (Ok(base_offset), Ok(count)) = (u64::try_from(first), u32::try_from(last - first + 1))
     else {

@@ -8,6 +8,7 @@
 pub mod batch;
 pub mod envelope;
 pub mod frame;
+pub mod records;
 
 pub use kafka_protocol;
 pub use kafka_protocol::error::ResponseError;
