@@ -130,6 +130,9 @@ async fn flusher(
 ) {
     let wal = &inner.wal;
     let interval = inner.config.wal_batch_interval;
+    // The id of the next object is reserved (a Raft write) while its batch fills, so the
+    // reservation is off the produce latency path. An unused reservation is harmless.
+    let mut next_id: Option<JoinHandle<Result<ObjectId, CatalogError>>> = None;
     loop {
         if *stop.borrow() {
             fail_buffered(wal);
@@ -149,6 +152,10 @@ async fn flusher(
                 continue;
             }
             Some(t) => {
+                if next_id.is_none() {
+                    let catalog = inner.catalog.clone();
+                    next_id = Some(tokio::spawn(async move { catalog.prepare_object().await }));
+                }
                 let deadline = t + interval;
                 if !closed && bytes < wal.batch_bytes && Instant::now() < deadline {
                     tokio::select! {
@@ -178,7 +185,7 @@ async fn flusher(
         if taken.is_empty() {
             continue;
         }
-        let job = build_job(&inner, taken, permit);
+        let job = build_job(&inner, taken, permit, next_id.take());
         if jobs.send(job).is_err() {
             return;
         }
@@ -189,6 +196,7 @@ fn build_job(
     inner: &Arc<Inner>,
     taken: HashMap<u64, PendingBatch>,
     permit: OwnedSemaphorePermit,
+    reserved: Option<JoinHandle<Result<ObjectId, CatalogError>>>,
 ) -> Job {
     let mut batches: Vec<PendingBatch> = taken.into_values().collect();
     batches.sort_by_key(|b| (b.stream.id, b.records.first().map(|r| r.base_offset)));
@@ -215,6 +223,7 @@ fn build_job(
         inner.config.node_id,
         data,
         inner.tuning.clone(),
+        reserved,
     ));
     Job {
         upload,
@@ -257,21 +266,37 @@ async fn upload(
     node_id: u64,
     data: Bytes,
     tuning: Tuning,
+    reserved: Option<JoinHandle<Result<ObjectId, CatalogError>>>,
 ) -> Result<(ObjectId, String), StreamError> {
     let mut backoff = Backoff::new(&tuning, tuning.wal_retry_timeout);
-    let id = loop {
-        match with_timeout(
-            tuning.catalog_timeout,
-            "prepare_object",
-            catalog.prepare_object(),
-        )
-        .await
-        {
-            Ok(id) => break id,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot reserve a WAL object id; retrying");
-                if !backoff.wait().await {
-                    return Err(e.into());
+    let reserved = match reserved {
+        Some(h) => match h.await {
+            Ok(Ok(id)) => Some(id),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "early object id reservation failed; retrying now");
+                None
+            }
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let id = if let Some(id) = reserved {
+        id
+    } else {
+        loop {
+            match with_timeout(
+                tuning.catalog_timeout,
+                "prepare_object",
+                catalog.prepare_object(),
+            )
+            .await
+            {
+                Ok(id) => break id,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reserve a WAL object id; retrying");
+                    if !backoff.wait().await {
+                        return Err(e.into());
+                    }
                 }
             }
         }
