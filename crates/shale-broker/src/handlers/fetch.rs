@@ -3,7 +3,7 @@
 //! `max_wait_ms` until `min_bytes` are available. Only durable data is visible.
 
 use crate::Broker;
-use crate::handlers::metadata::leader_epoch;
+use crate::handlers::metadata::{check_leader_epoch, leader_epoch};
 use crate::partitions::stream_error_code;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
@@ -127,12 +127,7 @@ async fn read_partition(
     };
     let stream = part.stream;
     let epoch = leader_epoch(stream.epoch());
-    if p.current_leader_epoch >= 0 && p.current_leader_epoch != epoch {
-        let code = if p.current_leader_epoch > epoch {
-            ResponseError::UnknownLeaderEpoch
-        } else {
-            ResponseError::FencedLeaderEpoch
-        };
+    if let Err(code) = check_leader_epoch(p.current_leader_epoch, epoch) {
         return error_partition(p.partition, code);
     }
     let hw = stream.end_offset() as i64;

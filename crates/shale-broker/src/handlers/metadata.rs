@@ -162,6 +162,19 @@ fn describe_topic(broker: &Broker, name: &str, _version: i16) -> MetadataRespons
         .with_topic_authorized_operations(OPERATIONS_OMITTED)
 }
 
+/// Checks a client's `current_leader_epoch` (-1: no check) against the partition's, as Kafka
+/// does: a newer one is UNKNOWN_LEADER_EPOCH (this broker is behind), an older one
+/// FENCED_LEADER_EPOCH (the client is behind and must refresh metadata).
+pub(crate) fn check_leader_epoch(requested: i32, current: i32) -> Result<(), ResponseError> {
+    if requested < 0 || requested == current {
+        Ok(())
+    } else if requested > current {
+        Err(ResponseError::UnknownLeaderEpoch)
+    } else {
+        Err(ResponseError::FencedLeaderEpoch)
+    }
+}
+
 /// Kafka's leader epoch for a stream epoch (bumped on every ownership change).
 pub(crate) fn leader_epoch(stream_epoch: u64) -> i32 {
     i32::try_from(stream_epoch).unwrap_or(i32::MAX)

@@ -1,7 +1,7 @@
 //! ListOffsets, DeleteRecords and OffsetForLeaderEpoch.
 
 use crate::Broker;
-use crate::handlers::metadata::leader_epoch;
+use crate::handlers::metadata::{check_leader_epoch, leader_epoch};
 use crate::partitions::stream_error_code;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::delete_records_response::{
@@ -46,12 +46,7 @@ pub async fn list_offsets(
                 Err(code) => resp.with_error_code(code.code()),
                 Ok(part) => {
                     let epoch = leader_epoch(part.stream.epoch());
-                    if p.current_leader_epoch >= 0 && p.current_leader_epoch != epoch {
-                        let code = if p.current_leader_epoch > epoch {
-                            ResponseError::UnknownLeaderEpoch
-                        } else {
-                            ResponseError::FencedLeaderEpoch
-                        };
+                    if let Err(code) = check_leader_epoch(p.current_leader_epoch, epoch) {
                         resp.with_error_code(code.code())
                     } else {
                         match lookup(&part.stream, p.timestamp).await {
@@ -207,12 +202,7 @@ pub async fn offset_for_leader_epoch(
                 Err(code) => resp.with_error_code(code.code()),
                 Ok(part) => {
                     let epoch = leader_epoch(part.stream.epoch());
-                    if p.current_leader_epoch >= 0 && p.current_leader_epoch != epoch {
-                        let code = if p.current_leader_epoch > epoch {
-                            ResponseError::UnknownLeaderEpoch
-                        } else {
-                            ResponseError::FencedLeaderEpoch
-                        };
+                    if let Err(code) = check_leader_epoch(p.current_leader_epoch, epoch) {
                         resp.with_error_code(code.code())
                     } else if p.leader_epoch > epoch {
                         resp
