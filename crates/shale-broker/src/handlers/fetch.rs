@@ -6,17 +6,20 @@ use crate::Broker;
 use crate::handlers::metadata::{check_leader_epoch, leader_epoch};
 use crate::partitions::stream_error_code;
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use shale_stream::StreamRecord;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Where one requested partition stands after a read pass.
+/// One requested partition after a read: its response fields (records not yet set) and the
+/// entries read, before the response's byte budget is applied.
 struct PartitionResult {
     data: PartitionData,
-    bytes: usize,
+    entries: Vec<StreamRecord>,
 }
 
 pub async fn handle(broker: &Arc<Broker>, version: i16, req: FetchRequest) -> FetchResponse {
@@ -62,6 +65,10 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, req: FetchRequest) -> Fe
     }
 }
 
+/// Partitions read at once by one fetch: catch-up reads wait on object storage, so they
+/// overlap instead of adding up; bounded so one request cannot flood the store.
+const CONCURRENT_PARTITION_READS: usize = 16;
+
 async fn read_pass(
     broker: &Arc<Broker>,
     version: i16,
@@ -71,24 +78,41 @@ async fn read_pass(
     )],
     max_bytes: usize,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
+    // Read every partition (concurrently, results in request order), then apply the
+    // response's byte budget in request order.
+    let wanted: Vec<(
+        Option<&str>,
+        &kafka_protocol::messages::fetch_request::FetchPartition,
+    )> = topics
+        .iter()
+        .flat_map(|(name, topic)| topic.partitions.iter().map(|p| (name.as_deref(), p)))
+        .collect();
+    // Futures built up front: a closure inside the stream type trips a higher-ranked
+    // lifetime limitation of the compiler once the future must be Send.
+    let futures: Vec<_> = wanted
+        .into_iter()
+        .map(|(name, p)| read_one(broker, name, p, max_bytes))
+        .collect();
+    let reads: Vec<PartitionResult> = futures::stream::iter(futures)
+        .buffered(CONCURRENT_PARTITION_READS)
+        .collect()
+        .await;
+    let mut reads = reads.into_iter();
+
     let mut total = 0usize;
     let mut any_error = false;
     let mut responses = Vec::with_capacity(topics.len());
-    for (name, topic) in topics {
+    for (_, topic) in topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in &topic.partitions {
-            let r = match name {
-                Some(name) => {
-                    read_partition(broker, name, p, max_bytes.saturating_sub(total), total == 0)
-                        .await
-                }
-                None => error_partition(p.partition, ResponseError::UnknownTopicId),
-            };
+            let Some(r) = reads.next() else { break };
             if r.data.error_code != 0 {
                 any_error = true;
             }
-            total += r.bytes;
-            partitions.push(r.data);
+            let limit = (p.partition_max_bytes.max(0) as usize).min(max_bytes - total);
+            let (records, size) = take_entries(&r.entries, limit, total == 0);
+            total += size;
+            partitions.push(r.data.with_records(Some(records)));
         }
         let mut t = FetchableTopicResponse::default().with_partitions(partitions);
         if version >= 13 {
@@ -101,6 +125,34 @@ async fn read_pass(
     (responses, total, any_error)
 }
 
+/// The entries that fit `limit`; while the response is still empty its first entry is
+/// taken whatever its size (KIP-74), so consumers always progress.
+fn take_entries(entries: &[StreamRecord], limit: usize, first: bool) -> (Bytes, usize) {
+    let mut size = 0;
+    let mut take = 0;
+    for e in entries {
+        let fits = size + e.payload.len() <= limit;
+        let progress = first && take == 0;
+        if !(fits || progress) {
+            break;
+        }
+        size += e.payload.len();
+        take += 1;
+    }
+    let records = match &entries[..take] {
+        [] => Bytes::new(),
+        [one] => one.payload.clone(),
+        many => {
+            let mut buf = BytesMut::with_capacity(size);
+            for e in many {
+                buf.extend_from_slice(&e.payload);
+            }
+            buf.freeze()
+        }
+    };
+    (records, size)
+}
+
 fn error_partition(index: i32, code: ResponseError) -> PartitionResult {
     PartitionResult {
         data: PartitionData::default()
@@ -108,18 +160,29 @@ fn error_partition(index: i32, code: ResponseError) -> PartitionResult {
             .with_error_code(code.code())
             .with_high_watermark(-1)
             .with_last_stable_offset(-1)
-            .with_log_start_offset(-1)
-            .with_records(Some(Bytes::new())),
-        bytes: 0,
+            .with_log_start_offset(-1),
+        entries: Vec::new(),
     }
 }
 
+async fn read_one(
+    broker: &Arc<Broker>,
+    name: Option<&str>,
+    p: &kafka_protocol::messages::fetch_request::FetchPartition,
+    max_bytes: usize,
+) -> PartitionResult {
+    match name {
+        Some(name) => read_partition(broker, name, p, max_bytes).await,
+        None => error_partition(p.partition, ResponseError::UnknownTopicId),
+    }
+}
+
+/// Reads one partition from its fetch offset, up to its own limit and the response's.
 async fn read_partition(
     broker: &Arc<Broker>,
     topic: &str,
     p: &kafka_protocol::messages::fetch_request::FetchPartition,
-    remaining: usize,
-    first: bool,
+    max_bytes: usize,
 ) -> PartitionResult {
     let part = match broker.partition(topic, p.partition).await {
         Ok(part) => part,
@@ -140,63 +203,66 @@ async fn read_partition(
         .with_preferred_read_replica(BrokerId(-1));
     if p.fetch_offset < start || p.fetch_offset > hw {
         return PartitionResult {
-            data: data
-                .with_error_code(ResponseError::OffsetOutOfRange.code())
-                .with_records(Some(Bytes::new())),
-            bytes: 0,
+            data: data.with_error_code(ResponseError::OffsetOutOfRange.code()),
+            entries: Vec::new(),
         };
     }
-    // Once the response holds data, a partition only adds what fits; the first batch of the
-    // response is returned whatever its size (KIP-74) so consumers always progress.
-    let limit = (p.partition_max_bytes.max(0) as usize).min(remaining);
-    if p.fetch_offset == hw || (limit == 0 && !first) {
+    if p.fetch_offset == hw {
         return PartitionResult {
-            data: data.with_records(Some(Bytes::new())),
-            bytes: 0,
+            data,
+            entries: Vec::new(),
         };
     }
-    match stream.read(p.fetch_offset as u64, limit.max(1)).await {
-        Ok(entries) => {
-            // The stream returns at least one entry; beyond the first partition with data,
-            // only entries that fit the limits are kept (Kafka's minOneMessage rule).
-            let mut size = 0;
-            let mut take = 0;
-            for e in &entries {
-                if take > 0 && size + e.payload.len() > limit {
-                    break;
-                }
-                if !first && size + e.payload.len() > limit {
-                    break;
-                }
-                size += e.payload.len();
-                take += 1;
-            }
-            let records = match &entries[..take] {
-                [] => Bytes::new(),
-                [one] => one.payload.clone(),
-                many => {
-                    let mut buf = BytesMut::with_capacity(size);
-                    for e in many {
-                        buf.extend_from_slice(&e.payload);
-                    }
-                    buf.freeze()
-                }
-            };
-            PartitionResult {
-                data: data.with_records(Some(records)),
-                bytes: size,
-            }
-        }
+    let limit = (p.partition_max_bytes.max(0) as usize)
+        .min(max_bytes)
+        .max(1);
+    match stream.read(p.fetch_offset as u64, limit).await {
+        Ok(entries) => PartitionResult { data, entries },
         Err(e) => {
             if !matches!(e, shale_stream::StreamError::OffsetOutOfRange { .. }) {
                 tracing::warn!(topic, partition = p.partition, error = %e, "fetch read failed");
             }
             PartitionResult {
-                data: data
-                    .with_error_code(stream_error_code(&e).code())
-                    .with_records(Some(Bytes::new())),
-                bytes: 0,
+                data: data.with_error_code(stream_error_code(&e).code()),
+                entries: Vec::new(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(sizes: &[usize]) -> Vec<StreamRecord> {
+        let mut offset = 0;
+        sizes
+            .iter()
+            .map(|&n| {
+                let e = StreamRecord {
+                    base_offset: offset,
+                    count: 1,
+                    max_timestamp: -1,
+                    payload: Bytes::from(vec![0u8; n]),
+                };
+                offset += 1;
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_batch_of_a_response_is_returned_whatever_its_size() {
+        // KIP-74: an empty response takes its first batch even above the limits.
+        let (records, size) = take_entries(&entries(&[500, 10]), 100, true);
+        assert_eq!((records.len(), size), (500, 500));
+    }
+
+    #[test]
+    fn later_partitions_only_add_whole_batches_that_fit() {
+        assert_eq!(take_entries(&entries(&[500]), 100, false).1, 0);
+        assert_eq!(take_entries(&entries(&[40, 40, 40]), 100, false).1, 80);
+        assert_eq!(take_entries(&entries(&[40, 40, 40]), 100, true).1, 80);
+        assert_eq!(take_entries(&[], 100, true).1, 0);
     }
 }
