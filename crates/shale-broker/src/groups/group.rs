@@ -810,7 +810,11 @@ impl Group {
         match self.state {
             GroupState::Dead | GroupState::Empty => {}
             GroupState::Stable | GroupState::CompletingRebalance => {
-                self.maybe_prepare_rebalance(now, reason)
+                self.maybe_prepare_rebalance(now, reason);
+                // As Kafka's join purgatory: when the last member left, everyone (nobody)
+                // has rejoined and the group becomes Empty right away, so a DeleteGroups
+                // right after the LeaveGroup succeeds.
+                self.try_complete_join(now);
             }
             GroupState::PreparingRebalance => self.try_complete_join(now),
         }

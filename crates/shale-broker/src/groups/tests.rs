@@ -836,3 +836,16 @@ async fn groups_list_and_describe() {
     assert_eq!(subscription_topics(b"\x00"), None);
     assert_eq!(subscription_topics(b"\x00\x00\xff\xff\xff"), None);
 }
+
+/// Kafka: when the last member of a stable group leaves, the rebalance it starts completes at
+/// once (nobody left to wait for) and the group is Empty, so it can be deleted right away.
+#[tokio::test(start_paused = true)]
+async fn groups_last_member_leaving_empties_the_group_at_once() {
+    let (c, _, _) = coordinator(0);
+    let (a, _) = stable_single(&c, "g", None).await;
+    assert_eq!(state(&c, "g"), "Stable");
+    let codes = c.leave("g", &[(a.clone(), None)]).expect("leave");
+    assert_eq!(codes, vec![0]);
+    assert_eq!(state(&c, "g"), "Empty");
+    assert_eq!(c.delete_group("g").await, 0);
+}
