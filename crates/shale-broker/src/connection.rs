@@ -134,6 +134,7 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
         }
     };
     Some(match started {
+        Started::Close => return None,
         Started::Done(resp) => {
             let frame = encode(resp);
             tokio::spawn(async move { frame })

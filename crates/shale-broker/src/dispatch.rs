@@ -76,6 +76,8 @@ pub(crate) fn api_versions_response() -> ApiVersionsResponse {
 pub(crate) enum Started {
     Done(Option<ResponseKind>),
     Later(BoxFuture<'static, Option<ResponseKind>>),
+    /// No response can tell the client what went wrong: close the connection.
+    Close,
 }
 
 pub(crate) async fn start(

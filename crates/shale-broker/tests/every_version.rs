@@ -449,3 +449,82 @@ async fn unsupported_api_versions_version_gets_v0_error_with_ranges() {
     );
     broker.shutdown().await;
 }
+
+/// acks=0 produces get no response; when one is refused, Kafka closes the connection, the
+/// only signal the producer can get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_zero_gets_no_response_and_a_refusal_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, addr) = start_broker(dir.path()).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    // Create the topic, then an accepted acks=0 produce: nothing comes back for it, and the
+    // next request's response is the next thing on the wire.
+    let topic_id = match roundtrip(
+        &mut conn,
+        ApiKey::Metadata,
+        12,
+        1,
+        &sample(ApiKey::Metadata, 12, uuid::Uuid::nil()),
+    )
+    .await
+    {
+        Ok(ResponseKind::Metadata(m)) => m.topics[0].topic_id,
+        other => panic!("Metadata: {other:?}"),
+    };
+    let RequestKind::Produce(accepted) = sample(ApiKey::Produce, 9, topic_id) else {
+        unreachable!()
+    };
+    let accepted = RequestKind::Produce(accepted.with_acks(0));
+    send(&mut conn, ApiKey::Produce, 9, 2, &accepted).await;
+    let versions = sample(ApiKey::ApiVersions, 3, topic_id);
+    assert!(
+        roundtrip(&mut conn, ApiKey::ApiVersions, 3, 3, &versions)
+            .await
+            .is_ok()
+    );
+
+    // A refused acks=0 produce (unknown partition): the broker closes the connection.
+    let RequestKind::Produce(refused) = sample(ApiKey::Produce, 9, topic_id) else {
+        unreachable!()
+    };
+    let mut refused = refused.with_acks(0);
+    refused.topic_data[0].partition_data[0].index = 99;
+    send(
+        &mut conn,
+        ApiKey::Produce,
+        9,
+        4,
+        &RequestKind::Produce(refused),
+    )
+    .await;
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut byte))
+        .await
+        .expect("the broker closes the connection");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "connection must be closed, got {read:?}"
+    );
+    broker.shutdown().await;
+}
+
+async fn send(
+    conn: &mut TcpStream,
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &RequestKind,
+) {
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .encode(&mut buf, api.request_header_version(version))
+        .unwrap();
+    body.encode(&mut buf, version).unwrap();
+    let len = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    conn.write_all(&buf).await.unwrap();
+}

@@ -158,7 +158,17 @@ pub(crate) async fn start(
         results.push((name, outcomes));
     }
     if acks == 0 {
-        // No response at all, as Kafka does; the memory is released once durable.
+        // Kafka sends no response to acks=0, so the only way to tell the producer that a
+        // partition was refused is to close the connection (KafkaApis does exactly that).
+        if let Some((name, index, (code, msg))) = results.iter().find_map(|(name, parts)| {
+            parts
+                .iter()
+                .find_map(|(i, r)| r.as_ref().err().map(|e| (name, *i, e)))
+        }) {
+            tracing::info!(topic = %name, partition = index, ?code, msg, "acks=0 produce refused; closing the connection");
+            return Started::Close;
+        }
+        // No response at all; the memory is released once durable.
         let durable: Vec<Durable> = results
             .into_iter()
             .flat_map(|(_, parts)| parts)
