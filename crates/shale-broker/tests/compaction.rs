@@ -2,6 +2,8 @@
 //! tombstones, one cleaner pass, then Fetch shows the latest value per key at its original
 //! offset; keyless records are rejected on compacted topics.
 
+mod common;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::*;
@@ -10,47 +12,22 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use shale_broker::{Broker, BrokerConfig};
-use shale_meta::{MetaConfig, MetaNode};
-use shale_stream::{StreamConfig, StreamStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn start_broker(dir: &std::path::Path) -> (Arc<Broker>, std::net::SocketAddr) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let meta = MetaNode::start(MetaConfig {
-        node_id: 1,
-        data_dir: dir.join("meta"),
-        rpc_addr: addr.to_string(),
-    })
-    .await
-    .unwrap();
-    let streams = StreamStore::start(
-        Arc::new(object_store::memory::InMemory::new()),
-        meta.catalog(),
-        StreamConfig {
-            wal_batch_interval: Duration::from_millis(5),
-            ..StreamConfig::default()
-        },
-    );
-    let broker = Broker::start(
+    common::start_broker(
+        dir,
         BrokerConfig {
-            advertised_port: addr.port(),
             offsets_topic_num_partitions: 1,
             // Driven by compact_now.
             log_cleaner_backoff: Duration::ZERO,
             ..BrokerConfig::default()
         },
-        meta,
-        streams,
     )
     .await
-    .unwrap();
-    let b = broker.clone();
-    tokio::spawn(async move { b.serve(listener).await });
-    (broker, addr)
 }
 
 fn now_ms() -> i64 {

@@ -3,6 +3,8 @@
 //! codecs refuse to encode fields a version does not have, so this catches handlers that set
 //! a field an older client cannot receive.
 
+mod common;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
@@ -10,8 +12,6 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use shale_broker::{Broker, BrokerConfig};
-use shale_meta::{MetaConfig, MetaNode};
-use shale_stream::{StreamConfig, StreamStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,38 +20,15 @@ use tokio::net::TcpStream;
 const TOPIC: &str = "t";
 
 async fn start_broker(dir: &std::path::Path) -> (Arc<Broker>, std::net::SocketAddr) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let meta = MetaNode::start(MetaConfig {
-        node_id: 1,
-        data_dir: dir.join("meta"),
-        rpc_addr: addr.to_string(),
-    })
-    .await
-    .unwrap();
-    let streams = StreamStore::start(
-        Arc::new(object_store::memory::InMemory::new()),
-        meta.catalog(),
-        StreamConfig {
-            wal_batch_interval: Duration::from_millis(5),
-            ..StreamConfig::default()
-        },
-    );
-    let broker = Broker::start(
+    common::start_broker(
+        dir,
         BrokerConfig {
-            advertised_port: addr.port(),
             offsets_topic_num_partitions: 2,
             group_initial_rebalance_delay: Duration::ZERO,
             ..BrokerConfig::default()
         },
-        meta,
-        streams,
     )
     .await
-    .unwrap();
-    let b = broker.clone();
-    tokio::spawn(async move { b.serve(listener).await });
-    (broker, addr)
 }
 
 fn name(s: &str) -> StrBytes {
