@@ -210,3 +210,72 @@ def test_acks_zero_produce_gets_no_response(broker):
         while kproto.fetch(c, topic, 0, 0)["high_watermark"] < 1:
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------------------
+# Counts that the bytes do not back. A decoder that sizes a buffer from such a count
+# allocates gigabytes from a few bytes (an allocation failure aborts the process), so the
+# broker must refuse the request, close that one connection, and go on serving.
+
+HUGE_I32 = 0x7FFFFFFF
+HUGE_UVARINT = kproto.uvarint(0xFFFFFFFF)  # compact array length + 1 = 2^32 - 1
+
+
+def _compact_string(s: str) -> bytes:
+    b = s.encode()
+    return kproto.uvarint(len(b) + 1) + b
+
+
+HUGE_COUNT_REQUESTS = {
+    # Metadata v1: topics array (int32 count), the 20-byte frame that aborted `shale dev`.
+    "metadata_v1_int32_topics": (kproto.METADATA, 1, False, kproto.i32(HUGE_I32)),
+    # Metadata v12 (flexible): topics compact array (varint count).
+    "metadata_v12_varint_topics": (kproto.METADATA, 12, True, HUGE_UVARINT),
+    # Produce v3: one topic whose partition array claims 2^31-1 entries (nested count).
+    "produce_v3_int32_partitions": (
+        kproto.PRODUCE, 3, False,
+        kproto.string(None) + kproto.i16(-1) + kproto.i32(30000)
+        + kproto.i32(1) + kproto.string("t") + kproto.i32(HUGE_I32)),
+    # Produce v9 (flexible): compact topic array (varint count).
+    "produce_v9_varint_topics": (
+        kproto.PRODUCE, 9, True,
+        b"\x00" + kproto.i16(-1) + kproto.i32(30000) + HUGE_UVARINT),
+    # Fetch v4: topics array.
+    "fetch_v4_int32_topics": (
+        kproto.FETCH, 4, False,
+        kproto.i32(-1) + kproto.i32(100) + kproto.i32(1) + kproto.i32(1 << 20) + kproto.i8(0)
+        + kproto.i32(HUGE_I32)),
+    # CreateTopics v5 (flexible): topics compact array.
+    "create_topics_v5_varint_topics": (19, 5, True, HUGE_UVARINT),
+    # ListOffsets v1: topics array.
+    "list_offsets_v1_int32_topics": (kproto.LIST_OFFSETS, 1, False, kproto.i32(-1) + kproto.i32(HUGE_I32)),
+    # JoinGroup v5: protocols array after the group fields.
+    "join_group_v5_int32_protocols": (
+        11, 5, False,
+        kproto.string("g") + kproto.i32(10000) + kproto.i32(10000) + kproto.string("")
+        + kproto.string(None) + kproto.string("consumer") + kproto.i32(HUGE_I32)),
+    # OffsetCommit v8 (flexible): a topic whose partitions compact array is huge.
+    "offset_commit_v8_varint_partitions": (
+        8, 8, True,
+        _compact_string("g") + kproto.i32(-1) + _compact_string("") + b"\x00"
+        + kproto.uvarint(2) + _compact_string("t") + HUGE_UVARINT),
+    # DescribeConfigs v4 (flexible): resources compact array.
+    "describe_configs_v4_varint_resources": (32, 4, True, HUGE_UVARINT),
+    # Flexible request header whose tagged-field count is huge (ApiVersions v3).
+    "api_versions_v3_varint_header_tags": (kproto.API_VERSIONS, 3, None, b""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HUGE_COUNT_REQUESTS))
+def test_counts_larger_than_the_frame_close_the_connection_not_the_broker(broker, case):
+    api, version, flexible, body = HUGE_COUNT_REQUESTS[case]
+    if flexible is None:
+        # header v2 by hand: client id, then a tagged-field count of 2^32-1
+        header = kproto.i16(api) + kproto.i16(version) + kproto.i32(1) + kproto.string("x") + HUGE_UVARINT
+        frame = kproto.i32(len(header)) + header
+    else:
+        frame = kproto.request_frame(api, version, 1, body, flexible_header=flexible)
+    with kproto.Conn.to(broker.bootstrap) as c:
+        c.send_raw(frame)
+        assert c.closed_by_peer(), "a request whose counts the frame cannot back must be refused"
+    assert_still_serving(broker, create_topic(broker.bootstrap, partitions=1))

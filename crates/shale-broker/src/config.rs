@@ -18,6 +18,9 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     /// `socket.request.max.bytes`: larger frames close the connection.
     pub socket_request_max_bytes: usize,
+    /// `fetch.max.bytes`: the most record bytes one fetch response carries, whatever the
+    /// client asks for (Kafka's default 55 MiB). Bounds the memory a fetch can pin.
+    pub fetch_max_bytes: usize,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval: Duration,
     /// Broker-level defaults of topic configs (`log.retention.ms` ...), by topic config name.
@@ -53,6 +56,7 @@ impl Default for BrokerConfig {
             default_replication_factor: 1,
             auto_create_topics: true,
             socket_request_max_bytes: 100 * 1024 * 1024,
+            fetch_max_bytes: 55 * 1024 * 1024,
             retention_check_interval: Duration::from_secs(300),
             topic_defaults: Default::default(),
             offsets_topic_num_partitions: 50,

@@ -37,12 +37,20 @@ impl Broker {
         Ok(())
     }
 
+    /// The open handle of a stream this node owns, (re)opened when there is none or when the
+    /// one held is no longer writable: a failed WAL object or commit fences the handles it
+    /// carried (their offsets now have a hole), and the next use must heal by reopening at
+    /// the committed end, not keep answering errors until a restart.
     pub(crate) async fn open_stream(&self, id: StreamId) -> Result<Arc<Stream>, StreamError> {
-        if let Some(s) = self.partitions.open.read().get(&id) {
+        if let Some(s) = self.partitions.open.read().get(&id)
+            && s.is_writable()
+        {
             return Ok(s.clone());
         }
         let _guard = self.partitions.opening.lock().await;
-        if let Some(s) = self.partitions.open.read().get(&id) {
+        if let Some(s) = self.partitions.open.read().get(&id)
+            && s.is_writable()
+        {
             return Ok(s.clone());
         }
         let stream = self.streams.open(id).await?;

@@ -108,7 +108,7 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
     one_of(def("compression.type", String, "producer", Some("compression.type"), "Final compression type of the topic."), &["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"]),
     checked(def("compression.zstd.level", Int, "3", Some("compression.zstd.level"), "Compression level used when compression.type is zstd."), Check::Between(-131_072, 22)),
     at_least(def("delete.retention.ms", Long, "86400000", Some("log.cleaner.delete.retention.ms"), "How long tombstones are retained on compacted topics."), 0),
-    at_least(def("file.delete.delay.ms", Long, "60000", Some("log.segment.delete.delay.ms"), "Delay before deleting data from storage."), 0),
+    at_least(def("file.delete.delay.ms", Long, "60000", Some("log.segment.delete.delay.ms"), "Only the default is accepted: objects are deleted object.delete.grace.ms after they stop being referenced."), 0),
     at_least(def("flush.messages", Long, MAX, Some("log.flush.interval.messages"), "Accepted for compatibility; data is durable in object storage before acks."), 1),
     at_least(def("flush.ms", Long, MAX, Some("log.flush.interval.ms"), "Accepted for compatibility; data is durable in object storage before acks."), 0),
     checked(def("follower.replication.throttled.replicas", List, "", None, "Accepted for compatibility; storage is shared."), Check::ThrottledReplicas),
@@ -185,6 +185,14 @@ pub fn normalize(name: &str, value: &str) -> Result<std::string::String, std::st
                 _ => v.parse::<i64>().map_err(|_| not_a_number())?,
             };
             check_integer(d.check, n).map_err(|why| invalid(&why))?;
+            if name == "file.delete.delay.ms" && v != d.default {
+                // Objects hold many partitions' data, so a per-topic delay cannot apply; the
+                // node-wide `object.delete.grace.ms` is what keeps in-flight reads safe.
+                return Err(invalid(
+                    "Shale deletes objects object.delete.grace.ms after they are no longer \
+                     referenced; a per-topic file.delete.delay.ms is not supported",
+                ));
+            }
             Ok(n.to_string())
         }
         Double => {
@@ -399,6 +407,13 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_per_topic_file_delete_delay_is_refused_rather_than_ignored() {
+        assert!(validate("file.delete.delay.ms", "60000").is_ok());
+        let e = validate("file.delete.delay.ms", "1000").unwrap_err();
+        assert!(e.contains("object.delete.grace.ms"), "{e}");
     }
 
     #[test]

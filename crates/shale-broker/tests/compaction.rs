@@ -4,17 +4,17 @@
 
 mod common;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use common::{call, create_topic, name, now_ms, produce};
+
+use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::*;
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 use shale_broker::{Broker, BrokerConfig};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn start_broker(dir: &std::path::Path) -> (Arc<Broker>, std::net::SocketAddr) {
@@ -28,73 +28,6 @@ async fn start_broker(dir: &std::path::Path) -> (Arc<Broker>, std::net::SocketAd
         },
     )
     .await
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn name(s: &str) -> StrBytes {
-    StrBytes::from_string(s.to_string())
-}
-
-async fn call(conn: &mut TcpStream, api: ApiKey, version: i16, body: RequestKind) -> ResponseKind {
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    RequestHeader::default()
-        .with_request_api_key(api as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(7)
-        .with_client_id(Some(name("compaction-test")))
-        .encode(&mut buf, api.request_header_version(version))
-        .unwrap();
-    body.encode(&mut buf, version).unwrap();
-    let len = (buf.len() - 4) as i32;
-    buf[0..4].copy_from_slice(&len.to_be_bytes());
-    conn.write_all(&buf).await.unwrap();
-    let size = tokio::time::timeout(Duration::from_secs(10), conn.read_i32())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut frame = vec![0u8; size as usize];
-    conn.read_exact(&mut frame).await.unwrap();
-    let mut frame = Bytes::from(frame);
-    ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
-    ResponseKind::decode(api, &mut frame, version).unwrap()
-}
-
-async fn create_topic(conn: &mut TcpStream, topic: &str, configs: &[(&str, &str)]) {
-    let t = create_topics_request::CreatableTopic::default()
-        .with_name(TopicName(name(topic)))
-        .with_num_partitions(1)
-        .with_replication_factor(1)
-        .with_configs(
-            configs
-                .iter()
-                .map(|(k, v)| {
-                    create_topics_request::CreatableTopicConfig::default()
-                        .with_name(name(k))
-                        .with_value(Some(name(v)))
-                })
-                .collect(),
-        );
-    let req = CreateTopicsRequest::default()
-        .with_topics(vec![t])
-        .with_timeout_ms(5000);
-    let ResponseKind::CreateTopics(r) = call(
-        conn,
-        ApiKey::CreateTopics,
-        5,
-        RequestKind::CreateTopics(req),
-    )
-    .await
-    else {
-        panic!("not a CreateTopics response");
-    };
-    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0]);
 }
 
 /// One batch of (key, value) records; `None` key or value = null.
@@ -141,30 +74,6 @@ fn batch(records: &[(Option<&str>, Option<&str>)], producer_id: i64, base_sequen
     )
     .unwrap();
     buf.freeze()
-}
-
-async fn produce(
-    conn: &mut TcpStream,
-    topic: &str,
-    records: Bytes,
-) -> produce_response::PartitionProduceResponse {
-    let req = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(5000)
-        .with_topic_data(vec![
-            produce_request::TopicProduceData::default()
-                .with_name(TopicName(name(topic)))
-                .with_partition_data(vec![
-                    produce_request::PartitionProduceData::default()
-                        .with_index(0)
-                        .with_records(Some(records)),
-                ]),
-        ]);
-    let ResponseKind::Produce(r) = call(conn, ApiKey::Produce, 9, RequestKind::Produce(req)).await
-    else {
-        panic!("not a Produce response");
-    };
-    r.responses[0].partition_responses[0].clone()
 }
 
 /// Every record of the partition via Fetch: (offset, key, value, header h).

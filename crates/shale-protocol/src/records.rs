@@ -13,6 +13,8 @@ use kafka_protocol::compression::{self as cmpr, Compressor, Decompressor};
 /// One record of a batch: where it is and what compaction needs to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawRecord<'a> {
+    /// Added to the batch's base timestamp: the record's timestamp (CreateTime).
+    pub timestamp_delta: i64,
     pub offset_delta: i32,
     pub key: Option<&'a [u8]>,
     pub has_value: bool,
@@ -86,12 +88,13 @@ pub fn parse_records(section: &[u8], count: i32) -> Result<Vec<RawRecord<'_>>, B
         if body.is_empty() {
             return Err(corrupt("empty record"));
         }
-        varint(body, &mut p)?; // timestamp delta
+        let timestamp_delta = varint(body, &mut p)?;
         let offset_delta = i32::try_from(varint(body, &mut p)?)
             .map_err(|_| corrupt("offset delta out of range"))?;
         let key = bytes_field(body, &mut p)?;
         let value = bytes_field(body, &mut p)?;
         out.push(RawRecord {
+            timestamp_delta,
             offset_delta,
             key,
             has_value: value.is_some(),
@@ -112,18 +115,50 @@ pub fn rebuild_batch(
     h: &BatchHeader,
     kept: &[RawRecord<'_>],
 ) -> Result<BytesMut, BatchError> {
+    rebuild_batch_as(original, kept, h.compression())
+}
+
+/// Codec ids of the batch attributes (bits 0-2).
+pub const CODEC_NONE: u8 = 0;
+pub const CODEC_GZIP: u8 = 1;
+pub const CODEC_SNAPPY: u8 = 2;
+pub const CODEC_LZ4: u8 = 3;
+pub const CODEC_ZSTD: u8 = 4;
+
+/// The codec id a topic's `compression.type` asks for; `None` for `producer` (keep the
+/// producer's codec) or an unknown name.
+pub fn codec_of_compression_type(name: &str) -> Option<u8> {
+    match name {
+        "uncompressed" => Some(CODEC_NONE),
+        "gzip" => Some(CODEC_GZIP),
+        "snappy" => Some(CODEC_SNAPPY),
+        "lz4" => Some(CODEC_LZ4),
+        "zstd" => Some(CODEC_ZSTD),
+        _ => None,
+    }
+}
+
+/// `rebuild_batch` writing the records with `codec` (the topic's `compression.type` when it
+/// differs from the producer's): the header's fields are kept and its compression bits set.
+pub fn rebuild_batch_as(
+    original: &[u8],
+    kept: &[RawRecord<'_>],
+    codec: u8,
+) -> Result<BytesMut, BatchError> {
     let header = original
         .get(..HEADER_LEN)
         .ok_or(corrupt("batch shorter than its header"))?;
     let mut out = BytesMut::with_capacity(original.len());
     out.extend_from_slice(header);
+    let attributes = (u16::from_be_bytes([out[21], out[22]]) & !0x07) | u16::from(codec & 0x07);
+    out[21..23].copy_from_slice(&attributes.to_be_bytes());
     let write = |buf: &mut BytesMut| {
         for r in kept {
             buf.put_slice(r.bytes);
         }
         Ok(())
     };
-    let written = match h.compression() {
+    let written = match codec {
         0 => cmpr::None::compress(&mut out, write),
         1 => cmpr::Gzip::compress(&mut out, write),
         2 => cmpr::Snappy::compress(&mut out, write),
@@ -229,6 +264,39 @@ mod tests {
             let offsets: Vec<i64> = set.records.iter().map(|r| r.offset).collect();
             assert_eq!(offsets, vec![101, 103, 105], "{c:?}");
             assert_eq!(set.records[0].timestamp, 1_001);
+        }
+    }
+
+    #[test]
+    fn recompressing_keeps_every_record_and_the_header_fields() {
+        for from in [Compression::None, Compression::Lz4] {
+            for to in [CODEC_NONE, CODEC_GZIP, CODEC_SNAPPY, CODEC_LZ4, CODEC_ZSTD] {
+                let b = batch(from);
+                let h = validate_batches(&b).unwrap()[0].0;
+                let section = records_section(&b, &h).unwrap();
+                let all = parse_records(&section, h.record_count).unwrap();
+                let out = rebuild_batch_as(&b, &all, to).unwrap();
+                let nh = validate_batches(&out).unwrap()[0].0;
+                assert_eq!(nh.compression(), to);
+                assert_eq!(
+                    (
+                        nh.base_offset,
+                        nh.record_count,
+                        nh.max_timestamp,
+                        nh.producer_id
+                    ),
+                    (
+                        h.base_offset,
+                        h.record_count,
+                        h.max_timestamp,
+                        h.producer_id
+                    )
+                );
+                let set = RecordBatchDecoder::decode(&mut out.freeze()).unwrap();
+                let ts: Vec<i64> = set.records.iter().map(|r| r.timestamp).collect();
+                assert_eq!(ts, (1_000..1_006).collect::<Vec<_>>());
+                assert_eq!(all[3].timestamp_delta, 3);
+            }
         }
     }
 

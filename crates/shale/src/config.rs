@@ -36,6 +36,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("default.replication.factor", "1"),
     ("auto.create.topics.enable", "true"),
     ("socket.request.max.bytes", "104857600"),
+    ("fetch.max.bytes", "57671680"),
     ("log.retention.check.interval.ms", "300000"),
     ("offsets.topic.num.partitions", "50"),
     ("group.initial.rebalance.delay.ms", "3000"),

@@ -161,6 +161,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             default_replication_factor: s.parse("default.replication.factor")?,
             auto_create_topics: s.parse("auto.create.topics.enable")?,
             socket_request_max_bytes: s.parse("socket.request.max.bytes")?,
+            fetch_max_bytes: s.parse("fetch.max.bytes")?,
             retention_check_interval: s.millis("log.retention.check.interval.ms")?,
             topic_defaults: s.topic_defaults(),
             offsets_topic_num_partitions: s.parse("offsets.topic.num.partitions")?,

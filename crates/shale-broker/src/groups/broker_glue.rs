@@ -9,13 +9,52 @@ use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use shale_stream::{Stream, StreamError};
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 
 pub(crate) const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// How often owned coordinator partitions that failed to load are tried again.
+const LOAD_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Appends to a coordinator partition's stream, as produce does.
 struct StreamLog {
     stream: Arc<Stream>,
+    /// For healing: a failed WAL object fences this handle for good, so the partition is
+    /// reloaded from its durable records on a fresh handle (a coordinator failover onto the
+    /// same node) instead of answering NOT_COORDINATOR until a restart.
+    broker: Weak<Broker>,
+    partition: i32,
+    healing: Arc<AtomicBool>,
+}
+
+impl StreamLog {
+    /// Starts one reload of the partition once its handle is unusable.
+    fn heal(&self) {
+        if self.stream.is_writable() || self.healing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        let p = self.partition;
+        tokio::spawn(async move { reload(&broker, p).await });
+    }
+}
+
+/// Drops a coordinator partition's state and loads it again from its stream.
+async fn reload(broker: &Arc<Broker>, p: i32) {
+    if broker.is_shutting_down() {
+        return;
+    }
+    tracing::info!(
+        partition = p,
+        "reloading coordinator partition after a failed append"
+    );
+    let coord = &broker.groups;
+    coord.unload_partition(p);
+    coord.mark_loading(p);
+    load_one(broker, p).await;
 }
 
 fn coordinator_error(e: &StreamError) -> ResponseError {
@@ -47,15 +86,25 @@ impl PartitionLog for StreamLog {
             })
             .map_err(|e| {
                 tracing::warn!(stream = self.stream.id(), error = %e, "__consumer_offsets append failed");
+                self.heal();
                 coordinator_error(&e)
             })?;
         let durable = handle.durable;
+        let healer = StreamLog {
+            stream: self.stream.clone(),
+            broker: self.broker.clone(),
+            partition: self.partition,
+            healing: self.healing.clone(),
+        };
         Ok((
             handle.base_offset,
             Box::pin(async move {
                 match durable.await {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(coordinator_error(&e)),
+                    Ok(Err(e)) => {
+                        healer.heal();
+                        Err(coordinator_error(&e))
+                    }
                     Err(_) => Err(ResponseError::NotCoordinator),
                 }
             }),
@@ -112,9 +161,14 @@ pub(crate) async fn start(broker: &Arc<Broker>) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut changes = broker.meta.changes();
             let mut stop = broker.shutdown_signal();
+            // Also on a timer: a partition whose load failed (object store outage) is left
+            // untracked and must be retried even when no metadata changes.
+            let mut retry = tokio::time::interval(LOAD_RETRY_INTERVAL);
+            retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     r = changes.changed() => if r.is_err() { return },
+                    _ = retry.tick() => {}
                     _ = stop.changed() => return,
                 }
                 sync_ownership(&broker).await;
@@ -194,7 +248,12 @@ async fn load_one(broker: &Arc<Broker>, p: i32) {
     let stream = part.stream;
     match read_all(&stream).await {
         Ok(recs) => {
-            let log: Arc<dyn PartitionLog> = Arc::new(StreamLog { stream });
+            let log: Arc<dyn PartitionLog> = Arc::new(StreamLog {
+                stream,
+                broker: Arc::downgrade(broker),
+                partition: p,
+                healing: Arc::new(AtomicBool::new(false)),
+            });
             coord.load_partition(p, log, recs);
         }
         Err(e) => {

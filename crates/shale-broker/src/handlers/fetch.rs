@@ -20,16 +20,27 @@ use tokio::time::Instant;
 struct PartitionResult {
     data: PartitionData,
     entries: Vec<StreamRecord>,
+    /// Not read because the response budget was spent (or the partition limit is 0): the
+    /// candidate for the one-batch progress read when the whole response came back empty.
+    skipped: bool,
+}
+
+type Topics<'a> = [(
+    Option<String>,
+    &'a kafka_protocol::messages::fetch_request::FetchTopic,
+)];
+
+/// The response's record-byte limit: the client's `max_bytes`, capped by the broker's
+/// `fetch.max.bytes`. As in Kafka, `max_bytes <= 0` is not "unlimited": it leaves room for
+/// nothing but the first batch (KIP-74 progress).
+fn response_limit(requested: i32, broker_cap: usize) -> usize {
+    usize::try_from(requested).unwrap_or(0).min(broker_cap)
 }
 
 pub async fn handle(broker: &Arc<Broker>, version: i16, req: FetchRequest) -> FetchResponse {
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
-    let max_bytes = if req.max_bytes <= 0 {
-        i32::MAX as usize
-    } else {
-        req.max_bytes as usize
-    };
+    let max_bytes = response_limit(req.max_bytes, broker.config.fetch_max_bytes);
     // Resolve topic names once (v13+ addresses topics by id).
     let topics: Vec<(
         Option<String>,
@@ -69,13 +80,29 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, req: FetchRequest) -> Fe
 /// overlap instead of adding up; bounded so one request cannot flood the store.
 const CONCURRENT_PARTITION_READS: usize = 16;
 
+/// What is left of a response's byte budget for reads still to start. Each partition read
+/// reserves its limit before it starts and gives back what it did not use, so the reads of
+/// one fetch hold at most the budget (plus one batch each: a read returns at least one).
+struct Budget(parking_lot::Mutex<usize>);
+
+impl Budget {
+    fn reserve(&self, want: usize) -> usize {
+        let mut left = self.0.lock();
+        let got = want.min(*left);
+        *left -= got;
+        got
+    }
+
+    fn give_back(&self, bytes: usize) {
+        let mut left = self.0.lock();
+        *left = left.saturating_add(bytes);
+    }
+}
+
 async fn read_pass(
     broker: &Arc<Broker>,
     version: i16,
-    topics: &[(
-        Option<String>,
-        &kafka_protocol::messages::fetch_request::FetchTopic,
-    )],
+    topics: &Topics<'_>,
     max_bytes: usize,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
     // Read every partition (concurrently, results in request order), then apply the
@@ -87,18 +114,31 @@ async fn read_pass(
         .iter()
         .flat_map(|(name, topic)| topic.partitions.iter().map(|p| (name.as_deref(), p)))
         .collect();
+    let budget = Budget(parking_lot::Mutex::new(max_bytes));
     // Futures built up front: a closure inside the stream type trips a higher-ranked
     // lifetime limitation of the compiler once the future must be Send.
     let futures: Vec<_> = wanted
-        .into_iter()
-        .map(|(name, p)| read_one(broker, name, p, max_bytes))
+        .iter()
+        .map(|&(name, p)| read_one(broker, name, p, Some(&budget)))
         .collect();
-    let reads: Vec<PartitionResult> = futures::stream::iter(futures)
+    let mut reads: Vec<PartitionResult> = futures::stream::iter(futures)
         .buffered(CONCURRENT_PARTITION_READS)
         .collect()
         .await;
-    let mut reads = reads.into_iter();
 
+    // KIP-74: a response that would come back empty while data waits carries the first
+    // waiting partition's first batch, whatever the limits, so consumers always progress.
+    let nothing_read = reads.iter().all(|r| r.entries.is_empty());
+    if nothing_read
+        && let Some(i) = reads
+            .iter()
+            .position(|r| r.skipped && r.data.error_code == 0)
+        && let Some(&(name, p)) = wanted.get(i)
+    {
+        reads[i] = read_one(broker, name, p, None).await;
+    }
+
+    let mut reads = reads.into_iter();
     let mut total = 0usize;
     let mut any_error = false;
     let mut responses = Vec::with_capacity(topics.len());
@@ -109,9 +149,9 @@ async fn read_pass(
             if r.data.error_code != 0 {
                 any_error = true;
             }
-            let limit = (p.partition_max_bytes.max(0) as usize).min(max_bytes - total);
+            let limit = partition_limit(p.partition_max_bytes).min(max_bytes.saturating_sub(total));
             let (records, size) = take_entries(&r.entries, limit, total == 0);
-            total += size;
+            total = total.saturating_add(size);
             partitions.push(r.data.with_records(Some(records)));
         }
         let mut t = FetchableTopicResponse::default().with_partitions(partitions);
@@ -125,13 +165,18 @@ async fn read_pass(
     (responses, total, any_error)
 }
 
+/// A partition's own limit; a negative `partition_max_bytes` is 0, not unlimited.
+fn partition_limit(requested: i32) -> usize {
+    usize::try_from(requested).unwrap_or(0)
+}
+
 /// The entries that fit `limit`; while the response is still empty its first entry is
 /// taken whatever its size (KIP-74), so consumers always progress.
 fn take_entries(entries: &[StreamRecord], limit: usize, first: bool) -> (Bytes, usize) {
-    let mut size = 0;
+    let mut size = 0usize;
     let mut take = 0;
     for e in entries {
-        let fits = size + e.payload.len() <= limit;
+        let fits = size.saturating_add(e.payload.len()) <= limit;
         let progress = first && take == 0;
         if !(fits || progress) {
             break;
@@ -162,27 +207,32 @@ fn error_partition(index: i32, code: ResponseError) -> PartitionResult {
             .with_last_stable_offset(-1)
             .with_log_start_offset(-1),
         entries: Vec::new(),
+        skipped: false,
     }
 }
 
+/// Reads one partition within what it can reserve of `budget`; `None` is the progress read
+/// of KIP-74 (one batch, whatever its size).
 async fn read_one(
     broker: &Arc<Broker>,
     name: Option<&str>,
     p: &kafka_protocol::messages::fetch_request::FetchPartition,
-    max_bytes: usize,
+    budget: Option<&Budget>,
 ) -> PartitionResult {
     match name {
-        Some(name) => read_partition(broker, name, p, max_bytes).await,
+        Some(name) => read_partition(broker, name, p, budget).await,
         None => error_partition(p.partition, ResponseError::UnknownTopicId),
     }
 }
 
-/// Reads one partition from its fetch offset, up to its own limit and the response's.
+/// Reads one partition from its fetch offset, up to its own limit and what is left of the
+/// response's. Entries at or above the high watermark reported are never returned (a commit
+/// may land between reading the watermark and reading the data).
 async fn read_partition(
     broker: &Arc<Broker>,
     topic: &str,
     p: &kafka_protocol::messages::fetch_request::FetchPartition,
-    max_bytes: usize,
+    budget: Option<&Budget>,
 ) -> PartitionResult {
     let part = match broker.partition(topic, p.partition).await {
         Ok(part) => part,
@@ -205,26 +255,55 @@ async fn read_partition(
         return PartitionResult {
             data: data.with_error_code(ResponseError::OffsetOutOfRange.code()),
             entries: Vec::new(),
+            skipped: false,
         };
     }
     if p.fetch_offset == hw {
         return PartitionResult {
             data,
             entries: Vec::new(),
+            skipped: false,
         };
     }
-    let limit = (p.partition_max_bytes.max(0) as usize)
-        .min(max_bytes)
-        .max(1);
+    let limit = match budget {
+        Some(budget) => budget.reserve(partition_limit(p.partition_max_bytes)),
+        // The progress read: exactly one entry.
+        None => 1,
+    };
+    if limit == 0 {
+        return PartitionResult {
+            data,
+            entries: Vec::new(),
+            skipped: true,
+        };
+    }
     match stream.read(p.fetch_offset as u64, limit).await {
-        Ok(entries) => PartitionResult { data, entries },
+        Ok(mut entries) => {
+            entries.retain(|e| (e.base_offset as i64) < hw);
+            if budget.is_none() {
+                entries.truncate(1);
+            }
+            let used: usize = entries.iter().map(|e| e.payload.len()).sum();
+            if let Some(budget) = budget {
+                budget.give_back(limit.saturating_sub(used));
+            }
+            PartitionResult {
+                data,
+                entries,
+                skipped: false,
+            }
+        }
         Err(e) => {
+            if let Some(budget) = budget {
+                budget.give_back(limit);
+            }
             if !matches!(e, shale_stream::StreamError::OffsetOutOfRange { .. }) {
                 tracing::warn!(topic, partition = p.partition, error = %e, "fetch read failed");
             }
             PartitionResult {
                 data: data.with_error_code(stream_error_code(&e).code()),
                 entries: Vec::new(),
+                skipped: false,
             }
         }
     }
@@ -256,6 +335,36 @@ mod tests {
         // KIP-74: an empty response takes its first batch even above the limits.
         let (records, size) = take_entries(&entries(&[500, 10]), 100, true);
         assert_eq!((records.len(), size), (500, 500));
+    }
+
+    #[test]
+    fn a_first_batch_over_the_whole_budget_does_not_wrap_the_arithmetic() {
+        // The first batch exceeds the response limit; the next partition's limit is 0.
+        let max_bytes = 100usize;
+        let (_, total) = take_entries(&entries(&[500]), max_bytes, true);
+        assert_eq!(max_bytes.saturating_sub(total), 0);
+        assert_eq!(
+            take_entries(&entries(&[1]), max_bytes.saturating_sub(total), false).1,
+            0
+        );
+    }
+
+    #[test]
+    fn max_bytes_zero_or_negative_is_not_unlimited() {
+        assert_eq!(response_limit(0, 55 << 20), 0);
+        assert_eq!(response_limit(-1, 55 << 20), 0);
+        assert_eq!(response_limit(i32::MAX, 55 << 20), 55 << 20);
+        assert_eq!(partition_limit(-7), 0);
+    }
+
+    #[test]
+    fn partition_reads_reserve_from_the_response_budget() {
+        let budget = Budget(parking_lot::Mutex::new(100));
+        assert_eq!(budget.reserve(60), 60);
+        assert_eq!(budget.reserve(60), 40);
+        assert_eq!(budget.reserve(60), 0);
+        budget.give_back(25);
+        assert_eq!(budget.reserve(60), 25);
     }
 
     #[test]

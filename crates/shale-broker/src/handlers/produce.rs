@@ -14,7 +14,8 @@ use kafka_protocol::messages::produce_response::{
 };
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
-use shale_protocol::batch::{self, BatchError};
+use shale_protocol::batch::{self, BatchError, BatchHeader};
+use shale_protocol::records;
 use shale_stream::StreamError;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,13 +46,19 @@ enum Records {
 /// patched in place and the batches go to the WAL without a copy.
 pub(crate) async fn start(
     broker: &Arc<Broker>,
-    _version: i16,
+    version: i16,
     req: ProduceRequest,
     frame: Bytes,
 ) -> Started {
     let acks = req.acks;
     let transactional = req.transactional_id.is_some();
-    let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
+    // Kafka answers REQUEST_TIMED_OUT only for acks=all, when replication misses
+    // `timeout_ms`; acks=1 is answered after the leader's write and never times out. Here
+    // both wait for the WAL (PUT + commit), which normally takes one batch interval. The
+    // timeout can only fire when the store is failing: the WAL keeps retrying, so a record
+    // may still become durable after its request timed out, and the client's retry is then
+    // a duplicate (idempotent producers will deduplicate it).
+    let timeout = (acks == -1).then(|| Duration::from_millis(req.timeout_ms.max(0) as u64));
     let base = frame.as_ptr() as usize;
     let plan: Vec<(String, Vec<(i32, Records)>)> = req
         .topic_data
@@ -151,7 +158,7 @@ pub(crate) async fn start(
                     ),
                 ))
             } else {
-                append_partition(broker, &name, index, records).await
+                append_partition(broker, version, &name, index, records).await
             };
             outcomes.push((index, r));
         }
@@ -235,7 +242,12 @@ pub(crate) async fn start(
     }))
 }
 
-async fn wait_durable(durable: Vec<Durable>, timeout: Duration) -> Result<(), ResponseError> {
+/// Waits until every batch is durable; `timeout` (acks=all only) turns a longer wait into
+/// REQUEST_TIMED_OUT.
+async fn wait_durable(
+    durable: Vec<Durable>,
+    timeout: Option<Duration>,
+) -> Result<(), ResponseError> {
     let all = async {
         for d in durable {
             match d.await {
@@ -249,9 +261,11 @@ async fn wait_durable(durable: Vec<Durable>, timeout: Duration) -> Result<(), Re
         }
         Ok(())
     };
-    match tokio::time::timeout(timeout, all).await {
-        Ok(r) => r,
-        Err(_) => Err(ResponseError::RequestTimedOut),
+    match timeout {
+        Some(t) => tokio::time::timeout(t, all)
+            .await
+            .unwrap_or(Err(ResponseError::RequestTimedOut)),
+        None => all.await,
     }
 }
 
@@ -266,6 +280,7 @@ fn batch_error(e: BatchError) -> (ResponseError, String) {
 
 async fn append_partition(
     broker: &Broker,
+    version: i16,
     topic: &str,
     index: i32,
     records: Option<BytesMut>,
@@ -307,15 +322,27 @@ async fn append_partition(
             ));
         }
     }
+    let rules = BatchRules::of_topic(&part.topic_configs, defaults, version);
     let now = if log_append_time { crate::now_ms() } else { -1 };
     let stream = part.stream;
     let epoch = leader_epoch(stream.epoch());
-    let mut durable = Vec::with_capacity(batches.len());
-    let mut base_offset = -1;
+    // Every batch is checked and put in its stored form before any is appended, so a
+    // refused batch refuses the whole partition's records (all or nothing).
+    let mut prepared = Vec::with_capacity(batches.len());
     for (h, range) in batches {
         // Batches are contiguous from the start of `records`: split each off and patch it
-        // in place; the payload is never decompressed, re-encoded or copied.
-        let mut buf = records.split_to(range.len());
+        // in place; unless the topic's rules need its records, the payload is never
+        // decompressed, re-encoded or copied.
+        let mut buf = rules.apply(records.split_to(range.len()), &h)?;
+        if buf.len() as i64 > max_message_bytes {
+            return Err((
+                ResponseError::MessageTooLarge,
+                format!(
+                    "batch of {} bytes after recompression exceeds max.message.bytes {max_message_bytes}",
+                    buf.len()
+                ),
+            ));
+        }
         if log_append_time {
             batch::set_log_append_time(&mut buf, now);
         }
@@ -324,7 +351,12 @@ async fn append_partition(
         } else {
             h.max_timestamp
         };
-        let appended = stream.append(h.offset_count(), max_ts, |base| {
+        prepared.push((h.offset_count(), max_ts, buf));
+    }
+    let mut durable = Vec::with_capacity(prepared.len());
+    let mut base_offset = -1;
+    for (count, max_ts, mut buf) in prepared {
+        let appended = stream.append(count, max_ts, |base| {
             batch::patch_offsets(&mut buf, base as i64, epoch);
             buf.freeze()
         });
@@ -349,4 +381,89 @@ async fn append_partition(
         log_start_offset: stream.start_offset() as i64,
         durable,
     })
+}
+
+/// Topic rules that may need a batch's records (its header alone does not say): the
+/// `message.timestamp.*` bounds and a `compression.type` other than `producer`. With Kafka's
+/// defaults neither applies and batches pass untouched, with no per-record work.
+struct BatchRules {
+    /// The codec the topic stores (`None`: keep the producer's).
+    codec: Option<u8>,
+    /// CreateTime bounds relative to the broker's clock: (before, after) in ms.
+    bounds: Option<(i64, i64)>,
+    /// Produce before v7 cannot carry zstd (Kafka answers UNSUPPORTED_COMPRESSION_TYPE).
+    zstd_allowed: bool,
+}
+
+impl BatchRules {
+    fn of_topic(
+        configs: &std::collections::BTreeMap<String, String>,
+        defaults: &std::collections::BTreeMap<String, String>,
+        version: i16,
+    ) -> Self {
+        let codec = records::codec_of_compression_type(topic_config::effective_str(
+            "compression.type",
+            configs,
+            defaults,
+        ));
+        let create_time = topic_config::effective_str("message.timestamp.type", configs, defaults)
+            != "LogAppendTime";
+        // The deprecated `difference` bound stands in for a `before`/`after` left unset.
+        let difference =
+            topic_config::effective_i64("message.timestamp.difference.max.ms", configs, defaults);
+        let bound = |name| match topic_config::effective_i64(name, configs, defaults) {
+            i64::MAX => difference,
+            v => v,
+        };
+        let before = bound("message.timestamp.before.max.ms");
+        let after = bound("message.timestamp.after.max.ms");
+        let bounds =
+            (create_time && (before != i64::MAX || after != i64::MAX)).then_some((before, after));
+        BatchRules {
+            codec,
+            bounds,
+            zstd_allowed: version >= 7,
+        }
+    }
+
+    /// The batch as the topic stores it, or why it is refused.
+    fn apply(&self, batch: BytesMut, h: &BatchHeader) -> Result<BytesMut, (ResponseError, String)> {
+        if !self.zstd_allowed
+            && (h.compression() == records::CODEC_ZSTD || self.codec == Some(records::CODEC_ZSTD))
+        {
+            return Err((
+                ResponseError::UnsupportedCompressionType,
+                "zstd needs produce request version 7 or later".into(),
+            ));
+        }
+        let recompress = self.codec.filter(|&c| c != h.compression());
+        if recompress.is_none() && self.bounds.is_none() {
+            return Ok(batch);
+        }
+        let section = records::records_section(&batch, h).map_err(batch_error)?;
+        let all = records::parse_records(&section, h.record_count).map_err(batch_error)?;
+        if let Some((before, after)) = self.bounds {
+            let now = crate::now_ms();
+            let (low, high) = (now.saturating_sub(before), now.saturating_add(after));
+            for r in &all {
+                let ts = h.base_timestamp.saturating_add(r.timestamp_delta);
+                if ts < low || ts > high {
+                    return Err((
+                        ResponseError::InvalidTimestamp,
+                        format!(
+                            "Timestamp {ts} of message with offset delta {} is out of range. \
+                             The timestamp should be within [{low}, {high}]",
+                            r.offset_delta
+                        ),
+                    ));
+                }
+            }
+        }
+        match recompress {
+            // Recompressing rewrites the records section; the records themselves are kept
+            // byte for byte, as are the header's producer fields and timestamps.
+            Some(codec) => records::rebuild_batch_as(&batch, &all, codec).map_err(batch_error),
+            None => Ok(batch),
+        }
+    }
 }
