@@ -151,7 +151,13 @@ async fn clean_partition(
     policy: &Policy,
     force: bool,
 ) -> Result<Option<(usize, u64)>, StreamError> {
-    let stream = broker.open_stream(stream_id).await?;
+    let stream = match broker.open_stream(stream_id).await {
+        Ok(stream) => stream,
+        // Its topic was deleted since the pass listed it: nothing to clean, and the failed
+        // open left it deleted.
+        Err(StreamError::Catalog(shale_stream::CatalogError::UnknownStream(_))) => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let start = stream.start_offset();
     let now = crate::now_ms();
     let ranges: Vec<_> = broker

@@ -188,7 +188,7 @@ impl MetaState {
                 self.state.next_object_id = id + 1;
                 Ok(Response::ObjectId(id))
             }
-            Command::OpenStream { stream_id } => Ok(Response::Stream(self.open_stream(stream_id))),
+            Command::OpenStream { stream_id } => self.open_stream(stream_id).map(Response::Stream),
             Command::CommitObject { object, streams } => {
                 self.commit_object(object, streams).map(|()| Response::Ok)
             }
@@ -310,7 +310,7 @@ impl MetaState {
     /// Allocates a fresh stream (epoch 0, empty).
     fn alloc_stream(&mut self) -> StreamId {
         let mut id = self.state.next_stream_id.max(1);
-        // Streams created by `open_stream` with arbitrary ids bump the counter, but stay safe.
+        // Streams created by `open_stream` with arbitrary ids are skipped.
         while self.state.streams.contains_key(&id) {
             id += 1;
         }
@@ -327,7 +327,14 @@ impl MetaState {
         id
     }
 
-    fn open_stream(&mut self, stream_id: StreamId) -> StreamMeta {
+    fn open_stream(&mut self, stream_id: StreamId) -> Result<StreamMeta, ApplyError> {
+        // Every id below the counter was handed out by `alloc_stream`; one missing from the
+        // map was deleted (its topic is gone), and an open racing the deletion must not bring
+        // it back. Opening an id never handed out creates it (stream-layer tests) without
+        // moving the counter: `alloc_stream` skips ids in use.
+        if stream_id < self.state.next_stream_id && !self.state.streams.contains_key(&stream_id) {
+            return Err(ApplyError::UnknownStream(stream_id));
+        }
         let s = self.state.streams.entry(stream_id).or_insert(StreamMeta {
             id: stream_id,
             epoch: 0,
@@ -335,11 +342,7 @@ impl MetaState {
             end_offset: 0,
         });
         s.epoch += 1;
-        let out = s.clone();
-        if stream_id >= self.state.next_stream_id {
-            self.state.next_stream_id = stream_id + 1;
-        }
-        out
+        Ok(s.clone())
     }
 
     fn object_id_taken(&self, id: ObjectId) -> bool {

@@ -216,3 +216,26 @@ async fn register_node_upserts() {
     });
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_deleted_with_its_topic_cannot_be_reopened() {
+    // The log cleaner (or any late open) may open a stream just after its topic is deleted:
+    // the open must fail rather than bring the stream back empty.
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    node.write(create_topic("gone", 1)).await.unwrap();
+    let stream = node.read(|s| s.topics["gone"].partitions[0].stream_id);
+    let catalog = node.catalog();
+    catalog.open_stream(stream).await.unwrap();
+    node.write(TopicCommand::DeleteTopic {
+        name: "gone".into(),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        catalog.open_stream(stream).await,
+        Err(shale_stream::CatalogError::UnknownStream(id)) if id == stream
+    ));
+    assert!(node.read(|s| !s.streams.contains_key(&stream)));
+    node.shutdown().await;
+}
