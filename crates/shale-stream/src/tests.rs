@@ -3,127 +3,17 @@
 use crate::memory::MemoryCatalog;
 use crate::util::Tuning;
 use crate::*;
-use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
-use futures::stream::BoxStream;
-use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta as StoreMeta,
-    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
-use std::collections::VecDeque;
-use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use object_store::{GetOptions, ObjectStore, PutOptions};
+use shale_testkit::faulty::{Fault, FaultyStore, Op, Rule};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::timeout;
 
-/// An in-memory bucket that counts requests and can fail or delay PUTs.
-#[derive(Debug, Default)]
-struct TestStore {
-    inner: InMemory,
-    puts: AtomicUsize,
-    gets: AtomicUsize,
-    /// Fail this many PUTs (usize::MAX: all).
-    fail_puts: AtomicUsize,
-    /// Delay of each next PUT, in order.
-    put_delays: parking_lot::Mutex<VecDeque<Duration>>,
-}
-
-impl fmt::Display for TestStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TestStore")
-    }
-}
-
-#[async_trait]
-impl ObjectStore for TestStore {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        let delay = self.put_delays.lock().pop_front();
-        if let Some(d) = delay {
-            tokio::time::sleep(d).await;
-        }
-        let failing = self
-            .fail_puts
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
-                0 => None,
-                usize::MAX => Some(usize::MAX),
-                n => Some(n - 1),
-            })
-            .is_ok();
-        if failing {
-            return Err(object_store::Error::Generic {
-                store: "test",
-                source: "injected PUT failure".into(),
-            });
-        }
-        self.puts.fetch_add(1, Ordering::SeqCst);
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        self.inner.get_opts(location, options).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<StoreMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
-
-impl TestStore {
-    async fn keys(&self, prefix: &str) -> Vec<String> {
-        let p = Path::from(prefix);
-        let mut keys: Vec<String> = self
-            .inner
-            .list(Some(&p))
-            .map(|m| m.map(|m| m.location.to_string()))
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        keys.sort();
-        keys
-    }
+/// Whole, ranged and HEAD GETs the bucket has seen.
+fn get_count(b: &FaultyStore) -> u64 {
+    b.calls(Op::Get) + b.calls(Op::GetRange) + b.calls(Op::Head)
 }
 
 fn config() -> StreamConfig {
@@ -156,14 +46,14 @@ fn tuning() -> Tuning {
 }
 
 struct Env {
-    bucket: Arc<TestStore>,
+    bucket: Arc<FaultyStore>,
     catalog: Arc<MemoryCatalog>,
     store: Arc<StreamStore>,
 }
 
 impl Env {
     fn new(cfg: StreamConfig) -> Env {
-        let bucket = Arc::new(TestStore::default());
+        let bucket = FaultyStore::in_memory(1);
         let catalog = Arc::new(MemoryCatalog::new());
         let store = StreamStore::start_tuned(bucket.clone(), catalog.clone(), cfg, tuning());
         Env {
@@ -257,8 +147,8 @@ async fn wal_batches_many_streams_into_one_object() {
     for h in handles {
         durable(h).await.unwrap();
     }
-    assert_eq!(env.bucket.keys("t/wal").await.len(), 1);
-    assert_eq!(env.bucket.puts.load(Ordering::SeqCst), 1);
+    assert_eq!(env.bucket.keys("t/wal").await.unwrap().len(), 1);
+    assert_eq!(env.bucket.calls(Op::Put), 1);
     let objects = env.catalog.live_objects();
     assert_eq!(objects.len(), 1);
     assert_eq!(objects[0].ranges.len(), 8);
@@ -285,9 +175,9 @@ async fn wal_flushes_when_batch_bytes_reached() {
     durable(first).await.unwrap();
     assert!(s.end_offset() >= 9);
     // Nothing buffered means no object: the count stays put.
-    let objects = env.bucket.keys("t/wal").await.len();
+    let objects = env.bucket.keys("t/wal").await.unwrap().len();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(env.bucket.keys("t/wal").await.len() <= objects + 1);
+    assert!(env.bucket.keys("t/wal").await.unwrap().len() <= objects + 1);
     env.store.shutdown().await;
     assert_eq!(s.end_offset(), 20);
 }
@@ -328,7 +218,8 @@ async fn lost_commit_response_is_still_acknowledged() {
 #[tokio::test]
 async fn put_failures_are_retried() {
     let env = Env::new(config());
-    env.bucket.fail_puts.store(3, Ordering::SeqCst);
+    env.bucket
+        .inject(Rule::new(Fault::Error).op(Op::Put).times(3));
     env.catalog.inject_prepare_failures(2);
     let s = env.store.open(1).await.unwrap();
     append_n(&s, 5, 1, 10).await;
@@ -341,7 +232,7 @@ async fn permanent_put_failure_fails_appends_and_fences() {
     let env = Env::new(config());
     let s = env.store.open(1).await.unwrap();
     append_n(&s, 2, 1, 10).await;
-    env.bucket.fail_puts.store(usize::MAX, Ordering::SeqCst);
+    let outage = env.bucket.inject(Rule::new(Fault::Error).op(Op::Put));
     let h = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
     assert!(matches!(durable(h).await, Err(StreamError::ObjectStore(_))));
     assert!(!s.is_writable());
@@ -351,7 +242,7 @@ async fn permanent_put_failure_fails_appends_and_fences() {
     ));
     // Never acknowledged, never visible.
     assert_eq!(s.end_offset(), 2);
-    env.bucket.fail_puts.store(0, Ordering::SeqCst);
+    env.bucket.remove(outage);
     let s2 = env.store.open(1).await.unwrap();
     assert_eq!(s2.epoch(), s.epoch() + 1);
     assert_eq!(s2.next_offset(), 2);
@@ -425,15 +316,15 @@ async fn read_across_log_cache_and_objects() {
     }
     assert_eq!(s.end_offset(), 200);
     assert!(env.store.stats().log_cache_bytes <= 2_000);
-    assert!(env.bucket.keys("t/wal").await.len() >= 10);
-    let gets = env.bucket.gets.load(Ordering::SeqCst);
+    assert!(env.bucket.keys("t/wal").await.unwrap().len() >= 10);
+    let gets = get_count(&env.bucket);
     // The tail comes from memory.
     let tail = s.read(198, 10_000).await.unwrap();
     assert_eq!(tail.len(), 1);
-    assert_eq!(env.bucket.gets.load(Ordering::SeqCst), gets);
+    assert_eq!(get_count(&env.bucket), gets);
     // The head from objects, continuing into the cache.
     check_entries(&read_all(&s, 0).await, 1, 0, 200, 2);
-    assert!(env.bucket.gets.load(Ordering::SeqCst) > gets);
+    assert!(get_count(&env.bucket) > gets);
     // The entry holding an offset comes first.
     let got = s.read(51, 1).await.unwrap();
     assert_eq!(got.len(), 1);
@@ -574,16 +465,18 @@ async fn commits_stay_in_flush_order() {
     let env = Env::new(cfg);
     let s = env.store.open(1).await.unwrap();
     // The first object's upload is slow; later ones finish first but must wait.
-    env.bucket
-        .put_delays
-        .lock()
-        .extend([Duration::from_millis(300)]);
+    env.bucket.inject(
+        Rule::new(Fault::Latency(Duration::from_millis(300)))
+            .op(Op::Put)
+            .times(1),
+    );
     let first = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
     tokio::time::sleep(Duration::from_millis(40)).await;
     let second = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(s.end_offset(), 0);
-    assert_eq!(env.bucket.puts.load(Ordering::SeqCst), 1);
+    // Only the second object is in the bucket yet.
+    assert_eq!(env.bucket.keys("t/wal").await.unwrap().len(), 1);
     durable(second).await.unwrap();
     durable(first).await.unwrap();
     assert_eq!(s.end_offset(), 2);
@@ -655,7 +548,7 @@ async fn retention_by_time_deletes_objects_after_grace() {
             durable(h).await.unwrap();
         }
     }
-    assert_eq!(env.bucket.keys("t/wal").await.len(), 3);
+    assert_eq!(env.bucket.keys("t/wal").await.unwrap().len(), 3);
     assert_eq!(
         env.store
             .apply_retention(1, 3_500, Some(5_000), None)
@@ -679,9 +572,9 @@ async fn retention_by_time_deletes_objects_after_grace() {
     assert_eq!(s.start_offset(), 10);
     assert_eq!(env.catalog.dead_objects().len(), 2);
     // Still in the bucket during the grace period, gone after it.
-    assert_eq!(env.bucket.keys("t/wal").await.len(), 3);
+    assert_eq!(env.bucket.keys("t/wal").await.unwrap().len(), 3);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while env.bucket.keys("t/wal").await.len() > 1 {
+    while env.bucket.keys("t/wal").await.unwrap().len() > 1 {
         assert!(
             std::time::Instant::now() < deadline,
             "dead objects not deleted"
@@ -720,9 +613,9 @@ async fn retention_by_bytes() {
     );
     // Within the grace period nothing is deleted; after it the two dead objects go.
     assert_eq!(env.store.delete_dead_objects_now().await, 0);
-    assert_eq!(env.bucket.keys("t/wal").await.len(), 4);
+    assert_eq!(env.bucket.keys("t/wal").await.unwrap().len(), 4);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while env.bucket.keys("t/wal").await.len() > 2 {
+    while env.bucket.keys("t/wal").await.unwrap().len() > 2 {
         assert!(
             std::time::Instant::now() < deadline,
             "dead objects not deleted"
@@ -790,8 +683,8 @@ async fn compaction_merges_small_objects() {
     // Replaced objects leave the bucket after the grace period.
     tokio::time::sleep(Duration::from_millis(60)).await;
     env.store.delete_dead_objects_now().await;
-    assert!(env.bucket.keys("t/wal").await.is_empty());
-    assert_eq!(env.bucket.keys("t/obj").await.len(), 1);
+    assert!(env.bucket.keys("t/wal").await.unwrap().is_empty());
+    assert_eq!(env.bucket.keys("t/obj").await.unwrap().len(), 1);
     // Nothing left to merge.
     assert_eq!(env.store.compact_now().await.unwrap(), 0);
     // New appends continue after the compacted data.
@@ -874,11 +767,11 @@ async fn block_cache_serves_repeated_reads() {
     let s = env.store.open(1).await.unwrap();
     append_n(&s, 10, 1, 100).await;
     s.read(0, usize::MAX).await.unwrap();
-    let gets = env.bucket.gets.load(Ordering::SeqCst);
+    let gets = get_count(&env.bucket);
     for _ in 0..5 {
         check_entries(&s.read(0, usize::MAX).await.unwrap(), 1, 0, 10, 1);
     }
-    assert_eq!(env.bucket.gets.load(Ordering::SeqCst), gets);
+    assert_eq!(get_count(&env.bucket), gets);
 }
 
 #[tokio::test]
@@ -892,7 +785,7 @@ async fn corrupted_object_is_reported() {
     let path = Path::from(key.as_str());
     let data = env
         .bucket
-        .inner
+        .inner()
         .get_opts(&path, GetOptions::default())
         .await
         .unwrap()
@@ -902,7 +795,7 @@ async fn corrupted_object_is_reported() {
     let mut bad = data.to_vec();
     bad[30] ^= 0xff;
     env.bucket
-        .inner
+        .inner()
         .put_opts(&path, Bytes::from(bad).into(), PutOptions::default())
         .await
         .unwrap();
@@ -1173,8 +1066,8 @@ async fn retention_and_dead_objects_after_rewrite() {
     assert_eq!(env.catalog.dead_objects().len(), 3);
     tokio::time::sleep(Duration::from_millis(60)).await;
     assert_eq!(env.store.delete_dead_objects_now().await, 3);
-    assert!(env.bucket.keys("t/obj").await.is_empty());
-    assert_eq!(env.bucket.keys("t/wal").await.len(), 1);
+    assert!(env.bucket.keys("t/obj").await.unwrap().is_empty());
+    assert_eq!(env.bucket.keys("t/wal").await.unwrap().len(), 1);
     check_entries(&read_all(&a, 8).await, 1, 8, 12, 1);
 }
 
