@@ -10,6 +10,7 @@
 //! Read path: log cache -> block cache (with read-ahead) -> ranged GET.
 
 pub mod catalog;
+pub mod local;
 pub mod memory;
 pub mod object;
 
