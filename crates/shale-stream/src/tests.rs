@@ -1314,3 +1314,160 @@ async fn produce_throughput_with_and_without_fsync() {
         store.shutdown().await;
     }
 }
+
+mod append_many {
+    use super::*;
+
+    fn entries(
+        stream: u64,
+        n: usize,
+        count: u32,
+        len: usize,
+    ) -> Vec<AppendEntry<impl FnOnce(u64) -> Bytes>> {
+        (0..n)
+            .map(|_| AppendEntry {
+                count,
+                max_timestamp: 5,
+                build: move |base| payload(stream, base, len),
+            })
+            .collect()
+    }
+
+    async fn settle(h: AppendBatchHandle) -> Result<(), StreamError> {
+        timeout(Duration::from_secs(10), h.durable)
+            .await
+            .expect("append_many never resolved")
+            .expect("durable sender dropped")
+    }
+
+    #[tokio::test]
+    async fn entries_get_contiguous_offsets_and_become_durable_together() {
+        let env = Env::new(config());
+        let s = env.store.open(1).await.unwrap();
+        append_n(&s, 1, 1, 10).await;
+        let permit = env.store.reserve(1000).await;
+        let h = s.append_many(entries(1, 4, 3, 50), permit).unwrap();
+        assert_eq!((h.base_offset, h.next_offset), (1, 13));
+        settle(h).await.unwrap();
+        assert_eq!(s.end_offset(), 13);
+        let got = read_all(&s, 1).await;
+        check_entries(&got, 1, 1, 13, 3);
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_never_interleave_their_entries() {
+        let env = Env::new(config());
+        let s = env.store.open(1).await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let s = s.clone();
+            let store = env.store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut spans = Vec::new();
+                for _ in 0..10 {
+                    let permit = store.reserve(100).await;
+                    let h = s.append_many(entries(1, 5, 1, 20), permit).unwrap();
+                    spans.push((h.base_offset, h.next_offset));
+                    settle(h).await.unwrap();
+                }
+                spans
+            }));
+        }
+        let mut spans = Vec::new();
+        for t in tasks {
+            spans.extend(t.await.unwrap());
+        }
+        spans.sort();
+        // Every call owns a block of exactly its 5 offsets, and the blocks tile the stream.
+        let mut expected = 0;
+        for (base, next) in spans {
+            assert_eq!((base, next), (expected, expected + 5));
+            expected = next;
+        }
+        assert_eq!(s.end_offset(), 400);
+    }
+
+    #[tokio::test]
+    async fn a_fenced_handle_appends_none_of_the_entries() {
+        let env = Env::new(config());
+        let s = env.store.open(1).await.unwrap();
+        let peer = env.peer(config());
+        let _s2 = peer.open(1).await.unwrap();
+        // The catalog fenced us; the failed commit makes it local knowledge.
+        let h = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
+        assert!(durable(h).await.is_err());
+        let permit = env.store.reserve(100).await;
+        let r = s.append_many(entries(1, 3, 1, 10), permit);
+        assert!(matches!(r, Err(StreamError::Fenced(1))));
+        assert_eq!(s.next_offset(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_entry_fails_the_whole_call_and_appends_nothing() {
+        let env = Env::new(config());
+        let s = env.store.open(1).await.unwrap();
+        let big = object::MAX_ENTRY_PAYLOAD + 1;
+        let list = vec![
+            AppendEntry {
+                count: 1,
+                max_timestamp: 0,
+                build: Box::new(|b| payload(1, b, 10)) as Box<dyn FnOnce(u64) -> Bytes>,
+            },
+            AppendEntry {
+                count: 1,
+                max_timestamp: 0,
+                build: Box::new(move |b| payload(1, b, big)),
+            },
+        ];
+        let permit = env.store.reserve(100).await;
+        assert!(s.append_many(list, permit).is_err());
+        assert_eq!(s.next_offset(), 0);
+        assert!(s.is_writable());
+    }
+
+    /// A store whose whole pending budget is 64 KiB, so one held permit blocks the next.
+    fn small_budget() -> StreamConfig {
+        StreamConfig {
+            wal_max_pending_bytes: 64 << 10,
+            ..config()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_permit_is_held_by_the_wal_until_the_entries_are_durable() {
+        let env = Env::new(small_budget());
+        let s = env.store.open(1).await.unwrap();
+        env.bucket.inject(
+            Rule::new(Fault::Latency(Duration::from_millis(400)))
+                .op(Op::Put)
+                .times(1),
+        );
+        let permit = env.store.reserve(64 << 10).await;
+        let h = s.append_many(entries(1, 2, 1, 100), permit).unwrap();
+        // The caller gives up waiting; the WAL still holds the memory.
+        drop(h);
+        let next = env.store.reserve(1024);
+        tokio::pin!(next);
+        assert!(
+            timeout(Duration::from_millis(200), &mut next)
+                .await
+                .is_err()
+        );
+        timeout(Duration::from_secs(5), next).await.unwrap();
+        assert_eq!(s.end_offset(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_permit_is_released_when_the_entries_fail() {
+        let env = Env::new(small_budget());
+        let s = env.store.open(1).await.unwrap();
+        let outage = env.bucket.inject(Rule::new(Fault::SlowDown).op(Op::Put));
+        let permit = env.store.reserve(64 << 10).await;
+        let h = s.append_many(entries(1, 2, 1, 100), permit).unwrap();
+        assert!(matches!(settle(h).await, Err(StreamError::ObjectStore(_))));
+        timeout(Duration::from_secs(1), env.store.reserve(1024))
+            .await
+            .unwrap();
+        env.bucket.remove(outage);
+    }
+}
