@@ -10,6 +10,7 @@
 //! Read path: log cache -> block cache (with read-ahead) -> ranged GET.
 
 pub mod catalog;
+pub mod local;
 pub mod memory;
 pub mod object;
 
@@ -196,6 +197,28 @@ pub struct AppendHandle {
     pub durable: tokio::sync::oneshot::Receiver<Result<(), StreamError>>,
 }
 
+/// One entry of [`Stream::append_many`].
+pub struct AppendEntry<F: FnOnce(u64) -> Bytes> {
+    /// Offsets the entry covers.
+    pub count: u32,
+    /// Largest timestamp in the entry (ms), -1 if unknown.
+    pub max_timestamp: i64,
+    /// Receives the entry's base offset, returns its payload.
+    pub build: F,
+}
+
+/// Outcome of [`Stream::append_many`]: offsets at once, durability of all entries later.
+#[derive(Debug)]
+pub struct AppendBatchHandle {
+    /// Base offset of the first entry.
+    pub base_offset: u64,
+    /// One past the last offset of the last entry.
+    pub next_offset: u64,
+    /// Resolves once every entry is in a committed object, or with the error that failed
+    /// them all.
+    pub durable: tokio::sync::oneshot::Receiver<Result<(), StreamError>>,
+}
+
 /// An open stream owned by this node.
 pub struct Stream {
     pub(crate) shared: Arc<StreamShared>,
@@ -217,6 +240,8 @@ pub struct StoreStats {
 }
 
 /// Memory reserved for appends until they are durable; dropping it releases the memory.
+/// Hand it to [`Stream::append_many`], which keeps it with the entries in the WAL.
+#[derive(Debug)]
 pub struct AppendPermit {
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -566,11 +591,75 @@ impl Stream {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         // Pushed under the stream lock: the WAL sees each stream's entries in offset order.
-        self.inner.wal.push(s, record.clone(), tx)?;
+        self.inner.wal.push(s, vec![record.clone()], tx, None)?;
         st.next_offset = record.end_offset();
         self.inner.log_cache.insert(&mut st, record);
         Ok(AppendHandle {
             base_offset,
+            durable: rx,
+        })
+    }
+
+    /// Appends several entries atomically (one produce request's batches for this stream):
+    /// they get contiguous offsets with no other append in between, and either all are
+    /// appended or none (fenced or closed handle, shutting down, or an entry over the size
+    /// limit). `entries[i].build` receives the entry's base offset and returns its payload.
+    /// The entries become durable together (they go into one WAL object), and `permit`
+    /// travels with them in the WAL: it is released when they are durable or have failed,
+    /// not when the caller stops waiting. Nothing appended (empty `entries` or an error):
+    /// the permit is released at once.
+    pub fn append_many<F>(
+        &self,
+        entries: Vec<AppendEntry<F>>,
+        permit: AppendPermit,
+    ) -> Result<AppendBatchHandle, StreamError>
+    where
+        F: FnOnce(u64) -> Bytes,
+    {
+        let s = &self.shared;
+        let mut st = s.state.lock();
+        if !s.usable() {
+            return Err(StreamError::Fenced(s.id));
+        }
+        let base_offset = st.next_offset;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if entries.is_empty() {
+            let _ = tx.send(Ok(()));
+            return Ok(AppendBatchHandle {
+                base_offset,
+                next_offset: base_offset,
+                durable: rx,
+            });
+        }
+        let mut next = base_offset;
+        let mut records = Vec::with_capacity(entries.len());
+        for e in entries {
+            let payload = (e.build)(next);
+            if payload.len() > object::MAX_ENTRY_PAYLOAD {
+                return Err(StreamError::ObjectStore(format!(
+                    "entry of {} bytes exceeds the {} byte limit",
+                    payload.len(),
+                    object::MAX_ENTRY_PAYLOAD
+                )));
+            }
+            let record = StreamRecord {
+                base_offset: next,
+                count: e.count,
+                max_timestamp: e.max_timestamp,
+                payload,
+            };
+            next = record.end_offset();
+            records.push(record);
+        }
+        // Cheap clones (`Bytes`): the log cache and the WAL buffer share the payloads.
+        self.inner.wal.push(s, records.clone(), tx, Some(permit))?;
+        st.next_offset = next;
+        for r in records {
+            self.inner.log_cache.insert(&mut st, r);
+        }
+        Ok(AppendBatchHandle {
+            base_offset,
+            next_offset: next,
             durable: rx,
         })
     }

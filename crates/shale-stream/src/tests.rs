@@ -3,127 +3,17 @@
 use crate::memory::MemoryCatalog;
 use crate::util::Tuning;
 use crate::*;
-use async_trait::async_trait;
 use bytes::Bytes;
-use futures::StreamExt;
-use futures::stream::BoxStream;
-use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta as StoreMeta,
-    ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
-use std::collections::VecDeque;
-use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use object_store::{GetOptions, ObjectStore, PutOptions};
+use shale_testkit::faulty::{Fault, FaultyStore, Op, Rule};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::timeout;
 
-/// An in-memory bucket that counts requests and can fail or delay PUTs.
-#[derive(Debug, Default)]
-struct TestStore {
-    inner: InMemory,
-    puts: AtomicUsize,
-    gets: AtomicUsize,
-    /// Fail this many PUTs (usize::MAX: all).
-    fail_puts: AtomicUsize,
-    /// Delay of each next PUT, in order.
-    put_delays: parking_lot::Mutex<VecDeque<Duration>>,
-}
-
-impl fmt::Display for TestStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TestStore")
-    }
-}
-
-#[async_trait]
-impl ObjectStore for TestStore {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        let delay = self.put_delays.lock().pop_front();
-        if let Some(d) = delay {
-            tokio::time::sleep(d).await;
-        }
-        let failing = self
-            .fail_puts
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
-                0 => None,
-                usize::MAX => Some(usize::MAX),
-                n => Some(n - 1),
-            })
-            .is_ok();
-        if failing {
-            return Err(object_store::Error::Generic {
-                store: "test",
-                source: "injected PUT failure".into(),
-            });
-        }
-        self.puts.fetch_add(1, Ordering::SeqCst);
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        self.inner.get_opts(location, options).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<StoreMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
-
-impl TestStore {
-    async fn keys(&self, prefix: &str) -> Vec<String> {
-        let p = Path::from(prefix);
-        let mut keys: Vec<String> = self
-            .inner
-            .list(Some(&p))
-            .map(|m| m.map(|m| m.location.to_string()))
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        keys.sort();
-        keys
-    }
+/// Whole, ranged and HEAD GETs the bucket has seen.
+fn get_count(b: &FaultyStore) -> u64 {
+    b.calls(Op::Get) + b.calls(Op::GetRange) + b.calls(Op::Head)
 }
 
 fn config() -> StreamConfig {
@@ -156,14 +46,14 @@ fn tuning() -> Tuning {
 }
 
 struct Env {
-    bucket: Arc<TestStore>,
+    bucket: Arc<FaultyStore>,
     catalog: Arc<MemoryCatalog>,
     store: Arc<StreamStore>,
 }
 
 impl Env {
     fn new(cfg: StreamConfig) -> Env {
-        let bucket = Arc::new(TestStore::default());
+        let bucket = FaultyStore::in_memory(1);
         let catalog = Arc::new(MemoryCatalog::new());
         let store = StreamStore::start_tuned(bucket.clone(), catalog.clone(), cfg, tuning());
         Env {
@@ -257,8 +147,8 @@ async fn wal_batches_many_streams_into_one_object() {
     for h in handles {
         durable(h).await.unwrap();
     }
-    assert_eq!(env.bucket.keys("t/wal").await.len(), 1);
-    assert_eq!(env.bucket.puts.load(Ordering::SeqCst), 1);
+    assert_eq!(env.bucket.keys("t/wal").await.unwrap().len(), 1);
+    assert_eq!(env.bucket.calls(Op::Put), 1);
     let objects = env.catalog.live_objects();
     assert_eq!(objects.len(), 1);
     assert_eq!(objects[0].ranges.len(), 8);
@@ -285,9 +175,9 @@ async fn wal_flushes_when_batch_bytes_reached() {
     durable(first).await.unwrap();
     assert!(s.end_offset() >= 9);
     // Nothing buffered means no object: the count stays put.
-    let objects = env.bucket.keys("t/wal").await.len();
+    let objects = env.bucket.keys("t/wal").await.unwrap().len();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(env.bucket.keys("t/wal").await.len() <= objects + 1);
+    assert!(env.bucket.keys("t/wal").await.unwrap().len() <= objects + 1);
     env.store.shutdown().await;
     assert_eq!(s.end_offset(), 20);
 }
@@ -328,7 +218,8 @@ async fn lost_commit_response_is_still_acknowledged() {
 #[tokio::test]
 async fn put_failures_are_retried() {
     let env = Env::new(config());
-    env.bucket.fail_puts.store(3, Ordering::SeqCst);
+    env.bucket
+        .inject(Rule::new(Fault::Error).op(Op::Put).times(3));
     env.catalog.inject_prepare_failures(2);
     let s = env.store.open(1).await.unwrap();
     append_n(&s, 5, 1, 10).await;
@@ -341,7 +232,7 @@ async fn permanent_put_failure_fails_appends_and_fences() {
     let env = Env::new(config());
     let s = env.store.open(1).await.unwrap();
     append_n(&s, 2, 1, 10).await;
-    env.bucket.fail_puts.store(usize::MAX, Ordering::SeqCst);
+    let outage = env.bucket.inject(Rule::new(Fault::Error).op(Op::Put));
     let h = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
     assert!(matches!(durable(h).await, Err(StreamError::ObjectStore(_))));
     assert!(!s.is_writable());
@@ -351,7 +242,7 @@ async fn permanent_put_failure_fails_appends_and_fences() {
     ));
     // Never acknowledged, never visible.
     assert_eq!(s.end_offset(), 2);
-    env.bucket.fail_puts.store(0, Ordering::SeqCst);
+    env.bucket.remove(outage);
     let s2 = env.store.open(1).await.unwrap();
     assert_eq!(s2.epoch(), s.epoch() + 1);
     assert_eq!(s2.next_offset(), 2);
@@ -425,15 +316,15 @@ async fn read_across_log_cache_and_objects() {
     }
     assert_eq!(s.end_offset(), 200);
     assert!(env.store.stats().log_cache_bytes <= 2_000);
-    assert!(env.bucket.keys("t/wal").await.len() >= 10);
-    let gets = env.bucket.gets.load(Ordering::SeqCst);
+    assert!(env.bucket.keys("t/wal").await.unwrap().len() >= 10);
+    let gets = get_count(&env.bucket);
     // The tail comes from memory.
     let tail = s.read(198, 10_000).await.unwrap();
     assert_eq!(tail.len(), 1);
-    assert_eq!(env.bucket.gets.load(Ordering::SeqCst), gets);
+    assert_eq!(get_count(&env.bucket), gets);
     // The head from objects, continuing into the cache.
     check_entries(&read_all(&s, 0).await, 1, 0, 200, 2);
-    assert!(env.bucket.gets.load(Ordering::SeqCst) > gets);
+    assert!(get_count(&env.bucket) > gets);
     // The entry holding an offset comes first.
     let got = s.read(51, 1).await.unwrap();
     assert_eq!(got.len(), 1);
@@ -574,16 +465,18 @@ async fn commits_stay_in_flush_order() {
     let env = Env::new(cfg);
     let s = env.store.open(1).await.unwrap();
     // The first object's upload is slow; later ones finish first but must wait.
-    env.bucket
-        .put_delays
-        .lock()
-        .extend([Duration::from_millis(300)]);
+    env.bucket.inject(
+        Rule::new(Fault::Latency(Duration::from_millis(300)))
+            .op(Op::Put)
+            .times(1),
+    );
     let first = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
     tokio::time::sleep(Duration::from_millis(40)).await;
     let second = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(s.end_offset(), 0);
-    assert_eq!(env.bucket.puts.load(Ordering::SeqCst), 1);
+    // Only the second object is in the bucket yet.
+    assert_eq!(env.bucket.keys("t/wal").await.unwrap().len(), 1);
     durable(second).await.unwrap();
     durable(first).await.unwrap();
     assert_eq!(s.end_offset(), 2);
@@ -655,7 +548,7 @@ async fn retention_by_time_deletes_objects_after_grace() {
             durable(h).await.unwrap();
         }
     }
-    assert_eq!(env.bucket.keys("t/wal").await.len(), 3);
+    assert_eq!(env.bucket.keys("t/wal").await.unwrap().len(), 3);
     assert_eq!(
         env.store
             .apply_retention(1, 3_500, Some(5_000), None)
@@ -679,9 +572,9 @@ async fn retention_by_time_deletes_objects_after_grace() {
     assert_eq!(s.start_offset(), 10);
     assert_eq!(env.catalog.dead_objects().len(), 2);
     // Still in the bucket during the grace period, gone after it.
-    assert_eq!(env.bucket.keys("t/wal").await.len(), 3);
+    assert_eq!(env.bucket.keys("t/wal").await.unwrap().len(), 3);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while env.bucket.keys("t/wal").await.len() > 1 {
+    while env.bucket.keys("t/wal").await.unwrap().len() > 1 {
         assert!(
             std::time::Instant::now() < deadline,
             "dead objects not deleted"
@@ -720,9 +613,9 @@ async fn retention_by_bytes() {
     );
     // Within the grace period nothing is deleted; after it the two dead objects go.
     assert_eq!(env.store.delete_dead_objects_now().await, 0);
-    assert_eq!(env.bucket.keys("t/wal").await.len(), 4);
+    assert_eq!(env.bucket.keys("t/wal").await.unwrap().len(), 4);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while env.bucket.keys("t/wal").await.len() > 2 {
+    while env.bucket.keys("t/wal").await.unwrap().len() > 2 {
         assert!(
             std::time::Instant::now() < deadline,
             "dead objects not deleted"
@@ -790,8 +683,8 @@ async fn compaction_merges_small_objects() {
     // Replaced objects leave the bucket after the grace period.
     tokio::time::sleep(Duration::from_millis(60)).await;
     env.store.delete_dead_objects_now().await;
-    assert!(env.bucket.keys("t/wal").await.is_empty());
-    assert_eq!(env.bucket.keys("t/obj").await.len(), 1);
+    assert!(env.bucket.keys("t/wal").await.unwrap().is_empty());
+    assert_eq!(env.bucket.keys("t/obj").await.unwrap().len(), 1);
     // Nothing left to merge.
     assert_eq!(env.store.compact_now().await.unwrap(), 0);
     // New appends continue after the compacted data.
@@ -874,11 +767,11 @@ async fn block_cache_serves_repeated_reads() {
     let s = env.store.open(1).await.unwrap();
     append_n(&s, 10, 1, 100).await;
     s.read(0, usize::MAX).await.unwrap();
-    let gets = env.bucket.gets.load(Ordering::SeqCst);
+    let gets = get_count(&env.bucket);
     for _ in 0..5 {
         check_entries(&s.read(0, usize::MAX).await.unwrap(), 1, 0, 10, 1);
     }
-    assert_eq!(env.bucket.gets.load(Ordering::SeqCst), gets);
+    assert_eq!(get_count(&env.bucket), gets);
 }
 
 #[tokio::test]
@@ -892,7 +785,7 @@ async fn corrupted_object_is_reported() {
     let path = Path::from(key.as_str());
     let data = env
         .bucket
-        .inner
+        .inner()
         .get_opts(&path, GetOptions::default())
         .await
         .unwrap()
@@ -902,7 +795,7 @@ async fn corrupted_object_is_reported() {
     let mut bad = data.to_vec();
     bad[30] ^= 0xff;
     env.bucket
-        .inner
+        .inner()
         .put_opts(&path, Bytes::from(bad).into(), PutOptions::default())
         .await
         .unwrap();
@@ -1173,8 +1066,8 @@ async fn retention_and_dead_objects_after_rewrite() {
     assert_eq!(env.catalog.dead_objects().len(), 3);
     tokio::time::sleep(Duration::from_millis(60)).await;
     assert_eq!(env.store.delete_dead_objects_now().await, 3);
-    assert!(env.bucket.keys("t/obj").await.is_empty());
-    assert_eq!(env.bucket.keys("t/wal").await.len(), 1);
+    assert!(env.bucket.keys("t/obj").await.unwrap().is_empty());
+    assert_eq!(env.bucket.keys("t/wal").await.unwrap().len(), 1);
     check_entries(&read_all(&a, 8).await, 1, 8, 12, 1);
 }
 
@@ -1196,4 +1089,385 @@ async fn rewrite_survives_restart() {
     let a = store.open(1).await.unwrap();
     assert_eq!(bases(&read_all(&a, 0).await), vec![2, 3, 4, 5]);
     store.shutdown().await;
+}
+
+mod power_loss {
+    //! A power cut, modelled: the filesystem keeps only what was fsynced. A recording
+    //! [`Syncer`] snapshots a file's bytes when it is synced and a directory's entries when
+    //! the directory is synced; the cut then rewrites the tree to exactly those snapshots
+    //! (entries never synced in their directory vanish, files never synced lose their data).
+    //! Plain `LocalFileSystem` leaves everything unsynced, so only a store that really syncs
+    //! what it acknowledges passes.
+
+    use super::*;
+    use crate::local::{DurableLocalStore, Syncer};
+    use std::collections::{BTreeSet, HashMap};
+    use std::ffi::OsString;
+    use std::path::{Path as FsPath, PathBuf};
+
+    #[derive(Debug)]
+    struct RecordingSyncer {
+        /// False: syncs are no-ops (a store that never fsyncs).
+        effective: bool,
+        files: parking_lot::Mutex<HashMap<PathBuf, Vec<u8>>>,
+        dirs: parking_lot::Mutex<HashMap<PathBuf, BTreeSet<OsString>>>,
+    }
+
+    impl RecordingSyncer {
+        fn new(effective: bool) -> Arc<Self> {
+            Arc::new(RecordingSyncer {
+                effective,
+                files: Default::default(),
+                dirs: Default::default(),
+            })
+        }
+
+        /// Rewrites `dir` to what survives a power cut.
+        fn cut(&self, dir: &FsPath) {
+            let keep = self.dirs.lock().get(dir).cloned().unwrap_or_default();
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let entry = entry.unwrap();
+                let path = entry.path();
+                let is_dir = entry.file_type().unwrap().is_dir();
+                if !keep.contains(&entry.file_name()) {
+                    if is_dir {
+                        std::fs::remove_dir_all(&path).unwrap();
+                    } else {
+                        std::fs::remove_file(&path).unwrap();
+                    }
+                } else if is_dir {
+                    self.cut(&path);
+                } else {
+                    let data = self.files.lock().get(&path).cloned().unwrap_or_default();
+                    std::fs::write(&path, data).unwrap();
+                }
+            }
+        }
+    }
+
+    impl Syncer for RecordingSyncer {
+        fn sync_file(&self, path: &FsPath) -> std::io::Result<()> {
+            if self.effective {
+                let data = std::fs::read(path)?;
+                self.files.lock().insert(path.to_path_buf(), data);
+            }
+            Ok(())
+        }
+        fn sync_dir(&self, path: &FsPath) -> std::io::Result<()> {
+            if self.effective {
+                let names = std::fs::read_dir(path)?
+                    .map(|e| e.map(|e| e.file_name()))
+                    .collect::<Result<_, _>>()?;
+                self.dirs.lock().insert(path.to_path_buf(), names);
+            }
+            Ok(())
+        }
+    }
+
+    /// Appends (acknowledged) to three streams, compacts, appends more, cuts the power and
+    /// restarts on what is left. Returns what each stream reads back.
+    async fn acked_appends_then_power_cut(
+        syncer: Arc<RecordingSyncer>,
+    ) -> Vec<Result<Vec<StreamRecord>, StreamError>> {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("objects");
+        std::fs::create_dir(&root).unwrap();
+        let catalog = Arc::new(MemoryCatalog::new());
+        let mut cfg = config();
+        // Reads after the restart must come from the directory, not a cache.
+        cfg.log_cache_bytes = 0;
+        let bucket = Arc::new(DurableLocalStore::with_syncer(&root, syncer.clone()).unwrap());
+        let store = StreamStore::start_tuned(bucket, catalog.clone(), cfg.clone(), tuning());
+        let mut streams = Vec::new();
+        for id in 1..=3 {
+            streams.push(store.open(id).await.unwrap());
+        }
+        for s in &streams {
+            append_n(s, 5, 2, 300).await;
+        }
+        store.compact_now().await.unwrap();
+        for s in &streams {
+            append_n(s, 5, 2, 300).await;
+        }
+        // The catalog (Raft, fsynced) survives; the process and the page cache do not.
+        drop(streams);
+        drop(store);
+        syncer.cut(&root);
+
+        let bucket: Arc<dyn ObjectStore> =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(&root).unwrap());
+        let store = StreamStore::start_tuned(bucket, catalog, cfg, tuning());
+        let mut out = Vec::new();
+        for id in 1..=3 {
+            let s = store.open(id).await.unwrap();
+            assert_eq!(s.end_offset(), 20);
+            let mut got = Vec::new();
+            let mut pos = 0;
+            let res = loop {
+                if pos >= s.end_offset() {
+                    break Ok(got);
+                }
+                match s.read(pos, 1 << 20).await {
+                    Ok(v) if v.is_empty() => break Ok(got),
+                    Ok(v) => {
+                        pos = v.last().map_or(pos, |e| e.end_offset());
+                        got.extend(v);
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            out.push(res);
+        }
+        store.shutdown().await;
+        out
+    }
+
+    #[tokio::test]
+    async fn every_acknowledged_append_survives_a_power_cut_on_the_durable_local_store() {
+        let read = acked_appends_then_power_cut(RecordingSyncer::new(true)).await;
+        for (i, r) in read.into_iter().enumerate() {
+            let entries = r.unwrap_or_else(|e| panic!("stream {}: {e}", i + 1));
+            check_entries(&entries, i as u64 + 1, 0, 20, 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn without_fsync_a_power_cut_loses_acknowledged_appends() {
+        // The control: the same run with syncs that do nothing must fail, or the model would
+        // not be able to tell durable from non-durable stores apart.
+        let read = acked_appends_then_power_cut(RecordingSyncer::new(false)).await;
+        assert!(read.iter().all(|r| r.is_err()), "{read:?}");
+    }
+}
+
+/// Produce-path throughput on this machine's disk, plain `LocalFileSystem` against
+/// [`crate::local::DurableLocalStore`]. Run with
+/// `cargo test -p shale-stream --release throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints figures"]
+async fn produce_throughput_with_and_without_fsync() {
+    const TOTAL: usize = 256 << 20;
+    const ENTRY: usize = 64 << 10;
+    for durable in [false, true, false, true, false, true] {
+        let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or(".".into())).unwrap();
+        let bucket: Arc<dyn ObjectStore> = if durable {
+            Arc::new(crate::local::DurableLocalStore::new(dir.path()).unwrap())
+        } else {
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap())
+        };
+        let mut cfg = StreamConfig {
+            wal_batch_interval: Duration::from_millis(50),
+            wal_batch_bytes: 8 << 20,
+            ..StreamConfig::default()
+        };
+        cfg.compaction_interval = Duration::ZERO;
+        let store = StreamStore::start(bucket, Arc::new(MemoryCatalog::new()), cfg);
+        let streams: Vec<_> = futures::future::join_all((0..8).map(|i| store.open(i)))
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let body = Bytes::from(vec![7u8; ENTRY]);
+        let started = std::time::Instant::now();
+        let mut pending = std::collections::VecDeque::new();
+        for i in 0..TOTAL / ENTRY {
+            let s = &streams[i % streams.len()];
+            let permit = store.reserve(ENTRY).await;
+            let h = s.append(1, 0, |_| body.clone()).unwrap();
+            pending.push_back(tokio::spawn(async move {
+                let r = h.durable.await;
+                drop(permit);
+                r
+            }));
+            // Bounded in-flight, like producers with max.in.flight requests.
+            if pending.len() >= 512
+                && let Some(p) = pending.pop_front()
+            {
+                p.await.unwrap().unwrap().unwrap();
+            }
+        }
+        for p in pending {
+            p.await.unwrap().unwrap().unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        // One producer waiting for each ack: the latency the syncs add to a lone append.
+        let mut lat = Vec::new();
+        for _ in 0..40 {
+            let t = std::time::Instant::now();
+            let h = streams[0].append(1, 0, |_| body.slice(..1024)).unwrap();
+            h.durable.await.unwrap().unwrap();
+            lat.push(t.elapsed());
+        }
+        lat.sort();
+        println!(
+            "{}: {} MiB in {secs:.2} s = {:.1} MiB/s; lone 1 KiB append ack p50 {:?} max {:?}",
+            if durable {
+                "DurableLocalStore (fsync)"
+            } else {
+                "LocalFileSystem (no fsync)"
+            },
+            TOTAL >> 20,
+            (TOTAL >> 20) as f64 / secs,
+            lat[lat.len() / 2],
+            lat[lat.len() - 1]
+        );
+        store.shutdown().await;
+    }
+}
+
+mod append_many {
+    use super::*;
+
+    fn entries(
+        stream: u64,
+        n: usize,
+        count: u32,
+        len: usize,
+    ) -> Vec<AppendEntry<impl FnOnce(u64) -> Bytes>> {
+        (0..n)
+            .map(|_| AppendEntry {
+                count,
+                max_timestamp: 5,
+                build: move |base| payload(stream, base, len),
+            })
+            .collect()
+    }
+
+    async fn settle(h: AppendBatchHandle) -> Result<(), StreamError> {
+        timeout(Duration::from_secs(10), h.durable)
+            .await
+            .expect("append_many never resolved")
+            .expect("durable sender dropped")
+    }
+
+    #[tokio::test]
+    async fn entries_get_contiguous_offsets_and_become_durable_together() {
+        let env = Env::new(config());
+        let s = env.store.open(1).await.unwrap();
+        append_n(&s, 1, 1, 10).await;
+        let permit = env.store.reserve(1000).await;
+        let h = s.append_many(entries(1, 4, 3, 50), permit).unwrap();
+        assert_eq!((h.base_offset, h.next_offset), (1, 13));
+        settle(h).await.unwrap();
+        assert_eq!(s.end_offset(), 13);
+        let got = read_all(&s, 1).await;
+        check_entries(&got, 1, 1, 13, 3);
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_never_interleave_their_entries() {
+        let env = Env::new(config());
+        let s = env.store.open(1).await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let s = s.clone();
+            let store = env.store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut spans = Vec::new();
+                for _ in 0..10 {
+                    let permit = store.reserve(100).await;
+                    let h = s.append_many(entries(1, 5, 1, 20), permit).unwrap();
+                    spans.push((h.base_offset, h.next_offset));
+                    settle(h).await.unwrap();
+                }
+                spans
+            }));
+        }
+        let mut spans = Vec::new();
+        for t in tasks {
+            spans.extend(t.await.unwrap());
+        }
+        spans.sort();
+        // Every call owns a block of exactly its 5 offsets, and the blocks tile the stream.
+        let mut expected = 0;
+        for (base, next) in spans {
+            assert_eq!((base, next), (expected, expected + 5));
+            expected = next;
+        }
+        assert_eq!(s.end_offset(), 400);
+    }
+
+    #[tokio::test]
+    async fn a_fenced_handle_appends_none_of_the_entries() {
+        let env = Env::new(config());
+        let s = env.store.open(1).await.unwrap();
+        let peer = env.peer(config());
+        let _s2 = peer.open(1).await.unwrap();
+        // The catalog fenced us; the failed commit makes it local knowledge.
+        let h = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
+        assert!(durable(h).await.is_err());
+        let permit = env.store.reserve(100).await;
+        let r = s.append_many(entries(1, 3, 1, 10), permit);
+        assert!(matches!(r, Err(StreamError::Fenced(1))));
+        assert_eq!(s.next_offset(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_entry_fails_the_whole_call_and_appends_nothing() {
+        let env = Env::new(config());
+        let s = env.store.open(1).await.unwrap();
+        let big = object::MAX_ENTRY_PAYLOAD + 1;
+        let list = vec![
+            AppendEntry {
+                count: 1,
+                max_timestamp: 0,
+                build: Box::new(|b| payload(1, b, 10)) as Box<dyn FnOnce(u64) -> Bytes>,
+            },
+            AppendEntry {
+                count: 1,
+                max_timestamp: 0,
+                build: Box::new(move |b| payload(1, b, big)),
+            },
+        ];
+        let permit = env.store.reserve(100).await;
+        assert!(s.append_many(list, permit).is_err());
+        assert_eq!(s.next_offset(), 0);
+        assert!(s.is_writable());
+    }
+
+    /// A store whose whole pending budget is 64 KiB, so one held permit blocks the next.
+    fn small_budget() -> StreamConfig {
+        StreamConfig {
+            wal_max_pending_bytes: 64 << 10,
+            ..config()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_permit_is_held_by_the_wal_until_the_entries_are_durable() {
+        let env = Env::new(small_budget());
+        let s = env.store.open(1).await.unwrap();
+        env.bucket.inject(
+            Rule::new(Fault::Latency(Duration::from_millis(400)))
+                .op(Op::Put)
+                .times(1),
+        );
+        let permit = env.store.reserve(64 << 10).await;
+        let h = s.append_many(entries(1, 2, 1, 100), permit).unwrap();
+        // The caller gives up waiting; the WAL still holds the memory.
+        drop(h);
+        let next = env.store.reserve(1024);
+        tokio::pin!(next);
+        assert!(
+            timeout(Duration::from_millis(200), &mut next)
+                .await
+                .is_err()
+        );
+        timeout(Duration::from_secs(5), next).await.unwrap();
+        assert_eq!(s.end_offset(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_permit_is_released_when_the_entries_fail() {
+        let env = Env::new(small_budget());
+        let s = env.store.open(1).await.unwrap();
+        let outage = env.bucket.inject(Rule::new(Fault::SlowDown).op(Op::Put));
+        let permit = env.store.reserve(64 << 10).await;
+        let h = s.append_many(entries(1, 2, 1, 100), permit).unwrap();
+        assert!(matches!(settle(h).await, Err(StreamError::ObjectStore(_))));
+        timeout(Duration::from_secs(1), env.store.reserve(1024))
+            .await
+            .unwrap();
+        env.bucket.remove(outage);
+    }
 }

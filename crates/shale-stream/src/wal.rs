@@ -7,8 +7,8 @@
 use crate::object::{self, ENTRY_HEADER_LEN};
 use crate::util::{Backoff, Tuning, dup_error, now_ms, with_timeout};
 use crate::{
-    CatalogError, Inner, ObjectCatalog, ObjectId, ObjectMeta, ObjectRange, StreamCommit,
-    StreamError, StreamRecord, StreamShared,
+    AppendPermit, CatalogError, Inner, ObjectCatalog, ObjectId, ObjectMeta, ObjectRange,
+    StreamCommit, StreamError, StreamRecord, StreamShared,
 };
 use bytes::Bytes;
 use object_store::path::Path;
@@ -28,6 +28,9 @@ pub(crate) struct PendingBatch {
     pub stream: Arc<StreamShared>,
     pub records: Vec<StreamRecord>,
     pub waiters: Vec<Waiter>,
+    /// Back-pressure memory of these appends: held until they are durable or failed, then
+    /// dropped with the batch.
+    pub permits: Vec<AppendPermit>,
 }
 
 #[derive(Default)]
@@ -68,13 +71,16 @@ impl Wal {
         }
     }
 
-    /// Adds an entry. Called with the stream's lock held, so each stream's entries enter the
-    /// buffer in offset order.
+    /// Adds entries of one stream, all or none. Called with the stream's lock held, so each
+    /// stream's entries enter the buffer in offset order; taken under one buffer lock, they
+    /// land in the same object (the same range), resolve together through `waiter`, and the
+    /// memory `permit` is released only then.
     pub fn push(
         &self,
         stream: &Arc<StreamShared>,
-        record: StreamRecord,
+        records: Vec<StreamRecord>,
         waiter: Waiter,
+        permit: Option<AppendPermit>,
     ) -> Result<(), StreamError> {
         let mut buf = self.buffer.lock();
         if buf.closed {
@@ -85,7 +91,10 @@ impl Wal {
             buf.first_at = Some(Instant::now());
         }
         let before = buf.bytes;
-        buf.bytes += ENTRY_HEADER_LEN + record.payload.len();
+        buf.bytes += records
+            .iter()
+            .map(|r| ENTRY_HEADER_LEN + r.payload.len())
+            .sum::<usize>();
         let crossed = before < self.batch_bytes && buf.bytes >= self.batch_bytes;
         let batch = buf
             .batches
@@ -94,9 +103,11 @@ impl Wal {
                 stream: stream.clone(),
                 records: Vec::new(),
                 waiters: Vec::new(),
+                permits: Vec::new(),
             });
-        batch.records.push(record);
+        batch.records.extend(records);
         batch.waiters.push(waiter);
+        batch.permits.extend(permit);
         drop(buf);
         if first || crossed {
             self.wake.notify_one();

@@ -15,6 +15,8 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod faulty;
+
 use anyhow::{Context, bail};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

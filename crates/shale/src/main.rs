@@ -78,10 +78,11 @@ fn object_store(s: &Settings) -> anyhow::Result<Arc<dyn ObjectStore>> {
             };
             std::fs::create_dir_all(&path)
                 .with_context(|| format!("creating {}", path.display()))?;
-            Ok(Arc::new(
-                object_store::local::LocalFileSystem::new_with_prefix(&path)?
-                    .with_automatic_cleanup(true),
-            ))
+            // fsyncs every object before the PUT returns: the WAL acknowledges appends
+            // after that, so they must survive a power cut.
+            Ok(Arc::new(shale_stream::local::DurableLocalStore::new(
+                &path,
+            )?))
         }
         "s3" => {
             let mut b = object_store::aws::AmazonS3Builder::from_env()
