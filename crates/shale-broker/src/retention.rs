@@ -18,6 +18,14 @@ pub(crate) async fn run(broker: Arc<Broker>) {
     }
 }
 
+impl Broker {
+    /// Applies time and size retention to every partition this node owns now (tests, admin
+    /// tools); the background task does the same every `log.retention.check.interval.ms`.
+    pub async fn apply_retention_now(&self) {
+        apply_once(self).await
+    }
+}
+
 pub(crate) async fn apply_once(broker: &Broker) {
     let me = broker.config.node_id as u64;
     let work: Vec<(String, u64, i64, i64, bool)> = broker.meta.read(|s| {

@@ -68,6 +68,10 @@ pub struct StreamConfig {
     /// `wal.max.pending.bytes`: appends not yet durable (buffered or uploading) may hold at
     /// most this much memory; producers wait in [`StreamStore::reserve`] beyond it.
     pub wal_max_pending_bytes: usize,
+    /// `wal.retry.timeout.ms`: how long a WAL object keeps retrying its PUT and commit
+    /// through an object store or metadata outage before its appends fail (the producers
+    /// then get KAFKA_STORAGE_ERROR and the handles reopen).
+    pub wal_retry_timeout: Duration,
 }
 
 impl Default for StreamConfig {
@@ -86,6 +90,7 @@ impl Default for StreamConfig {
             compaction_max_object_bytes: 256 * 1024 * 1024,
             object_delete_grace: Duration::from_secs(60),
             wal_max_pending_bytes: 256 * 1024 * 1024,
+            wal_retry_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -246,6 +251,21 @@ pub struct AppendPermit {
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
+impl AppendPermit {
+    /// Splits off the share for `bytes` (at least one KiB unit, at most what is left), so
+    /// one request's reservation can travel with each partition's entries separately.
+    pub fn split(&mut self, bytes: usize) -> AppendPermit {
+        let part = self.permit_units().min(bytes.div_ceil(1024).max(1));
+        AppendPermit {
+            _permit: self._permit.as_mut().and_then(|p| p.split(part)),
+        }
+    }
+
+    fn permit_units(&self) -> usize {
+        self._permit.as_ref().map_or(0, |p| p.num_permits())
+    }
+}
+
 /// Permits count KiB so that large limits fit the semaphore's u32 acquire size.
 fn pending_permits(bytes: usize) -> usize {
     (bytes / 1024).clamp(1, u32::MAX as usize)
@@ -277,7 +297,11 @@ impl StreamStore {
         catalog: Arc<dyn ObjectCatalog>,
         config: StreamConfig,
     ) -> Arc<StreamStore> {
-        Self::start_tuned(store, catalog, config, Tuning::default())
+        let tuning = Tuning {
+            wal_retry_timeout: config.wal_retry_timeout,
+            ..Tuning::default()
+        };
+        Self::start_tuned(store, catalog, config, tuning)
     }
 
     pub(crate) fn start_tuned(

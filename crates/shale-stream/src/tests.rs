@@ -32,6 +32,7 @@ fn config() -> StreamConfig {
         compaction_max_object_bytes: 16 << 20,
         object_delete_grace: Duration::from_millis(50),
         wal_max_pending_bytes: 64 << 20,
+        ..StreamConfig::default()
     }
 }
 

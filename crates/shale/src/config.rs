@@ -25,6 +25,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("wal.batch.bytes", "8388608"),
     ("wal.max.inflight.uploads", "4"),
     ("wal.max.pending.bytes", "268435456"),
+    ("wal.retry.timeout.ms", "60000"),
     ("log.cache.bytes", "268435456"),
     ("block.cache.bytes", "268435456"),
     ("block.readahead.ranges", "4"),

@@ -149,6 +149,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             compaction_max_object_bytes: s.parse("compaction.max.object.bytes")?,
             object_delete_grace: s.millis("object.delete.grace.ms")?,
             wal_max_pending_bytes: s.parse("wal.max.pending.bytes")?,
+            wal_retry_timeout: s.millis("wal.retry.timeout.ms")?,
         },
     );
 

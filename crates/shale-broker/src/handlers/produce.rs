@@ -16,7 +16,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, To
 use kafka_protocol::protocol::StrBytes;
 use shale_protocol::batch::{self, BatchError, BatchHeader};
 use shale_protocol::records;
-use shale_stream::StreamError;
+use shale_stream::{AppendEntry, AppendPermit, StreamError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,7 +99,7 @@ pub(crate) async fn start(
             Records::Missing => 0,
         })
         .sum();
-    let permit = broker.streams.reserve(pending).await;
+    let mut permit = broker.streams.reserve(pending).await;
     // Every slice of the frame held by the decoded request is gone now.
     let mut rest = match frame.try_into_mut() {
         Ok(unique) => unique,
@@ -158,12 +158,16 @@ pub(crate) async fn start(
                     ),
                 ))
             } else {
-                append_partition(broker, version, &name, index, records).await
+                let share = permit.split(records.as_ref().map_or(0, |r| r.len()));
+                append_partition(broker, version, &name, index, records, share).await
             };
             outcomes.push((index, r));
         }
         results.push((name, outcomes));
     }
+    // Each appended partition's share travels with its entries in the WAL; what is left
+    // (refused partitions) is free again now, not when the response goes out.
+    drop(permit);
     if acks == 0 {
         // Kafka sends no response to acks=0, so the only way to tell the producer that a
         // partition was refused is to close the connection (KafkaApis does exactly that).
@@ -175,7 +179,7 @@ pub(crate) async fn start(
             tracing::info!(topic = %name, partition = index, ?code, msg, "acks=0 produce refused; closing the connection");
             return Started::Close;
         }
-        // No response at all; the memory is released once durable.
+        // No response at all; the WAL releases the memory once the entries are durable.
         let durable: Vec<Durable> = results
             .into_iter()
             .flat_map(|(_, parts)| parts)
@@ -189,13 +193,11 @@ pub(crate) async fn start(
                         tracing::warn!(error = %e, "acks=0 append failed");
                     }
                 }
-                drop(permit);
             });
         }
         return Started::Done(None);
     }
     Started::Later(Box::pin(async move {
-        let _permit = permit;
         let mut responses = Vec::with_capacity(results.len());
         for (name, parts) in results {
             let mut partition_responses = Vec::with_capacity(parts.len());
@@ -284,6 +286,7 @@ async fn append_partition(
     topic: &str,
     index: i32,
     records: Option<BytesMut>,
+    permit: AppendPermit,
 ) -> Result<Appended, (ResponseError, String)> {
     let part = broker
         .partition(topic, index)
@@ -353,28 +356,31 @@ async fn append_partition(
         };
         prepared.push((h.offset_count(), max_ts, buf));
     }
-    let mut durable = Vec::with_capacity(prepared.len());
-    let mut base_offset = -1;
-    for (count, max_ts, mut buf) in prepared {
-        let appended = stream.append(count, max_ts, |base| {
-            batch::patch_offsets(&mut buf, base as i64, epoch);
-            buf.freeze()
-        });
-        let handle = match appended {
-            Ok(handle) => handle,
-            Err(e) => {
-                if matches!(e, StreamError::Fenced(_)) {
-                    // Reopen under a new epoch on the next request; the client retries.
-                    broker.close_stream(stream.id()).await;
-                }
-                return Err((stream_error_code(&e), e.to_string()));
+    // One atomic append: contiguous offsets with no other producer's batches in between,
+    // all or nothing. The permit stays with the entries in the WAL until they are durable.
+    let entries = prepared
+        .into_iter()
+        .map(|(count, max_timestamp, mut buf)| AppendEntry {
+            count,
+            max_timestamp,
+            build: move |base: u64| {
+                batch::patch_offsets(&mut buf, base as i64, epoch);
+                buf.freeze()
+            },
+        })
+        .collect();
+    let handle = match stream.append_many(entries, permit) {
+        Ok(handle) => handle,
+        Err(e) => {
+            if matches!(e, StreamError::Fenced(_)) {
+                // Reopen under a new epoch on the next request; the client retries.
+                broker.close_stream(stream.id()).await;
             }
-        };
-        if base_offset < 0 {
-            base_offset = handle.base_offset as i64;
+            return Err((stream_error_code(&e), e.to_string()));
         }
-        durable.push(handle.durable);
-    }
+    };
+    let base_offset = handle.base_offset as i64;
+    let durable = vec![handle.durable];
     Ok(Appended {
         base_offset,
         log_append_time: now,

@@ -19,6 +19,25 @@ pub async fn start_broker(
     dir: &std::path::Path,
     config: BrokerConfig,
 ) -> (Arc<Broker>, std::net::SocketAddr) {
+    start_broker_on(
+        dir,
+        config,
+        Arc::new(object_store::memory::InMemory::new()),
+        StreamConfig {
+            wal_batch_interval: Duration::from_millis(5),
+            ..StreamConfig::default()
+        },
+    )
+    .await
+}
+
+/// Starts a broker on `store` with the given stream settings.
+pub async fn start_broker_on(
+    dir: &std::path::Path,
+    config: BrokerConfig,
+    store: Arc<dyn object_store::ObjectStore>,
+    stream_config: StreamConfig,
+) -> (Arc<Broker>, std::net::SocketAddr) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let meta = MetaNode::start(MetaConfig {
@@ -28,14 +47,7 @@ pub async fn start_broker(
     })
     .await
     .unwrap();
-    let streams = StreamStore::start(
-        Arc::new(object_store::memory::InMemory::new()),
-        meta.catalog(),
-        StreamConfig {
-            wal_batch_interval: Duration::from_millis(5),
-            ..StreamConfig::default()
-        },
-    );
+    let streams = StreamStore::start(store, meta.catalog(), stream_config);
     let broker = Broker::start(
         BrokerConfig {
             advertised_port: addr.port(),
