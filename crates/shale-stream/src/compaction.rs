@@ -17,13 +17,10 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Weak;
-use std::time::Duration;
 use tokio::sync::watch;
 
 /// Merges per pass, so a backlog of small objects drains without waiting many intervals.
 const MAX_MERGES_PER_PASS: usize = 16;
-/// How long a compacted object's PUT is retried.
-const PUT_RETRY: Duration = Duration::from_secs(30);
 
 /// Key of a compacted object.
 pub(crate) fn object_key(prefix: &str, id: ObjectId) -> String {
@@ -281,7 +278,9 @@ async fn put_object(
     let id = inner.catalog.prepare_object().await?;
     let key = object_key(&inner.config.key_prefix, id);
     let path = Path::from(key.as_str());
-    let mut backoff = Backoff::new(&inner.tuning, PUT_RETRY);
+    // Retried as long as a WAL object's PUT: past that the store is out, and the pass gives
+    // up (its inputs stay live) instead of holding the compaction lock through the outage.
+    let mut backoff = Backoff::new(&inner.tuning, inner.tuning.wal_retry_timeout);
     loop {
         match inner.store.put(&path, data.clone().into()).await {
             Ok(_) => return Ok((id, key, path)),
