@@ -10,10 +10,11 @@ use crate::dispatch::{self, Started};
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 use shale_protocol::envelope;
+use shale_protocol::fetch_frame::{self, FrameChunks};
 use shale_protocol::frame::{FrameError, read_frame};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -23,17 +24,42 @@ const MAX_IN_FLIGHT: usize = 128;
 
 /// A response frame to send, nothing (acks=0), or `Err` when no response can be produced
 /// and the connection must close rather than leave the client waiting.
-type Pending = JoinHandle<Result<Option<Bytes>, ()>>;
+type Pending = JoinHandle<Result<Option<Frame>, ()>>;
+
+/// An encoded response: one buffer, or chunks (a fetch's records as they were read).
+enum Frame {
+    One(Bytes),
+    Chunks(FrameChunks),
+}
+
+/// Bytes a connection's writer gathers before a write; larger chunks go out directly.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut BufWriter<W>,
+    frame: Frame,
+) -> std::io::Result<()> {
+    match frame {
+        Frame::One(b) => w.write_all(&b).await?,
+        Frame::Chunks(c) => {
+            for chunk in c.chunks {
+                w.write_all(&chunk).await?;
+            }
+        }
+    }
+    w.flush().await
+}
 
 pub(crate) async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
-    let (mut reader, mut writer) = socket.into_split();
+    let (mut reader, writer) = socket.into_split();
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER, writer);
     let (tx, mut rx) = mpsc::channel::<Pending>(MAX_IN_FLIGHT);
 
     let write_loop = tokio::spawn(async move {
         while let Some(pending) = rx.recv().await {
             match pending.await {
                 Ok(Ok(Some(frame))) => {
-                    if let Err(e) = writer.write_all(&frame).await {
+                    if let Err(e) = write_frame(&mut writer, frame).await {
                         tracing::debug!(%peer, error = %e, "write failed; closing");
                         return;
                     }
@@ -105,7 +131,9 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
                 head.correlation_id,
                 &dispatch::api_versions_response(),
             );
-            return Some(tokio::spawn(async move { resp.map(Some).map_err(|_| ()) }));
+            return Some(tokio::spawn(async move {
+                resp.map(|b| Some(Frame::One(b))).map_err(|_| ())
+            }));
         }
         tracing::warn!(%peer, ?api, version = head.api_version, "unsupported api version; closing");
         return None;
@@ -126,7 +154,7 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
     let encode = move |resp: Option<kafka_protocol::messages::ResponseKind>| {
         let Some(resp) = resp else { return Ok(None) };
         match envelope::encode_response(api, version, correlation_id, &resp) {
-            Ok(b) => Ok(Some(b)),
+            Ok(b) => Ok(Some(Frame::One(b))),
             Err(e) => {
                 tracing::error!(?api, version, error = %e, "cannot encode response; closing");
                 Err(())
@@ -140,5 +168,18 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
             tokio::spawn(async move { frame })
         }
         Started::Later(fut) => tokio::spawn(async move { encode(fut.await) }),
+        Started::Fetch(fut) => tokio::spawn(async move {
+            let reply = fut.await;
+            fetch_frame::encode_fetch_response(
+                correlation_id,
+                version,
+                &reply.response,
+                reply.records,
+            )
+            .map(|c| Some(Frame::Chunks(c)))
+            .map_err(|e| {
+                tracing::error!(version, error = %e, "cannot encode fetch response; closing");
+            })
+        }),
     })
 }

@@ -76,6 +76,8 @@ pub(crate) fn api_versions_response() -> ApiVersionsResponse {
 pub(crate) enum Started {
     Done(Option<ResponseKind>),
     Later(BoxFuture<'static, Option<ResponseKind>>),
+    /// A fetch: its records are written as they were read, not copied into the frame.
+    Fetch(BoxFuture<'static, handlers::fetch::FetchReply>),
     /// No response can tell the client what went wrong: close the connection.
     Close,
 }
@@ -94,10 +96,8 @@ pub(crate) async fn start(
         RequestKind::Produce(req) => handlers::produce::start(broker, version, req, frame).await,
         RequestKind::Fetch(req) => {
             let broker = broker.clone();
-            Started::Later(Box::pin(async move {
-                Some(ResponseKind::Fetch(
-                    handlers::fetch::handle(&broker, version, req).await,
-                ))
+            Started::Fetch(Box::pin(async move {
+                handlers::fetch::handle(&broker, version, req).await
             }))
         }
         RequestKind::Metadata(req) => Done(Some(ResponseKind::Metadata(

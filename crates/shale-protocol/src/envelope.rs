@@ -76,7 +76,13 @@ pub fn encode_response(
     correlation_id: i32,
     body: &ResponseKind,
 ) -> Result<Bytes, EnvelopeError> {
-    let mut buf = BytesMut::with_capacity(64);
+    // A fetch response carries up to `fetch.max.bytes` of records: size the frame once
+    // instead of letting it double its way there (a transient extra copy of the records).
+    let capacity = match body {
+        ResponseKind::Fetch(f) => f.compute_size(version).unwrap_or(0),
+        _ => 0,
+    };
+    let mut buf = BytesMut::with_capacity(capacity.saturating_add(64));
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     header

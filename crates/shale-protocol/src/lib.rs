@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod envelope;
+pub mod fetch_frame;
 pub mod frame;
 pub mod records;
 

@@ -5,7 +5,7 @@
 use crate::Broker;
 use crate::handlers::metadata::{check_leader_epoch, leader_epoch};
 use crate::partitions::stream_error_code;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
@@ -37,7 +37,15 @@ fn response_limit(requested: i32, broker_cap: usize) -> usize {
     usize::try_from(requested).unwrap_or(0).min(broker_cap)
 }
 
-pub async fn handle(broker: &Arc<Broker>, version: i16, req: FetchRequest) -> FetchResponse {
+/// A fetch response whose records are kept apart, as the batches read (slices of cached
+/// blocks and GET buffers): the connection writes them as they are, with no copy
+/// (`shale_protocol::fetch_frame`). `records` follows the response's partition order.
+pub struct FetchReply {
+    pub response: FetchResponse,
+    pub records: Vec<Vec<Bytes>>,
+}
+
+pub async fn handle(broker: &Arc<Broker>, version: i16, req: FetchRequest) -> FetchReply {
     let deadline = Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let min_bytes = req.min_bytes.max(0) as usize;
     let max_bytes = response_limit(req.max_bytes, broker.config.fetch_max_bytes);
@@ -61,12 +69,16 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, req: FetchRequest) -> Fe
     let mut commits = broker.streams.commit_notifications();
     loop {
         commits.borrow_and_update();
-        let (responses, total, any_error) = read_pass(broker, version, &topics, max_bytes).await;
+        let (responses, records, total, any_error) =
+            read_pass(broker, version, &topics, max_bytes).await;
         let now = Instant::now();
         if total >= min_bytes || any_error || now >= deadline || broker.is_shutting_down() {
-            return FetchResponse::default()
-                .with_session_id(0)
-                .with_responses(responses);
+            return FetchReply {
+                response: FetchResponse::default()
+                    .with_session_id(0)
+                    .with_responses(responses),
+                records,
+            };
         }
         // Wait for the next WAL commit (new data somewhere) or the deadline.
         tokio::select! {
@@ -83,18 +95,35 @@ const CONCURRENT_PARTITION_READS: usize = 16;
 /// What is left of a response's byte budget for reads still to start. Each partition read
 /// reserves its limit before it starts and gives back what it did not use, so the reads of
 /// one fetch hold at most the budget (plus one batch each: a read returns at least one).
-struct Budget(parking_lot::Mutex<usize>);
+/// A single read takes at most a share of the budget (all of it for a one-partition fetch),
+/// so the first partition of a big request cannot hold the whole budget while the reads
+/// running beside it find nothing left.
+struct Budget {
+    left: parking_lot::Mutex<usize>,
+    share: usize,
+}
+
+/// The smallest share worth a read of its own.
+const MIN_SHARE: usize = 1 << 20;
 
 impl Budget {
+    fn new(total: usize, partitions: usize) -> Budget {
+        let concurrent = partitions.clamp(1, CONCURRENT_PARTITION_READS);
+        Budget {
+            left: parking_lot::Mutex::new(total),
+            share: (total / concurrent).max(MIN_SHARE),
+        }
+    }
+
     fn reserve(&self, want: usize) -> usize {
-        let mut left = self.0.lock();
-        let got = want.min(*left);
+        let mut left = self.left.lock();
+        let got = want.min(self.share).min(*left);
         *left -= got;
         got
     }
 
     fn give_back(&self, bytes: usize) {
-        let mut left = self.0.lock();
+        let mut left = self.left.lock();
         *left = left.saturating_add(bytes);
     }
 }
@@ -104,7 +133,7 @@ async fn read_pass(
     version: i16,
     topics: &Topics<'_>,
     max_bytes: usize,
-) -> (Vec<FetchableTopicResponse>, usize, bool) {
+) -> (Vec<FetchableTopicResponse>, Vec<Vec<Bytes>>, usize, bool) {
     // Read every partition (concurrently, results in request order), then apply the
     // response's byte budget in request order.
     let wanted: Vec<(
@@ -114,7 +143,7 @@ async fn read_pass(
         .iter()
         .flat_map(|(name, topic)| topic.partitions.iter().map(|p| (name.as_deref(), p)))
         .collect();
-    let budget = Budget(parking_lot::Mutex::new(max_bytes));
+    let budget = Budget::new(max_bytes, wanted.len());
     // Futures built up front: a closure inside the stream type trips a higher-ranked
     // lifetime limitation of the compiler once the future must be Send.
     let futures: Vec<_> = wanted
@@ -142,6 +171,7 @@ async fn read_pass(
     let mut total = 0usize;
     let mut any_error = false;
     let mut responses = Vec::with_capacity(topics.len());
+    let mut records_out = Vec::with_capacity(wanted.len());
     for (_, topic) in topics {
         let mut partitions = Vec::with_capacity(topic.partitions.len());
         for p in &topic.partitions {
@@ -152,7 +182,8 @@ async fn read_pass(
             let limit = partition_limit(p.partition_max_bytes).min(max_bytes.saturating_sub(total));
             let (records, size) = take_entries(&r.entries, limit, total == 0);
             total = total.saturating_add(size);
-            partitions.push(r.data.with_records(Some(records)));
+            records_out.push(records);
+            partitions.push(r.data.with_records(None));
         }
         let mut t = FetchableTopicResponse::default().with_partitions(partitions);
         if version >= 13 {
@@ -162,7 +193,7 @@ async fn read_pass(
         }
         responses.push(t);
     }
-    (responses, total, any_error)
+    (responses, records_out, total, any_error)
 }
 
 /// A partition's own limit; a negative `partition_max_bytes` is 0, not unlimited.
@@ -172,30 +203,19 @@ fn partition_limit(requested: i32) -> usize {
 
 /// The entries that fit `limit`; while the response is still empty its first entry is
 /// taken whatever its size (KIP-74), so consumers always progress.
-fn take_entries(entries: &[StreamRecord], limit: usize, first: bool) -> (Bytes, usize) {
+fn take_entries(entries: &[StreamRecord], limit: usize, first: bool) -> (Vec<Bytes>, usize) {
     let mut size = 0usize;
-    let mut take = 0;
+    let mut taken = Vec::new();
     for e in entries {
         let fits = size.saturating_add(e.payload.len()) <= limit;
-        let progress = first && take == 0;
+        let progress = first && taken.is_empty();
         if !(fits || progress) {
             break;
         }
         size += e.payload.len();
-        take += 1;
+        taken.push(e.payload.clone());
     }
-    let records = match &entries[..take] {
-        [] => Bytes::new(),
-        [one] => one.payload.clone(),
-        many => {
-            let mut buf = BytesMut::with_capacity(size);
-            for e in many {
-                buf.extend_from_slice(&e.payload);
-            }
-            buf.freeze()
-        }
-    };
-    (records, size)
+    (taken, size)
 }
 
 fn error_partition(index: i32, code: ResponseError) -> PartitionResult {
@@ -334,7 +354,7 @@ mod tests {
     fn first_batch_of_a_response_is_returned_whatever_its_size() {
         // KIP-74: an empty response takes its first batch even above the limits.
         let (records, size) = take_entries(&entries(&[500, 10]), 100, true);
-        assert_eq!((records.len(), size), (500, 500));
+        assert_eq!((records.len(), size), (1, 500));
     }
 
     #[test]
@@ -359,12 +379,24 @@ mod tests {
 
     #[test]
     fn partition_reads_reserve_from_the_response_budget() {
-        let budget = Budget(parking_lot::Mutex::new(100));
+        let budget = Budget::new(100, 1);
         assert_eq!(budget.reserve(60), 60);
         assert_eq!(budget.reserve(60), 40);
         assert_eq!(budget.reserve(60), 0);
         budget.give_back(25);
         assert_eq!(budget.reserve(60), 25);
+    }
+
+    #[test]
+    fn concurrent_reads_of_a_big_fetch_each_take_a_share() {
+        let mb = 1 << 20;
+        let budget = Budget::new(64 * mb, 1000);
+        assert_eq!(budget.reserve(usize::MAX), 4 * mb);
+        // A one-partition fetch may use the whole budget.
+        assert_eq!(Budget::new(64 * mb, 1).reserve(usize::MAX), 64 * mb);
+        // Never below the minimum share, never above what is left.
+        assert_eq!(Budget::new(2 * mb, 16).reserve(usize::MAX), mb);
+        assert_eq!(Budget::new(100, 16).reserve(usize::MAX), 100);
     }
 
     #[test]
