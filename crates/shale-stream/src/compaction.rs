@@ -257,7 +257,7 @@ async fn merge(inner: &Inner, picked: Vec<ObjectMeta>) -> Result<usize, StreamEr
         .await
     {
         Ok(()) => {
-            tracing::info!(object = id, replaced = n, bytes = size, "compacted objects");
+            tracing::debug!(object = id, replaced = n, bytes = size, "compacted objects");
             Ok(n)
         }
         Err(e) => {
@@ -378,7 +378,7 @@ pub(crate) async fn rewrite_range(
                 let mut st = stream.shared.state.lock();
                 inner.log_cache.drop_below(&mut st, end);
             }
-            tracing::info!(
+            tracing::debug!(
                 stream_id,
                 start,
                 end,
