@@ -523,47 +523,146 @@ mod tests {
         );
     }
 
-    /// Figures for docs/meta-hardening.md: how long taking a snapshot holds the state lock,
-    /// how long the next apply takes, and the size and speed of the snapshot encoding.
-    /// `cargo test -p shale-meta --release snapshot_figures -- --ignored --nocapture`
+    /// Applies WAL commits (and every tenth a trim) for 400 ms; returns each one's time under
+    /// the write lock and the next free object id.
+    fn run_applies(
+        shared: &Shared,
+        mut next_id: u64,
+        streams: u64,
+    ) -> (Vec<std::time::Duration>, u64) {
+        use crate::types::Command;
+        use std::time::{Duration, Instant};
+        let mut lat = Vec::new();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(400) {
+            let t = Instant::now();
+            {
+                let mut d = shared.data.write();
+                let sid = 1 + next_id % streams;
+                let end = d.meta.state.streams.get(&sid).unwrap().end_offset;
+                let r = d.meta.apply(Command::CommitObject {
+                    object: wal_object(next_id, vec![range(sid, end, end + 10)]),
+                    streams: vec![shale_stream::StreamCommit {
+                        stream_id: sid,
+                        epoch: 1,
+                    }],
+                });
+                assert_eq!(r, Response::Ok);
+                if next_id % 10 == 0 {
+                    // Retention on an old part of the tree.
+                    let start = d.meta.state.streams.get(&sid).unwrap().start_offset;
+                    d.meta.apply(Command::TrimStream {
+                        stream_id: sid,
+                        new_start: start + 10,
+                        now_ms: 1,
+                    });
+                }
+            }
+            lat.push(t.elapsed());
+            next_id += 1;
+        }
+        (lat, next_id)
+    }
+
+    fn percentiles(mut lat: Vec<std::time::Duration>) -> String {
+        lat.sort();
+        let at = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+        format!(
+            "{} applies, p50 {:?}, p99 {:?}, p99.9 {:?}, max {:?}",
+            lat.len(),
+            at(0.5),
+            at(0.99),
+            at(0.999),
+            lat[lat.len() - 1]
+        )
+    }
+
+    /// Figures for docs/meta-hardening.md: how long taking a snapshot and a compaction scan
+    /// hold the state lock, how long applies take while a snapshot is being written, and the
+    /// size and speed of the snapshot encodings.
+    /// `cargo test -p shale-meta --release --lib snapshot_figures -- --ignored --nocapture`
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "measurement; run by hand"]
     async fn snapshot_figures() {
         use std::time::Instant;
         const OBJECTS: u64 = 100_000;
+        const STREAMS: u64 = 1_000;
         let dir = tempfile::tempdir().unwrap();
         let shared = Shared::new();
         let t = Instant::now();
-        shared.data.write().meta = big_state(OBJECTS, 1_000, 4);
+        shared.data.write().meta = big_state(OBJECTS, STREAMS, 4);
         println!(
-            "built {OBJECTS} objects (4 ranges each) in {:?}",
+            "built {OBJECTS} objects (4 ranges each, {STREAMS} streams) in {:?}",
             t.elapsed()
         );
         let mut sm = StateMachineStore::open(dir.path(), Arc::clone(&shared)).unwrap();
+
+        // What live_objects() used to do under the lock on every compaction pass.
+        let t = Instant::now();
+        let deep: Vec<shale_stream::ObjectMeta> = {
+            let d = shared.data.read();
+            d.meta.state.objects.values().cloned().collect()
+        };
+        println!(
+            "deep copy of all objects (old live_objects, under the lock): {:?}",
+            t.elapsed()
+        );
+        drop(deep);
+        let t = Instant::now();
+        let objects = shared.data.read().meta.state.objects.clone();
+        println!(
+            "O(1) copy of all objects (live_objects now, under the lock): {:?}",
+            t.elapsed()
+        );
+        drop(objects);
 
         let t = Instant::now();
         let mut builder = sm.get_snapshot_builder().await;
         println!("get_snapshot_builder (state lock held): {:?}", t.elapsed());
 
-        // An apply while the snapshot copy is alive (copy-on-write pays here, if anywhere).
-        let t = Instant::now();
-        {
-            let mut d = shared.data.write();
-            let r = d.meta.apply(crate::types::Command::TrimStream {
-                stream_id: 1,
-                new_start: 100,
-                now_ms: 1,
-            });
-            assert_eq!(r, Response::Ok);
-        }
-        println!("first apply while a snapshot is pending: {:?}", t.elapsed());
-
+        // Applies while the snapshot is encoded and written on another thread: the first
+        // touch of each shared tree node pays a path copy (copy-on-write).
+        let applier = {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || run_applies(&shared, OBJECTS + 1, STREAMS))
+        };
         let t = Instant::now();
         let snap = builder.build_snapshot().await.unwrap();
         println!(
-            "build_snapshot (encode + fsync, off the lock): {:?}, {} bytes",
+            "build_snapshot (encode + write + fsync, off the lock): {:?}, {} bytes",
             t.elapsed(),
             snap.snapshot.len()
+        );
+        let (lat, next) = applier.join().unwrap();
+        println!("applies while the snapshot was built: {}", percentiles(lat));
+        // The same load without a snapshot pending, to tell copy-on-write from CPU contention.
+        let (lat, _) = run_applies(&shared, next, STREAMS);
+        println!("applies without a snapshot pending:   {}", percentiles(lat));
+
+        // The encodings side by side, on the state as snapshotted.
+        let state = snapshot_format::decode(&snap.snapshot).unwrap();
+        let t = Instant::now();
+        let json = serde_json::to_vec(&state).unwrap();
+        let json_enc = t.elapsed();
+        let t = Instant::now();
+        let back: ClusterState = serde_json::from_slice(&json).unwrap();
+        let json_dec = t.elapsed();
+        assert_eq!(back, state);
+        let t = Instant::now();
+        let bin = snapshot_format::encode(&state);
+        let bin_enc = t.elapsed();
+        let t = Instant::now();
+        let back = snapshot_format::decode(&bin).unwrap();
+        let bin_dec = t.elapsed();
+        assert_eq!(back, state);
+        println!(
+            "json: {} bytes, encode {json_enc:?}, decode {json_dec:?}",
+            json.len()
+        );
+        println!(
+            "protobuf: {} bytes ({:.1}% of json), encode {bin_enc:?}, decode {bin_dec:?}",
+            bin.len(),
+            100.0 * bin.len() as f64 / json.len() as f64
         );
     }
 }
