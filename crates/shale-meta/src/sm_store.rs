@@ -548,7 +548,7 @@ mod tests {
                     }],
                 });
                 assert_eq!(r, Response::Ok);
-                if next_id % 10 == 0 {
+                if next_id.is_multiple_of(10) {
                     // Retention on an old part of the tree.
                     let start = d.meta.state.streams.get(&sid).unwrap().start_offset;
                     d.meta.apply(Command::TrimStream {
