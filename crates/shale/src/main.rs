@@ -175,7 +175,6 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     })
     .await
     .context("starting the metadata quorum")?;
-    let cluster_id = meta.read(|st| st.cluster_id.clone());
 
     let mut prefix = s.str("s3.prefix").to_string();
     if !prefix.is_empty() && !prefix.ends_with('/') {
@@ -231,9 +230,10 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {host}:{port}"))?;
     tracing::debug!(%host, port, data_dir = %data_dir.display(), "shale is serving");
+    let cluster = broker.meta.read(|st| st.cluster_id.clone());
     println!(
         "{}",
-        banner(&s, &format!("{adv_host}:{adv_port}"), &cluster_id)
+        banner(&s, &format!("{adv_host}:{adv_port}"), &cluster)
     );
 
     let serving = {
