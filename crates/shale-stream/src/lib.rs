@@ -290,7 +290,7 @@ impl StreamStore {
             Arc::downgrade(&inner),
             inner.stop.subscribe(),
         ));
-        tracing::debug!(node_id = inner.config.node_id, "stream layer started");
+        tracing::info!(node_id = inner.config.node_id, "stream layer started");
         Arc::new(StreamStore {
             inner,
             tasks: tokio::sync::Mutex::new(Some(Tasks {
@@ -477,7 +477,7 @@ impl StreamStore {
         let Some(t) = tasks.take() else {
             return;
         };
-        tracing::debug!("stream layer shutting down");
+        tracing::info!("stream layer shutting down");
         self.inner.wal.close();
         let _ = t.flusher.await;
         let _ = t.committer.await;
@@ -490,7 +490,7 @@ impl StreamStore {
             s.shared.closed.store(true, Ordering::Release);
             self.inner.log_cache.drop_stream(&mut s.shared.state.lock());
         }
-        tracing::debug!("stream layer stopped");
+        tracing::info!("stream layer stopped");
     }
 }
 
