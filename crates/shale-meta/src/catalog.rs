@@ -142,6 +142,15 @@ impl ObjectCatalog for MetaCatalog {
         self.node.read_meta(|m| m.all_ranges(stream_id))
     }
 
+    fn live_objects_smaller_than(&self, bytes: u64) -> Vec<ObjectMeta> {
+        let objects = self.node.read(|s| s.objects.clone());
+        objects
+            .values()
+            .filter(|o| o.size < bytes)
+            .cloned()
+            .collect()
+    }
+
     fn live_objects(&self) -> Vec<ObjectMeta> {
         // Compaction calls this on every pass: copying every object under the state lock
         // stalled applies (WAL commits) for as long. Now the lock covers an O(1) copy.

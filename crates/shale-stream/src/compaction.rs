@@ -115,7 +115,10 @@ async fn drop_dead_objects(inner: &Inner) -> usize {
 /// Oldest small objects this node is responsible for, up to the merged size limit.
 fn pick(inner: &Inner) -> Vec<ObjectMeta> {
     let cfg = &inner.config;
-    let live = inner.catalog.live_objects();
+    // Runs up to MAX_MERGES_PER_PASS times a pass: copy only the candidates, not every object.
+    let live = inner
+        .catalog
+        .live_objects_smaller_than(cfg.compaction_small_object_bytes);
     let streams = stream_metas(inner, live.iter());
     let open = inner.streams.read();
     let mut candidates: Vec<ObjectMeta> = live
