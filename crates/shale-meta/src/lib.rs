@@ -7,7 +7,8 @@
 //!
 //! Modules: `types` (Raft type config, log commands and responses), `state` (deterministic
 //! apply + per-stream range index), `log_store` (segmented, fsynced Raft log and vote),
-//! `sm_store` (state machine and snapshot files), `catalog` (the stream layer's
+//! `sm_store` (state machine and snapshot files), `snapshot_format` (the versioned binary
+//! encoding of the state in a snapshot), `catalog` (the stream layer's
 //! `ObjectCatalog`), `network` (placeholder transport), `fsutil` (atomic files, frames).
 //!
 //! Data directory: `LOCK` (exclusive while running), `log/` (segments, `vote.json`,
