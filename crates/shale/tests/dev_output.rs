@@ -146,6 +146,7 @@ fn shale_dev_prints_a_short_banner_and_then_stays_quiet() {
             .iter()
             .filter(|(s, l)| *s == Src::Err && l.contains(" INFO "))
             .count();
-        assert!(info <= 6, "{start}: {info} INFO lines: {lines:#?}");
+        // Start and stop; per-event lines are for debugging (with some margin for new ones).
+        assert!(info <= 8, "{start}: {info} INFO lines: {lines:#?}");
     }
 }
