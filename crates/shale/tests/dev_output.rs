@@ -34,14 +34,28 @@ fn forward(src: Src, r: impl Read + Send + 'static, tx: mpsc::Sender<(Src, Strin
 /// Runs `shale dev` in `dir` until its banner is complete plus `settle`, then stops it with
 /// SIGINT (as Ctrl-C would) and returns everything it printed.
 fn run_dev(dir: &Path, port: u16, settle: Duration) -> Vec<(Src, String)> {
-    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_shale"))
-        .args(["dev", "--data-dir"])
+    run_dev_with(dir, port, settle, None)
+}
+
+/// [`run_dev`] with `RUST_LOG` set to `rust_log` (unset when `None`) and `SHALE_LOG` unset.
+fn run_dev_with(
+    dir: &Path,
+    port: u16,
+    settle: Duration,
+    rust_log: Option<&str>,
+) -> Vec<(Src, String)> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shale"));
+    cmd.args(["dev", "--data-dir"])
         .arg(dir.join("data"))
         .args(["--port", &port.to_string()])
         .current_dir(dir)
         // The default filter is under test, not the developer's.
         .env_remove("SHALE_LOG")
-        .env_remove("RUST_LOG")
+        .env_remove("RUST_LOG");
+    if let Some(filter) = rust_log {
+        cmd.env("RUST_LOG", filter);
+    }
+    let mut child: Child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -149,4 +163,21 @@ fn shale_dev_prints_a_short_banner_and_then_stays_quiet() {
         // Start and stop; per-event lines are for debugging (with some margin for new ones).
         assert!(info <= 8, "{start}: {info} INFO lines: {lines:#?}");
     }
+}
+
+#[test]
+fn rust_log_still_turns_openraft_info_back_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = run_dev_with(
+        dir.path(),
+        free_port(),
+        Duration::from_millis(500),
+        Some("info,openraft=info"),
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(s, l)| *s == Src::Err && l.contains("INFO") && l.contains("openraft")),
+        "{lines:#?}"
+    );
 }
