@@ -110,12 +110,11 @@ impl ObjectCatalog for MetaCatalog {
     }
 
     fn dead_objects(&self) -> Vec<(ObjectMeta, i64)> {
-        self.node.read(|s| {
-            s.dead_objects
-                .values()
-                .map(|d| (d.object.clone(), d.dead_since_ms))
-                .collect()
-        })
+        // O(1) copy under the state lock; the deep copy happens after it is released.
+        let dead = self.node.read(|s| s.dead_objects.clone());
+        dead.values()
+            .map(|d| (d.object.clone(), d.dead_since_ms))
+            .collect()
     }
 
     async fn forget_objects(&self, ids: Vec<ObjectId>) -> Result<(), CatalogError> {
@@ -143,7 +142,19 @@ impl ObjectCatalog for MetaCatalog {
         self.node.read_meta(|m| m.all_ranges(stream_id))
     }
 
+    fn live_objects_smaller_than(&self, bytes: u64) -> Vec<ObjectMeta> {
+        let objects = self.node.read(|s| s.objects.clone());
+        objects
+            .values()
+            .filter(|o| o.size < bytes)
+            .cloned()
+            .collect()
+    }
+
     fn live_objects(&self) -> Vec<ObjectMeta> {
-        self.node.read(|s| s.objects.values().cloned().collect())
+        // Compaction calls this on every pass: copying every object under the state lock
+        // stalled applies (WAL commits) for as long. Now the lock covers an O(1) copy.
+        let objects = self.node.read(|s| s.objects.clone());
+        objects.values().cloned().collect()
     }
 }

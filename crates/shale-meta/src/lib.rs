@@ -7,7 +7,8 @@
 //!
 //! Modules: `types` (Raft type config, log commands and responses), `state` (deterministic
 //! apply + per-stream range index), `log_store` (segmented, fsynced Raft log and vote),
-//! `sm_store` (state machine and snapshot files), `catalog` (the stream layer's
+//! `sm_store` (state machine and snapshot files), `snapshot_format` (the versioned binary
+//! encoding of the state in a snapshot), `catalog` (the stream layer's
 //! `ObjectCatalog`), `network` (placeholder transport), `fsutil` (atomic files, frames).
 //!
 //! Data directory: `LOCK` (exclusive while running), `log/` (segments, `vote.json`,
@@ -22,6 +23,7 @@ mod fsutil;
 mod log_store;
 mod network;
 mod sm_store;
+mod snapshot_format;
 mod state;
 mod types;
 
@@ -87,20 +89,29 @@ pub struct DeadObject {
     pub dead_since_ms: i64,
 }
 
+/// A map of the replicated state: a persistent B-tree whose clone is O(1) and shares
+/// structure; a write copies only the path to the changed entry while the map is shared.
+/// Reads look like `BTreeMap`'s (`get`, `iter`, `values`, `range`, ...).
+pub type StateMap<K, V> = imbl::OrdMap<K, V>;
+
 /// The replicated state (readable locally on every node).
+///
+/// Every map is a [`StateMap`], so a consistent copy of the whole state (a snapshot, or
+/// [`MetaNode::state`]) costs a few reference-count bumps under the state lock instead of a
+/// deep copy of every object: applies are never stalled behind a snapshot.
 ///
 /// `#[serde(default)]` lets snapshots written before a field existed still load.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ClusterState {
     pub cluster_id: String,
-    pub nodes: BTreeMap<u64, NodeMeta>,
-    pub topics: BTreeMap<String, TopicMeta>,
-    pub streams: BTreeMap<StreamId, StreamMeta>,
+    pub nodes: StateMap<u64, NodeMeta>,
+    pub topics: StateMap<String, TopicMeta>,
+    pub streams: StateMap<StreamId, StreamMeta>,
     /// Live objects: at least one range still holds live data.
-    pub objects: BTreeMap<u64, ObjectMeta>,
+    pub objects: StateMap<u64, ObjectMeta>,
     /// Objects without live ranges (trimmed, stream deleted, or replaced by compaction).
-    pub dead_objects: BTreeMap<u64, DeadObject>,
+    pub dead_objects: StateMap<u64, DeadObject>,
     /// Next stream id to allocate (ids start at 1).
     pub next_stream_id: u64,
     /// Next object id `prepare_object` hands out (ids start at 1).
@@ -306,7 +317,7 @@ impl MetaNode {
                 .initialize(members)
                 .await
                 .map_err(|e| anyhow::anyhow!("initialize metadata quorum: {e}"))?;
-            tracing::info!(
+            tracing::debug!(
                 node_id = self.node_id,
                 "initialized a one-voter metadata quorum"
             );
@@ -347,7 +358,8 @@ impl MetaNode {
                 .await
                 .map_err(|e| anyhow::anyhow!("store cluster id: {e}"))?;
         }
-        tracing::info!(
+        // Debug: the binary's start banner says this (with the cluster id) once, for the user.
+        tracing::debug!(
             node_id = self.node_id,
             cluster_id = %self.read(|s| s.cluster_id.clone()),
             "metadata node ready"
@@ -365,9 +377,16 @@ impl MetaNode {
     /// Reads the local replica of the state.
     ///
     /// Holds a read lock while `f` runs, which delays applies: keep `f` short and do not call
-    /// back into this node (or its catalog) from it.
+    /// back into this node (or its catalog) from it. To walk large parts of the state, take
+    /// [`MetaNode::state`] instead.
     pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
         f(&self.shared.data.read().meta.state)
+    }
+
+    /// A consistent copy of the local replica, taken in O(1) (the maps are shared, not
+    /// copied): iterate it as long as needed without delaying applies.
+    pub fn state(&self) -> ClusterState {
+        self.read(ClusterState::clone)
     }
 
     pub(crate) fn read_meta<R>(&self, f: impl FnOnce(&MetaState) -> R) -> R {

@@ -129,7 +129,7 @@ impl LogStore {
         }
         // A crash between writing purged.json and deleting segments leaves them behind.
         inner.remove_purged_segments()?;
-        tracing::info!(
+        tracing::debug!(
             dir = %dir.display(),
             segments = inner.segments.len(),
             entries = inner.locs.len(),

@@ -9,7 +9,7 @@
 //!   compaction must preserve live coverage), so the index can key them by start offset.
 
 use crate::types::{ApplyError, Command, Response};
-use crate::{ClusterState, DeadObject, PartitionMeta, TopicCommand, TopicMeta};
+use crate::{ClusterState, DeadObject, PartitionMeta, StateMap, TopicCommand, TopicMeta};
 use shale_stream::{
     ObjectId, ObjectMeta, ObjectRange, RangeLocation, StreamCommit, StreamId, StreamMeta,
 };
@@ -36,14 +36,14 @@ pub(crate) struct MetaState {
     pub index: RangeIndex,
 }
 
-fn range_live(streams: &BTreeMap<StreamId, StreamMeta>, r: &ObjectRange) -> bool {
+fn range_live(streams: &StateMap<StreamId, StreamMeta>, r: &ObjectRange) -> bool {
     match streams.get(&r.stream_id) {
         Some(s) => r.end_offset > r.start_offset && r.end_offset > s.start_offset,
         None => false,
     }
 }
 
-fn object_live(streams: &BTreeMap<StreamId, StreamMeta>, o: &ObjectMeta) -> bool {
+fn object_live(streams: &StateMap<StreamId, StreamMeta>, o: &ObjectMeta) -> bool {
     o.ranges.iter().any(|r| range_live(streams, r))
 }
 
@@ -61,7 +61,7 @@ fn merge_intervals(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 }
 
 impl RangeIndex {
-    fn insert_object(&mut self, streams: &BTreeMap<StreamId, StreamMeta>, o: &ObjectMeta) {
+    fn insert_object(&mut self, streams: &StateMap<StreamId, StreamMeta>, o: &ObjectMeta) {
         for (slot, r) in o.ranges.iter().enumerate() {
             if !range_live(streams, r) {
                 continue;

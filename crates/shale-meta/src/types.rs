@@ -23,7 +23,8 @@ pub(crate) type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub(crate) type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub(crate) type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub(crate) type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
-/// Snapshot payload: the serialized [`crate::ClusterState`] (JSON).
+/// Snapshot payload: the encoded [`crate::ClusterState`] (see `snapshot_format`: a version
+/// byte, protobuf and a checksum; JSON in snapshots from before that format).
 pub(crate) type SnapshotData = Vec<u8>;
 
 /// A state machine command (one Raft log entry payload).

@@ -474,3 +474,52 @@ async fn replace_stream_ranges_matches_memory_catalog() {
     assert_eq!(ids(&node.catalog().all_ranges(1)), before);
     node.shutdown().await;
 }
+
+/// Commits objects of 1000, 5000 and 300 bytes, then asks for those under 1000 and 5001.
+async fn small_objects(cat: Arc<dyn ObjectCatalog>) -> Vec<Vec<u64>> {
+    let e = cat.open_stream(1).await.unwrap().epoch;
+    let mut ids = Vec::new();
+    for (start, end) in [(0, 10), (10, 60), (60, 63)] {
+        ids.push(
+            commit(&cat, vec![range(1, start, end)], vec![sc(1, e)])
+                .await
+                .unwrap(),
+        );
+    }
+    let size_of = |id: u64| {
+        cat.live_objects()
+            .into_iter()
+            .find(|o| o.id == id)
+            .map(|o| o.size)
+    };
+    assert_eq!(
+        ids.iter().map(|&id| size_of(id)).collect::<Vec<_>>(),
+        vec![Some(1000), Some(5000), Some(300)]
+    );
+    [1000, 5001]
+        .into_iter()
+        .map(|bytes| {
+            let mut got: Vec<u64> = cat
+                .live_objects_smaller_than(bytes)
+                .into_iter()
+                .map(|o| o.id)
+                .collect();
+            got.sort_unstable();
+            got.into_iter()
+                .map(|id| ids.iter().position(|&x| x == id).unwrap() as u64)
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_candidates_are_the_live_objects_below_the_size_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let meta = small_objects(node.catalog()).await;
+    // Positions in commit order: 0 = 1000 bytes, 1 = 5000 bytes, 2 = 300 bytes.
+    assert_eq!(meta, vec![vec![2], vec![0, 1, 2]]);
+    let memory = small_objects(Arc::new(shale_stream::memory::MemoryCatalog::new())).await;
+    assert_eq!(memory, meta);
+    node.shutdown().await;
+}

@@ -179,6 +179,16 @@ pub trait ObjectCatalog: Send + Sync + 'static {
 
     /// Local read: all committed live objects (compaction picks from these).
     fn live_objects(&self) -> Vec<ObjectMeta>;
+
+    /// Local read: the live objects smaller than `bytes` (compaction's merge candidates, a
+    /// small share of all objects once compaction keeps up). The default filters
+    /// [`ObjectCatalog::live_objects`]; a catalog holding many objects should answer it
+    /// without copying the others.
+    fn live_objects_smaller_than(&self, bytes: u64) -> Vec<ObjectMeta> {
+        let mut objects = self.live_objects();
+        objects.retain(|o| o.size < bytes);
+        objects
+    }
 }
 
 /// The validation rules of [`ObjectCatalog::replace_stream_ranges`], shared by every catalog

@@ -112,7 +112,10 @@ async fn drop_dead_objects(inner: &Inner) -> usize {
 /// Oldest small objects this node is responsible for, up to the merged size limit.
 fn pick(inner: &Inner) -> Vec<ObjectMeta> {
     let cfg = &inner.config;
-    let live = inner.catalog.live_objects();
+    // Runs up to MAX_MERGES_PER_PASS times a pass: copy only the candidates, not every object.
+    let live = inner
+        .catalog
+        .live_objects_smaller_than(cfg.compaction_small_object_bytes);
     let streams = stream_metas(inner, live.iter());
     let open = inner.streams.read();
     let mut candidates: Vec<ObjectMeta> = live
@@ -254,7 +257,7 @@ async fn merge(inner: &Inner, picked: Vec<ObjectMeta>) -> Result<usize, StreamEr
         .await
     {
         Ok(()) => {
-            tracing::info!(object = id, replaced = n, bytes = size, "compacted objects");
+            tracing::debug!(object = id, replaced = n, bytes = size, "compacted objects");
             Ok(n)
         }
         Err(e) => {
@@ -377,7 +380,7 @@ pub(crate) async fn rewrite_range(
                 let mut st = stream.shared.state.lock();
                 inner.log_cache.drop_below(&mut st, end);
             }
-            tracing::info!(
+            tracing::debug!(
                 stream_id,
                 start,
                 end,

@@ -41,12 +41,24 @@ enum Command {
     },
 }
 
+/// Log filter when neither `SHALE_LOG` nor `RUST_LOG` is set. openraft logs every election
+/// step and a multi-kilobyte dump of its state at INFO on each start; what a user needs from
+/// it (failures) is at WARN and above.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
+
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    ["SHALE_LOG", "RUST_LOG"]
+        .iter()
+        .find_map(|var| tracing_subscriber::EnvFilter::try_from_env(var).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER))
+}
+
 fn main() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SHALE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
+        // Colour codes only help a terminal; in a file or a journal they are noise.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -67,6 +79,43 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(run(settings))
+}
+
+/// Where objects go, in words, for the start banner.
+fn object_store_location(s: &Settings) -> String {
+    match s.str("object.store") {
+        "local" => {
+            let path = match s.opt("object.store.local.path") {
+                Some(p) => PathBuf::from(p),
+                None => s.data_dir().join("objects"),
+            };
+            format!("local directory {}", path.display())
+        }
+        "s3" => {
+            let endpoint = s.opt("s3.endpoint").unwrap_or("AWS");
+            format!(
+                "s3://{}/{} at {endpoint}",
+                s.str("s3.bucket"),
+                s.str("s3.prefix")
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The start banner on stdout. The `bootstrap: HOST:PORT` line stays first and unchanged:
+/// scripts wait for it.
+fn banner(s: &Settings, bootstrap: &str, cluster_id: &str) -> String {
+    format!(
+        "bootstrap: {bootstrap}\n\
+         shale {version} serving Kafka on {bootstrap} (cluster {cluster_id})\n\
+         data dir:     {data_dir}\n\
+         object store: {store}\n\
+         stop with Ctrl-C or SIGTERM (the WAL is drained first)",
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = s.data_dir().display(),
+        store = object_store_location(s),
+    )
 }
 
 fn object_store(s: &Settings) -> anyhow::Result<Arc<dyn ObjectStore>> {
@@ -183,8 +232,12 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
         .await
         .with_context(|| format!("binding {host}:{port}"))?;
-    tracing::info!(%host, port, data_dir = %data_dir.display(), "shale is serving");
-    println!("bootstrap: {adv_host}:{adv_port}");
+    tracing::debug!(%host, port, data_dir = %data_dir.display(), "shale is serving");
+    let cluster = broker.meta.read(|st| st.cluster_id.clone());
+    println!(
+        "{}",
+        banner(&s, &format!("{adv_host}:{adv_port}"), &cluster)
+    );
 
     let serving = {
         let broker = broker.clone();

@@ -683,7 +683,7 @@ impl Group {
                 deadline: now.at + timeout,
             }
         });
-        tracing::info!(group = %self.id, generation = self.generation, reason, "preparing rebalance");
+        tracing::debug!(group = %self.id, generation = self.generation, reason, "preparing rebalance");
         self.transition(GroupState::PreparingRebalance, now);
     }
 
@@ -774,7 +774,7 @@ impl Group {
         }
         self.pending_sync = ids.into_iter().collect();
         self.pending_sync_deadline = Some(now.at + self.rebalance_timeout());
-        tracing::info!(group = %self.id, generation = self.generation, members = self.members.len(), protocol = ?self.protocol_name, "rebalance joined");
+        tracing::debug!(group = %self.id, generation = self.generation, members = self.members.len(), protocol = ?self.protocol_name, "rebalance joined");
     }
 
     fn compute_subscribed_topics(&self) -> Option<HashSet<String>> {
@@ -931,7 +931,7 @@ impl Group {
                     };
                     m.reply_sync(outcome);
                 }
-                tracing::info!(group = %self.id, generation, "group stable");
+                tracing::debug!(group = %self.id, generation, "group stable");
                 self.transition(GroupState::Stable, now);
             }
             Err(e) => {
@@ -1016,7 +1016,7 @@ impl Group {
         if !self.members.contains_key(member_id) {
             return code(ResponseError::UnknownMemberId);
         }
-        tracing::info!(group = %self.id, member = %member_id, "member left");
+        tracing::debug!(group = %self.id, member = %member_id, "member left");
         self.remove_member_and_update(member_id, now, "member left");
         0
     }
