@@ -186,6 +186,9 @@ pub(crate) struct StreamShared {
 pub(crate) struct StreamState {
     pub(crate) next_offset: u64,
     pub(crate) cache: VecDeque<StreamRecord>,
+    /// Payload bytes of `cache`.
+    pub(crate) cache_payload_bytes: usize,
+    /// Memory charged to the log cache for `cache` (payloads and per-entry overhead).
     pub(crate) cache_bytes: usize,
 }
 
@@ -228,7 +231,7 @@ pub struct Stream {
 /// Counters for tests and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreStats {
-    /// Bytes of entries in the log cache.
+    /// Memory held by the log cache: payloads plus per-entry overhead.
     pub log_cache_bytes: usize,
     /// Bytes and number of blocks in the block cache.
     pub block_cache_bytes: usize,
@@ -361,6 +364,7 @@ impl StreamStore {
                 state: Mutex::new(StreamState {
                     next_offset: meta.end_offset,
                     cache: VecDeque::new(),
+                    cache_payload_bytes: 0,
                     cache_bytes: 0,
                 }),
                 resolved: Notify::new(),

@@ -4,6 +4,7 @@
 //! commits them in flush order so every stream's ranges reach the catalog in offset order.
 //! Appends resolve only after their object is PUT *and* committed.
 
+use crate::log_cache::LogCache;
 use crate::object::{self, ENTRY_HEADER_LEN};
 use crate::util::{Backoff, Tuning, dup_error, now_ms, with_timeout};
 use crate::{
@@ -146,7 +147,7 @@ async fn flusher(
     let mut next_id: Option<JoinHandle<Result<ObjectId, CatalogError>>> = None;
     loop {
         if *stop.borrow() {
-            fail_buffered(wal);
+            fail_buffered(wal, &inner.log_cache);
             return;
         }
         let (first_at, closed, bytes) = {
@@ -251,7 +252,7 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Abandoned store: fail what is still buffered instead of leaving producers waiting.
-fn fail_buffered(wal: &Wal) {
+fn fail_buffered(wal: &Wal, log_cache: &LogCache) {
     let taken = {
         let mut b = wal.buffer.lock();
         b.closed = true;
@@ -260,7 +261,7 @@ fn fail_buffered(wal: &Wal) {
         std::mem::take(&mut b.batches)
     };
     for (_, b) in taken {
-        fail_batch(b, &StreamError::ShuttingDown);
+        fail_batch(log_cache, b, &StreamError::ShuttingDown);
     }
 }
 
@@ -352,7 +353,7 @@ async fn process(inner: &Inner, job: Job, mut stop: watch::Receiver<bool>) {
         Err(e) => {
             tracing::error!(error = %e, "WAL object could not be written; failing its appends");
             for (b, _) in live {
-                fail_batch(b, &e);
+                fail_batch(&inner.log_cache, b, &e);
             }
             return;
         }
@@ -368,7 +369,7 @@ async fn process(inner: &Inner, job: Job, mut stop: watch::Receiver<bool>) {
         live = keep;
         for (b, _) in fenced {
             let id = b.stream.id;
-            fail_batch(b, &StreamError::Fenced(id));
+            fail_batch(&inner.log_cache, b, &StreamError::Fenced(id));
         }
         let meta = ObjectMeta {
             id,
@@ -412,7 +413,7 @@ async fn process(inner: &Inner, job: Job, mut stop: watch::Receiver<bool>) {
             }
             CatalogError::UnknownStream(sid) => {
                 tracing::info!(stream_id = sid, "stream deleted; failing its appends");
-                live = fail_stream(live, *sid, &err);
+                live = fail_stream(&inner.log_cache, live, *sid, &err);
                 live.len() == before
             }
             CatalogError::OffsetGap {
@@ -427,7 +428,7 @@ async fn process(inner: &Inner, job: Job, mut stop: watch::Receiver<bool>) {
                     expected,
                     "stream has a gap; failing its appends"
                 );
-                live = fail_stream(live, *stream_id, &err);
+                live = fail_stream(&inner.log_cache, live, *stream_id, &err);
                 live.len() == before
             }
             // The stream moved past our range: most likely our own commit was applied and the
@@ -454,7 +455,7 @@ async fn process(inner: &Inner, job: Job, mut stop: watch::Receiver<bool>) {
                 StreamError::Catalog(err)
             };
             for (b, _) in live {
-                fail_batch(b, &e);
+                fail_batch(&inner.log_cache, b, &e);
             }
             return;
         }
@@ -475,6 +476,7 @@ fn fence_stream(live: &[(PendingBatch, ObjectRange)], sid: u64, current: u64) ->
 }
 
 fn fail_stream(
+    log_cache: &LogCache,
     live: Vec<(PendingBatch, ObjectRange)>,
     sid: u64,
     err: &CatalogError,
@@ -482,7 +484,7 @@ fn fail_stream(
     let (gone, keep): (Vec<_>, Vec<_>) = live.into_iter().partition(|(b, _)| b.stream.id == sid);
     let e = StreamError::Catalog(crate::util::dup_catalog_error(err));
     for (b, _) in gone {
-        fail_batch(b, &e);
+        fail_batch(log_cache, b, &e);
     }
     keep
 }
@@ -500,8 +502,10 @@ fn is_committed(catalog: &dyn ObjectCatalog, meta: &ObjectMeta) -> bool {
 
 /// Fails a batch's appends and fences its handle: its offsets now have a hole, so the owner
 /// must reopen the stream (which restarts at the committed end offset).
-fn fail_batch(b: PendingBatch, e: &StreamError) {
+fn fail_batch(log_cache: &LogCache, b: PendingBatch, e: &StreamError) {
     b.stream.fenced.store(true, Ordering::Release);
+    // Its pending entries can never become durable, hence never evictable: free them now.
+    log_cache.drop_stream(&mut b.stream.state.lock());
     for w in b.waiters {
         let _ = w.send(Err(dup_error(e)));
     }
