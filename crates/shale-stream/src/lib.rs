@@ -16,6 +16,7 @@ pub mod object;
 
 mod block_cache;
 mod compaction;
+mod gc;
 mod log_cache;
 mod reader;
 mod retention;
@@ -26,6 +27,7 @@ mod wal;
 mod tests;
 
 pub use catalog::*;
+pub use gc::GcReport;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -44,6 +46,11 @@ pub struct StreamConfig {
     pub node_id: u64,
     /// Key prefix in the bucket (may be empty).
     pub key_prefix: String,
+    /// The metadata quorum's cluster id: objects go under `{key_prefix}{cluster_id}/`, so a
+    /// re-initialised quorum on the same bucket and prefix (new cluster id, object ids
+    /// starting over) never writes over, or collects, another cluster's objects. Empty: the
+    /// keys go straight under `key_prefix` (tests, and layouts from before cluster ids).
+    pub cluster_id: String,
     /// `wal.batch.interval.ms`: longest time an append waits before its WAL object is written.
     pub wal_batch_interval: Duration,
     /// `wal.batch.bytes`: a WAL object is written as soon as this many bytes are buffered.
@@ -68,6 +75,12 @@ pub struct StreamConfig {
     /// `wal.max.pending.bytes`: appends not yet durable (buffered or uploading) may hold at
     /// most this much memory; producers wait in [`StreamStore::reserve`] beyond it.
     pub wal_max_pending_bytes: usize,
+    /// `object.gc.interval.ms`: how often the bucket is scanned for unreferenced objects
+    /// (0 disables the background pass; `StreamStore::collect_garbage_now` still works).
+    pub gc_interval: Duration,
+    /// `object.gc.min.age.ms`: unreferenced objects younger than this are kept. Must stay
+    /// well above the WAL retry deadline and metadata replication lag.
+    pub gc_min_age: Duration,
 }
 
 impl Default for StreamConfig {
@@ -75,6 +88,7 @@ impl Default for StreamConfig {
         Self {
             node_id: 1,
             key_prefix: String::new(),
+            cluster_id: String::new(),
             wal_batch_interval: Duration::from_millis(50),
             wal_batch_bytes: 8 * 1024 * 1024,
             wal_max_inflight: 4,
@@ -86,6 +100,19 @@ impl Default for StreamConfig {
             compaction_max_object_bytes: 256 * 1024 * 1024,
             object_delete_grace: Duration::from_secs(60),
             wal_max_pending_bytes: 256 * 1024 * 1024,
+            gc_interval: Duration::from_secs(600),
+            gc_min_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl StreamConfig {
+    /// Where this cluster's objects live in the bucket: `{key_prefix}{cluster_id}/`.
+    pub fn object_prefix(&self) -> String {
+        if self.cluster_id.is_empty() {
+            self.key_prefix.clone()
+        } else {
+            format!("{}{}/", self.key_prefix, self.cluster_id)
         }
     }
 }
@@ -138,6 +165,7 @@ struct Tasks {
     committer: JoinHandle<()>,
     compactor: JoinHandle<()>,
     deleter: JoinHandle<()>,
+    collector: JoinHandle<()>,
 }
 
 /// State shared by the store, its streams and its background tasks.
@@ -160,6 +188,10 @@ pub(crate) struct Inner {
     /// Set when the store is dropped or after a graceful shutdown: background tasks exit.
     pub(crate) stop: watch::Sender<bool>,
     next_handle_id: AtomicU64,
+    /// Orphans the garbage collector deleted (since start).
+    pub(crate) orphans_deleted: AtomicU64,
+    /// Objects found corrupt by compaction; they are left out of further merges.
+    pub(crate) quarantined: Mutex<std::collections::HashSet<ObjectId>>,
 }
 
 /// Per-handle state of an open stream, shared with the WAL and the log cache.
@@ -240,6 +272,10 @@ pub struct StoreStats {
     pub block_fetches_inflight: usize,
     /// Open stream handles.
     pub open_streams: usize,
+    /// Unreferenced objects deleted by the garbage collector since start.
+    pub orphans_deleted: u64,
+    /// Objects compaction found corrupt and no longer merges (each is logged).
+    pub quarantined_objects: u64,
 }
 
 /// Memory reserved for appends until they are durable; dropping it releases the memory.
@@ -307,6 +343,8 @@ impl StreamStore {
             ))),
             stop,
             next_handle_id: AtomicU64::new(1),
+            orphans_deleted: AtomicU64::new(0),
+            quarantined: Mutex::new(std::collections::HashSet::new()),
             config,
         });
         let (flusher, committer) = wal::spawn(&inner);
@@ -318,6 +356,7 @@ impl StreamStore {
             Arc::downgrade(&inner),
             inner.stop.subscribe(),
         ));
+        let collector = tokio::spawn(gc::run(Arc::downgrade(&inner), inner.stop.subscribe()));
         tracing::info!(node_id = inner.config.node_id, "stream layer started");
         Arc::new(StreamStore {
             inner,
@@ -326,6 +365,7 @@ impl StreamStore {
                 committer,
                 compactor,
                 deleter,
+                collector,
             })),
         })
     }
@@ -488,6 +528,13 @@ impl StreamStore {
         retention::delete_dead(&self.inner).await
     }
 
+    /// Runs one garbage-collection pass now (tests, admin tools): deletes objects under the
+    /// cluster's prefix that the catalog does not reference and that are older than
+    /// `gc_min_age`.
+    pub async fn collect_garbage_now(&self) -> Result<GcReport, StreamError> {
+        gc::collect(&self.inner).await
+    }
+
     /// Current cache usage.
     pub fn stats(&self) -> StoreStats {
         let (block_cache_bytes, block_cache_blocks) = self.inner.blocks.usage();
@@ -497,6 +544,8 @@ impl StreamStore {
             block_cache_blocks,
             block_fetches_inflight: self.inner.blocks.inflight(),
             open_streams: self.inner.streams.read().len(),
+            orphans_deleted: self.inner.orphans_deleted.load(Ordering::Relaxed),
+            quarantined_objects: self.inner.quarantined.lock().len() as u64,
         }
     }
 
@@ -513,6 +562,7 @@ impl StreamStore {
         self.inner.stop.send_replace(true);
         let _ = t.compactor.await;
         let _ = t.deleter.await;
+        let _ = t.collector.await;
         // Handles reference the store; dropping them here breaks the cycle.
         let streams: Vec<_> = self.inner.streams.write().drain().map(|(_, s)| s).collect();
         for s in streams {

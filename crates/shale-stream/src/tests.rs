@@ -20,6 +20,7 @@ fn config() -> StreamConfig {
     StreamConfig {
         node_id: 1,
         key_prefix: "t/".into(),
+        cluster_id: String::new(),
         wal_batch_interval: Duration::from_millis(20),
         wal_batch_bytes: 1 << 20,
         wal_max_inflight: 4,
@@ -32,6 +33,9 @@ fn config() -> StreamConfig {
         compaction_max_object_bytes: 16 << 20,
         object_delete_grace: Duration::from_millis(50),
         wal_max_pending_bytes: 64 << 20,
+        // Driven by collect_garbage_now in tests.
+        gc_interval: Duration::ZERO,
+        gc_min_age: Duration::ZERO,
     }
 }
 
@@ -1526,5 +1530,252 @@ mod log_cache_bounds {
         let h = s.append(1, 0, |b| payload(1, b, 100)).unwrap();
         assert!(matches!(durable(h).await, Err(StreamError::Fenced(1))));
         assert_eq!(env.store.stats().log_cache_bytes, 0);
+    }
+}
+
+mod hygiene {
+    use super::*;
+    use object_store::ObjectStoreExt;
+
+    fn clustered() -> StreamConfig {
+        StreamConfig {
+            cluster_id: "c1".into(),
+            ..config()
+        }
+    }
+
+    async fn corrupt(bucket: &FaultyStore, key: &str) {
+        let path = Path::from(key);
+        let data = bucket
+            .inner()
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let mut bad = data.to_vec();
+        bad[30] ^= 0xff;
+        bucket
+            .inner()
+            .put(&path, Bytes::from(bad).into())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn object_keys_carry_the_cluster_id() {
+        let env = Env::new(clustered());
+        let s = env.store.open(1).await.unwrap();
+        append_n(&s, 2, 1, 10).await;
+        append_n(&s, 2, 1, 10).await;
+        env.store.compact_now().await.unwrap();
+        for o in env.catalog.live_objects() {
+            assert!(o.key.starts_with("t/c1/"), "{}", o.key);
+        }
+        assert_eq!(env.bucket.keys("t/c1/obj").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn every_new_object_is_put_exclusively() {
+        let env = Env::new(clustered());
+        let s = env.store.open(1).await.unwrap();
+        // The WAL's next object id is 1: someone else's object already sits there.
+        let foreign = Path::from("t/c1/wal/1/00000000000000000001");
+        env.bucket
+            .inner()
+            .put(&foreign, Bytes::from_static(b"not ours").into())
+            .await
+            .unwrap();
+        let h = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
+        assert!(matches!(durable(h).await, Err(StreamError::ObjectStore(_))));
+        let kept = env.bucket.inner().get(&foreign).await.unwrap();
+        assert_eq!(kept.bytes().await.unwrap(), Bytes::from_static(b"not ours"));
+    }
+
+    #[tokio::test]
+    async fn an_ambiguous_wal_put_is_acknowledged_once_its_retry_finds_it_landed() {
+        let env = Env::new(clustered());
+        let s = env.store.open(1).await.unwrap();
+        env.bucket
+            .inject(Rule::new(Fault::Ambiguous).op(Op::Put).times(1));
+        append_n(&s, 3, 1, 10).await;
+        assert_eq!(s.end_offset(), 3);
+        assert_eq!(env.bucket.keys("t/c1/wal").await.unwrap().len(), 1);
+        check_entries(&read_all(&s, 0).await, 1, 0, 3, 1);
+    }
+
+    /// Appends whose every PUT attempt lands but reports failure: the appends fail and
+    /// leave one orphan object behind.
+    async fn leave_an_orphan(env: &Env) {
+        let s = env.store.open(1).await.unwrap();
+        append_n(&s, 2, 1, 10).await;
+        let rule = env
+            .bucket
+            .inject(Rule::new(Fault::Ambiguous).op(Op::Put).prefix("t/c1/wal/"));
+        let h = s.append(1, 0, |b| payload(1, b, 10)).unwrap();
+        assert!(durable(h).await.is_err());
+        env.bucket.remove(rule);
+        assert_eq!(env.bucket.keys("t/c1/wal").await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn garbage_collection_deletes_orphans_of_ambiguous_puts_and_keeps_committed_objects() {
+        let env = Env::new(clustered());
+        leave_an_orphan(&env).await;
+        let r = env.store.collect_garbage_now().await.unwrap();
+        assert_eq!((r.listed, r.referenced, r.deleted), (2, 1, 1));
+        assert_eq!(env.bucket.keys("t/c1/wal").await.unwrap().len(), 1);
+        assert_eq!(env.store.stats().orphans_deleted, 1);
+        let s = env.store.open(1).await.unwrap();
+        check_entries(&read_all(&s, 0).await, 1, 0, 2, 1);
+    }
+
+    #[tokio::test]
+    async fn garbage_collection_keeps_orphans_younger_than_the_horizon() {
+        let env = Env::new(StreamConfig {
+            gc_min_age: Duration::from_secs(3600),
+            ..clustered()
+        });
+        leave_an_orphan(&env).await;
+        let r = env.store.collect_garbage_now().await.unwrap();
+        assert_eq!((r.too_young, r.deleted), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn garbage_collection_keeps_dead_objects_awaiting_their_grace() {
+        let env = Env::new(StreamConfig {
+            object_delete_grace: Duration::from_secs(3600),
+            ..clustered()
+        });
+        let s = env.store.open(1).await.unwrap();
+        append_n(&s, 2, 1, 10).await;
+        append_n(&s, 2, 1, 10).await;
+        env.store.compact_now().await.unwrap();
+        assert_eq!(env.catalog.dead_objects().len(), 2);
+        let r = env.store.collect_garbage_now().await.unwrap();
+        assert_eq!((r.referenced, r.deleted), (3, 0));
+    }
+
+    #[tokio::test]
+    async fn garbage_collection_never_touches_another_clusters_objects() {
+        let env = Env::new(clustered());
+        let other = Path::from("t/c0/wal/1/00000000000000000001");
+        env.bucket
+            .inner()
+            .put(&other, Bytes::from_static(b"x").into())
+            .await
+            .unwrap();
+        let r = env.store.collect_garbage_now().await.unwrap();
+        assert_eq!(r.deleted, 0);
+        assert!(env.bucket.inner().head(&other).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn garbage_collection_without_a_cluster_id_deletes_nothing() {
+        let env = Env::new(config());
+        env.bucket
+            .inner()
+            .put(&Path::from("t/stray"), Bytes::from_static(b"x").into())
+            .await
+            .unwrap();
+        let r = env.store.collect_garbage_now().await.unwrap();
+        assert_eq!(r, GcReport::default());
+        assert!(
+            env.bucket
+                .inner()
+                .head(&Path::from("t/stray"))
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_collection_fails_cleanly_during_an_outage() {
+        let env = Env::new(clustered());
+        leave_an_orphan(&env).await;
+        env.bucket.set_outage(true);
+        assert!(env.store.collect_garbage_now().await.is_err());
+        env.bucket.set_outage(false);
+        assert_eq!(env.store.collect_garbage_now().await.unwrap().deleted, 1);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_object_is_quarantined_and_compaction_merges_the_others() {
+        let env = Env::new(clustered());
+        let s = env.store.open(1).await.unwrap();
+        for _ in 0..4 {
+            append_n(&s, 2, 1, 100).await;
+        }
+        let mut objects = env.catalog.live_objects();
+        objects.sort_by_key(|o| o.id);
+        assert_eq!(objects.len(), 4);
+        corrupt(&env.bucket, &objects[1].key).await;
+        env.store.compact_now().await.unwrap();
+        assert_eq!(env.store.stats().quarantined_objects, 1);
+        let live: Vec<ObjectId> = env.catalog.live_objects().iter().map(|o| o.id).collect();
+        // The corrupt object stays as it is; the three others became one.
+        assert_eq!(live.len(), 2);
+        assert!(live.contains(&objects[1].id));
+        // Later passes do not trip over it again.
+        env.store.compact_now().await.unwrap();
+        assert_eq!(env.catalog.live_objects().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_committed_object_missing_from_the_bucket_is_quarantined_too() {
+        let env = Env::new(clustered());
+        let s = env.store.open(1).await.unwrap();
+        for _ in 0..3 {
+            append_n(&s, 2, 1, 100).await;
+        }
+        let mut objects = env.catalog.live_objects();
+        objects.sort_by_key(|o| o.id);
+        env.bucket
+            .inner()
+            .delete(&Path::from(objects[0].key.as_str()))
+            .await
+            .unwrap();
+        env.store.compact_now().await.unwrap();
+        assert_eq!(env.store.stats().quarantined_objects, 1);
+        assert_eq!(env.catalog.live_objects().len(), 2);
+    }
+
+    /// moto (a real S3 implementation) honours `If-None-Match: *` the way the WAL relies on.
+    #[test]
+    fn a_second_exclusive_put_on_the_same_key_fails_with_already_exists_on_s3() {
+        if !shale_testkit::s3_server_available() {
+            eprintln!("skipped: moto_server not installed (scripts/install-test-deps.sh)");
+            return;
+        }
+        let s3 = shale_testkit::S3Server::start().unwrap();
+        let bucket = s3.create_bucket("hygiene").unwrap();
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&bucket)
+            .with_region("us-east-1")
+            .with_endpoint(s3.endpoint())
+            .with_allow_http(true)
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()
+            .unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let path = Path::from("c1/wal/1/00000000000000000001");
+            let create = || PutOptions::from(object_store::PutMode::Create);
+            store
+                .put_opts(&path, Bytes::from_static(b"first").into(), create())
+                .await
+                .unwrap();
+            let second = store
+                .put_opts(&path, Bytes::from_static(b"second").into(), create())
+                .await;
+            assert!(
+                matches!(second, Err(object_store::Error::AlreadyExists { .. })),
+                "{second:?}"
+            );
+            let kept = store.get(&path).await.unwrap().bytes().await.unwrap();
+            assert_eq!(kept, Bytes::from_static(b"first"));
+        });
     }
 }

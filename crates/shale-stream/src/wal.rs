@@ -6,14 +6,13 @@
 
 use crate::log_cache::LogCache;
 use crate::object::{self, ENTRY_HEADER_LEN};
-use crate::util::{Backoff, Tuning, dup_error, now_ms, with_timeout};
+use crate::util::{Backoff, Tuning, dup_error, now_ms, put_new, with_timeout};
 use crate::{
     AppendPermit, CatalogError, Inner, ObjectCatalog, ObjectId, ObjectMeta, ObjectRange,
     StreamCommit, StreamError, StreamRecord, StreamShared,
 };
 use bytes::Bytes;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::ObjectStore;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -231,7 +230,7 @@ fn build_job(
     let upload = tokio::spawn(upload(
         inner.store.clone(),
         inner.catalog.clone(),
-        inner.config.key_prefix.clone(),
+        inner.config.object_prefix(),
         inner.config.node_id,
         data,
         inner.tuning.clone(),
@@ -265,7 +264,7 @@ fn fail_buffered(wal: &Wal, log_cache: &LogCache) {
     }
 }
 
-/// Key of a WAL object.
+/// Key of a WAL object; `prefix` is the cluster's ([`crate::StreamConfig::object_prefix`]).
 pub(crate) fn wal_key(prefix: &str, node_id: u64, id: ObjectId) -> String {
     format!("{prefix}wal/{node_id}/{id:020}")
 }
@@ -314,18 +313,8 @@ async fn upload(
         }
     };
     let key = wal_key(&prefix, node_id, id);
-    let path = Path::from(key.as_str());
-    loop {
-        match store.put(&path, PutPayload::from(data.clone())).await {
-            Ok(_) => return Ok((id, key)),
-            Err(e) => {
-                tracing::warn!(key, error = %e, "WAL object upload failed; retrying");
-                if !backoff.wait().await {
-                    return Err(StreamError::ObjectStore(format!("PUT {key}: {e}")));
-                }
-            }
-        }
-    }
+    put_new(store.as_ref(), &key, &data, &mut backoff).await?;
+    Ok((id, key))
 }
 
 async fn committer(
