@@ -285,6 +285,26 @@ pub struct AppendPermit {
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
+impl AppendPermit {
+    /// Splits off the memory for `bytes` (in whole KiB, rounded up) into a permit of its own,
+    /// e.g. one partition's share of a produce request's reservation, so that each share
+    /// travels with its own [`Stream::append_many`] and is released when those entries
+    /// resolve. Asking for more than is left takes all of it; the remainder may end up empty.
+    pub fn split(&mut self, bytes: usize) -> AppendPermit {
+        let want = bytes.div_ceil(1024).max(1);
+        let part = match self._permit.as_mut() {
+            Some(p) if p.num_permits() > want => p.split(want),
+            _ => self._permit.take(),
+        };
+        AppendPermit { _permit: part }
+    }
+
+    /// Memory this permit holds, in bytes (KiB granularity).
+    pub fn bytes(&self) -> usize {
+        self._permit.as_ref().map_or(0, |p| p.num_permits() * 1024)
+    }
+}
+
 /// Permits count KiB so that large limits fit the semaphore's u32 acquire size.
 fn pending_permits(bytes: usize) -> usize {
     (bytes / 1024).clamp(1, u32::MAX as usize)

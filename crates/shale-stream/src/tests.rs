@@ -1463,6 +1463,31 @@ mod append_many {
     }
 
     #[tokio::test]
+    async fn a_split_permit_releases_each_share_with_its_own_entries() {
+        let env = Env::new(small_budget());
+        let a = env.store.open(1).await.unwrap();
+        let b = env.store.open(2).await.unwrap();
+        let mut whole = env.store.reserve(64 << 10).await;
+        let share = whole.split(32 << 10);
+        assert_eq!((share.bytes(), whole.bytes()), (32 << 10, 32 << 10));
+        settle(a.append_many(entries(1, 1, 1, 10), share).unwrap())
+            .await
+            .unwrap();
+        // Stream 1's share is back while the rest is still held.
+        let half = timeout(Duration::from_millis(300), env.store.reserve(32 << 10))
+            .await
+            .expect("stream 1's share was not released");
+        drop(half);
+        let all = env.store.reserve(64 << 10);
+        tokio::pin!(all);
+        assert!(timeout(Duration::from_millis(100), &mut all).await.is_err());
+        settle(b.append_many(entries(2, 1, 1, 10), whole).unwrap())
+            .await
+            .unwrap();
+        timeout(Duration::from_secs(1), all).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn the_permit_is_released_when_the_entries_fail() {
         let env = Env::new(small_budget());
         let s = env.store.open(1).await.unwrap();
