@@ -1253,7 +1253,12 @@ mod power_loss {
 async fn produce_throughput_with_and_without_fsync() {
     const TOTAL: usize = 256 << 20;
     const ENTRY: usize = 64 << 10;
-    for durable in [false, true, false, true, false, true] {
+    // (batch interval, batch bytes): the defaults, and small objects (many more fsyncs).
+    let shapes = [(50, 8 << 20), (5, 1 << 20)];
+    for (interval_ms, batch_bytes, durable) in shapes
+        .iter()
+        .flat_map(|&(i, b)| [(i, b, false), (i, b, true), (i, b, false), (i, b, true)])
+    {
         let dir = tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or(".".into())).unwrap();
         let bucket: Arc<dyn ObjectStore> = if durable {
             Arc::new(crate::local::DurableLocalStore::new(dir.path()).unwrap())
@@ -1261,8 +1266,8 @@ async fn produce_throughput_with_and_without_fsync() {
             Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap())
         };
         let mut cfg = StreamConfig {
-            wal_batch_interval: Duration::from_millis(50),
-            wal_batch_bytes: 8 << 20,
+            wal_batch_interval: Duration::from_millis(interval_ms),
+            wal_batch_bytes: batch_bytes,
             ..StreamConfig::default()
         };
         cfg.compaction_interval = Duration::ZERO;
@@ -1305,7 +1310,8 @@ async fn produce_throughput_with_and_without_fsync() {
         }
         lat.sort();
         println!(
-            "{}: {} MiB in {secs:.2} s = {:.1} MiB/s; lone 1 KiB append ack p50 {:?} max {:?}",
+            "batch {interval_ms} ms / {} MiB, {}: {} MiB in {secs:.2} s = {:.1} MiB/s; lone 1 KiB append ack p50 {:?} max {:?}",
+            batch_bytes >> 20,
             if durable {
                 "DurableLocalStore (fsync)"
             } else {
