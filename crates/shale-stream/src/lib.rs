@@ -8,6 +8,10 @@
 //! node's object WAL; the WAL writes one stream-set object per `wal.batch.interval` (or
 //! `wal.batch.bytes`), commits it in the catalog, and only then resolves the append.
 //! Read path: log cache -> block cache (with read-ahead) -> ranged GET.
+//!
+//! Bucket hygiene: objects live under `{key_prefix}{cluster_id}/`, are created exclusively
+//! (`PutMode::Create`), and a garbage collector removes old objects nothing references
+//! (`gc`). `local::DurableLocalStore` makes a local-directory bucket fsync what it writes.
 
 pub mod catalog;
 pub mod local;

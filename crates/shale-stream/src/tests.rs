@@ -2070,3 +2070,54 @@ mod outages {
         }
     }
 }
+
+mod exclusive_put {
+    use super::*;
+    use crate::util::{Backoff, put_new};
+    use object_store::ObjectStoreExt;
+
+    fn backoff() -> Backoff {
+        Backoff::new(&tuning(), Duration::from_millis(200))
+    }
+
+    #[tokio::test]
+    async fn already_exists_on_a_retry_counts_as_the_earlier_attempt_having_landed() {
+        let bucket = FaultyStore::in_memory(1);
+        bucket.inject(Rule::new(Fault::Ambiguous).op(Op::Put).times(1));
+        let data = Bytes::from_static(b"wal object");
+        put_new(bucket.as_ref(), "k", &data, &mut backoff())
+            .await
+            .unwrap();
+        assert_eq!(bucket.calls(Op::Put), 2);
+        // Trusted without reading it back.
+        assert_eq!(bucket.calls(Op::Get), 0);
+    }
+
+    #[tokio::test]
+    async fn already_exists_on_the_first_attempt_is_ours_only_if_the_bytes_match() {
+        let bucket = FaultyStore::in_memory(1);
+        let data = Bytes::from_static(b"wal object");
+        let path = Path::from("k");
+        // As after an internal retry of the S3 client whose first try landed.
+        bucket
+            .inner()
+            .put(&path, data.clone().into())
+            .await
+            .unwrap();
+        put_new(bucket.as_ref(), "k", &data, &mut backoff())
+            .await
+            .unwrap();
+        let other = Bytes::from_static(b"another object");
+        let r = put_new(bucket.as_ref(), "k", &other, &mut backoff()).await;
+        assert!(matches!(r, Err(StreamError::ObjectStore(_))));
+        let kept = bucket
+            .inner()
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(kept, data);
+    }
+}
