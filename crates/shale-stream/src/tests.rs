@@ -1251,7 +1251,12 @@ mod power_loss {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: prints figures"]
 async fn produce_throughput_with_and_without_fsync() {
-    const TOTAL: usize = 256 << 20;
+    // BENCH_MIB sets the volume per run (default 256).
+    let total: usize = std::env::var("BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+        << 20;
     const ENTRY: usize = 64 << 10;
     // (batch interval, batch bytes): the defaults, and small objects (many more fsyncs).
     let shapes = [(50, 8 << 20), (5, 1 << 20)];
@@ -1280,7 +1285,7 @@ async fn produce_throughput_with_and_without_fsync() {
         let body = Bytes::from(vec![7u8; ENTRY]);
         let started = std::time::Instant::now();
         let mut pending = std::collections::VecDeque::new();
-        for i in 0..TOTAL / ENTRY {
+        for i in 0..total / ENTRY {
             let s = &streams[i % streams.len()];
             let permit = store.reserve(ENTRY).await;
             let h = s.append(1, 0, |_| body.clone()).unwrap();
@@ -1317,8 +1322,8 @@ async fn produce_throughput_with_and_without_fsync() {
             } else {
                 "LocalFileSystem (no fsync)"
             },
-            TOTAL >> 20,
-            (TOTAL >> 20) as f64 / secs,
+            total >> 20,
+            (total >> 20) as f64 / secs,
             lat[lat.len() / 2],
             lat[lat.len() - 1]
         );
