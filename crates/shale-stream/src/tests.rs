@@ -1668,6 +1668,23 @@ mod hygiene {
     }
 
     #[tokio::test]
+    async fn garbage_collection_deletes_the_object_of_a_compaction_that_never_swapped_in() {
+        let env = Env::new(clustered());
+        let s = env.store.open(1).await.unwrap();
+        append_n(&s, 2, 1, 10).await;
+        // As left by a node that crashed between the merged object's PUT and the swap.
+        let merged = Path::from("t/c1/obj/00000000000000000099");
+        env.bucket
+            .inner()
+            .put(&merged, Bytes::from_static(b"merged").into())
+            .await
+            .unwrap();
+        let r = env.store.collect_garbage_now().await.unwrap();
+        assert_eq!(r.deleted, 1);
+        assert!(env.bucket.inner().head(&merged).await.is_err());
+    }
+
+    #[tokio::test]
     async fn garbage_collection_keeps_orphans_younger_than_the_horizon() {
         let env = Env::new(StreamConfig {
             gc_min_age: Duration::from_secs(3600),
