@@ -8,7 +8,7 @@
 //! is gone are still picked up by the new owners of their streams.
 
 use crate::object;
-use crate::util::{Backoff, now_ms};
+use crate::util::{Backoff, now_ms, put_new};
 use crate::{
     CatalogError, Inner, ObjectId, ObjectMeta, StreamError, StreamId, StreamMeta, StreamRecord,
 };
@@ -118,9 +118,11 @@ fn pick(inner: &Inner) -> Vec<ObjectMeta> {
         .live_objects_smaller_than(cfg.compaction_small_object_bytes);
     let streams = stream_metas(inner, live.iter());
     let open = inner.streams.read();
+    let quarantined = inner.quarantined.lock().clone();
     let mut candidates: Vec<ObjectMeta> = live
         .into_iter()
         .filter(|o| o.size < cfg.compaction_small_object_bytes)
+        .filter(|o| !quarantined.contains(&o.id))
         .filter(|o| {
             o.ranges
                 .iter()
@@ -151,16 +153,33 @@ async fn merge(inner: &Inner, picked: Vec<ObjectMeta>) -> Result<usize, StreamEr
     let fetched: Vec<(ObjectMeta, bytes::Bytes)> = futures::stream::iter(picked)
         .map(|o| async move {
             let path = Path::from(o.key.as_str());
-            let data = async { store.get(&path).await?.bytes().await }
-                .await
-                .map_err(|e| StreamError::ObjectStore(format!("GET {}: {e}", o.key)))?;
-            Ok::<_, StreamError>((o, data))
+            match async { store.get(&path).await?.bytes().await }.await {
+                Ok(data) => Ok((o, data)),
+                Err(e) => Err((o, e)),
+            }
         })
         .buffered(4)
         .collect::<Vec<_>>()
         .await
         .into_iter()
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        .or_else(|(o, e)| match e {
+            // A committed object missing from the bucket is lost data, not a passing fault:
+            // quarantined like a corrupt one so the other objects still get merged.
+            object_store::Error::NotFound { .. } => {
+                tracing::error!(
+                    object = o.id,
+                    key = o.key,
+                    "committed object missing from the bucket; quarantined"
+                );
+                inner.quarantined.lock().insert(o.id);
+                Ok(Vec::new())
+            }
+            e => Err(StreamError::ObjectStore(format!("GET {}: {e}", o.key))),
+        })?;
+    if fetched.is_empty() {
+        return Ok(0);
+    }
 
     let streams = stream_metas(inner, fetched.iter().map(|(o, _)| o));
     // Live ranges per stream as (start, end, entries): bounds are kept explicitly because
@@ -175,8 +194,18 @@ async fn merge(inner: &Inner, picked: Vec<ObjectMeta>) -> Result<usize, StreamEr
                 Some(Some(s)) => s.start_offset,
                 _ => continue,
             };
-            let entries: Vec<StreamRecord> = object::decode_range(data, r)
-                .map_err(|e| e.at(&o.key))?
+            let decoded = match object::decode_range(data, r) {
+                Ok(d) => d,
+                Err(e) => {
+                    // One bad object must not stall compaction for everything else: set it
+                    // aside (reads of it keep failing loudly) and let the pass merge the rest.
+                    let e = e.at(&o.key);
+                    tracing::error!(object = o.id, key = o.key, error = %e, "corrupt object quarantined; compaction skips it");
+                    inner.quarantined.lock().insert(o.id);
+                    return Ok(0);
+                }
+            };
+            let entries: Vec<StreamRecord> = decoded
                 .into_iter()
                 .filter(|e| e.end_offset() > start)
                 .collect();
@@ -279,22 +308,13 @@ async fn put_object(
     data: bytes::Bytes,
 ) -> Result<(ObjectId, String, Path), StreamError> {
     let id = inner.catalog.prepare_object().await?;
-    let key = object_key(&inner.config.key_prefix, id);
+    let key = object_key(&inner.config.object_prefix(), id);
     let path = Path::from(key.as_str());
     // Retried as long as a WAL object's PUT: past that the store is out, and the pass gives
     // up (its inputs stay live) instead of holding the compaction lock through the outage.
     let mut backoff = Backoff::new(&inner.tuning, inner.tuning.wal_retry_timeout);
-    loop {
-        match inner.store.put(&path, data.clone().into()).await {
-            Ok(_) => return Ok((id, key, path)),
-            Err(e) => {
-                tracing::warn!(key, error = %e, "compacted object upload failed; retrying");
-                if !backoff.wait().await {
-                    return Err(StreamError::ObjectStore(format!("PUT {key}: {e}")));
-                }
-            }
-        }
-    }
+    put_new(inner.store.as_ref(), &key, &data, &mut backoff).await?;
+    Ok((id, key, path))
 }
 
 /// Log compaction's rewrite of `[start, end)` of an open stream (see

@@ -8,6 +8,10 @@
 //! node's object WAL; the WAL writes one stream-set object per `wal.batch.interval` (or
 //! `wal.batch.bytes`), commits it in the catalog, and only then resolves the append.
 //! Read path: log cache -> block cache (with read-ahead) -> ranged GET.
+//!
+//! Bucket hygiene: objects live under `{key_prefix}{cluster_id}/`, are created exclusively
+//! (`PutMode::Create`), and a garbage collector removes old objects nothing references
+//! (`gc`). `local::DurableLocalStore` makes a local-directory bucket fsync what it writes.
 
 pub mod catalog;
 pub mod local;
@@ -16,6 +20,7 @@ pub mod object;
 
 mod block_cache;
 mod compaction;
+mod gc;
 mod log_cache;
 mod reader;
 mod retention;
@@ -26,6 +31,7 @@ mod wal;
 mod tests;
 
 pub use catalog::*;
+pub use gc::GcReport;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -44,6 +50,11 @@ pub struct StreamConfig {
     pub node_id: u64,
     /// Key prefix in the bucket (may be empty).
     pub key_prefix: String,
+    /// The metadata quorum's cluster id: objects go under `{key_prefix}{cluster_id}/`, so a
+    /// re-initialised quorum on the same bucket and prefix (new cluster id, object ids
+    /// starting over) never writes over, or collects, another cluster's objects. Empty: the
+    /// keys go straight under `key_prefix` (tests, and layouts from before cluster ids).
+    pub cluster_id: String,
     /// `wal.batch.interval.ms`: longest time an append waits before its WAL object is written.
     pub wal_batch_interval: Duration,
     /// `wal.batch.bytes`: a WAL object is written as soon as this many bytes are buffered.
@@ -72,6 +83,12 @@ pub struct StreamConfig {
     /// through an object store or metadata outage before its appends fail (the producers
     /// then get KAFKA_STORAGE_ERROR and the handles reopen).
     pub wal_retry_timeout: Duration,
+    /// `object.gc.interval.ms`: how often the bucket is scanned for unreferenced objects
+    /// (0 disables the background pass; `StreamStore::collect_garbage_now` still works).
+    pub gc_interval: Duration,
+    /// `object.gc.min.age.ms`: unreferenced objects younger than this are kept. Must stay
+    /// well above the WAL retry deadline and metadata replication lag.
+    pub gc_min_age: Duration,
 }
 
 impl Default for StreamConfig {
@@ -79,6 +96,7 @@ impl Default for StreamConfig {
         Self {
             node_id: 1,
             key_prefix: String::new(),
+            cluster_id: String::new(),
             wal_batch_interval: Duration::from_millis(50),
             wal_batch_bytes: 8 * 1024 * 1024,
             wal_max_inflight: 4,
@@ -91,6 +109,19 @@ impl Default for StreamConfig {
             object_delete_grace: Duration::from_secs(60),
             wal_max_pending_bytes: 256 * 1024 * 1024,
             wal_retry_timeout: Duration::from_secs(60),
+            gc_interval: Duration::from_secs(600),
+            gc_min_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl StreamConfig {
+    /// Where this cluster's objects live in the bucket: `{key_prefix}{cluster_id}/`.
+    pub fn object_prefix(&self) -> String {
+        if self.cluster_id.is_empty() {
+            self.key_prefix.clone()
+        } else {
+            format!("{}{}/", self.key_prefix, self.cluster_id)
         }
     }
 }
@@ -143,6 +174,7 @@ struct Tasks {
     committer: JoinHandle<()>,
     compactor: JoinHandle<()>,
     deleter: JoinHandle<()>,
+    collector: JoinHandle<()>,
 }
 
 /// State shared by the store, its streams and its background tasks.
@@ -165,6 +197,10 @@ pub(crate) struct Inner {
     /// Set when the store is dropped or after a graceful shutdown: background tasks exit.
     pub(crate) stop: watch::Sender<bool>,
     next_handle_id: AtomicU64,
+    /// Orphans the garbage collector deleted (since start).
+    pub(crate) orphans_deleted: AtomicU64,
+    /// Objects found corrupt by compaction; they are left out of further merges.
+    pub(crate) quarantined: Mutex<std::collections::HashSet<ObjectId>>,
 }
 
 /// Per-handle state of an open stream, shared with the WAL and the log cache.
@@ -191,6 +227,9 @@ pub(crate) struct StreamShared {
 pub(crate) struct StreamState {
     pub(crate) next_offset: u64,
     pub(crate) cache: VecDeque<StreamRecord>,
+    /// Payload bytes of `cache`.
+    pub(crate) cache_payload_bytes: usize,
+    /// Memory charged to the log cache for `cache` (payloads and per-entry overhead).
     pub(crate) cache_bytes: usize,
 }
 
@@ -233,7 +272,7 @@ pub struct Stream {
 /// Counters for tests and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreStats {
-    /// Bytes of entries in the log cache.
+    /// Memory held by the log cache: payloads plus per-entry overhead.
     pub log_cache_bytes: usize,
     /// Bytes and number of blocks in the block cache.
     pub block_cache_bytes: usize,
@@ -242,6 +281,10 @@ pub struct StoreStats {
     pub block_fetches_inflight: usize,
     /// Open stream handles.
     pub open_streams: usize,
+    /// Unreferenced objects deleted by the garbage collector since start.
+    pub orphans_deleted: u64,
+    /// Objects compaction found corrupt and no longer merges (each is logged).
+    pub quarantined_objects: u64,
 }
 
 /// Memory reserved for appends until they are durable; dropping it releases the memory.
@@ -252,17 +295,22 @@ pub struct AppendPermit {
 }
 
 impl AppendPermit {
-    /// Splits off the share for `bytes` (at least one KiB unit, at most what is left), so
-    /// one request's reservation can travel with each partition's entries separately.
+    /// Splits off the memory for `bytes` (in whole KiB, rounded up) into a permit of its own,
+    /// e.g. one partition's share of a produce request's reservation, so that each share
+    /// travels with its own [`Stream::append_many`] and is released when those entries
+    /// resolve. Asking for more than is left takes all of it; the remainder may end up empty.
     pub fn split(&mut self, bytes: usize) -> AppendPermit {
-        let part = self.permit_units().min(bytes.div_ceil(1024).max(1));
-        AppendPermit {
-            _permit: self._permit.as_mut().and_then(|p| p.split(part)),
-        }
+        let want = bytes.div_ceil(1024).max(1);
+        let part = match self._permit.as_mut() {
+            Some(p) if p.num_permits() > want => p.split(want),
+            _ => self._permit.take(),
+        };
+        AppendPermit { _permit: part }
     }
 
-    fn permit_units(&self) -> usize {
-        self._permit.as_ref().map_or(0, |p| p.num_permits())
+    /// Memory this permit holds, in bytes (KiB granularity).
+    pub fn bytes(&self) -> usize {
+        self._permit.as_ref().map_or(0, |p| p.num_permits() * 1024)
     }
 }
 
@@ -328,6 +376,8 @@ impl StreamStore {
             ))),
             stop,
             next_handle_id: AtomicU64::new(1),
+            orphans_deleted: AtomicU64::new(0),
+            quarantined: Mutex::new(std::collections::HashSet::new()),
             config,
         });
         let (flusher, committer) = wal::spawn(&inner);
@@ -339,6 +389,7 @@ impl StreamStore {
             Arc::downgrade(&inner),
             inner.stop.subscribe(),
         ));
+        let collector = tokio::spawn(gc::run(Arc::downgrade(&inner), inner.stop.subscribe()));
         tracing::info!(node_id = inner.config.node_id, "stream layer started");
         Arc::new(StreamStore {
             inner,
@@ -347,6 +398,7 @@ impl StreamStore {
                 committer,
                 compactor,
                 deleter,
+                collector,
             })),
         })
     }
@@ -385,6 +437,7 @@ impl StreamStore {
                 state: Mutex::new(StreamState {
                     next_offset: meta.end_offset,
                     cache: VecDeque::new(),
+                    cache_payload_bytes: 0,
                     cache_bytes: 0,
                 }),
                 resolved: Notify::new(),
@@ -508,6 +561,13 @@ impl StreamStore {
         retention::delete_dead(&self.inner).await
     }
 
+    /// Runs one garbage-collection pass now (tests, admin tools): deletes objects under the
+    /// cluster's prefix that the catalog does not reference and that are older than
+    /// `gc_min_age`.
+    pub async fn collect_garbage_now(&self) -> Result<GcReport, StreamError> {
+        gc::collect(&self.inner).await
+    }
+
     /// Current cache usage.
     pub fn stats(&self) -> StoreStats {
         let (block_cache_bytes, block_cache_blocks) = self.inner.blocks.usage();
@@ -517,6 +577,8 @@ impl StreamStore {
             block_cache_blocks,
             block_fetches_inflight: self.inner.blocks.inflight(),
             open_streams: self.inner.streams.read().len(),
+            orphans_deleted: self.inner.orphans_deleted.load(Ordering::Relaxed),
+            quarantined_objects: self.inner.quarantined.lock().len() as u64,
         }
     }
 
@@ -533,6 +595,7 @@ impl StreamStore {
         self.inner.stop.send_replace(true);
         let _ = t.compactor.await;
         let _ = t.deleter.await;
+        let _ = t.collector.await;
         // Handles reference the store; dropping them here breaks the cycle.
         let streams: Vec<_> = self.inner.streams.write().drain().map(|(_, s)| s).collect();
         for s in streams {

@@ -289,3 +289,103 @@ impl MultipartUpload for DurableUpload {
         self.inner.abort().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::{ObjectStoreExt, WriteMultipart};
+
+    /// Records which paths were synced, relative to the root.
+    #[derive(Debug, Default)]
+    struct Log {
+        root: Mutex<PathBuf>,
+        files: Mutex<Vec<String>>,
+        dirs: Mutex<Vec<String>>,
+    }
+
+    impl Log {
+        fn rel(&self, p: &std::path::Path) -> String {
+            let root = self.root.lock().clone();
+            match p.strip_prefix(&root) {
+                Ok(r) => format!("/{}", r.display()),
+                Err(_) => "(outside)".into(),
+            }
+        }
+    }
+
+    impl Syncer for Log {
+        fn sync_file(&self, p: &std::path::Path) -> io::Result<()> {
+            let r = self.rel(p);
+            self.files.lock().push(r);
+            Ok(())
+        }
+        fn sync_dir(&self, p: &std::path::Path) -> io::Result<()> {
+            let r = self.rel(p);
+            self.dirs.lock().push(r);
+            Ok(())
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Arc<Log>, DurableLocalStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::default());
+        *log.root.lock() = std::fs::canonicalize(dir.path()).unwrap();
+        let s = DurableLocalStore::with_syncer(dir.path(), log.clone()).unwrap();
+        log.dirs.lock().clear();
+        (dir, log, s)
+    }
+
+    #[tokio::test]
+    async fn a_put_syncs_the_file_and_every_new_directory_up_to_the_root() {
+        let (_d, log, s) = store();
+        s.put(&Path::from("a/b/x"), "1".into()).await.unwrap();
+        assert_eq!(*log.files.lock(), vec!["/a/b/x"]);
+        // x's entry in b, b's in a, a's in the root.
+        assert_eq!(*log.dirs.lock(), vec!["/a/b", "/a", "/"]);
+    }
+
+    #[tokio::test]
+    async fn a_put_into_a_known_directory_syncs_only_its_parent() {
+        let (_d, log, s) = store();
+        s.put(&Path::from("a/b/x"), "1".into()).await.unwrap();
+        log.dirs.lock().clear();
+        s.put(&Path::from("a/b/y"), "2".into()).await.unwrap();
+        assert_eq!(*log.dirs.lock(), vec!["/a/b"]);
+    }
+
+    #[tokio::test]
+    async fn a_completed_multipart_upload_is_synced() {
+        let (_d, log, s) = store();
+        let upload = s.put_multipart(&Path::from("m/obj")).await.unwrap();
+        let mut w = WriteMultipart::new(upload);
+        w.write(b"part");
+        w.finish().await.unwrap();
+        assert_eq!(*log.files.lock(), vec!["/m/obj"]);
+    }
+
+    #[tokio::test]
+    async fn a_rename_syncs_the_destination_and_the_source_directory() {
+        let (_d, log, s) = store();
+        s.put(&Path::from("a/x"), "1".into()).await.unwrap();
+        s.put(&Path::from("b/keep"), "1".into()).await.unwrap();
+        log.files.lock().clear();
+        log.dirs.lock().clear();
+        s.rename(&Path::from("a/x"), &Path::from("b/x"))
+            .await
+            .unwrap();
+        assert_eq!(*log.files.lock(), vec!["/b/x"]);
+        assert!(log.dirs.lock().contains(&"/b".to_string()));
+    }
+
+    #[tokio::test]
+    async fn an_exclusive_put_onto_an_existing_object_syncs_it_and_reports_already_exists() {
+        let (_d, log, s) = store();
+        s.put(&Path::from("x"), "1".into()).await.unwrap();
+        log.files.lock().clear();
+        let r = s
+            .put_opts(&Path::from("x"), "2".into(), PutMode::Create.into())
+            .await;
+        assert!(matches!(r, Err(object_store::Error::AlreadyExists { .. })));
+        assert_eq!(*log.files.lock(), vec!["/x"]);
+    }
+}

@@ -5,12 +5,34 @@
 //! and are never evicted. Durable entries are evicted oldest-commit-first, node-wide, once the
 //! cache holds more than `log_cache_bytes`: every commit appends (stream, end offset) to a FIFO,
 //! and eviction pops it, dropping that stream's cached entries up to that offset.
+//!
+//! The budget counts what an entry really costs, not only its payload: its slot in the
+//! stream's `VecDeque` (allocated capacity included, so slack after a burst counts until it is
+//! released) and the header of the payload's shared allocation. Without that, a flood of tiny
+//! entries would hold many times the configured memory.
+//!
+//! A fenced handle can never make its pending entries durable, so they would never become
+//! evictable: its whole cache is dropped as soon as it is fenced (by a newer owner or by a
+//! failed WAL object).
 
 use crate::{StreamRecord, StreamShared, StreamState};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+
+/// Bytes of one `VecDeque` slot: the entry struct itself.
+pub(crate) const SLOT_BYTES: usize = std::mem::size_of::<StreamRecord>();
+/// Heap header of a payload's shared allocation (`Bytes` built from a `Vec`/`BytesMut`:
+/// buffer pointer, capacity, reference count), charged once per entry.
+pub(crate) const PAYLOAD_HEADER_BYTES: usize = 32;
+
+/// What a stream's cache costs in memory.
+fn footprint(st: &StreamState) -> usize {
+    st.cache_payload_bytes
+        + st.cache.capacity() * SLOT_BYTES
+        + st.cache.len() * PAYLOAD_HEADER_BYTES
+}
 
 pub(crate) struct LogCache {
     limit: usize,
@@ -37,17 +59,37 @@ impl LogCache {
         }
     }
 
-    /// Bytes held (payloads of cached entries).
+    /// Bytes held: payloads plus per-entry overhead of every cached entry.
     pub fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    /// Brings the node-wide total in line with the stream's current footprint.
+    fn recharge(&self, st: &mut StreamState) {
+        let now = footprint(st);
+        if now >= st.cache_bytes {
+            self.bytes
+                .fetch_add(now - st.cache_bytes, Ordering::Relaxed);
+        } else {
+            self.bytes
+                .fetch_sub(st.cache_bytes - now, Ordering::Relaxed);
+        }
+        st.cache_bytes = now;
+    }
+
+    /// Gives back slot capacity once the cache uses a quarter of it or less.
+    fn release_slack(&self, st: &mut StreamState) {
+        if st.cache.capacity() > 0 && st.cache.len() * 4 <= st.cache.capacity() {
+            st.cache.shrink_to_fit();
+            self.recharge(st);
+        }
+    }
+
     /// Adds an appended entry (caller holds the stream's lock).
     pub fn insert(&self, st: &mut StreamState, record: StreamRecord) {
-        let n = record.payload.len();
+        st.cache_payload_bytes += record.payload.len();
         st.cache.push_back(record);
-        st.cache_bytes += n;
-        self.bytes.fetch_add(n, Ordering::Relaxed);
+        self.recharge(st);
     }
 
     /// Records that `stream`'s entries below `end` are durable (evictable).
@@ -74,38 +116,33 @@ impl LogCache {
             };
             let (weak, end) = next;
             if let Some(s) = weak.upgrade() {
-                let mut st = s.state.lock();
-                while st.cache.front().is_some_and(|e| e.end_offset() <= end) {
-                    if let Some(e) = st.cache.pop_front() {
-                        self.release(&mut st, e.payload.len());
-                    }
-                }
+                self.drop_below(&mut s.state.lock(), end);
             }
         }
     }
 
-    /// Drops a stream's whole cache (stream closed).
+    /// Drops a stream's whole cache (stream closed or handle fenced).
     pub fn drop_stream(&self, st: &mut StreamState) {
-        let n = st.cache_bytes;
-        st.cache.clear();
-        st.cache_bytes = 0;
-        self.bytes.fetch_sub(n, Ordering::Relaxed);
+        st.cache = std::collections::VecDeque::new();
+        st.cache_payload_bytes = 0;
+        self.recharge(st);
     }
 
     /// Drops a stream's cached entries below `end` (their offsets were rewritten by log
     /// compaction, so the cache must not keep serving the old versions). Only durable entries
     /// can be below a rewritten span, and the remaining cache is still a contiguous tail.
     pub fn drop_below(&self, st: &mut StreamState, end: u64) {
+        let mut dropped = false;
         while st.cache.front().is_some_and(|e| e.end_offset() <= end) {
             if let Some(e) = st.cache.pop_front() {
-                self.release(st, e.payload.len());
+                st.cache_payload_bytes -= e.payload.len();
+                dropped = true;
             }
         }
-    }
-
-    fn release(&self, st: &mut StreamState, n: usize) {
-        st.cache_bytes -= n;
-        self.bytes.fetch_sub(n, Ordering::Relaxed);
+        if dropped {
+            self.recharge(st);
+            self.release_slack(st);
+        }
     }
 }
 

@@ -136,3 +136,50 @@ impl Backoff {
         true
     }
 }
+
+/// PUTs a new object exclusively (`PutMode::Create`, S3 `If-None-Match: *`), retrying with
+/// `backoff`. Object ids are reserved through the catalog and keys carry the cluster id, so
+/// no one else ever writes this key: `AlreadyExists` after a failed attempt means that
+/// attempt landed with its response lost, which is success. On the first attempt it is
+/// checked against the bytes (the S3 client retries internally, so even a "first" attempt
+/// may be our second); anything else under the key is never overwritten.
+pub(crate) async fn put_new(
+    store: &dyn object_store::ObjectStore,
+    key: &str,
+    data: &bytes::Bytes,
+    backoff: &mut Backoff,
+) -> Result<(), StreamError> {
+    use object_store::{ObjectStoreExt, PutMode};
+    let path = object_store::path::Path::from(key);
+    let mut retried = false;
+    loop {
+        let err = match store
+            .put_opts(&path, data.clone().into(), PutMode::Create.into())
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) if retried => {
+                tracing::info!(key, "object already written by an earlier attempt");
+                return Ok(());
+            }
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let existing = async { store.get(&path).await?.bytes().await }.await;
+                match existing {
+                    Ok(b) if b == *data => return Ok(()),
+                    Ok(_) => {
+                        return Err(StreamError::ObjectStore(format!(
+                            "PUT {key}: another object exists under this key; not overwriting it"
+                        )));
+                    }
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        retried = true;
+        tracing::warn!(key, error = %err, "object upload failed; retrying");
+        if !backoff.wait().await {
+            return Err(StreamError::ObjectStore(format!("PUT {key}: {err}")));
+        }
+    }
+}

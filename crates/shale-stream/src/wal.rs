@@ -4,15 +4,15 @@
 //! commits them in flush order so every stream's ranges reach the catalog in offset order.
 //! Appends resolve only after their object is PUT *and* committed.
 
+use crate::log_cache::LogCache;
 use crate::object::{self, ENTRY_HEADER_LEN};
-use crate::util::{Backoff, Tuning, dup_error, now_ms, with_timeout};
+use crate::util::{Backoff, Tuning, dup_error, now_ms, put_new, with_timeout};
 use crate::{
     AppendPermit, CatalogError, Inner, ObjectCatalog, ObjectId, ObjectMeta, ObjectRange,
     StreamCommit, StreamError, StreamRecord, StreamShared,
 };
 use bytes::Bytes;
-use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::ObjectStore;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -146,7 +146,7 @@ async fn flusher(
     let mut next_id: Option<JoinHandle<Result<ObjectId, CatalogError>>> = None;
     loop {
         if *stop.borrow() {
-            fail_buffered(wal);
+            fail_buffered(wal, &inner.log_cache);
             return;
         }
         let (first_at, closed, bytes) = {
@@ -230,7 +230,7 @@ fn build_job(
     let upload = tokio::spawn(upload(
         inner.store.clone(),
         inner.catalog.clone(),
-        inner.config.key_prefix.clone(),
+        inner.config.object_prefix(),
         inner.config.node_id,
         data,
         inner.tuning.clone(),
@@ -251,7 +251,7 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Abandoned store: fail what is still buffered instead of leaving producers waiting.
-fn fail_buffered(wal: &Wal) {
+fn fail_buffered(wal: &Wal, log_cache: &LogCache) {
     let taken = {
         let mut b = wal.buffer.lock();
         b.closed = true;
@@ -260,11 +260,11 @@ fn fail_buffered(wal: &Wal) {
         std::mem::take(&mut b.batches)
     };
     for (_, b) in taken {
-        fail_batch(b, &StreamError::ShuttingDown);
+        fail_batch(log_cache, b, &StreamError::ShuttingDown);
     }
 }
 
-/// Key of a WAL object.
+/// Key of a WAL object; `prefix` is the cluster's ([`crate::StreamConfig::object_prefix`]).
 pub(crate) fn wal_key(prefix: &str, node_id: u64, id: ObjectId) -> String {
     format!("{prefix}wal/{node_id}/{id:020}")
 }
@@ -313,18 +313,8 @@ async fn upload(
         }
     };
     let key = wal_key(&prefix, node_id, id);
-    let path = Path::from(key.as_str());
-    loop {
-        match store.put(&path, PutPayload::from(data.clone())).await {
-            Ok(_) => return Ok((id, key)),
-            Err(e) => {
-                tracing::warn!(key, error = %e, "WAL object upload failed; retrying");
-                if !backoff.wait().await {
-                    return Err(StreamError::ObjectStore(format!("PUT {key}: {e}")));
-                }
-            }
-        }
-    }
+    put_new(store.as_ref(), &key, &data, &mut backoff).await?;
+    Ok((id, key))
 }
 
 async fn committer(
@@ -352,7 +342,7 @@ async fn process(inner: &Inner, job: Job, mut stop: watch::Receiver<bool>) {
         Err(e) => {
             tracing::error!(error = %e, "WAL object could not be written; failing its appends");
             for (b, _) in live {
-                fail_batch(b, &e);
+                fail_batch(&inner.log_cache, b, &e);
             }
             return;
         }
@@ -368,7 +358,7 @@ async fn process(inner: &Inner, job: Job, mut stop: watch::Receiver<bool>) {
         live = keep;
         for (b, _) in fenced {
             let id = b.stream.id;
-            fail_batch(b, &StreamError::Fenced(id));
+            fail_batch(&inner.log_cache, b, &StreamError::Fenced(id));
         }
         let meta = ObjectMeta {
             id,
@@ -412,7 +402,7 @@ async fn process(inner: &Inner, job: Job, mut stop: watch::Receiver<bool>) {
             }
             CatalogError::UnknownStream(sid) => {
                 tracing::info!(stream_id = sid, "stream deleted; failing its appends");
-                live = fail_stream(live, *sid, &err);
+                live = fail_stream(&inner.log_cache, live, *sid, &err);
                 live.len() == before
             }
             CatalogError::OffsetGap {
@@ -427,7 +417,7 @@ async fn process(inner: &Inner, job: Job, mut stop: watch::Receiver<bool>) {
                     expected,
                     "stream has a gap; failing its appends"
                 );
-                live = fail_stream(live, *stream_id, &err);
+                live = fail_stream(&inner.log_cache, live, *stream_id, &err);
                 live.len() == before
             }
             // The stream moved past our range: most likely our own commit was applied and the
@@ -454,7 +444,7 @@ async fn process(inner: &Inner, job: Job, mut stop: watch::Receiver<bool>) {
                 StreamError::Catalog(err)
             };
             for (b, _) in live {
-                fail_batch(b, &e);
+                fail_batch(&inner.log_cache, b, &e);
             }
             return;
         }
@@ -475,6 +465,7 @@ fn fence_stream(live: &[(PendingBatch, ObjectRange)], sid: u64, current: u64) ->
 }
 
 fn fail_stream(
+    log_cache: &LogCache,
     live: Vec<(PendingBatch, ObjectRange)>,
     sid: u64,
     err: &CatalogError,
@@ -482,7 +473,7 @@ fn fail_stream(
     let (gone, keep): (Vec<_>, Vec<_>) = live.into_iter().partition(|(b, _)| b.stream.id == sid);
     let e = StreamError::Catalog(crate::util::dup_catalog_error(err));
     for (b, _) in gone {
-        fail_batch(b, &e);
+        fail_batch(log_cache, b, &e);
     }
     keep
 }
@@ -500,8 +491,10 @@ fn is_committed(catalog: &dyn ObjectCatalog, meta: &ObjectMeta) -> bool {
 
 /// Fails a batch's appends and fences its handle: its offsets now have a hole, so the owner
 /// must reopen the stream (which restarts at the committed end offset).
-fn fail_batch(b: PendingBatch, e: &StreamError) {
+fn fail_batch(log_cache: &LogCache, b: PendingBatch, e: &StreamError) {
     b.stream.fenced.store(true, Ordering::Release);
+    // Its pending entries can never become durable, hence never evictable: free them now.
+    log_cache.drop_stream(&mut b.stream.state.lock());
     for w in b.waiters {
         let _ = w.send(Err(dup_error(e)));
     }

@@ -181,12 +181,19 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     if !prefix.is_empty() && !prefix.ends_with('/') {
         prefix.push('/');
     }
+    // Set by the quorum before `start` returns; objects are keyed under it.
+    let cluster_id = meta.read(|s| s.cluster_id.clone());
+    anyhow::ensure!(
+        !cluster_id.is_empty(),
+        "the metadata quorum has no cluster id"
+    );
     let streams = StreamStore::start(
         store,
         meta.catalog(),
         StreamConfig {
             node_id,
             key_prefix: prefix,
+            cluster_id,
             wal_batch_interval: s.millis("wal.batch.interval.ms")?,
             wal_batch_bytes: s.parse("wal.batch.bytes")?,
             wal_max_inflight: s.parse("wal.max.inflight.uploads")?,
@@ -199,6 +206,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             object_delete_grace: s.millis("object.delete.grace.ms")?,
             wal_max_pending_bytes: s.parse("wal.max.pending.bytes")?,
             wal_retry_timeout: s.millis("wal.retry.timeout.ms")?,
+            ..StreamConfig::default()
         },
     );
 
