@@ -26,6 +26,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("wal.max.inflight.uploads", "4"),
     ("wal.max.pending.bytes", "268435456"),
     ("wal.retry.timeout.ms", "60000"),
+    ("object.gc.interval.ms", "600000"),
+    ("object.gc.min.age.ms", "3600000"),
     ("log.cache.bytes", "268435456"),
     ("block.cache.bytes", "268435456"),
     ("block.readahead.ranges", "4"),

@@ -206,7 +206,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             object_delete_grace: s.millis("object.delete.grace.ms")?,
             wal_max_pending_bytes: s.parse("wal.max.pending.bytes")?,
             wal_retry_timeout: s.millis("wal.retry.timeout.ms")?,
-            ..StreamConfig::default()
+            gc_interval: s.millis("object.gc.interval.ms")?,
+            gc_min_age: s.millis("object.gc.min.age.ms")?,
         },
     );
 
