@@ -13,7 +13,7 @@ use kafka_protocol::records::{
 };
 use shale_broker::{Broker, BrokerConfig};
 use shale_stream::StreamConfig;
-use shale_testkit::faulty::FaultyStore;
+use shale_testkit::faulty::{Fault, FaultyStore, Op, Rule};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -101,9 +101,19 @@ fn batch(key: &str, value: &str, timestamp: i64) -> Bytes {
 }
 
 async fn produce(conn: &mut TcpStream, topic: &str, acks: i16, records: Bytes) -> (i16, i64) {
+    produce_within(conn, topic, acks, 30_000, records).await
+}
+
+async fn produce_within(
+    conn: &mut TcpStream,
+    topic: &str,
+    acks: i16,
+    timeout_ms: i32,
+    records: Bytes,
+) -> (i16, i64) {
     let req = ProduceRequest::default()
         .with_acks(acks)
-        .with_timeout_ms(30_000)
+        .with_timeout_ms(timeout_ms)
         .with_topic_data(vec![
             produce_request::TopicProduceData::default()
                 .with_name(TopicName(name(topic)))
@@ -276,4 +286,23 @@ async fn the_log_cleaner_changes_nothing_during_an_outage_and_cleans_after_it() 
         produce(&mut c, "compacted", 1, batch("same", "e", now_ms())).await,
         (0, 4)
     );
+}
+
+#[tokio::test]
+async fn only_acks_all_answers_request_timed_out_and_acks_one_waits_for_durability() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, store, mut c) = broker(dir.path()).await;
+    create(&mut c, "slow", &[]).await;
+    // A slow store: every PUT takes 1.5 s, longer than the requests' 200 ms timeout.
+    store.inject(Rule::new(Fault::Latency(Duration::from_millis(1500))).op(Op::Put));
+
+    // acks=all: Kafka times out when "replication" misses timeout_ms.
+    let (code, _) = produce_within(&mut c, "slow", -1, 200, batch("k", "all", now_ms())).await;
+    assert_eq!(code, ResponseError::RequestTimedOut.code());
+    // acks=1: Kafka never answers REQUEST_TIMED_OUT; Shale waits until the batch is durable.
+    let (code, offset) = produce_within(&mut c, "slow", 1, 200, batch("k", "one", now_ms())).await;
+    assert_eq!(code, 0);
+    // The timed-out acks=all batch became durable after all: it is offset 0 (a client retry
+    // would be a duplicate, which is why the timeout path must stay rare).
+    assert_eq!(offset, 1);
 }

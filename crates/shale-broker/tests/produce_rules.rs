@@ -431,3 +431,40 @@ async fn a_fetch_never_returns_offsets_at_or_above_the_high_watermark_it_reports
     writer.await.unwrap();
     assert!(checked > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_batches_get_contiguous_offsets_whatever_other_producers_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, mut c) = broker(dir.path(), 55 << 20).await;
+    assert_eq!(create(&mut c, "shared", 1, &[]).await, 0);
+    let addr = format!("127.0.0.1:{}", b.config.advertised_port);
+    // Four producers, each sending requests of 5 batches x 2 records to one partition.
+    let producers: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                let mut w = TcpStream::connect(addr).await.unwrap();
+                let mut bases = Vec::new();
+                for _ in 0..25 {
+                    let mut five = BytesMut::new();
+                    for _ in 0..5 {
+                        five.extend_from_slice(&batch(2, 10, now_ms(), Compression::None));
+                    }
+                    let r = produce_to(&mut w, 9, "shared", 0, five.freeze()).await;
+                    assert_eq!(r.error_code, 0);
+                    bases.push(r.base_offset);
+                }
+                bases
+            })
+        })
+        .collect();
+    let mut bases = Vec::new();
+    for p in producers {
+        bases.extend(p.await.unwrap());
+    }
+    // Every request owns [base, base + 10): the blocks tile the partition without overlap,
+    // so no other producer's batch landed inside a request's.
+    bases.sort_unstable();
+    let expected: Vec<i64> = (0..100).map(|i| i * 10).collect();
+    assert_eq!(bases, expected);
+}
