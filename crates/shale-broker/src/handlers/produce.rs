@@ -292,17 +292,85 @@ async fn append_partition(
         .partition(topic, index)
         .await
         .map_err(|c| (c, String::new()))?;
-    let Some(mut records) = records else {
+    let Some(records) = records else {
         return Err((ResponseError::CorruptMessage, "no records".into()));
     };
     let batches = batch::validate_batches(&records).map_err(batch_error)?;
     let defaults = &broker.config.topic_defaults;
-    let max_message_bytes =
-        topic_config::effective_i64("max.message.bytes", &part.topic_configs, defaults);
-    let log_append_time =
-        topic_config::effective_str("message.timestamp.type", &part.topic_configs, defaults)
-            == "LogAppendTime";
-    for (h, range) in &batches {
+    let limits = TopicLimits {
+        max_message_bytes: topic_config::effective_i64(
+            "max.message.bytes",
+            &part.topic_configs,
+            defaults,
+        ),
+        log_append_time: topic_config::effective_str(
+            "message.timestamp.type",
+            &part.topic_configs,
+            defaults,
+        ) == "LogAppendTime",
+        rules: BatchRules::of_topic(&part.topic_configs, defaults, version),
+    };
+    admit(&batches, limits.max_message_bytes)?;
+    let now = if limits.log_append_time {
+        crate::now_ms()
+    } else {
+        -1
+    };
+    let prepared = prepare(records, batches, &limits, now)?;
+    let stream = part.stream;
+    let epoch = leader_epoch(stream.epoch());
+    // One atomic append: contiguous offsets with no other producer's batches in between,
+    // all or nothing. The permit stays with the entries in the WAL until they are durable.
+    let entries = prepared
+        .into_iter()
+        .map(
+            |Prepared {
+                 count,
+                 max_timestamp,
+                 mut buf,
+             }| AppendEntry {
+                count,
+                max_timestamp,
+                build: move |base: u64| {
+                    batch::patch_offsets(&mut buf, base as i64, epoch);
+                    buf.freeze()
+                },
+            },
+        )
+        .collect();
+    let handle = match stream.append_many(entries, permit) {
+        Ok(handle) => handle,
+        Err(e) => {
+            if matches!(e, StreamError::Fenced(_)) {
+                // Reopen under a new epoch on the next request; the client retries.
+                broker.close_stream(stream.id()).await;
+            }
+            return Err((stream_error_code(&e), e.to_string()));
+        }
+    };
+    let base_offset = handle.base_offset as i64;
+    let durable = vec![handle.durable];
+    Ok(Appended {
+        base_offset,
+        log_append_time: now,
+        log_start_offset: stream.start_offset() as i64,
+        durable,
+    })
+}
+
+/// What a topic allows of the batches appended to it.
+struct TopicLimits {
+    max_message_bytes: i64,
+    log_append_time: bool,
+    rules: BatchRules,
+}
+
+/// Checks every batch header before anything is appended.
+fn admit(
+    batches: &[(BatchHeader, std::ops::Range<usize>)],
+    max_message_bytes: i64,
+) -> Result<(), (ResponseError, String)> {
+    for (h, range) in batches {
         if range.len() as i64 > max_message_bytes {
             return Err((
                 ResponseError::MessageTooLarge,
@@ -325,68 +393,55 @@ async fn append_partition(
             ));
         }
     }
-    let rules = BatchRules::of_topic(&part.topic_configs, defaults, version);
-    let now = if log_append_time { crate::now_ms() } else { -1 };
-    let stream = part.stream;
-    let epoch = leader_epoch(stream.epoch());
-    // Every batch is checked and put in its stored form before any is appended, so a
-    // refused batch refuses the whole partition's records (all or nothing).
+    Ok(())
+}
+
+/// A batch in its stored form, waiting for its offsets.
+struct Prepared {
+    count: u32,
+    max_timestamp: i64,
+    buf: BytesMut,
+}
+
+/// Every batch in its stored form before any is appended: a refused batch refuses the whole
+/// partition's records (all or nothing).
+fn prepare(
+    mut records: BytesMut,
+    batches: Vec<(BatchHeader, std::ops::Range<usize>)>,
+    limits: &TopicLimits,
+    now: i64,
+) -> Result<Vec<Prepared>, (ResponseError, String)> {
     let mut prepared = Vec::with_capacity(batches.len());
     for (h, range) in batches {
         // Batches are contiguous from the start of `records`: split each off and patch it
         // in place; unless the topic's rules need its records, the payload is never
         // decompressed, re-encoded or copied.
-        let mut buf = rules.apply(records.split_to(range.len()), &h)?;
-        if buf.len() as i64 > max_message_bytes {
+        let mut buf = limits.rules.apply(records.split_to(range.len()), &h)?;
+        if buf.len() as i64 > limits.max_message_bytes {
             return Err((
                 ResponseError::MessageTooLarge,
                 format!(
-                    "batch of {} bytes after recompression exceeds max.message.bytes {max_message_bytes}",
-                    buf.len()
+                    "batch of {} bytes after recompression exceeds max.message.bytes {}",
+                    buf.len(),
+                    limits.max_message_bytes
                 ),
             ));
         }
-        if log_append_time {
+        if limits.log_append_time {
             batch::set_log_append_time(&mut buf, now);
         }
-        let max_ts = if log_append_time {
+        let max_ts = if limits.log_append_time {
             now
         } else {
             h.max_timestamp
         };
-        prepared.push((h.offset_count(), max_ts, buf));
+        prepared.push(Prepared {
+            count: h.offset_count(),
+            max_timestamp: max_ts,
+            buf,
+        });
     }
-    // One atomic append: contiguous offsets with no other producer's batches in between,
-    // all or nothing. The permit stays with the entries in the WAL until they are durable.
-    let entries = prepared
-        .into_iter()
-        .map(|(count, max_timestamp, mut buf)| AppendEntry {
-            count,
-            max_timestamp,
-            build: move |base: u64| {
-                batch::patch_offsets(&mut buf, base as i64, epoch);
-                buf.freeze()
-            },
-        })
-        .collect();
-    let handle = match stream.append_many(entries, permit) {
-        Ok(handle) => handle,
-        Err(e) => {
-            if matches!(e, StreamError::Fenced(_)) {
-                // Reopen under a new epoch on the next request; the client retries.
-                broker.close_stream(stream.id()).await;
-            }
-            return Err((stream_error_code(&e), e.to_string()));
-        }
-    };
-    let base_offset = handle.base_offset as i64;
-    let durable = vec![handle.durable];
-    Ok(Appended {
-        base_offset,
-        log_append_time: now,
-        log_start_offset: stream.start_offset() as i64,
-        durable,
-    })
+    Ok(prepared)
 }
 
 /// Topic rules that may need a batch's records (its header alone does not say): the
