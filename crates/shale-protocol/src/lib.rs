@@ -8,7 +8,9 @@
 pub mod batch;
 pub mod envelope;
 pub mod frame;
+pub mod guard;
 pub mod records;
+pub mod schema;
 
 pub use kafka_protocol;
 pub use kafka_protocol::error::ResponseError;
