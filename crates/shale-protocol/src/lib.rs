@@ -6,6 +6,7 @@
 //! crate leaves to the broker (version checks, batch headers without decompression).
 
 pub mod batch;
+pub mod decompress;
 pub mod envelope;
 pub mod frame;
 pub mod guard;

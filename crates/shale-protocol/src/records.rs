@@ -6,9 +6,22 @@
 //! that keeps the original header's base offset, last offset delta, timestamps and producer
 //! fields, as Kafka's cleaner does.
 
-use crate::batch::{BatchError, BatchHeader, HEADER_LEN};
+use crate::batch::{BatchError, BatchHeader, HEADER_LEN, LOG_OVERHEAD};
+use crate::decompress::{DecompressError, decompress_capped};
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::compression::{self as cmpr, Compressor, Decompressor};
+use kafka_protocol::compression::{self as cmpr, Compressor};
+use kafka_protocol::records::{Compression, RecordBatchDecoder, RecordSet};
+
+/// Cap on a batch's uncompressed records where the caller passes none
+/// ([`records_section`]): far above any batch a `message.max.bytes`-sized producer batch
+/// legitimately inflates to, far below what would exhaust memory.
+pub const DEFAULT_DECOMPRESS_CAP: usize = 256 << 20;
+
+/// The fewest bytes one record takes: length, attributes, timestamp delta, offset delta,
+/// key length, value length and header count, one byte each.
+pub const MIN_RECORD_LEN: usize = 7;
+/// The fewest bytes one record header takes: key length and value length.
+const MIN_HEADER_LEN: usize = 2;
 
 /// One record of a batch: where it is and what compaction needs to know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +53,11 @@ fn varint(buf: &[u8], pos: &mut usize) -> Result<i64, BatchError> {
 
 fn bytes_field<'a>(buf: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>, BatchError> {
     let len = varint(buf, pos)?;
-    if len < 0 {
+    if len == -1 {
         return Ok(None);
+    }
+    if len < 0 {
+        return Err(corrupt("negative field length"));
     }
     let end = pos
         .checked_add(len as usize)
@@ -52,26 +68,137 @@ fn bytes_field<'a>(buf: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>, B
     Ok(Some(field))
 }
 
-/// The uncompressed records section of a batch.
+/// The uncompressed records section of a batch, inflated at most to
+/// [`DEFAULT_DECOMPRESS_CAP`].
 pub fn records_section(batch: &[u8], h: &BatchHeader) -> Result<Bytes, BatchError> {
+    records_section_capped(batch, h, DEFAULT_DECOMPRESS_CAP)
+}
+
+/// The uncompressed records section of a batch, refusing to inflate beyond `cap` bytes.
+pub fn records_section_capped(
+    batch: &[u8],
+    h: &BatchHeader,
+    cap: usize,
+) -> Result<Bytes, BatchError> {
+    if h.batch_length < (HEADER_LEN - LOG_OVERHEAD) as i32 {
+        return Err(corrupt("batch length below header size"));
+    }
     let body = batch
         .get(HEADER_LEN..h.total_len())
         .ok_or(corrupt("batch shorter than its length"))?;
-    let mut input = Bytes::copy_from_slice(body);
-    let out = match h.compression() {
-        0 => Ok(input),
-        1 => cmpr::Gzip::decompress(&mut input, |b| Ok(b.clone())),
-        2 => cmpr::Snappy::decompress(&mut input, |b| Ok(b.clone())),
-        3 => cmpr::Lz4::decompress(&mut input, |b| Ok(b.clone())),
-        4 => cmpr::Zstd::decompress(&mut input, |b| Ok(b.clone())),
-        _ => return Err(BatchError::Invalid("unknown compression codec")),
-    };
-    out.map_err(|_| corrupt("cannot decompress records"))
+    decompress_capped(h.compression(), body, cap)
+        .map(Bytes::from)
+        .map_err(batch_error)
+}
+
+fn batch_error(e: DecompressError) -> BatchError {
+    match e {
+        DecompressError::TooLarge { .. } => {
+            BatchError::Invalid("records inflate beyond the decompression cap")
+        }
+        DecompressError::Corrupt { .. } => corrupt("cannot decompress records"),
+        DecompressError::UnknownCodec(_) => BatchError::Invalid("unknown compression codec"),
+    }
+}
+
+/// Checks that an uncompressed records section holds exactly `count` well-formed records:
+/// every count (records, headers) is backed by enough bytes and every length fits inside
+/// its record. Whatever a decoder sizes from those counts is then bounded by the section.
+pub fn check_records(section: &[u8], count: i32) -> Result<(), BatchError> {
+    let count = usize::try_from(count).map_err(|_| BatchError::Invalid("negative record count"))?;
+    if count.saturating_mul(MIN_RECORD_LEN) > section.len() {
+        return Err(corrupt("record count exceeds the records section"));
+    }
+    let mut pos = 0usize;
+    for _ in 0..count {
+        let len = varint(section, &mut pos)?;
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| pos.checked_add(l))
+            .filter(|&e| e <= section.len())
+            .ok_or(corrupt("record longer than its batch"))?;
+        let body = section
+            .get(pos..end)
+            .ok_or(corrupt("record longer than its batch"))?;
+        check_record_body(body)?;
+        pos = end;
+    }
+    if pos != section.len() {
+        return Err(corrupt("bytes after the last record"));
+    }
+    Ok(())
+}
+
+fn check_record_body(body: &[u8]) -> Result<(), BatchError> {
+    let mut p = 0usize;
+    body.get(p).ok_or(corrupt("empty record"))?; // attributes
+    p += 1;
+    varint(body, &mut p)?; // timestamp delta
+    let delta = varint(body, &mut p)?;
+    i32::try_from(delta).map_err(|_| corrupt("offset delta out of range"))?;
+    bytes_field(body, &mut p)?; // key
+    bytes_field(body, &mut p)?; // value
+    let headers = varint(body, &mut p)?;
+    let headers = usize::try_from(headers).map_err(|_| corrupt("negative record header count"))?;
+    if headers.saturating_mul(MIN_HEADER_LEN) > body.len().saturating_sub(p) {
+        return Err(corrupt("record header count exceeds the record"));
+    }
+    for _ in 0..headers {
+        if bytes_field(body, &mut p)?.is_none() {
+            return Err(corrupt("null record header key"));
+        }
+        bytes_field(body, &mut p)?;
+    }
+    if p != body.len() {
+        return Err(corrupt("bytes after the record's headers"));
+    }
+    Ok(())
+}
+
+/// Decodes one stored or produced magic-v2 batch into `kafka-protocol` records, safely:
+/// the records are inflated at most to `cap` bytes and checked by [`check_records`] before
+/// the codec (which reserves from the record and header counts) sees them.
+pub fn decode_batch_capped(batch: &[u8], cap: usize) -> Result<RecordSet, BatchError> {
+    let h = BatchHeader::parse(batch)?;
+    let whole = batch
+        .get(..h.total_len())
+        .ok_or(corrupt("batch shorter than its length"))?;
+    if crc32c::crc32c(whole.get(21..).unwrap_or_default()) != h.crc {
+        return Err(corrupt("CRC mismatch"));
+    }
+    let section = records_section_capped(whole, &h, cap)?;
+    check_records(&section, h.record_count)?;
+    let mut buf = Bytes::copy_from_slice(whole);
+    // The codec hands us the compressed bytes; we answer with the section already checked.
+    let inflated = |_: &mut Bytes, _: Compression| Ok(section.clone());
+    RecordBatchDecoder::decode_with_custom_compression(&mut buf, Some(inflated))
+        .map_err(|_| corrupt("cannot decode record batch"))
+}
+
+/// [`decode_batch_capped`] for each of the concatenated batches in `payload`, which must
+/// hold whole batches only; `cap` applies to each batch.
+pub fn decode_batches_capped(payload: &[u8], cap: usize) -> Result<Vec<RecordSet>, BatchError> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while let Some(rest) = payload.get(pos..).filter(|r| !r.is_empty()) {
+        let h = BatchHeader::parse(rest)?;
+        if h.batch_length < (HEADER_LEN - LOG_OVERHEAD) as i32 {
+            return Err(corrupt("batch length below header size"));
+        }
+        let batch = rest
+            .get(..h.total_len())
+            .ok_or(corrupt("batch shorter than its length"))?;
+        out.push(decode_batch_capped(batch, cap)?);
+        pos += batch.len();
+    }
+    Ok(out)
 }
 
 /// Splits an uncompressed records section into its `count` records.
 pub fn parse_records(section: &[u8], count: i32) -> Result<Vec<RawRecord<'_>>, BatchError> {
-    let mut out = Vec::with_capacity(count.clamp(0, 100_000) as usize);
+    // A record takes at least MIN_RECORD_LEN bytes, so the section bounds the capacity.
+    let backed = section.len() / MIN_RECORD_LEN;
+    let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(backed));
     let mut pos = 0usize;
     for _ in 0..count.max(0) {
         let start = pos;
@@ -232,11 +359,108 @@ mod tests {
         }
     }
 
+    /// Rewrites a header field inside the CRC and fixes the CRC, as an attacker would.
+    fn patch(batch: &mut [u8], at: usize, value: &[u8]) {
+        batch[at..at + value.len()].copy_from_slice(value);
+        let crc = crc32c::crc32c(&batch[21..]);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    #[test]
+    fn safe_decoding_gives_the_codec_records_in_every_codec() {
+        for c in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let b = batch(c);
+            let ours = decode_batch_capped(&b, 1 << 20).unwrap();
+            let theirs = RecordBatchDecoder::decode(&mut b.clone().freeze()).unwrap();
+            assert_eq!(ours.records, theirs.records, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn concatenated_batches_decode_safely() {
+        let mut two = batch(Compression::None);
+        two.extend_from_slice(&batch(Compression::Zstd));
+        assert_eq!(decode_batches_capped(&two, 1 << 20).unwrap().len(), 2);
+        assert!(decode_batches_capped(&two[..two.len() - 1], 1 << 20).is_err());
+    }
+
+    #[test]
+    fn a_record_count_of_i32_max_is_refused_before_the_codec_reserves_for_it() {
+        let mut b = batch(Compression::None);
+        patch(&mut b, 23, &i32::MAX.to_be_bytes()); // lastOffsetDelta
+        patch(&mut b, 57, &i32::MAX.to_be_bytes()); // recordCount
+        assert!(validate_batches(&b).is_ok(), "the header alone looks sane");
+        assert_eq!(
+            decode_batch_capped(&b, 1 << 20).unwrap_err(),
+            BatchError::Corrupt("record count exceeds the records section")
+        );
+    }
+
+    #[test]
+    fn a_header_count_beyond_the_record_is_refused() {
+        // One record: attributes, ts delta, offset delta, key null, value null, then a
+        // header count of 2^30 (zigzag varint) with nothing behind it.
+        let body = [0u8, 0, 0, 1, 1, 0x80, 0x80, 0x80, 0x80, 0x08];
+        let mut section = vec![(body.len() as u8) << 1];
+        section.extend_from_slice(&body);
+        assert_eq!(
+            check_records(&section, 1),
+            Err(BatchError::Corrupt(
+                "record header count exceeds the record"
+            ))
+        );
+    }
+
+    #[test]
+    fn a_compressed_bomb_is_refused_at_the_cap() {
+        let records: Vec<Record> = (0..4)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i,
+                sequence: 0,
+                timestamp: 0,
+                key: Some(Bytes::from_static(b"k")),
+                value: Some(Bytes::from(vec![0u8; 1 << 20])),
+                headers: Default::default(),
+                delete_horizon: false,
+            })
+            .collect();
+        let mut b = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut b,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::Zstd,
+            },
+        )
+        .unwrap();
+        assert!(b.len() < 4096, "{} compressed bytes", b.len());
+        assert_eq!(
+            decode_batch_capped(&b, 1 << 20).unwrap_err(),
+            BatchError::Invalid("records inflate beyond the decompression cap")
+        );
+        assert!(decode_batch_capped(&b, 8 << 20).is_ok());
+    }
+
     #[test]
     fn garbage_records_are_errors() {
         for len in 0..64usize {
             let junk: Vec<u8> = (0..len).map(|i| (i * 73 + 5) as u8).collect();
             let _ = parse_records(&junk, 3);
+            let _ = check_records(&junk, 3);
+            let _ = decode_batches_capped(&junk, 1 << 16);
         }
         assert!(parse_records(&[0x02, 0x00], 1).is_err());
     }
