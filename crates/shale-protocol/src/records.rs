@@ -37,18 +37,36 @@ fn corrupt(what: &'static str) -> BatchError {
     BatchError::Corrupt(what)
 }
 
-/// Reads a zigzag varint (at most 10 bytes).
+/// Reads a zigzag varint of an int32 field (at most 5 bytes), as `kafka-protocol` does.
+/// Longer or overflowing encodings are refused: the codec stops after 5 bytes, so
+/// accepting them would let it read the following fields from other bytes than we checked.
 fn varint(buf: &[u8], pos: &mut usize) -> Result<i64, BatchError> {
+    let z = unsigned_varint(buf, pos, 5)?;
+    let z = u32::try_from(z).map_err(|_| corrupt("varint overflows int32"))?;
+    Ok(i64::from(((z >> 1) as i32) ^ -((z & 1) as i32)))
+}
+
+/// Reads a zigzag varint of an int64 field (at most 10 bytes).
+fn varlong(buf: &[u8], pos: &mut usize) -> Result<i64, BatchError> {
+    let z = unsigned_varint(buf, pos, 10)?;
+    Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
+}
+
+fn unsigned_varint(buf: &[u8], pos: &mut usize, max_bytes: u32) -> Result<u64, BatchError> {
     let mut value: u64 = 0;
-    for shift in (0..70).step_by(7) {
+    for i in 0..max_bytes {
         let byte = *buf.get(*pos).ok_or(corrupt("truncated varint"))?;
         *pos += 1;
-        value |= u64::from(byte & 0x7f) << shift;
+        value |= u64::from(byte & 0x7f) << (7 * i);
         if byte & 0x80 == 0 {
-            return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
+            // A 10-byte varint carries one bit in its last byte.
+            if i == 9 && byte > 1 {
+                return Err(corrupt("varint overflows int64"));
+            }
+            return Ok(value);
         }
     }
-    Err(corrupt("varint longer than 10 bytes"))
+    Err(corrupt("varint too long"))
 }
 
 fn bytes_field<'a>(buf: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>, BatchError> {
@@ -105,6 +123,27 @@ fn batch_error(e: DecompressError) -> BatchError {
 /// every count (records, headers) is backed by enough bytes and every length fits inside
 /// its record. Whatever a decoder sizes from those counts is then bounded by the section.
 pub fn check_records(section: &[u8], count: i32) -> Result<(), BatchError> {
+    walk_records(section, count, |_, _| Ok(()))
+}
+
+/// [`check_records`] plus what `kafka-protocol` computes per record: base timestamp plus
+/// timestamp delta and base offset plus offset delta must not overflow (the codec adds them
+/// unchecked, which panics in debug builds).
+fn check_records_of(section: &[u8], h: &BatchHeader) -> Result<(), BatchError> {
+    walk_records(section, h.record_count, |ts_delta, offset_delta| {
+        h.base_timestamp
+            .checked_add(ts_delta)
+            .and(h.base_offset.checked_add(i64::from(offset_delta)))
+            .map(drop)
+            .ok_or(BatchError::Invalid("record timestamp or offset overflows"))
+    })
+}
+
+fn walk_records(
+    section: &[u8],
+    count: i32,
+    mut each: impl FnMut(i64, i32) -> Result<(), BatchError>,
+) -> Result<(), BatchError> {
     let count = usize::try_from(count).map_err(|_| BatchError::Invalid("negative record count"))?;
     if count.saturating_mul(MIN_RECORD_LEN) > section.len() {
         return Err(corrupt("record count exceeds the records section"));
@@ -120,7 +159,8 @@ pub fn check_records(section: &[u8], count: i32) -> Result<(), BatchError> {
         let body = section
             .get(pos..end)
             .ok_or(corrupt("record longer than its batch"))?;
-        check_record_body(body)?;
+        let (ts_delta, offset_delta) = check_record_body(body)?;
+        each(ts_delta, offset_delta)?;
         pos = end;
     }
     if pos != section.len() {
@@ -129,13 +169,14 @@ pub fn check_records(section: &[u8], count: i32) -> Result<(), BatchError> {
     Ok(())
 }
 
-fn check_record_body(body: &[u8]) -> Result<(), BatchError> {
+/// Walks one record (after its length); returns its timestamp and offset deltas.
+fn check_record_body(body: &[u8]) -> Result<(i64, i32), BatchError> {
     let mut p = 0usize;
-    body.get(p).ok_or(corrupt("empty record"))?; // attributes
+    body.first().ok_or(corrupt("empty record"))?; // attributes
     p += 1;
-    varint(body, &mut p)?; // timestamp delta
-    let delta = varint(body, &mut p)?;
-    i32::try_from(delta).map_err(|_| corrupt("offset delta out of range"))?;
+    let ts_delta = varlong(body, &mut p)?;
+    let offset_delta =
+        i32::try_from(varint(body, &mut p)?).map_err(|_| corrupt("offset delta out of range"))?;
     bytes_field(body, &mut p)?; // key
     bytes_field(body, &mut p)?; // value
     let headers = varint(body, &mut p)?;
@@ -152,7 +193,7 @@ fn check_record_body(body: &[u8]) -> Result<(), BatchError> {
     if p != body.len() {
         return Err(corrupt("bytes after the record's headers"));
     }
-    Ok(())
+    Ok((ts_delta, offset_delta))
 }
 
 /// Decodes one stored or produced magic-v2 batch into `kafka-protocol` records, safely:
@@ -167,7 +208,7 @@ pub fn decode_batch_capped(batch: &[u8], cap: usize) -> Result<RecordSet, BatchE
         return Err(corrupt("CRC mismatch"));
     }
     let section = records_section_capped(whole, &h, cap)?;
-    check_records(&section, h.record_count)?;
+    check_records_of(&section, &h)?;
     let mut buf = Bytes::copy_from_slice(whole);
     // The codec hands us the compressed bytes; we answer with the section already checked.
     let inflated = |_: &mut Bytes, _: Compression| Ok(section.clone());
@@ -213,7 +254,7 @@ pub fn parse_records(section: &[u8], count: i32) -> Result<Vec<RawRecord<'_>>, B
         if body.is_empty() {
             return Err(corrupt("empty record"));
         }
-        varint(body, &mut p)?; // timestamp delta
+        varlong(body, &mut p)?; // timestamp delta
         let offset_delta = i32::try_from(varint(body, &mut p)?)
             .map_err(|_| corrupt("offset delta out of range"))?;
         let key = bytes_field(body, &mut p)?;
@@ -414,6 +455,19 @@ mod tests {
             Err(BatchError::Corrupt(
                 "record header count exceeds the record"
             ))
+        );
+    }
+
+    #[test]
+    fn an_overlong_varint_is_refused_so_the_codec_cannot_read_other_bytes_than_we_checked() {
+        // Key length 0 written in 6 bytes: kafka-protocol stops after 5 and would read the
+        // sixth as the value length, shifting every later field.
+        let body = [0u8, 0, 0, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00, 1, 0];
+        let mut section = vec![(body.len() as u8) << 1];
+        section.extend_from_slice(&body);
+        assert_eq!(
+            check_records(&section, 1),
+            Err(BatchError::Corrupt("varint too long"))
         );
     }
 
