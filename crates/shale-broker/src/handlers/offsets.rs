@@ -17,7 +17,8 @@ use kafka_protocol::messages::{
     DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse,
     OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
-use kafka_protocol::records::{RecordBatchDecoder, TimestampType};
+use kafka_protocol::records::TimestampType;
+use shale_protocol::records;
 use shale_stream::Stream;
 use std::sync::Arc;
 
@@ -119,16 +120,18 @@ async fn batch_records(stream: &Stream, base: u64) -> Result<Vec<(i64, i64)>, Re
     let Some(entry) = entries.into_iter().next() else {
         return Ok(Vec::new());
     };
-    let mut buf = entry.payload.clone();
+    // Capped and count-checked: kafka-protocol's decoder alone would inflate and reserve
+    // whatever a stored batch claims.
+    let sets = match records::decode_batches_capped(&entry.payload, records::DEFAULT_DECOMPRESS_CAP)
+    {
+        Ok(sets) => sets,
+        Err(e) => {
+            tracing::warn!(error = %e, base, "cannot decode stored batch for timestamp lookup");
+            return Err(ResponseError::CorruptMessage);
+        }
+    };
     let mut out = Vec::new();
-    while !buf.is_empty() {
-        let set = match RecordBatchDecoder::decode(&mut buf) {
-            Ok(set) => set,
-            Err(e) => {
-                tracing::warn!(error = %e, base, "cannot decode stored batch for timestamp lookup");
-                return Err(ResponseError::CorruptMessage);
-            }
-        };
+    for set in sets {
         for r in set.records {
             let ts = match r.timestamp_type {
                 // With LogAppendTime every record carries the batch's max timestamp.
