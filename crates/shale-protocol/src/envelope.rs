@@ -168,6 +168,24 @@ mod tests {
     }
 
     #[test]
+    fn a_metadata_v1_request_claiming_i32_max_topics_is_malformed_not_an_abort() {
+        // The 20-byte frame that made the codec ask for ~150 GB before the guard existed.
+        let mut frame = BytesMut::new();
+        frame.put_i16(ApiKey::Metadata as i16);
+        frame.put_i16(1);
+        frame.put_i32(42);
+        frame.put_i16(6);
+        frame.put_slice(b"client");
+        frame.put_i32(0x7fff_ffff);
+        assert_eq!(frame.len(), 20);
+        let err = decode_request(frame.freeze(), ApiKey::Metadata, 1).unwrap_err();
+        assert!(
+            matches!(&err, EnvelopeError::Malformed { reason, .. } if reason.contains("count 2147483647")),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unsupported_api_versions_is_a_v0_response() {
         let frame = unsupported_api_versions(7, &ApiVersionsResponse::default()).unwrap();
         // length, correlation id, then error code 35 (v0: no tagged fields in header)

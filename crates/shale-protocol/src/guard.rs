@@ -77,6 +77,21 @@ pub fn check_request(frame: &[u8], api: ApiKey, version: i16) -> Result<(), Guar
     Ok(())
 }
 
+/// Checks a consumer-protocol subscription (JoinGroup protocol metadata after its int16
+/// version) before `ConsumerProtocolSubscription::decode` sees it. Bytes after the fields
+/// of `version` are allowed: a newer client's subscription carries fields we do not know.
+pub fn check_consumer_subscription(body: &[u8], version: i16) -> Result<(), GuardError> {
+    let message = &schema::consumer_protocol_subscription::MESSAGE;
+    if !message.versions.contains(version) {
+        return Err(GuardError::NoSchema {
+            api_key: -1,
+            version,
+        });
+    }
+    let mut cur = Cursor { buf: body, pos: 0 };
+    walk_struct(&mut cur, message.fields, version, false)
+}
+
 /// Request header v0: api key, version, correlation id; v1 adds a nullable int16-length
 /// client id (never compact); v2 adds a tagged-field section with no known tags.
 fn walk_header(cur: &mut Cursor<'_>, header_version: i16) -> Result<(), GuardError> {
@@ -569,6 +584,24 @@ mod tests {
                 version: 1
             })
         );
+    }
+
+    #[test]
+    fn a_subscription_claiming_i32_max_topics_is_refused() {
+        let body = 0x7fff_ffffi32.to_be_bytes();
+        assert!(matches!(
+            reason(check_consumer_subscription(&body, 1)),
+            Reason::CountTooLarge { .. }
+        ));
+    }
+
+    #[test]
+    fn a_subscription_may_carry_fields_of_a_newer_version() {
+        let mut body = Vec::new();
+        body.extend_from_slice(&0i32.to_be_bytes()); // no topics
+        body.extend_from_slice(&(-1i32).to_be_bytes()); // user data: null
+        body.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(check_consumer_subscription(&body, 0), Ok(()));
     }
 
     #[test]

@@ -677,3 +677,21 @@ pub mod offset_delete {
         ),
     ];
 }
+
+/// The consumer protocol's subscription, carried as opaque bytes in JoinGroup's protocol
+/// metadata (after an int16 version) and decoded by the group coordinator.
+pub mod consumer_protocol_subscription {
+    use super::*;
+    pub static MESSAGE: Message = Message::new(0, 3, NEVER, BODY);
+    const BODY: &[Field] = &[
+        f("topics", Ty::Array(&STR)),
+        f("user_data", BYTES).nullable(),
+        f("owned_partitions", Ty::Array(&Ty::Struct(TOPIC_PARTITION))).since(1),
+        f("generation_id", I32).since(2),
+        f("rack_id", STR).since(3).nullable(),
+    ];
+    const TOPIC_PARTITION: &[Field] = &[
+        f("topic", STR).since(1),
+        f("partitions", Ty::Array(&I32)).since(1),
+    ];
+}
