@@ -19,7 +19,10 @@ fn exercise(data: &[u8]) {
                 let checked = records::check_records(&section, h.record_count);
                 let parsed = records::parse_records(&section, h.record_count);
                 if checked.is_ok() {
-                    assert!(parsed.is_ok(), "check_records accepted what parse_records refused");
+                    assert!(
+                        parsed.is_ok(),
+                        "check_records accepted what parse_records refused"
+                    );
                 }
             }
         }
@@ -32,7 +35,9 @@ fn exercise(data: &[u8]) {
 fn fix_crcs(data: &mut [u8]) {
     let mut pos = 0usize;
     while let Some(rest) = data.get(pos..) {
-        let Ok(h) = batch::BatchHeader::parse(rest) else { return };
+        let Ok(h) = batch::BatchHeader::parse(rest) else {
+            return;
+        };
         let len = h.total_len();
         if len < HEADER_LEN || len > rest.len() {
             return;

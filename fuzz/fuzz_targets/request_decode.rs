@@ -1,7 +1,8 @@
 //! Request frames: the first two bytes pick an advertised (api, version), the rest is the
 //! frame (its api key and version overwritten to match, as the broker's dispatch would have
 //! checked them). Checks that nothing panics or over-allocates, and that the guard and the
-//! codec agree: a frame the guard accepts must decode.
+//! codec agree: a frame the guard accepts must decode. The same bytes are also tried as a
+//! consumer-protocol subscription (JoinGroup metadata).
 #![no_main]
 
 use bytes::Bytes;
@@ -23,6 +24,20 @@ fn versions() -> &'static [(ApiKey, i16)] {
     })
 }
 
+/// JoinGroup's protocol metadata, decoded by the group coordinator: the same agreement
+/// between guard and codec must hold.
+fn subscription(selector: u8, body: &[u8]) {
+    use kafka_protocol::messages::ConsumerProtocolSubscription;
+    use kafka_protocol::protocol::Decodable;
+    let version = i16::from(selector % 4);
+    if guard::check_consumer_subscription(body, version).is_ok() {
+        let mut buf = Bytes::copy_from_slice(body);
+        if let Err(e) = ConsumerProtocolSubscription::decode(&mut buf, version) {
+            panic!("guard accepted a v{version} subscription the codec refused: {e}");
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((selector, rest)) = data.split_first_chunk::<2>() else {
         return;
@@ -32,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
     else {
         return;
     };
+    subscription(selector[0], rest);
     let mut frame = rest.to_vec();
     if let Some(prefix) = frame.get_mut(..4) {
         prefix[..2].copy_from_slice(&(api as i16).to_be_bytes());
