@@ -12,10 +12,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::compression::{self as cmpr, Compressor};
 use kafka_protocol::records::{Compression, RecordBatchDecoder, RecordSet};
 
-/// Cap on a batch's uncompressed records where the caller passes none
-/// ([`records_section`]): far above any batch a `message.max.bytes`-sized producer batch
-/// legitimately inflates to, far below what would exhaust memory.
-pub const DEFAULT_DECOMPRESS_CAP: usize = 256 << 20;
+/// Cap on a batch's uncompressed records where the caller has no better figure (and for
+/// [`records_section`]): a default-sized (1 MiB) batch at a 64:1 compression ratio.
+/// Decoding into `kafka-protocol` records costs up to about
+/// `cap + cap / MIN_RECORD_LEN * size_of::<Record>()` bytes (7-byte records), so the cap
+/// also bounds that.
+pub const DEFAULT_DECOMPRESS_CAP: usize = 64 << 20;
 
 /// The fewest bytes one record takes: length, attributes, timestamp delta, offset delta,
 /// key length, value length and header count, one byte each.
@@ -235,6 +237,45 @@ pub fn decode_batches_capped(payload: &[u8], cap: usize) -> Result<Vec<RecordSet
     Ok(out)
 }
 
+/// (offset, timestamp) of every record of the concatenated batches in `payload`, without
+/// building `kafka-protocol` records (16 bytes per record instead of a `Record` each): what
+/// a timestamp look-up needs. Batches are checked as by [`decode_batch_capped`]. In a
+/// LogAppendTime batch every record's timestamp is the batch's max timestamp, as in Kafka.
+pub fn record_timestamps(payload: &[u8], cap: usize) -> Result<Vec<(i64, i64)>, BatchError> {
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    while let Some(rest) = payload.get(pos..).filter(|r| !r.is_empty()) {
+        let h = BatchHeader::parse(rest)?;
+        if h.batch_length < (HEADER_LEN - LOG_OVERHEAD) as i32 {
+            return Err(corrupt("batch length below header size"));
+        }
+        let batch = rest
+            .get(..h.total_len())
+            .ok_or(corrupt("batch shorter than its length"))?;
+        if crc32c::crc32c(batch.get(21..).unwrap_or_default()) != h.crc {
+            return Err(corrupt("CRC mismatch"));
+        }
+        let section = records_section_capped(batch, &h, cap)?;
+        walk_records(&section, h.record_count, |ts_delta, offset_delta| {
+            let offset = h.base_offset.checked_add(i64::from(offset_delta));
+            let timestamp = if h.is_log_append_time() {
+                Some(h.max_timestamp)
+            } else {
+                h.base_timestamp.checked_add(ts_delta)
+            };
+            match (offset, timestamp) {
+                (Some(o), Some(t)) => {
+                    out.push((o, t));
+                    Ok(())
+                }
+                _ => Err(BatchError::Invalid("record timestamp or offset overflows")),
+            }
+        })?;
+        pos += batch.len();
+    }
+    Ok(out)
+}
+
 /// Splits an uncompressed records section into its `count` records.
 pub fn parse_records(section: &[u8], count: i32) -> Result<Vec<RawRecord<'_>>, BatchError> {
     // A record takes at least MIN_RECORD_LEN bytes, so the section bounds the capacity.
@@ -421,6 +462,35 @@ mod tests {
             let theirs = RecordBatchDecoder::decode(&mut b.clone().freeze()).unwrap();
             assert_eq!(ours.records, theirs.records, "{c:?}");
         }
+    }
+
+    #[test]
+    fn record_timestamps_match_the_codec_in_every_codec() {
+        for c in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let mut two = batch(c);
+            two.extend_from_slice(&batch(c));
+            let theirs: Vec<(i64, i64)> = RecordBatchDecoder::decode_all(&mut two.clone().freeze())
+                .unwrap()
+                .iter()
+                .flat_map(|s| s.records.iter().map(|r| (r.offset, r.timestamp)))
+                .collect();
+            assert_eq!(record_timestamps(&two, 1 << 20).unwrap(), theirs, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn record_timestamps_of_a_log_append_time_batch_are_its_max_timestamp() {
+        let mut b = batch(Compression::None);
+        crate::batch::set_log_append_time(&mut b, 77_777);
+        let times = record_timestamps(&b, 1 << 20).unwrap();
+        assert_eq!(times.len(), 6);
+        assert!(times.iter().all(|&(_, t)| t == 77_777));
     }
 
     #[test]
