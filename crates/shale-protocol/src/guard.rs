@@ -5,11 +5,11 @@
 //! allocation failure aborts the process. The guard rejects any count or length that the
 //! bytes left in the frame cannot back (a count of `n` needs at least `n` times the smallest
 //! encoding of one element), so whatever the codec is later asked to allocate is bounded by
-//! the frame size. It reads fields in the codec's order and is stricter than it where Kafka
-//! is too: truncation, nulls where the schema has none, known tagged values whose declared
-//! size does not match, overlong varints and invalid UTF-8 are all refused. Like the codec
-//! and Kafka's own parser it ignores bytes after the last field (librdkafka sends some) and
-//! takes tags in any order.
+//! the frame size. It reads fields in the codec's order and, where Kafka's own parser also
+//! refuses them, is stricter than the codec: truncation, nulls where the schema has none,
+//! known tagged values whose declared size does not match, overlong varints and invalid
+//! UTF-8 are all refused. Like the codec and Kafka's own parser it ignores bytes after the
+//! last field (librdkafka sends some) and takes tags in any order.
 
 use crate::schema::{self, Field, Ty};
 use kafka_protocol::messages::ApiKey;
