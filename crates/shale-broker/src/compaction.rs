@@ -26,7 +26,7 @@
 use crate::Broker;
 use crate::topic_config;
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{RecordBatchDecoder, RecordSet};
+use kafka_protocol::records::RecordSet;
 use parking_lot::Mutex;
 use shale_protocol::batch;
 use shale_protocol::records;
@@ -277,12 +277,12 @@ fn decode_entry(e: &StreamRecord) -> Option<Vec<RecordSet>> {
     let mut buf = e.payload.clone();
     let mut sets = Vec::new();
     for (h, range) in batch::headers(&e.payload) {
-        let mut one = buf.split_to(range.len());
+        let one = buf.split_to(range.len());
         // Control/transactional batches are never touched; no need to decode them fully.
         if h.is_control() || h.is_transactional() {
             return None;
         }
-        match RecordBatchDecoder::decode(&mut one) {
+        match records::decode_batch_capped(&one, records::DEFAULT_DECOMPRESS_CAP) {
             Ok(set) => sets.push(set),
             Err(err) => {
                 tracing::debug!(offset = e.base_offset, error = %err, "undecodable batch");
@@ -374,8 +374,13 @@ pub(crate) fn keyless_records(records: &[u8]) -> Option<Vec<i32>> {
     let mut out = Vec::new();
     let mut index = 0i32;
     for (_, range) in batch::headers(records) {
-        let mut one = Bytes::copy_from_slice(records.get(range)?);
-        let set = RecordBatchDecoder::decode(&mut one).ok()?;
+        // A producer's batch: capped and count-checked before the codec sees it.
+        let batch = records.get(range)?;
+        let set = shale_protocol::records::decode_batch_capped(
+            batch,
+            shale_protocol::records::DEFAULT_DECOMPRESS_CAP,
+        )
+        .ok()?;
         for r in &set.records {
             if r.key.is_none() {
                 out.push(index);

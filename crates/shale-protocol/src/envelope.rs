@@ -44,8 +44,10 @@ pub fn peek(frame: &[u8]) -> Result<Peek, EnvelopeError> {
 }
 
 /// Decodes header and body. The caller must have checked that `version` is one it supports
-/// (the codecs of `kafka-protocol` do not check it). Decoding is guarded against panics in
-/// the codec so that malformed input can only ever produce an error.
+/// (the codecs of `kafka-protocol` do not check it). The frame is first walked by
+/// [`crate::guard::check_request`] (an API without a schema is refused), and decoding is
+/// guarded against panics in the codec so that malformed input can only ever produce an
+/// error.
 pub fn decode_request(
     frame: Bytes,
     api: ApiKey,
@@ -56,6 +58,9 @@ pub fn decode_request(
         version,
         reason,
     };
+    // The codec pre-allocates from counts on the wire; the guard makes sure none exceeds
+    // what the frame can back before the codec sees it.
+    crate::guard::check_request(&frame, api, version).map_err(|e| malformed(e.to_string()))?;
     let result = std::panic::catch_unwind(move || {
         let mut buf = frame;
         let header = RequestHeader::decode(&mut buf, api.request_header_version(version))?;
@@ -166,6 +171,24 @@ mod tests {
                 let _ = decode_request(junk.clone(), api, api.valid_versions().max);
             }
         }
+    }
+
+    #[test]
+    fn a_metadata_v1_request_claiming_i32_max_topics_is_malformed_not_an_abort() {
+        // The 20-byte frame that made the codec ask for ~150 GB before the guard existed.
+        let mut frame = BytesMut::new();
+        frame.put_i16(ApiKey::Metadata as i16);
+        frame.put_i16(1);
+        frame.put_i32(42);
+        frame.put_i16(6);
+        frame.put_slice(b"client");
+        frame.put_i32(0x7fff_ffff);
+        assert_eq!(frame.len(), 20);
+        let err = decode_request(frame.freeze(), ApiKey::Metadata, 1).unwrap_err();
+        assert!(
+            matches!(&err, EnvelopeError::Malformed { reason, .. } if reason.contains("count 2147483647")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,13 +3,19 @@
 //! encoding, and magic-v2 record-batch header validation and patching.
 //!
 //! Message bodies are the `kafka-protocol` crate's codecs; this crate only adds what that
-//! crate leaves to the broker (version checks, batch headers without decompression).
+//! crate leaves to the broker: version checks, a guard that checks request frames against
+//! our own schema tables before the codec sizes allocations from them ([`guard`],
+//! [`schema`]), batch headers without decompression, and record decoding with capped
+//! decompression and counts checked against bytes ([`records`], [`decompress`]).
 
 pub mod batch;
+pub mod decompress;
 pub mod envelope;
 pub mod fetch_frame;
 pub mod frame;
+pub mod guard;
 pub mod records;
+pub mod schema;
 
 pub use kafka_protocol;
 pub use kafka_protocol::error::ResponseError;

@@ -148,6 +148,8 @@ pub(crate) fn subscription_topics(metadata: &[u8]) -> Option<Vec<String>> {
         return None;
     }
     let version = i16::from_be_bytes([metadata[0], metadata[1]]).clamp(0, 3);
+    // The codec sizes allocations from counts in these client bytes: check them first.
+    shale_protocol::guard::check_consumer_subscription(&metadata[2..], version).ok()?;
     let mut buf = Bytes::copy_from_slice(&metadata[2..]);
     // The codec is not trusted with arbitrary client bytes: a panic must stay a parse error.
     let decoded =

@@ -321,9 +321,11 @@ pub(crate) fn encode_batch(
 /// Decodes the records of stored batches: (offset, key, value). Control batches and records
 /// without keys are skipped.
 pub(crate) fn decode_batches(payload: Bytes) -> Result<Vec<(i64, Bytes, Option<Bytes>)>, String> {
-    use kafka_protocol::records::RecordBatchDecoder;
-    let mut buf = payload;
-    let sets = RecordBatchDecoder::decode_all(&mut buf).map_err(|e| e.to_string())?;
+    let sets = shale_protocol::records::decode_batches_capped(
+        &payload,
+        shale_protocol::records::DEFAULT_DECOMPRESS_CAP,
+    )
+    .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for set in sets {
         for r in set.records {

@@ -17,7 +17,7 @@ use kafka_protocol::messages::{
     DeleteRecordsRequest, DeleteRecordsResponse, ListOffsetsRequest, ListOffsetsResponse,
     OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse,
 };
-use kafka_protocol::records::{RecordBatchDecoder, TimestampType};
+use shale_protocol::records;
 use shale_stream::Stream;
 use std::sync::Arc;
 
@@ -119,26 +119,13 @@ async fn batch_records(stream: &Stream, base: u64) -> Result<Vec<(i64, i64)>, Re
     let Some(entry) = entries.into_iter().next() else {
         return Ok(Vec::new());
     };
-    let mut buf = entry.payload.clone();
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        let set = match RecordBatchDecoder::decode(&mut buf) {
-            Ok(set) => set,
-            Err(e) => {
-                tracing::warn!(error = %e, base, "cannot decode stored batch for timestamp lookup");
-                return Err(ResponseError::CorruptMessage);
-            }
-        };
-        for r in set.records {
-            let ts = match r.timestamp_type {
-                // With LogAppendTime every record carries the batch's max timestamp.
-                TimestampType::LogAppend => entry.max_timestamp,
-                TimestampType::Creation => r.timestamp,
-            };
-            out.push((r.offset, ts));
-        }
-    }
-    Ok(out)
+    // Capped and count-checked, without building records: kafka-protocol's decoder alone
+    // would inflate and reserve whatever a stored batch claims. LogAppendTime batches give
+    // every record the batch's max timestamp (the append time the broker wrote there).
+    records::record_timestamps(&entry.payload, records::DEFAULT_DECOMPRESS_CAP).map_err(|e| {
+        tracing::warn!(error = %e, base, "cannot decode stored batch for timestamp lookup");
+        ResponseError::CorruptMessage
+    })
 }
 
 pub async fn delete_records(

@@ -15,7 +15,7 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use shale_protocol::batch::{self, BatchError, BatchHeader};
-use shale_protocol::records;
+use shale_protocol::{decompress, records};
 use shale_stream::{AppendEntry, AppendPermit, StreamError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -490,7 +490,7 @@ impl BatchRules {
     /// The batch as the topic stores it, or why it is refused.
     fn apply(&self, batch: BytesMut, h: &BatchHeader) -> Result<BytesMut, (ResponseError, String)> {
         if !self.zstd_allowed
-            && (h.compression() == records::CODEC_ZSTD || self.codec == Some(records::CODEC_ZSTD))
+            && (h.compression() == decompress::ZSTD || self.codec == Some(decompress::ZSTD))
         {
             return Err((
                 ResponseError::UnsupportedCompressionType,
