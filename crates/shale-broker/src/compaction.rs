@@ -58,6 +58,8 @@ pub struct CleanerStats {
 
 /// Effective compaction settings of one partition.
 struct Policy {
+    /// How far one stored batch may inflate when decoded (see `topic_config::decompression_cap`).
+    decompression_cap: usize,
     delete_retention_ms: i64,
     min_lag_ms: i64,
     max_lag_ms: i64,
@@ -102,6 +104,7 @@ async fn clean_once(broker: &Broker, force: bool) -> CleanerStats {
                     .map(|d| topic_config::effective(d, &t.configs, defaults).value)
                     .and_then(|v| v.trim().parse::<f64>().ok())
                     .unwrap_or(0.5);
+                let cap = topic_config::decompression_cap(&t.configs, defaults);
                 let (del, min, max) = (
                     i("delete.retention.ms"),
                     i("min.compaction.lag.ms"),
@@ -116,6 +119,7 @@ async fn clean_once(broker: &Broker, force: bool) -> CleanerStats {
                             min_lag_ms: min,
                             max_lag_ms: max,
                             min_dirty_ratio: ratio,
+                            decompression_cap: cap,
                         };
                         (t.name.clone(), p.stream_id, policy)
                     })
@@ -225,7 +229,10 @@ async fn clean_partition(
     let read: u64 = entries.iter().map(|e| e.payload.len() as u64).sum();
 
     // Decode once; keys map to their last offset in the window.
-    let decoded: Vec<Option<Vec<RecordSet>>> = entries.iter().map(decode_entry).collect();
+    let decoded: Vec<Option<Vec<RecordSet>>> = entries
+        .iter()
+        .map(|e| decode_entry(e, policy.decompression_cap))
+        .collect();
     let mut latest: HashMap<Bytes, i64> = HashMap::new();
     for sets in decoded.iter().flatten() {
         for set in sets {
@@ -273,7 +280,7 @@ async fn clean_partition(
 }
 
 /// All batches of an entry, or None when any of them cannot be decoded (kept as is).
-fn decode_entry(e: &StreamRecord) -> Option<Vec<RecordSet>> {
+fn decode_entry(e: &StreamRecord, cap: usize) -> Option<Vec<RecordSet>> {
     let mut buf = e.payload.clone();
     let mut sets = Vec::new();
     for (h, range) in batch::headers(&e.payload) {
@@ -282,7 +289,7 @@ fn decode_entry(e: &StreamRecord) -> Option<Vec<RecordSet>> {
         if h.is_control() || h.is_transactional() {
             return None;
         }
-        match records::decode_batch_capped(&one, records::DEFAULT_DECOMPRESS_CAP) {
+        match records::decode_batch_capped(&one, cap) {
             Ok(set) => sets.push(set),
             Err(err) => {
                 tracing::debug!(offset = e.base_offset, error = %err, "undecodable batch");
@@ -368,27 +375,31 @@ fn rewrite_entry(
 }
 
 /// Offsets of records without a key in `records` (a produce request's batches), counted
-/// across its batches; None when the batches cannot be decoded (the normal validation
-/// reports that).
-pub(crate) fn keyless_records(records: &[u8]) -> Option<Vec<i32>> {
+/// across its batches. Reads the records in place (no record values are built), each batch
+/// inflated at most to `cap`; a batch that cannot be read that way is an error, so nothing
+/// unchecked reaches a compacted topic.
+pub(crate) fn keyless_records(
+    records: &[u8],
+    cap: usize,
+) -> Result<Vec<i32>, shale_protocol::batch::BatchError> {
     let mut out = Vec::new();
     let mut index = 0i32;
-    for (_, range) in batch::headers(records) {
-        // A producer's batch: capped and count-checked before the codec sees it.
-        let batch = records.get(range)?;
-        let set = shale_protocol::records::decode_batch_capped(
-            batch,
-            shale_protocol::records::DEFAULT_DECOMPRESS_CAP,
-        )
-        .ok()?;
-        for r in &set.records {
+    for (h, range) in batch::headers(records) {
+        let batch = records
+            .get(range)
+            .ok_or(shale_protocol::batch::BatchError::Corrupt(
+                "batch beyond the records",
+            ))?;
+        let section = records::records_section_capped(batch, &h, cap)?;
+        records::check_records(&section, h.record_count)?;
+        for r in records::parse_records(&section, h.record_count)? {
             if r.key.is_none() {
                 out.push(index);
             }
             index += 1;
         }
     }
-    Some(out)
+    Ok(out)
 }
 
 /// Whether a topic's effective `cleanup.policy` includes `compact`.

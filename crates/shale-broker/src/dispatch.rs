@@ -8,37 +8,9 @@ use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, RequestKind, Respons
 use kafka_protocol::protocol::VersionRange;
 use std::sync::Arc;
 
-/// The APIs Shale implements and the versions it accepts. An API is listed only once it
-/// works; ranges are capped by what the `kafka-protocol` codecs know.
-const SUPPORTED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 11),
-    (ApiKey::Fetch, 4, 16),
-    (ApiKey::ListOffsets, 1, 9),
-    (ApiKey::Metadata, 0, 12),
-    (ApiKey::ApiVersions, 0, 4),
-    (ApiKey::CreateTopics, 2, 7),
-    (ApiKey::DeleteTopics, 1, 6),
-    (ApiKey::DeleteRecords, 0, 2),
-    (ApiKey::OffsetForLeaderEpoch, 2, 4),
-    (ApiKey::DescribeConfigs, 1, 4),
-    (ApiKey::AlterConfigs, 0, 2),
-    (ApiKey::CreatePartitions, 0, 3),
-    (ApiKey::IncrementalAlterConfigs, 0, 1),
-    (ApiKey::DescribeCluster, 0, 1),
-    // Consumer groups (classic protocol). OffsetCommit/OffsetFetch stop at v8: v9 is the
-    // KIP-848 flavour (member epochs), which Shale does not implement.
-    (ApiKey::FindCoordinator, 0, 5),
-    (ApiKey::JoinGroup, 0, 9),
-    (ApiKey::SyncGroup, 0, 5),
-    (ApiKey::Heartbeat, 0, 4),
-    (ApiKey::LeaveGroup, 0, 5),
-    (ApiKey::ListGroups, 0, 5),
-    (ApiKey::DescribeGroups, 0, 5),
-    (ApiKey::DeleteGroups, 0, 2),
-    (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 8),
-    (ApiKey::OffsetDelete, 0, 0),
-];
+/// The APIs Shale implements and the versions it accepts: one list, kept with the request
+/// schemas the guard checks frames against (see `shale_protocol::schema`).
+const SUPPORTED: &[(ApiKey, i16, i16)] = shale_protocol::schema::ADVERTISED;
 
 /// The accepted version range of an API, `None` when Shale does not implement it.
 pub(crate) fn supported(api: ApiKey) -> Option<VersionRange> {

@@ -266,6 +266,24 @@ fn check_integer(check: Check, n: i64) -> Result<(), std::string::String> {
     }
 }
 
+/// The largest compression ratio a batch may have when the broker decompresses it (for a
+/// topic rule, the keyless check, ListOffsets by timestamp or the cleaner): beyond it the
+/// batch is taken for a decompression bomb.
+pub const MAX_COMPRESSION_RATIO: usize = 64;
+
+/// How far one batch of a topic may inflate: its `max.message.bytes` (a bound on the
+/// compressed batch, at least 16 KiB) times [`MAX_COMPRESSION_RATIO`]: 64 MiB with Kafka's
+/// default of 1 MiB.
+pub fn decompression_cap(
+    overrides: &BTreeMap<std::string::String, std::string::String>,
+    broker: &BTreeMap<std::string::String, std::string::String>,
+) -> usize {
+    let max = effective_i64("max.message.bytes", overrides, broker).max(16 << 10);
+    usize::try_from(max)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(MAX_COMPRESSION_RATIO)
+}
+
 /// Checks a value against its config's type; returns a Kafka-style message on error.
 pub fn validate(name: &str, value: &str) -> Result<(), std::string::String> {
     normalize(name, value).map(|_| ())

@@ -468,3 +468,47 @@ async fn a_requests_batches_get_contiguous_offsets_whatever_other_producers_do()
     let expected: Vec<i64> = (0..100).map(|i| i * 10).collect();
     assert_eq!(bases, expected);
 }
+
+#[tokio::test]
+async fn a_decompression_bomb_is_refused_where_the_broker_reads_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, mut c) = broker(dir.path(), 55 << 20).await;
+    // max.message.bytes 16 KiB: batches may inflate to 16 KiB x 64 = 1 MiB when read.
+    let small = [("max.message.bytes", "16384")];
+    assert_eq!(
+        create(
+            &mut c,
+            "bomb-compacted",
+            1,
+            &[small[0], ("cleanup.policy", "compact")]
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        create(
+            &mut c,
+            "bomb-recompressed",
+            1,
+            &[small[0], ("compression.type", "gzip")]
+        )
+        .await,
+        0
+    );
+    assert_eq!(create(&mut c, "bomb-plain", 1, &small).await, 0);
+    // One record of 4 MiB of zeros: a few hundred bytes of zstd.
+    let bomb = batch(1, 4 << 20, now_ms(), Compression::Zstd);
+    assert!(bomb.len() < 16384);
+    for topic in ["bomb-compacted", "bomb-recompressed"] {
+        let r = produce_to(&mut c, 9, topic, 0, bomb.clone()).await;
+        assert_eq!(
+            r.error_code,
+            ResponseError::InvalidRecord.code(),
+            "{topic}: {r:?}"
+        );
+    }
+    // Where the broker does not need the records, the batch is stored as sent (as Kafka
+    // stores any batch within max.message.bytes).
+    let r = produce_to(&mut c, 9, "bomb-plain", 0, bomb).await;
+    assert_eq!(r.error_code, 0);
+}

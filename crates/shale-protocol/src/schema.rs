@@ -164,8 +164,10 @@ pub fn request(api: ApiKey) -> Option<&'static Message> {
     })
 }
 
-/// The APIs and versions Shale advertises. Mirrors `SUPPORTED` in
-/// `shale-broker/src/dispatch.rs` (keep both in step): the schema tests check every entry.
+/// The APIs and versions Shale advertises (the broker's ApiVersions answer is built from this
+/// list, intersected with what the codec knows). An API is listed only once the broker
+/// implements it *and* the guard has its request schema: the schema tests check every entry,
+/// so nothing can be advertised that the guard would not check.
 pub const ADVERTISED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 11),
     (ApiKey::Fetch, 4, 16),
@@ -181,6 +183,8 @@ pub const ADVERTISED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    // Consumer groups (classic protocol). OffsetCommit/OffsetFetch stop at v8: v9 is the
+    // KIP-848 flavour (member epochs), which Shale does not implement.
     (ApiKey::FindCoordinator, 0, 5),
     (ApiKey::JoinGroup, 0, 9),
     (ApiKey::SyncGroup, 0, 5),

@@ -49,7 +49,11 @@ pub async fn list_offsets(
                     if let Err(code) = check_leader_epoch(p.current_leader_epoch, epoch) {
                         resp.with_error_code(code.code())
                     } else {
-                        match lookup(&part.stream, p.timestamp).await {
+                        let cap = crate::topic_config::decompression_cap(
+                            &part.topic_configs,
+                            &broker.config.topic_defaults,
+                        );
+                        match lookup(&part.stream, p.timestamp, cap).await {
                             Ok(Some((ts, offset))) => resp
                                 .with_timestamp(ts)
                                 .with_offset(offset)
@@ -72,7 +76,11 @@ pub async fn list_offsets(
 }
 
 /// (timestamp, offset) for a ListOffsets target; `None` when no record qualifies.
-async fn lookup(stream: &Stream, target: i64) -> Result<Option<(i64, i64)>, ResponseError> {
+async fn lookup(
+    stream: &Stream,
+    target: i64,
+    cap: usize,
+) -> Result<Option<(i64, i64)>, ResponseError> {
     match target {
         LATEST | LATEST_TIERED => Ok(Some((-1, stream.end_offset() as i64))),
         EARLIEST | EARLIEST_LOCAL => Ok(Some((-1, stream.start_offset() as i64))),
@@ -84,7 +92,7 @@ async fn lookup(stream: &Stream, target: i64) -> Result<Option<(i64, i64)>, Resp
             else {
                 return Ok(None);
             };
-            let records = batch_records(stream, base).await?;
+            let records = batch_records(stream, base, cap).await?;
             Ok(records
                 .into_iter()
                 .find(|&(_, ts)| ts == max_ts)
@@ -99,7 +107,7 @@ async fn lookup(stream: &Stream, target: i64) -> Result<Option<(i64, i64)>, Resp
             else {
                 return Ok(None);
             };
-            let records = batch_records(stream, base).await?;
+            let records = batch_records(stream, base, cap).await?;
             Ok(records
                 .into_iter()
                 .find(|&(_, rts)| rts >= ts)
@@ -111,7 +119,11 @@ async fn lookup(stream: &Stream, target: i64) -> Result<Option<(i64, i64)>, Resp
 
 /// (offset, timestamp) of each record of the batch starting at `base`, decompressing it: the
 /// only place the broker looks inside a batch, and only for timestamp look-ups.
-async fn batch_records(stream: &Stream, base: u64) -> Result<Vec<(i64, i64)>, ResponseError> {
+async fn batch_records(
+    stream: &Stream,
+    base: u64,
+    cap: usize,
+) -> Result<Vec<(i64, i64)>, ResponseError> {
     let entries = stream
         .read(base, 1)
         .await
@@ -122,7 +134,7 @@ async fn batch_records(stream: &Stream, base: u64) -> Result<Vec<(i64, i64)>, Re
     // Capped and count-checked, without building records: kafka-protocol's decoder alone
     // would inflate and reserve whatever a stored batch claims. LogAppendTime batches give
     // every record the batch's max timestamp (the append time the broker wrote there).
-    records::record_timestamps(&entry.payload, records::DEFAULT_DECOMPRESS_CAP).map_err(|e| {
+    records::record_timestamps(&entry.payload, cap).map_err(|e| {
         tracing::warn!(error = %e, base, "cannot decode stored batch for timestamp lookup");
         ResponseError::CorruptMessage
     })

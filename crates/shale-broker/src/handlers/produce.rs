@@ -111,10 +111,12 @@ pub(crate) async fn start(
     // (topic, partition) -> indexes of keyless records rejected on a compacted topic.
     let mut record_errors: HashMap<(String, i32), Vec<i32>> = HashMap::new();
     for (name, parts) in plan {
+        // Some(decompression cap) for a compacted topic, whose records are checked for keys.
         let compacted = broker.meta.read(|s| {
-            s.topics.get(&name).is_some_and(|t| {
-                crate::compaction::is_compacted(&t.configs, &broker.config.topic_defaults)
-            })
+            let t = s.topics.get(&name)?;
+            let defaults = &broker.config.topic_defaults;
+            crate::compaction::is_compacted(&t.configs, defaults)
+                .then(|| topic_config::decompression_cap(&t.configs, defaults))
         });
         let mut outcomes = Vec::with_capacity(parts.len());
         for (index, records) in parts {
@@ -130,6 +132,11 @@ pub(crate) async fn start(
                 }
                 Records::InFrame(_) => None,
             };
+            // Compacted topics only: the records are read for their keys.
+            let keyless = records
+                .as_deref()
+                .zip(compacted)
+                .map(|(r, cap)| crate::compaction::keyless_records(r, cap));
             let r = if !matches!(acks, -1..=1) {
                 Err((ResponseError::InvalidRequiredAcks, String::new()))
             } else if crate::handlers::topics::is_internal(&name) {
@@ -143,11 +150,10 @@ pub(crate) async fn start(
                     ResponseError::TransactionalIdAuthorizationFailed,
                     "transactions are not supported yet".into(),
                 ))
-            } else if let Some(bad) = records
-                .as_deref()
-                .filter(|_| compacted)
-                .and_then(crate::compaction::keyless_records)
-                .filter(|bad| !bad.is_empty())
+            } else if let Some(Err(e)) = &keyless {
+                Err(batch_error(*e))
+            } else if let Some(Ok(bad)) =
+                keyless.filter(|k| k.as_ref().is_ok_and(|b| !b.is_empty()))
             {
                 // Only compacted topics pay for decoding; Kafka rejects keyless records there.
                 record_errors.insert((name.clone(), index), bad);
@@ -448,6 +454,8 @@ fn prepare(
 /// `message.timestamp.*` bounds and a `compression.type` other than `producer`. With Kafka's
 /// defaults neither applies and batches pass untouched, with no per-record work.
 struct BatchRules {
+    /// How far one batch may inflate when its records are needed.
+    decompression_cap: usize,
     /// The codec the topic stores (`None`: keep the producer's).
     codec: Option<u8>,
     /// CreateTime bounds relative to the broker's clock: (before, after) in ms.
@@ -481,6 +489,7 @@ impl BatchRules {
         let bounds =
             (create_time && (before != i64::MAX || after != i64::MAX)).then_some((before, after));
         BatchRules {
+            decompression_cap: topic_config::decompression_cap(configs, defaults),
             codec,
             bounds,
             zstd_allowed: version >= 7,
@@ -501,7 +510,9 @@ impl BatchRules {
         if recompress.is_none() && self.bounds.is_none() {
             return Ok(batch);
         }
-        let section = records::records_section(&batch, h).map_err(batch_error)?;
+        let section = records::records_section_capped(&batch, h, self.decompression_cap)
+            .map_err(batch_error)?;
+        records::check_records(&section, h.record_count).map_err(batch_error)?;
         let all = records::parse_records(&section, h.record_count).map_err(batch_error)?;
         if let Some((before, after)) = self.bounds {
             let now = crate::now_ms();
