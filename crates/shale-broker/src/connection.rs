@@ -183,3 +183,28 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
         }),
     })
 }
+
+impl Broker {
+    /// Handles one request frame as a connection does (version check, guard, decode,
+    /// dispatch, encode) and returns the response frame, or `None` when there is none (acks=0)
+    /// or the connection would be closed. A request still running after `within` (a fetch
+    /// long-poll, a join waiting for its group) is cancelled. For the request-path fuzz target
+    /// and tests that drive the broker without a socket.
+    pub async fn handle_frame(
+        self: &Arc<Self>,
+        frame: Bytes,
+        within: std::time::Duration,
+    ) -> Option<Bytes> {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut pending = start_request(self, frame, peer).await?;
+        match tokio::time::timeout(within, &mut pending).await {
+            Ok(Ok(Ok(Some(Frame::One(b))))) => Some(b),
+            Ok(Ok(Ok(Some(Frame::Chunks(c))))) => Some(c.concat()),
+            Ok(_) => None,
+            Err(_) => {
+                pending.abort();
+                None
+            }
+        }
+    }
+}
