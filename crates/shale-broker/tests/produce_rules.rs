@@ -215,34 +215,33 @@ async fn a_topic_compression_type_recompresses_what_producers_send() {
 }
 
 #[tokio::test]
-async fn zstd_needs_produce_version_seven() {
+async fn a_zstd_batch_needs_produce_version_seven() {
     let dir = tempfile::tempdir().unwrap();
     let (_b, mut c) = broker(dir.path(), 55 << 20).await;
     assert_eq!(
         create(&mut c, "zstd-topic", 1, &[("compression.type", "zstd")]).await,
         0
     );
-    let r = produce_to(
-        &mut c,
-        6,
-        "zstd-topic",
-        0,
-        batch(1, 10, now_ms(), Compression::None),
-    )
-    .await;
+    let zstd = batch(1, 10, now_ms(), Compression::Zstd);
+    let r = produce_to(&mut c, 6, "zstd-topic", 0, zstd.clone()).await;
     assert_eq!(
         r.error_code,
         ResponseError::UnsupportedCompressionType.code()
     );
-    let r = produce_to(
-        &mut c,
-        7,
-        "zstd-topic",
-        0,
-        batch(1, 10, now_ms(), Compression::None),
-    )
-    .await;
-    assert_eq!(r.error_code, 0);
+    assert_eq!(
+        produce_to(&mut c, 7, "zstd-topic", 0, zstd)
+            .await
+            .error_code,
+        0
+    );
+    // An older client's gzip batch is fine: the topic recompresses it to zstd.
+    let gzip = batch(1, 10, now_ms(), Compression::Gzip);
+    assert_eq!(
+        produce_to(&mut c, 6, "zstd-topic", 0, gzip)
+            .await
+            .error_code,
+        0
+    );
 }
 
 #[tokio::test]
@@ -510,5 +509,49 @@ async fn a_decompression_bomb_is_refused_where_the_broker_reads_records() {
     // Where the broker does not need the records, the batch is stored as sent (as Kafka
     // stores any batch within max.message.bytes).
     let r = produce_to(&mut c, 9, "bomb-plain", 0, bomb).await;
+    assert_eq!(r.error_code, 0);
+}
+
+#[tokio::test]
+async fn recompressed_records_are_bounded_by_the_request_size_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, addr) = common::start_broker(
+        dir.path(),
+        BrokerConfig {
+            offsets_topic_num_partitions: 1,
+            socket_request_max_bytes: 1 << 20,
+            ..BrokerConfig::default()
+        },
+    )
+    .await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let configs = [
+        ("compression.type", "uncompressed"),
+        ("max.message.bytes", "8388608"),
+    ];
+    assert_eq!(create(&mut c, "inflating", 1, &configs).await, 0);
+    // 2 MiB of records in a few KiB of gzip: stored uncompressed they would be twice the
+    // largest request the broker accepts.
+    let r = produce_to(
+        &mut c,
+        9,
+        "inflating",
+        0,
+        batch(2, 1 << 20, now_ms(), Compression::Gzip),
+    )
+    .await;
+    assert_eq!(
+        r.error_code,
+        ResponseError::RecordListTooLarge.code(),
+        "{r:?}"
+    );
+    let r = produce_to(
+        &mut c,
+        9,
+        "inflating",
+        0,
+        batch(2, 1000, now_ms(), Compression::Gzip),
+    )
+    .await;
     assert_eq!(r.error_code, 0);
 }

@@ -312,6 +312,15 @@ impl AppendPermit {
     pub fn bytes(&self) -> usize {
         self._permit.as_ref().map_or(0, |p| p.num_permits() * 1024)
     }
+
+    /// Adds `other`'s memory to this permit (both are released together).
+    pub fn merge(&mut self, other: AppendPermit) {
+        match (self._permit.as_mut(), other._permit) {
+            (Some(mine), Some(theirs)) => mine.merge(theirs),
+            (None, theirs) => self._permit = theirs,
+            (Some(_), None) => {}
+        }
+    }
 }
 
 /// Permits count KiB so that large limits fit the semaphore's u32 acquire size.
@@ -336,6 +345,23 @@ impl StreamStore {
             .await
             .ok();
         AppendPermit { _permit: permit }
+    }
+
+    /// Like [`StreamStore::reserve`] without waiting: `None` when `bytes` more do not fit
+    /// now. For memory discovered after a reservation (a batch that grows when the broker
+    /// rebuilds it): waiting for it while holding a share could deadlock with other
+    /// requests doing the same.
+    pub fn try_reserve(&self, bytes: usize) -> Option<AppendPermit> {
+        let want = u32::try_from(bytes.div_ceil(1024)).ok()?;
+        if want == 0 {
+            return Some(AppendPermit { _permit: None });
+        }
+        self.inner
+            .pending
+            .clone()
+            .try_acquire_many_owned(want)
+            .ok()
+            .map(|p| AppendPermit { _permit: Some(p) })
     }
 
     /// Starts the stream layer and its background tasks (WAL flusher, compaction, deleter).

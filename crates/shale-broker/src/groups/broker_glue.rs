@@ -51,9 +51,7 @@ async fn reload(broker: &Arc<Broker>, p: i32) {
         partition = p,
         "reloading coordinator partition after a failed append"
     );
-    let coord = &broker.groups;
-    coord.unload_partition(p);
-    coord.mark_loading(p);
+    broker.groups.begin_reload(p);
     load_one(broker, p).await;
 }
 

@@ -946,6 +946,19 @@ impl GroupCoordinator {
     /// This node no longer owns `p`: its groups are dropped (their waiters get NOT_COORDINATOR).
     pub(crate) fn unload_partition(&self, p: i32) {
         self.partitions.write().remove(&p);
+        self.drop_groups(p);
+        tracing::debug!(partition = p, "coordinator partition unloaded");
+    }
+
+    /// Drops partition `p`'s groups to load them again, marking it loading in the same step
+    /// as the ownership sync checks, so the sync never sees it untracked in between and
+    /// starts a second load.
+    pub(crate) fn begin_reload(&self, p: i32) {
+        self.partitions.write().insert(p, PartState::Loading);
+        self.drop_groups(p);
+    }
+
+    fn drop_groups(&self, p: i32) {
         let t = now();
         let gone: Vec<Arc<GroupHandle>> = {
             let mut groups = self.groups.write();
@@ -960,7 +973,6 @@ impl GroupCoordinator {
             h.group.lock().mark_dead(t);
             h.wake.notify_one();
         }
-        tracing::debug!(partition = p, "coordinator partition unloaded");
     }
 
     /// Stops every group (shutdown).

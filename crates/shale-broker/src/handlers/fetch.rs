@@ -126,6 +126,18 @@ impl Budget {
         let mut left = self.left.lock();
         *left = left.saturating_add(bytes);
     }
+
+    /// Settles a read that used `used` of its `reserved` bytes: gives back the rest, or
+    /// charges the overshoot (a read returns at least one whole batch), so reads after it
+    /// find the budget spent instead of each adding a batch beyond it.
+    fn settle(&self, reserved: usize, used: usize) {
+        let mut left = self.left.lock();
+        if used <= reserved {
+            *left = left.saturating_add(reserved - used);
+        } else {
+            *left = left.saturating_sub(used - reserved);
+        }
+    }
 }
 
 async fn read_pass(
@@ -305,7 +317,7 @@ async fn read_partition(
             }
             let used: usize = entries.iter().map(|e| e.payload.len()).sum();
             if let Some(budget) = budget {
-                budget.give_back(limit.saturating_sub(used));
+                budget.settle(limit, used);
             }
             PartitionResult {
                 data,
@@ -385,6 +397,21 @@ mod tests {
         assert_eq!(budget.reserve(60), 0);
         budget.give_back(25);
         assert_eq!(budget.reserve(60), 25);
+    }
+
+    #[test]
+    fn a_read_that_overshoots_its_reservation_spends_the_budget_for_the_reads_after_it() {
+        // partition_max_bytes = 1: each read reserves 1 byte and returns a whole batch.
+        let budget = Budget::new(1000, 1);
+        assert_eq!(budget.reserve(1), 1);
+        budget.settle(1, 600);
+        assert_eq!(budget.reserve(1), 1);
+        budget.settle(1, 600);
+        assert_eq!(
+            budget.reserve(1),
+            0,
+            "the budget is spent: later partitions are skipped"
+        );
     }
 
     #[test]

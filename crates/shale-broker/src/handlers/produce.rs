@@ -58,7 +58,8 @@ pub(crate) async fn start(
     // timeout can only fire when the store is failing: the WAL keeps retrying, so a record
     // may still become durable after its request timed out, and the client's retry is then
     // a duplicate (idempotent producers will deduplicate it).
-    let timeout = (acks == -1).then(|| Duration::from_millis(req.timeout_ms.max(0) as u64));
+    let deadline = (acks == -1)
+        .then(|| tokio::time::Instant::now() + Duration::from_millis(req.timeout_ms.max(0) as u64));
     let base = frame.as_ptr() as usize;
     let plan: Vec<(String, Vec<(i32, Records)>)> = req
         .topic_data
@@ -132,11 +133,6 @@ pub(crate) async fn start(
                 }
                 Records::InFrame(_) => None,
             };
-            // Compacted topics only: the records are read for their keys.
-            let keyless = records
-                .as_deref()
-                .zip(compacted)
-                .map(|(r, cap)| crate::compaction::keyless_records(r, cap));
             let r = if !matches!(acks, -1..=1) {
                 Err((ResponseError::InvalidRequiredAcks, String::new()))
             } else if crate::handlers::topics::is_internal(&name) {
@@ -150,22 +146,20 @@ pub(crate) async fn start(
                     ResponseError::TransactionalIdAuthorizationFailed,
                     "transactions are not supported yet".into(),
                 ))
-            } else if let Some(Err(e)) = &keyless {
-                Err(batch_error(*e))
-            } else if let Some(Ok(bad)) =
-                keyless.filter(|k| k.as_ref().is_ok_and(|b| !b.is_empty()))
-            {
-                // Only compacted topics pay for decoding; Kafka rejects keyless records there.
-                record_errors.insert((name.clone(), index), bad);
-                Err((
-                    ResponseError::InvalidRecord,
-                    format!(
-                        "Compacted topic cannot accept message without key in topic partition {name}-{index}."
-                    ),
-                ))
             } else {
                 let share = permit.split(records.as_ref().map_or(0, |r| r.len()));
-                append_partition(broker, version, &name, index, records, share).await
+                let mut keyless = Vec::new();
+                let target = Target {
+                    topic: &name,
+                    index,
+                    keys_cap: compacted,
+                };
+                let r =
+                    append_partition(broker, version, target, records, share, &mut keyless).await;
+                if !keyless.is_empty() {
+                    record_errors.insert((name.clone(), index), keyless);
+                }
+                r
             };
             outcomes.push((index, r));
         }
@@ -210,7 +204,7 @@ pub(crate) async fn start(
             for (index, r) in parts {
                 let resp = PartitionProduceResponse::default().with_index(index);
                 let resp = match r {
-                    Ok(a) => match wait_durable(a.durable, timeout).await {
+                    Ok(a) => match wait_durable(a.durable, deadline).await {
                         Ok(()) => resp
                             .with_base_offset(a.base_offset)
                             .with_log_append_time_ms(a.log_append_time)
@@ -250,11 +244,11 @@ pub(crate) async fn start(
     }))
 }
 
-/// Waits until every batch is durable; `timeout` (acks=all only) turns a longer wait into
-/// REQUEST_TIMED_OUT.
+/// Waits until every batch is durable; `deadline` (acks=all only, one for the whole request,
+/// as Kafka's `timeout_ms`) turns a longer wait into REQUEST_TIMED_OUT.
 async fn wait_durable(
     durable: Vec<Durable>,
-    timeout: Option<Duration>,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<(), ResponseError> {
     let all = async {
         for d in durable {
@@ -269,8 +263,8 @@ async fn wait_durable(
         }
         Ok(())
     };
-    match timeout {
-        Some(t) => tokio::time::timeout(t, all)
+    match deadline {
+        Some(t) => tokio::time::timeout_at(t, all)
             .await
             .unwrap_or(Err(ResponseError::RequestTimedOut)),
         None => all.await,
@@ -286,14 +280,27 @@ fn batch_error(e: BatchError) -> (ResponseError, String) {
     (code, e.to_string())
 }
 
+/// The partition a produce appends to.
+struct Target<'a> {
+    topic: &'a str,
+    index: i32,
+    /// Compacted topics: the decompression cap for reading the records' keys.
+    keys_cap: Option<usize>,
+}
+
 async fn append_partition(
     broker: &Broker,
     version: i16,
-    topic: &str,
-    index: i32,
+    target: Target<'_>,
     records: Option<BytesMut>,
-    permit: AppendPermit,
+    mut permit: AppendPermit,
+    keyless: &mut Vec<i32>,
 ) -> Result<Appended, (ResponseError, String)> {
+    let Target {
+        topic,
+        index,
+        keys_cap,
+    } = target;
     let part = broker
         .partition(topic, index)
         .await
@@ -315,14 +322,47 @@ async fn append_partition(
             defaults,
         ) == "LogAppendTime",
         rules: BatchRules::of_topic(&part.topic_configs, defaults, version),
+        max_stored_bytes: broker.config.socket_request_max_bytes,
     };
     admit(&batches, limits.max_message_bytes)?;
+    if let Some(cap) = keys_cap {
+        // Only compacted topics pay for reading keys (after the size and CRC checks); Kafka
+        // rejects keyless records there, with the index of each.
+        let bad = crate::compaction::keyless_records(&records, cap).map_err(batch_error)?;
+        if !bad.is_empty() {
+            *keyless = bad;
+            return Err((
+                ResponseError::InvalidRecord,
+                format!(
+                    "Compacted topic cannot accept message without key in topic partition {topic}-{index}."
+                ),
+            ));
+        }
+    }
     let now = if limits.log_append_time {
         crate::now_ms()
     } else {
         -1
     };
+    let wire_bytes = records.len();
     let prepared = prepare(records, batches, &limits, now)?;
+    // A recompressed batch may be larger than the bytes the permit was reserved for: charge
+    // the growth too, or refuse (retriably) when the memory is not there now.
+    let stored: usize = prepared.iter().map(|p| p.buf.len()).sum();
+    if let Some(extra) = stored
+        .checked_sub(wire_bytes.max(permit.bytes()))
+        .filter(|&e| e > 0)
+    {
+        match broker.streams.try_reserve(extra) {
+            Some(more) => permit.merge(more),
+            None => {
+                return Err((
+                    ResponseError::KafkaStorageError,
+                    "no memory for recompressed records now (wal.max.pending.bytes); retry".into(),
+                ));
+            }
+        }
+    }
     let stream = part.stream;
     let epoch = leader_epoch(stream.epoch());
     // One atomic append: contiguous offsets with no other producer's batches in between,
@@ -344,16 +384,12 @@ async fn append_partition(
             },
         )
         .collect();
-    let handle = match stream.append_many(entries, permit) {
-        Ok(handle) => handle,
-        Err(e) => {
-            if matches!(e, StreamError::Fenced(_)) {
-                // Reopen under a new epoch on the next request; the client retries.
-                broker.close_stream(stream.id()).await;
-            }
-            return Err((stream_error_code(&e), e.to_string()));
-        }
-    };
+    // A fenced handle is reopened by the next request's `partition()` (it checks the handle
+    // is still writable); closing it here could close a handle another request has just
+    // reopened.
+    let handle = stream
+        .append_many(entries, permit)
+        .map_err(|e| (stream_error_code(&e), e.to_string()))?;
     let base_offset = handle.base_offset as i64;
     let durable = vec![handle.durable];
     Ok(Appended {
@@ -367,6 +403,9 @@ async fn append_partition(
 /// What a topic allows of the batches appended to it.
 struct TopicLimits {
     max_message_bytes: i64,
+    /// Most bytes one partition's batches may take once in their stored form (recompressed
+    /// batches grow): `socket.request.max.bytes`.
+    max_stored_bytes: usize,
     log_append_time: bool,
     rules: BatchRules,
 }
@@ -418,6 +457,7 @@ fn prepare(
     now: i64,
 ) -> Result<Vec<Prepared>, (ResponseError, String)> {
     let mut prepared = Vec::with_capacity(batches.len());
+    let mut stored = 0usize;
     for (h, range) in batches {
         // Batches are contiguous from the start of `records`: split each off and patch it
         // in place; unless the topic's rules need its records, the payload is never
@@ -430,6 +470,17 @@ fn prepare(
                     "batch of {} bytes after recompression exceeds max.message.bytes {}",
                     buf.len(),
                     limits.max_message_bytes
+                ),
+            ));
+        }
+        // Checked as the batches are rebuilt, so growth stops at the bound, not after it.
+        stored = stored.saturating_add(buf.len());
+        if stored > limits.max_stored_bytes {
+            return Err((
+                ResponseError::RecordListTooLarge,
+                format!(
+                    "records grow beyond {} bytes when recompressed",
+                    limits.max_stored_bytes
                 ),
             ));
         }
@@ -498,9 +549,9 @@ impl BatchRules {
 
     /// The batch as the topic stores it, or why it is refused.
     fn apply(&self, batch: BytesMut, h: &BatchHeader) -> Result<BytesMut, (ResponseError, String)> {
-        if !self.zstd_allowed
-            && (h.compression() == decompress::ZSTD || self.codec == Some(decompress::ZSTD))
-        {
+        // As Kafka's produce validation: only a zstd *batch* needs v7 (a topic that stores
+        // zstd recompresses older clients' batches).
+        if !self.zstd_allowed && h.compression() == decompress::ZSTD {
             return Err((
                 ResponseError::UnsupportedCompressionType,
                 "zstd needs produce request version 7 or later".into(),
@@ -519,7 +570,8 @@ impl BatchRules {
             let (low, high) = (now.saturating_sub(before), now.saturating_add(after));
             for r in &all {
                 let ts = h.base_timestamp.saturating_add(r.timestamp_delta);
-                if ts < low || ts > high {
+                // As Kafka's LogValidator: a record without a timestamp (-1) is not checked.
+                if ts != -1 && (ts < low || ts > high) {
                     return Err((
                         ResponseError::InvalidTimestamp,
                         format!(
