@@ -108,7 +108,7 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
     one_of(def("compression.type", String, "producer", Some("compression.type"), "Final compression type of the topic."), &["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"]),
     checked(def("compression.zstd.level", Int, "3", Some("compression.zstd.level"), "Compression level used when compression.type is zstd."), Check::Between(-131_072, 22)),
     at_least(def("delete.retention.ms", Long, "86400000", Some("log.cleaner.delete.retention.ms"), "How long tombstones are retained on compacted topics."), 0),
-    at_least(def("file.delete.delay.ms", Long, "60000", Some("log.segment.delete.delay.ms"), "Only the default is accepted: objects are deleted object.delete.grace.ms after they stop being referenced."), 0),
+    at_least(def("file.delete.delay.ms", Long, "60000", Some("log.segment.delete.delay.ms"), "Delay before deleting data from storage: objects are deleted object.delete.grace.ms (this config's broker default) after they stop being referenced; a topic may not ask for longer."), 0),
     at_least(def("flush.messages", Long, MAX, Some("log.flush.interval.messages"), "Accepted for compatibility; data is durable in object storage before acks."), 1),
     at_least(def("flush.ms", Long, MAX, Some("log.flush.interval.ms"), "Accepted for compatibility; data is durable in object storage before acks."), 0),
     checked(def("follower.replication.throttled.replicas", List, "", None, "Accepted for compatibility; storage is shared."), Check::ThrottledReplicas),
@@ -185,14 +185,6 @@ pub fn normalize(name: &str, value: &str) -> Result<std::string::String, std::st
                 _ => v.parse::<i64>().map_err(|_| not_a_number())?,
             };
             check_integer(d.check, n).map_err(|why| invalid(&why))?;
-            if name == "file.delete.delay.ms" && v != d.default {
-                // Objects hold many partitions' data, so a per-topic delay cannot apply; the
-                // node-wide `object.delete.grace.ms` is what keeps in-flight reads safe.
-                return Err(invalid(
-                    "Shale deletes objects object.delete.grace.ms after they are no longer \
-                     referenced; a per-topic file.delete.delay.ms is not supported",
-                ));
-            }
             Ok(n.to_string())
         }
         Double => {
@@ -295,6 +287,23 @@ pub fn validate_combination(
     overrides: &BTreeMap<std::string::String, std::string::String>,
     broker: &BTreeMap<std::string::String, std::string::String>,
 ) -> Result<(), std::string::String> {
+    // Objects hold many partitions, so they are deleted a node-wide delay after they stop
+    // being referenced (`object.delete.grace.ms`, the broker default of this config). A topic
+    // may ask for less (it is then kept longer than asked, which no client can observe) but
+    // not for more, which could not be honoured.
+    if let Some(asked) = overrides.get("file.delete.delay.ms") {
+        let node = broker
+            .get("file.delete.delay.ms")
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(60_000);
+        if asked.parse::<i64>().is_ok_and(|a| a > node) {
+            return Err(format!(
+                "Invalid value {asked} for configuration file.delete.delay.ms: objects are \
+                 deleted object.delete.grace.ms ({node} ms) after they stop being referenced; \
+                 a topic cannot ask for a longer delay"
+            ));
+        }
+    }
     let min = effective_i64("min.compaction.lag.ms", overrides, broker);
     let max = effective_i64("max.compaction.lag.ms", overrides, broker);
     if min > max {
@@ -428,9 +437,12 @@ mod tests {
     }
 
     #[test]
-    fn a_per_topic_file_delete_delay_is_refused_rather_than_ignored() {
-        assert!(validate("file.delete.delay.ms", "60000").is_ok());
-        let e = validate("file.delete.delay.ms", "1000").unwrap_err();
+    fn a_file_delete_delay_longer_than_the_node_grace_is_refused_rather_than_ignored() {
+        let node = map(&[("file.delete.delay.ms", "60000")]);
+        let ok = map(&[("file.delete.delay.ms", "10000")]);
+        assert!(validate_combination(&ok, &node).is_ok());
+        let long = map(&[("file.delete.delay.ms", "120000")]);
+        let e = validate_combination(&long, &node).unwrap_err();
         assert!(e.contains("object.delete.grace.ms"), "{e}");
     }
 

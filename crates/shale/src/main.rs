@@ -223,7 +223,15 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             socket_request_max_bytes: s.parse("socket.request.max.bytes")?,
             fetch_max_bytes: s.parse("fetch.max.bytes")?,
             retention_check_interval: s.millis("log.retention.check.interval.ms")?,
-            topic_defaults: s.topic_defaults(),
+            topic_defaults: {
+                // Objects are deleted `object.delete.grace.ms` after they stop being
+                // referenced: that is the node's `file.delete.delay.ms` (Kafka's
+                // `log.segment.delete.delay.ms`), which topics may lower but not raise.
+                let mut d = s.topic_defaults();
+                d.entry("file.delete.delay.ms".into())
+                    .or_insert_with(|| s.str("object.delete.grace.ms").trim().to_string());
+                d
+            },
             offsets_topic_num_partitions: s.parse("offsets.topic.num.partitions")?,
             group_initial_rebalance_delay: s.millis("group.initial.rebalance.delay.ms")?,
             group_min_session_timeout_ms: s.parse("group.min.session.timeout.ms")?,
