@@ -255,7 +255,7 @@ async fn clean_partition(
             out.push(entry);
             continue;
         }
-        match rewrite_entry(&entry, &latest, tombstone_cutoff) {
+        match rewrite_entry(&entry, &latest, tombstone_cutoff, policy.decompression_cap) {
             Ok(Rewritten::Unchanged) => out.push(entry),
             Ok(Rewritten::Dropped(n)) => removed += n,
             Ok(Rewritten::Smaller(e, n)) => {
@@ -316,6 +316,7 @@ fn rewrite_entry(
     entry: &StreamRecord,
     latest: &HashMap<Bytes, i64>,
     tombstone_cutoff: i64,
+    decompression_cap: usize,
 ) -> Result<Rewritten, String> {
     // Kept records are copied byte for byte into batches that keep their original header
     // (base offset, last offset delta, timestamps, producer fields, codec), as Kafka's
@@ -325,7 +326,8 @@ fn rewrite_entry(
     let (mut first, mut last, mut max_ts) = (i64::MAX, i64::MIN, -1i64);
     for (h, range) in batch::headers(&entry.payload) {
         let original = &entry.payload[range];
-        let section = records::records_section(original, &h).map_err(|e| e.to_string())?;
+        let section = records::records_section_capped(original, &h, decompression_cap)
+            .map_err(|e| e.to_string())?;
         let all = records::parse_records(&section, h.record_count).map_err(|e| e.to_string())?;
         let kept: Vec<_> = all
             .iter()

@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::{Bytes, BytesMut};
-use common::{call, name, now_ms};
+use common::{call, create_topic as create, name, now_ms};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::*;
 use kafka_protocol::records::{
@@ -38,37 +38,6 @@ async fn broker(dir: &std::path::Path) -> (Arc<Broker>, Arc<FaultyStore>, TcpStr
     )
     .await;
     (broker, store, TcpStream::connect(addr).await.unwrap())
-}
-
-async fn create(conn: &mut TcpStream, topic: &str, configs: &[(&str, &str)]) {
-    let t = create_topics_request::CreatableTopic::default()
-        .with_name(TopicName(name(topic)))
-        .with_num_partitions(1)
-        .with_replication_factor(1)
-        .with_configs(
-            configs
-                .iter()
-                .map(|(k, v)| {
-                    create_topics_request::CreatableTopicConfig::default()
-                        .with_name(name(k))
-                        .with_value(Some(name(v)))
-                })
-                .collect(),
-        );
-    let req = CreateTopicsRequest::default()
-        .with_topics(vec![t])
-        .with_timeout_ms(5000);
-    let ResponseKind::CreateTopics(r) = call(
-        conn,
-        ApiKey::CreateTopics,
-        5,
-        RequestKind::CreateTopics(req),
-    )
-    .await
-    else {
-        panic!("not a CreateTopics response");
-    };
-    assert_eq!(r.topics[0].error_code, 0);
 }
 
 fn batch(key: &str, value: &str, timestamp: i64) -> Bytes {

@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::{Bytes, BytesMut};
-use common::{call, name, now_ms};
+use common::{call, create_topic_with as create, name, now_ms};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::*;
 use kafka_protocol::records::{
@@ -26,42 +26,6 @@ async fn broker(dir: &std::path::Path, fetch_max_bytes: usize) -> (Arc<Broker>, 
     )
     .await;
     (broker, TcpStream::connect(addr).await.unwrap())
-}
-
-async fn create(
-    conn: &mut TcpStream,
-    topic: &str,
-    partitions: i32,
-    configs: &[(&str, &str)],
-) -> i16 {
-    let t = create_topics_request::CreatableTopic::default()
-        .with_name(TopicName(name(topic)))
-        .with_num_partitions(partitions)
-        .with_replication_factor(1)
-        .with_configs(
-            configs
-                .iter()
-                .map(|(k, v)| {
-                    create_topics_request::CreatableTopicConfig::default()
-                        .with_name(name(k))
-                        .with_value(Some(name(v)))
-                })
-                .collect(),
-        );
-    let req = CreateTopicsRequest::default()
-        .with_topics(vec![t])
-        .with_timeout_ms(5000);
-    let ResponseKind::CreateTopics(r) = call(
-        conn,
-        ApiKey::CreateTopics,
-        5,
-        RequestKind::CreateTopics(req),
-    )
-    .await
-    else {
-        panic!("not a CreateTopics response");
-    };
-    r.topics[0].error_code
 }
 
 /// A batch of `n` records with `value_len`-byte values stamped `timestamp`.

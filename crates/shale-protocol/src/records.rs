@@ -200,6 +200,38 @@ fn check_record_body(body: &[u8]) -> Result<(i64, i32), BatchError> {
     Ok((ts_delta, offset_delta))
 }
 
+/// The whole batches of `payload`, one after the other; an error for a batch shorter than
+/// its header or than its declared length (a torn tail is not silently dropped).
+fn whole_batches(payload: &[u8]) -> impl Iterator<Item = Result<(BatchHeader, &[u8]), BatchError>> {
+    let mut pos = 0usize;
+    std::iter::from_fn(move || {
+        let rest = payload.get(pos..).filter(|r| !r.is_empty())?;
+        let batch = BatchHeader::parse(rest).and_then(|h| {
+            if h.batch_length < (HEADER_LEN - LOG_OVERHEAD) as i32 {
+                return Err(corrupt("batch length below header size"));
+            }
+            let batch = rest
+                .get(..h.total_len())
+                .ok_or(corrupt("batch shorter than its length"))?;
+            Ok((h, batch))
+        });
+        // After an error the walk stops: nothing after it can be located.
+        pos = match &batch {
+            Ok((_, b)) => pos + b.len(),
+            Err(_) => payload.len(),
+        };
+        Some(batch)
+    })
+}
+
+/// A whole batch's CRC checked and its records inflated at most to `cap`.
+fn checked_section(batch: &[u8], h: &BatchHeader, cap: usize) -> Result<Bytes, BatchError> {
+    if crc32c::crc32c(batch.get(21..).unwrap_or_default()) != h.crc {
+        return Err(corrupt("CRC mismatch"));
+    }
+    records_section_capped(batch, h, cap)
+}
+
 /// Decodes one stored or produced magic-v2 batch into `kafka-protocol` records, safely:
 /// the records are inflated at most to `cap` bytes and checked by [`check_records`] before
 /// the codec (which reserves from the record and header counts) sees them.
@@ -208,10 +240,7 @@ pub fn decode_batch_capped(batch: &[u8], cap: usize) -> Result<RecordSet, BatchE
     let whole = batch
         .get(..h.total_len())
         .ok_or(corrupt("batch shorter than its length"))?;
-    if crc32c::crc32c(whole.get(21..).unwrap_or_default()) != h.crc {
-        return Err(corrupt("CRC mismatch"));
-    }
-    let section = records_section_capped(whole, &h, cap)?;
+    let section = checked_section(whole, &h, cap)?;
     check_records_of(&section, &h)?;
     let mut buf = Bytes::copy_from_slice(whole);
     // The codec hands us the compressed bytes; we answer with the section already checked.
@@ -223,20 +252,9 @@ pub fn decode_batch_capped(batch: &[u8], cap: usize) -> Result<RecordSet, BatchE
 /// [`decode_batch_capped`] for each of the concatenated batches in `payload`, which must
 /// hold whole batches only; `cap` applies to each batch.
 pub fn decode_batches_capped(payload: &[u8], cap: usize) -> Result<Vec<RecordSet>, BatchError> {
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    while let Some(rest) = payload.get(pos..).filter(|r| !r.is_empty()) {
-        let h = BatchHeader::parse(rest)?;
-        if h.batch_length < (HEADER_LEN - LOG_OVERHEAD) as i32 {
-            return Err(corrupt("batch length below header size"));
-        }
-        let batch = rest
-            .get(..h.total_len())
-            .ok_or(corrupt("batch shorter than its length"))?;
-        out.push(decode_batch_capped(batch, cap)?);
-        pos += batch.len();
-    }
-    Ok(out)
+    whole_batches(payload)
+        .map(|b| b.and_then(|(_, batch)| decode_batch_capped(batch, cap)))
+        .collect()
 }
 
 /// (offset, timestamp) of every record of the concatenated batches in `payload`, without
@@ -245,19 +263,9 @@ pub fn decode_batches_capped(payload: &[u8], cap: usize) -> Result<Vec<RecordSet
 /// LogAppendTime batch every record's timestamp is the batch's max timestamp, as in Kafka.
 pub fn record_timestamps(payload: &[u8], cap: usize) -> Result<Vec<(i64, i64)>, BatchError> {
     let mut out = Vec::new();
-    let mut pos = 0usize;
-    while let Some(rest) = payload.get(pos..).filter(|r| !r.is_empty()) {
-        let h = BatchHeader::parse(rest)?;
-        if h.batch_length < (HEADER_LEN - LOG_OVERHEAD) as i32 {
-            return Err(corrupt("batch length below header size"));
-        }
-        let batch = rest
-            .get(..h.total_len())
-            .ok_or(corrupt("batch shorter than its length"))?;
-        if crc32c::crc32c(batch.get(21..).unwrap_or_default()) != h.crc {
-            return Err(corrupt("CRC mismatch"));
-        }
-        let section = records_section_capped(batch, &h, cap)?;
+    for b in whole_batches(payload) {
+        let (h, batch) = b?;
+        let section = checked_section(batch, &h, cap)?;
         walk_records(&section, h.record_count, |ts_delta, offset_delta| {
             let offset = h.base_offset.checked_add(i64::from(offset_delta));
             let timestamp = if h.is_log_append_time() {
@@ -273,7 +281,6 @@ pub fn record_timestamps(payload: &[u8], cap: usize) -> Result<Vec<(i64, i64)>, 
                 _ => Err(BatchError::Invalid("record timestamp or offset overflows")),
             }
         })?;
-        pos += batch.len();
     }
     Ok(out)
 }

@@ -104,10 +104,25 @@ pub async fn call(
     ResponseKind::decode(api, &mut frame, version).unwrap()
 }
 
+/// Creates a one-partition topic with `configs`; fails the test on any error.
 pub async fn create_topic(conn: &mut TcpStream, topic: &str, configs: &[(&str, &str)]) {
+    assert_eq!(
+        create_topic_with(conn, topic, 1, configs).await,
+        0,
+        "creating {topic}"
+    );
+}
+
+/// Creates a topic; returns the CreateTopics error code (0 on success).
+pub async fn create_topic_with(
+    conn: &mut TcpStream,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> i16 {
     let t = create_topics_request::CreatableTopic::default()
         .with_name(TopicName(name(topic)))
-        .with_num_partitions(1)
+        .with_num_partitions(partitions)
         .with_replication_factor(1)
         .with_configs(
             configs
@@ -132,7 +147,7 @@ pub async fn create_topic(conn: &mut TcpStream, topic: &str, configs: &[(&str, &
     else {
         panic!("not a CreateTopics response");
     };
-    assert_eq!(r.topics[0].error_code, 0, "{:?}", r.topics[0]);
+    r.topics[0].error_code
 }
 
 pub async fn produce(
