@@ -116,6 +116,8 @@ pub struct ClusterState {
     pub next_stream_id: u64,
     /// Next object id `prepare_object` hands out (ids start at 1).
     pub next_object_id: u64,
+    /// First producer id not leased to any node yet (ids start at 0, as Kafka's).
+    pub next_producer_id: u64,
 }
 
 /// Commands that change topics and nodes (the catalog commands are internal).
@@ -415,6 +417,22 @@ impl MetaNode {
             .await
             .map(|r| r.data)
             .map_err(|e| e.to_string())
+    }
+
+    /// Leases a block of `count` producer ids to this node: `[start, start + count)`.
+    pub async fn allocate_producer_ids(&self, count: u64) -> Result<(i64, u64), MetaError> {
+        let node = self.node_id();
+        match self
+            .submit(Command::AllocateProducerIds { node, count })
+            .await
+        {
+            Ok(Response::ProducerIds { start, count }) => Ok((start, count)),
+            Ok(Response::Rejected(e)) => Err(MetaError::Unavailable(e.to_string())),
+            Ok(other) => Err(MetaError::Unavailable(format!(
+                "unexpected response {other:?}"
+            ))),
+            Err(e) => Err(MetaError::Unavailable(e)),
+        }
     }
 
     /// Bumped after every applied log entry; lets readers wait for metadata changes.

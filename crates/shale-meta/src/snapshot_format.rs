@@ -44,6 +44,8 @@ pub(crate) struct PbState {
     pub next_stream_id: u64,
     #[prost(uint64, tag = "8")]
     pub next_object_id: u64,
+    #[prost(uint64, tag = "9")]
+    pub next_producer_id: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -236,6 +238,9 @@ pub(crate) fn encode(state: &ClusterState) -> Vec<u8> {
     if state.next_object_id != 0 {
         uint64::encode(8, &state.next_object_id, &mut buf);
     }
+    if state.next_producer_id != 0 {
+        uint64::encode(9, &state.next_producer_id, &mut buf);
+    }
     let crc = crc32c::crc32c(&buf).to_le_bytes();
     buf.extend_from_slice(&crc);
     buf
@@ -270,6 +275,7 @@ fn from_pb(pb: PbState) -> io::Result<ClusterState> {
         cluster_id: pb.cluster_id,
         next_stream_id: pb.next_stream_id,
         next_object_id: pb.next_object_id,
+        next_producer_id: pb.next_producer_id,
         ..ClusterState::default()
     };
     for n in pb.nodes {
@@ -373,6 +379,7 @@ mod tests {
             cluster_id: "AbCdEfGhIjKlMnOpQrStUv".into(),
             next_stream_id: 4,
             next_object_id: u64::MAX,
+            next_producer_id: u64::MAX,
             ..ClusterState::default()
         };
         s.nodes.insert(
@@ -483,7 +490,7 @@ mod tests {
         let data = encode(&rich_state());
         assert!(decode(&[]).is_err());
         assert!(decode(&[FORMAT_PROTO]).is_err());
-        // Cut before the last field (next_object_id: a tag byte and a 10-byte varint): still
+        // Cut before the last field (next_producer_id: a tag byte and a 10-byte varint): still
         // valid protobuf, so only the checksum can tell.
         let cut = &data[..data.len() - 4 - 11];
         assert!(PbState::decode(&cut[1..]).is_ok());

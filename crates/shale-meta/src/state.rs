@@ -223,6 +223,9 @@ impl MetaState {
             } => self
                 .replace_stream_ranges(stream_id, epoch, start, end, new_object, now_ms)
                 .map(|()| Response::Ok),
+            Command::AllocateProducerIds { node, count } => {
+                self.allocate_producer_ids(node, count)
+            }
             Command::ForgetObjects { ids } => {
                 // Only dead objects can be forgotten: a live id here is a caller bug, ignore it.
                 for id in ids {
@@ -305,6 +308,27 @@ impl MetaState {
             }
         }
         Ok(())
+    }
+
+    /// Leases `[next_producer_id, +count)`. Ids are never handed out twice, whichever node
+    /// asked: a producer id names one producer for the whole life of the cluster.
+    fn allocate_producer_ids(&mut self, node: u64, count: u64) -> Result<Response, ApplyError> {
+        const MAX_BLOCK: u64 = 1 << 20;
+        if count == 0 || count > MAX_BLOCK {
+            return Err(ApplyError::Invalid(format!(
+                "node {node} asked for {count} producer ids (1..={MAX_BLOCK})"
+            )));
+        }
+        let start = self.state.next_producer_id;
+        let end = start
+            .checked_add(count)
+            .filter(|&e| e <= i64::MAX as u64)
+            .ok_or_else(|| ApplyError::Invalid("producer ids exhausted".into()))?;
+        self.state.next_producer_id = end;
+        Ok(Response::ProducerIds {
+            start: start as i64,
+            count,
+        })
     }
 
     /// Allocates a fresh stream (epoch 0, empty).

@@ -74,6 +74,12 @@ pub enum Command {
         new_object: ObjectMeta,
         now_ms: i64,
     },
+    /// Leases the next `count` producer ids to `node` (Kafka's producer-id blocks): the node
+    /// hands them to idempotent producers without a Raft write per producer.
+    AllocateProducerIds {
+        node: u64,
+        count: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -119,6 +125,9 @@ impl fmt::Display for Command {
             } => write!(f, "TrimStream({stream_id}, {new_start})"),
             Command::DeleteStream { stream_id, .. } => write!(f, "DeleteStream({stream_id})"),
             Command::ForgetObjects { ids } => write!(f, "ForgetObjects({} ids)", ids.len()),
+            Command::AllocateProducerIds { node, count } => {
+                write!(f, "AllocateProducerIds({count} for node {node})")
+            }
             Command::ReplaceStreamRanges {
                 stream_id,
                 start,
@@ -142,6 +151,8 @@ pub enum Response {
     Stream(StreamMeta),
     /// The command was rejected by validation; the state is unchanged.
     Rejected(ApplyError),
+    /// A leased block of producer ids: `[start, start + count)`.
+    ProducerIds { start: i64, count: u64 },
 }
 
 /// A deterministic rejection by the state machine (serializable, unlike the public errors).

@@ -72,6 +72,7 @@ async fn workload(node: &Arc<MetaNode>, round: u32) {
     })
     .await
     .unwrap();
+    node.allocate_producer_ids(1000).await.unwrap();
 }
 
 /// The full applied state plus every stream's index, to compare replicas.
@@ -275,4 +276,23 @@ async fn data_dir_is_exclusive_and_bound_to_node_id() {
 
     let node = start(dir.path()).await;
     node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_id_blocks_never_overlap_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let a = node.allocate_producer_ids(1000).await.unwrap();
+    let b = node.allocate_producer_ids(10).await.unwrap();
+    assert_eq!(a, (0, 1000));
+    assert_eq!(b, (1000, 10));
+    node.trigger_snapshot().await.unwrap();
+    let c = node.allocate_producer_ids(5).await.unwrap();
+    node.shutdown().await;
+
+    let node = start(dir.path()).await;
+    let d = node.allocate_producer_ids(1000).await.unwrap();
+    assert_eq!(c, (1010, 5));
+    assert_eq!(d, (1015, 1000));
+    assert!(node.allocate_producer_ids(0).await.is_err());
 }
