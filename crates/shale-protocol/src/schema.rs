@@ -132,7 +132,8 @@ impl Message {
 }
 
 /// The request schema of `api`, `None` for an API Shale has no table for (the guard
-/// refuses those, so an API cannot be served without one).
+/// refuses those, so an API cannot be served without one). A table alone does not make an
+/// API served: the broker dispatches only what [`ADVERTISED`] lists.
 pub fn request(api: ApiKey) -> Option<&'static Message> {
     Some(match api {
         ApiKey::Produce => &produce::REQUEST,
@@ -160,6 +161,16 @@ pub fn request(api: ApiKey) -> Option<&'static Message> {
         ApiKey::OffsetCommit => &offset_commit::REQUEST,
         ApiKey::OffsetFetch => &offset_fetch::REQUEST,
         ApiKey::OffsetDelete => &offset_delete::REQUEST,
+        // Transactions: tables ahead of the implementation, not in `ADVERTISED` yet.
+        ApiKey::InitProducerId => &init_producer_id::REQUEST,
+        ApiKey::AddPartitionsToTxn => &add_partitions_to_txn::REQUEST,
+        ApiKey::AddOffsetsToTxn => &add_offsets_to_txn::REQUEST,
+        ApiKey::EndTxn => &end_txn::REQUEST,
+        ApiKey::WriteTxnMarkers => &write_txn_markers::REQUEST,
+        ApiKey::TxnOffsetCommit => &txn_offset_commit::REQUEST,
+        ApiKey::DescribeProducers => &describe_producers::REQUEST,
+        ApiKey::DescribeTransactions => &describe_transactions::REQUEST,
+        ApiKey::ListTransactions => &list_transactions::REQUEST,
         _ => return None,
     })
 }
@@ -679,6 +690,157 @@ pub mod offset_delete {
             "partitions",
             Ty::Array(&Ty::Struct(OFFSET_DELETE_REQUEST_PARTITION)),
         ),
+    ];
+}
+
+/// InitProducerId request. `ApiKey::valid_versions()` lists v6, but the 0.18 message codec
+/// stops at v5 (it refuses v6 and does not read v6's `enable_2_pc` / `keep_prepared_txn`),
+/// so the table does as well.
+pub mod init_producer_id {
+    use super::*;
+    pub static REQUEST: Message = Message::new(0, 5, 2, BODY);
+    const BODY: &[Field] = &[
+        f("transactional_id", STR).nullable(),
+        f("transaction_timeout_ms", I32),
+        f("producer_id", I64).since(3),
+        f("producer_epoch", I16).since(3),
+    ];
+}
+
+/// AddPartitionsToTxn request: v4+ batches `transactions` (brokers' `verify_only` checks);
+/// v0-3 carry one transaction as top-level fields.
+pub mod add_partitions_to_txn {
+    use super::*;
+    pub static REQUEST: Message = Message::new(0, 5, 3, BODY);
+    const BODY: &[Field] = &[
+        f(
+            "transactions",
+            Ty::Array(&Ty::Struct(ADD_PARTITIONS_TO_TXN_TRANSACTION)),
+        )
+        .since(4),
+        f("v3_and_below_transactional_id", STR).until(3),
+        f("v3_and_below_producer_id", I64).until(3),
+        f("v3_and_below_producer_epoch", I16).until(3),
+        f(
+            "v3_and_below_topics",
+            Ty::Array(&Ty::Struct(ADD_PARTITIONS_TO_TXN_TOPIC)),
+        )
+        .until(3),
+    ];
+    const ADD_PARTITIONS_TO_TXN_TOPIC: &[Field] =
+        &[f("name", STR), f("partitions", Ty::Array(&I32))];
+    const ADD_PARTITIONS_TO_TXN_TRANSACTION: &[Field] = &[
+        f("transactional_id", STR).since(4),
+        f("producer_id", I64).since(4),
+        f("producer_epoch", I16).since(4),
+        f("verify_only", BOOL).since(4),
+        f(
+            "topics",
+            Ty::Array(&Ty::Struct(ADD_PARTITIONS_TO_TXN_TOPIC)),
+        )
+        .since(4),
+    ];
+}
+
+/// AddOffsetsToTxn request.
+pub mod add_offsets_to_txn {
+    use super::*;
+    pub static REQUEST: Message = Message::new(0, 4, 3, BODY);
+    const BODY: &[Field] = &[
+        f("transactional_id", STR),
+        f("producer_id", I64),
+        f("producer_epoch", I16),
+        f("group_id", STR),
+    ];
+}
+
+/// EndTxn request.
+pub mod end_txn {
+    use super::*;
+    pub static REQUEST: Message = Message::new(0, 5, 3, BODY);
+    const BODY: &[Field] = &[
+        f("transactional_id", STR),
+        f("producer_id", I64),
+        f("producer_epoch", I16),
+        f("committed", BOOL),
+    ];
+}
+
+/// WriteTxnMarkers request (v0 is gone from the codec; v1 is flexible).
+pub mod write_txn_markers {
+    use super::*;
+    pub static REQUEST: Message = Message::new(1, 1, 1, BODY);
+    const BODY: &[Field] = &[f("markers", Ty::Array(&Ty::Struct(WRITABLE_TXN_MARKER)))];
+    const WRITABLE_TXN_MARKER: &[Field] = &[
+        f("producer_id", I64),
+        f("producer_epoch", I16),
+        f("transaction_result", BOOL),
+        f("topics", Ty::Array(&Ty::Struct(WRITABLE_TXN_MARKER_TOPIC))),
+        f("coordinator_epoch", I32),
+    ];
+    const WRITABLE_TXN_MARKER_TOPIC: &[Field] =
+        &[f("name", STR), f("partition_indexes", Ty::Array(&I32))];
+}
+
+/// TxnOffsetCommit request.
+pub mod txn_offset_commit {
+    use super::*;
+    pub static REQUEST: Message = Message::new(0, 5, 3, BODY);
+    const BODY: &[Field] = &[
+        f("transactional_id", STR),
+        f("group_id", STR),
+        f("producer_id", I64),
+        f("producer_epoch", I16),
+        f("generation_id", I32).since(3),
+        f("member_id", STR).since(3),
+        f("group_instance_id", STR).since(3).nullable(),
+        f(
+            "topics",
+            Ty::Array(&Ty::Struct(TXN_OFFSET_COMMIT_REQUEST_TOPIC)),
+        ),
+    ];
+    const TXN_OFFSET_COMMIT_REQUEST_PARTITION: &[Field] = &[
+        f("partition_index", I32),
+        f("committed_offset", I64),
+        f("committed_leader_epoch", I32).since(2),
+        f("committed_metadata", STR).nullable(),
+    ];
+    const TXN_OFFSET_COMMIT_REQUEST_TOPIC: &[Field] = &[
+        f("name", STR),
+        f(
+            "partitions",
+            Ty::Array(&Ty::Struct(TXN_OFFSET_COMMIT_REQUEST_PARTITION)),
+        ),
+    ];
+}
+
+/// DescribeProducers request.
+pub mod describe_producers {
+    use super::*;
+    // Flexible from v0.
+    pub static REQUEST: Message = Message::new(0, 0, 0, BODY);
+    const BODY: &[Field] = &[f("topics", Ty::Array(&Ty::Struct(TOPIC_REQUEST)))];
+    const TOPIC_REQUEST: &[Field] = &[f("name", STR), f("partition_indexes", Ty::Array(&I32))];
+}
+
+/// DescribeTransactions request.
+pub mod describe_transactions {
+    use super::*;
+    // Flexible from v0.
+    pub static REQUEST: Message = Message::new(0, 0, 0, BODY);
+    const BODY: &[Field] = &[f("transactional_ids", Ty::Array(&STR))];
+}
+
+/// ListTransactions request.
+pub mod list_transactions {
+    use super::*;
+    // Flexible from v0.
+    pub static REQUEST: Message = Message::new(0, 2, 0, BODY);
+    const BODY: &[Field] = &[
+        f("state_filters", Ty::Array(&STR)),
+        f("producer_id_filters", Ty::Array(&I64)),
+        f("duration_filter", I64).since(1),
+        f("transactional_id_pattern", STR).since(2).nullable(),
     ];
 }
 
