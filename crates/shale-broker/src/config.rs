@@ -43,6 +43,20 @@ pub struct BrokerConfig {
     /// `log.cleaner.backoff.ms`: pause between log-cleaner passes over compacted partitions
     /// (0 disables the background cleaner).
     pub log_cleaner_backoff: Duration,
+    /// `producer.id.expiration.ms`: a producer idle this long is forgotten by a partition
+    /// (its next batch may then start at any sequence).
+    pub producer_id_expiration_ms: i64,
+    /// `producer.id.expiration.check.interval.ms`.
+    pub producer_id_expiration_check_interval: Duration,
+    /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a producer may ask
+    /// for (INVALID_TRANSACTION_TIMEOUT beyond).
+    pub transaction_max_timeout_ms: i32,
+    /// `transactional.id.expiration.ms`: a transactional id unused this long is forgotten.
+    pub transactional_id_expiration_ms: i64,
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms`.
+    pub transaction_timeout_check_interval: Duration,
+    /// `transaction.state.log.num.partitions`: partitions of `__transaction_state`.
+    pub transaction_state_num_partitions: i32,
 }
 
 impl Default for BrokerConfig {
@@ -67,6 +81,12 @@ impl Default for BrokerConfig {
             offsets_retention_minutes: 10080,
             offsets_retention_check_interval: Duration::from_secs(600),
             log_cleaner_backoff: Duration::from_millis(15_000),
+            producer_id_expiration_ms: 86_400_000,
+            producer_id_expiration_check_interval: Duration::from_millis(600_000),
+            transaction_max_timeout_ms: 900_000,
+            transactional_id_expiration_ms: 604_800_000,
+            transaction_timeout_check_interval: Duration::from_millis(10_000),
+            transaction_state_num_partitions: 50,
         }
     }
 }

@@ -165,6 +165,14 @@ pub(crate) async fn start(
                 ))
             }))
         }
+        RequestKind::InitProducerId(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::InitProducerId(
+                    handlers::producers::init_producer_id(&broker, version, req).await,
+                ))
+            }))
+        }
         other => {
             // Unreachable: `supported` filters API keys before decoding.
             tracing::error!(request = ?std::mem::discriminant(&other), "no handler");

@@ -10,6 +10,7 @@ pub mod handlers;
 mod partitions;
 mod retention;
 pub mod topic_config;
+mod txn;
 
 pub use compaction::CleanerStats;
 pub use config::BrokerConfig;
@@ -31,6 +32,8 @@ pub struct Broker {
     groups: Arc<groups::GroupCoordinator>,
     /// Log-cleaner progress per owned compacted partition.
     cleaner: compaction::CleanerState,
+    /// Producer ids leased from the metadata quorum, handed to idempotent producers.
+    producer_ids: txn::producer_ids::ProducerIds,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -60,6 +63,7 @@ impl Broker {
             partitions: partitions::Partitions::default(),
             groups: coordinator,
             cleaner: Default::default(),
+            producer_ids: Default::default(),
             shutdown,
             tasks: Mutex::new(Vec::new()),
         });
@@ -69,6 +73,8 @@ impl Broker {
         broker.tasks.lock().push(retention);
         let cleaner = tokio::spawn(compaction::run(broker.clone()));
         broker.tasks.lock().push(cleaner);
+        let expiry = tokio::spawn(txn::producer_ids::expire_producers(broker.clone()));
+        broker.tasks.lock().push(expiry);
         Ok(broker)
     }
 

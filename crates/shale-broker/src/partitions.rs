@@ -1,22 +1,34 @@
 //! The partitions this node owns: topic-partition → open stream.
 
 use crate::Broker;
+use crate::txn::producers::ProducerStates;
 use kafka_protocol::error::ResponseError;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use shale_stream::{Stream, StreamError, StreamId};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Default)]
 pub(crate) struct Partitions {
-    open: RwLock<HashMap<StreamId, Arc<Stream>>>,
+    open: RwLock<HashMap<StreamId, Arc<Owned>>>,
     /// Serializes opens so one stream is never opened twice concurrently.
     opening: tokio::sync::Mutex<()>,
+}
+
+/// An open stream and the producer state rebuilt for that handle. Both are replaced
+/// together: a reopened handle restarts at the committed end, so state built from appends
+/// that were lost with the old handle must go with it.
+pub(crate) struct Owned {
+    pub stream: Arc<Stream>,
+    /// Also the partition's append lock: checking a batch against the producer state and
+    /// appending it happen under it, so two appends never pass the same check.
+    pub producers: Mutex<ProducerStates>,
 }
 
 /// What a handler needs to know about a partition it reads or writes.
 pub(crate) struct PartitionRef {
     pub stream: Arc<Stream>,
+    pub owned: Arc<Owned>,
     pub topic_configs: std::collections::BTreeMap<String, String>,
 }
 
@@ -42,20 +54,36 @@ impl Broker {
     /// carried (their offsets now have a hole), and the next use must heal by reopening at
     /// the committed end, not keep answering errors until a restart.
     pub(crate) async fn open_stream(&self, id: StreamId) -> Result<Arc<Stream>, StreamError> {
-        if let Some(s) = self.partitions.open.read().get(&id)
-            && s.is_writable()
+        Ok(self.open_owned(id).await?.stream.clone())
+    }
+
+    /// [`Self::open_stream`] with the partition's producer state, rebuilt from the stream
+    /// when the handle is (re)opened.
+    pub(crate) async fn open_owned(&self, id: StreamId) -> Result<Arc<Owned>, StreamError> {
+        if let Some(o) = self.partitions.open.read().get(&id)
+            && o.stream.is_writable()
         {
-            return Ok(s.clone());
+            return Ok(o.clone());
         }
         let _guard = self.partitions.opening.lock().await;
-        if let Some(s) = self.partitions.open.read().get(&id)
-            && s.is_writable()
+        if let Some(o) = self.partitions.open.read().get(&id)
+            && o.stream.is_writable()
         {
-            return Ok(s.clone());
+            return Ok(o.clone());
         }
         let stream = self.streams.open(id).await?;
-        self.partitions.open.write().insert(id, stream.clone());
-        Ok(stream)
+        let producers = crate::txn::load::producer_states(self, &stream).await?;
+        let owned = Arc::new(Owned {
+            stream,
+            producers: Mutex::new(producers),
+        });
+        self.partitions.open.write().insert(id, owned.clone());
+        Ok(owned)
+    }
+
+    /// Every open partition (for the producer-state expiry sweep).
+    pub(crate) fn open_partitions(&self) -> Vec<Arc<Owned>> {
+        self.partitions.open.read().values().cloned().collect()
     }
 
     /// Forgets a stream (topic deleted) or a fenced handle so the next use reopens it.
@@ -84,9 +112,10 @@ impl Broker {
         if owner != me {
             return Err(ResponseError::NotLeaderOrFollower);
         }
-        match self.open_stream(stream_id).await {
-            Ok(stream) => Ok(PartitionRef {
-                stream,
+        match self.open_owned(stream_id).await {
+            Ok(owned) => Ok(PartitionRef {
+                stream: owned.stream.clone(),
+                owned,
                 topic_configs,
             }),
             Err(e) => {

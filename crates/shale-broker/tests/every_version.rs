@@ -294,6 +294,11 @@ fn sample(api: ApiKey, version: i16, topic_id: uuid::Uuid) -> RequestKind {
             ],
             ))
         }
+        ApiKey::InitProducerId => RequestKind::InitProducerId(
+            InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000),
+        ),
         other => panic!("no sample request for {other:?}: add one when advertising it"),
     }
 }

@@ -223,9 +223,7 @@ impl MetaState {
             } => self
                 .replace_stream_ranges(stream_id, epoch, start, end, new_object, now_ms)
                 .map(|()| Response::Ok),
-            Command::AllocateProducerIds { node, count } => {
-                self.allocate_producer_ids(node, count)
-            }
+            Command::AllocateProducerIds { node, count } => self.allocate_producer_ids(node, count),
             Command::ForgetObjects { ids } => {
                 // Only dead objects can be forgotten: a live id here is a caller bug, ignore it.
                 for id in ids {

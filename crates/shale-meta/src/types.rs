@@ -152,7 +152,10 @@ pub enum Response {
     /// The command was rejected by validation; the state is unchanged.
     Rejected(ApplyError),
     /// A leased block of producer ids: `[start, start + count)`.
-    ProducerIds { start: i64, count: u64 },
+    ProducerIds {
+        start: i64,
+        count: u64,
+    },
 }
 
 /// A deterministic rejection by the state machine (serializable, unlike the public errors).

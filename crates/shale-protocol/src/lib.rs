@@ -9,6 +9,7 @@
 //! decompression and counts checked against bytes ([`records`], [`decompress`]).
 
 pub mod batch;
+pub mod control;
 pub mod decompress;
 pub mod envelope;
 pub mod fetch_frame;

@@ -207,6 +207,9 @@ pub const ADVERTISED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 8),
     (ApiKey::OffsetDelete, 0, 0),
+    // Idempotent producers and transactions. InitProducerId stops at v5: the codec lists v6
+    // (KIP-939's two-phase commit fields) but cannot decode it.
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 const BOOL: Ty = Ty::Bool;

@@ -49,6 +49,15 @@ pub const KEYS: &[(&str, &str)] = &[
     ("offsets.retention.minutes", "10080"),
     ("offsets.retention.check.interval.ms", "600000"),
     ("log.cleaner.backoff.ms", "15000"),
+    ("producer.id.expiration.ms", "86400000"),
+    ("producer.id.expiration.check.interval.ms", "600000"),
+    ("transaction.max.timeout.ms", "900000"),
+    ("transactional.id.expiration.ms", "604800000"),
+    (
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+        "10000",
+    ),
+    ("transaction.state.log.num.partitions", "50"),
     // Broker-level defaults of topic configs (Kafka's names).
     ("log.retention.ms", "604800000"),
     ("log.retention.bytes", "-1"),

@@ -240,6 +240,14 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             offsets_retention_minutes: s.parse("offsets.retention.minutes")?,
             offsets_retention_check_interval: s.millis("offsets.retention.check.interval.ms")?,
             log_cleaner_backoff: s.millis("log.cleaner.backoff.ms")?,
+            producer_id_expiration_ms: s.parse("producer.id.expiration.ms")?,
+            producer_id_expiration_check_interval: s
+                .millis("producer.id.expiration.check.interval.ms")?,
+            transaction_max_timeout_ms: s.parse("transaction.max.timeout.ms")?,
+            transactional_id_expiration_ms: s.parse("transactional.id.expiration.ms")?,
+            transaction_timeout_check_interval: s
+                .millis("transaction.abort.timed.out.transaction.cleanup.interval.ms")?,
+            transaction_state_num_partitions: s.parse("transaction.state.log.num.partitions")?,
         },
         meta,
         streams,

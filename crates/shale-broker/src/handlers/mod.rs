@@ -8,4 +8,5 @@ pub mod metadata;
 pub mod offset_commit;
 pub mod offsets;
 pub mod produce;
+pub mod producers;
 pub mod topics;

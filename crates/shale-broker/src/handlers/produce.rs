@@ -7,6 +7,7 @@ use crate::dispatch::Started;
 use crate::handlers::metadata::leader_epoch;
 use crate::partitions::stream_error_code;
 use crate::topic_config;
+use crate::txn::producers::{Admit, ProducerError};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{
@@ -271,6 +272,46 @@ async fn wait_durable(
     }
 }
 
+/// Resolves once the stream is durable through `last_offset` (a duplicate's original
+/// batches), or fails when the handle is fenced before that: the original was then lost and
+/// the producer's retry must not be acknowledged.
+fn durable_through(
+    broker: &Broker,
+    stream: &Arc<shale_stream::Stream>,
+    last_offset: u64,
+) -> Durable {
+    let (tx, rx) = oneshot::channel();
+    let mut commits = broker.streams.commit_notifications();
+    let stream = stream.clone();
+    tokio::spawn(async move {
+        loop {
+            if stream.end_offset() > last_offset {
+                let _ = tx.send(Ok(()));
+                return;
+            }
+            if !stream.is_writable() {
+                let _ = tx.send(Err(StreamError::Fenced(stream.id())));
+                return;
+            }
+            if commits.changed().await.is_err() {
+                let _ = tx.send(Err(StreamError::ShuttingDown));
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn producer_error(e: ProducerError) -> (ResponseError, String) {
+    let code = match &e {
+        ProducerError::OutOfOrderSequence(_) => ResponseError::OutOfOrderSequenceNumber,
+        ProducerError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch,
+        ProducerError::InvalidTxnState(_) => ResponseError::InvalidTxnState,
+        ProducerError::CoordinatorFenced(_) => ResponseError::TransactionCoordinatorFenced,
+    };
+    (code, e.to_string())
+}
+
 fn batch_error(e: BatchError) -> (ResponseError, String) {
     let code = match e {
         BatchError::Corrupt(_) => ResponseError::CorruptMessage,
@@ -345,6 +386,7 @@ async fn append_partition(
         -1
     };
     let wire_bytes = records.len();
+    let headers: Vec<BatchHeader> = batches.iter().map(|(h, _)| *h).collect();
     let prepared = prepare(records, batches, &limits, now)?;
     // A recompressed batch may be larger than the bytes the permit was reserved for: charge
     // the growth too, or refuse (retriably) when the memory is not there now.
@@ -384,6 +426,27 @@ async fn append_partition(
             },
         )
         .collect();
+    // The producer-state check and the append it admits are one step under the partition's
+    // append lock (header fields only: no per-record work).
+    let mut producers = part.owned.producers.lock();
+    let update = match producers.check(&headers).map_err(producer_error)? {
+        Admit::Append(update) => update,
+        Admit::Duplicate(original) => {
+            drop(producers);
+            // As Kafka: a retry of batches already appended is answered with their offsets
+            // and not stored again, once they are durable.
+            return Ok(Appended {
+                base_offset: original.first_offset,
+                log_append_time: now,
+                log_start_offset: stream.start_offset() as i64,
+                durable: vec![durable_through(
+                    broker,
+                    &stream,
+                    original.last_offset as u64,
+                )],
+            });
+        }
+    };
     // A fenced handle is reopened by the next request's `partition()` (it checks the handle
     // is still writable); closing it here could close a handle another request has just
     // reopened.
@@ -391,6 +454,8 @@ async fn append_partition(
         .append_many(entries, permit)
         .map_err(|e| (stream_error_code(&e), e.to_string()))?;
     let base_offset = handle.base_offset as i64;
+    producers.apply(update, base_offset);
+    drop(producers);
     let durable = vec![handle.durable];
     Ok(Appended {
         base_offset,

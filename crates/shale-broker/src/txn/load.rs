@@ -1,0 +1,74 @@
+//! Rebuilding a partition's producer state when its stream is opened: a scan of the
+//! stored batch headers (and the one record of each transaction marker).
+
+use crate::Broker;
+use crate::txn::producers::{Marker, ProducerStates};
+use shale_protocol::{batch, control};
+use shale_stream::{Stream, StreamError};
+
+/// Bytes read per step of the scan.
+const SCAN_CHUNK: usize = 4 << 20;
+
+/// The producer state of `stream` as its stored batches leave it.
+pub(crate) async fn producer_states(
+    broker: &Broker,
+    stream: &Stream,
+) -> Result<ProducerStates, StreamError> {
+    let mut states = ProducerStates::default();
+    let end = stream.end_offset();
+    let mut pos = stream.start_offset();
+    let mut batches = 0u64;
+    while pos < end {
+        let records = match stream.read(pos, SCAN_CHUNK).await {
+            Ok(r) => r,
+            // Retention moved the start past `pos` while scanning: what it removed no longer
+            // matters.
+            Err(StreamError::OffsetOutOfRange { start, .. }) if start > pos => {
+                pos = start;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(last) = records.last() else { break };
+        pos = last.end_offset();
+        for r in &records {
+            for (h, range) in batch::headers(&r.payload) {
+                batches += 1;
+                if h.producer_id < 0 {
+                    continue;
+                }
+                if h.is_control() {
+                    match control::parse_marker(&r.payload[range]) {
+                        Ok(Some(m)) => states.apply_marker(&Marker {
+                            producer_id: h.producer_id,
+                            epoch: h.producer_epoch,
+                            commit: m.commit,
+                            coordinator_epoch: m.coordinator_epoch,
+                            offset: h.base_offset,
+                            timestamp: h.max_timestamp,
+                        }),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(stream = stream.id(), offset = h.base_offset, error = %e, "unreadable control batch skipped");
+                        }
+                    }
+                } else {
+                    states.replay_batch(&h);
+                }
+            }
+        }
+    }
+    let expired = states.expire(
+        crate::now_ms(),
+        broker.config.producer_id_expiration_ms,
+        stream.start_offset() as i64,
+    );
+    tracing::debug!(
+        stream = stream.id(),
+        batches,
+        producers = states.producers().count(),
+        expired,
+        "producer state loaded"
+    );
+    Ok(states)
+}
