@@ -9,7 +9,9 @@ could not run; failed deliveries are expected when the broker is killed and are 
 
 retries=0 by default (no retries, so no duplicates: every record is sent at most once and
 the read-back must have no duplicate at all); --retries N allows retries, after which a
-record in flight at the crash may be written twice (idempotence is off).
+record in flight at the crash may be written twice (idempotence is off). --idempotent is
+the production setting: idempotence on, retries until message.timeout.ms, so every record
+is delivered exactly once across a crash.
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ def main(argv=None):
     ap.add_argument("--retries", type=int, default=0)
     ap.add_argument("--linger-ms", type=int, default=5)
     ap.add_argument("--message-timeout-ms", type=int, default=120_000)
+    ap.add_argument("--idempotent", action="store_true")
     args = ap.parse_args(argv)
 
-    p = Producer({
+    conf = {
         "bootstrap.servers": args.bootstrap,
         "acks": "all",
         "enable.idempotence": False,
@@ -60,7 +63,13 @@ def main(argv=None):
         "reconnect.backoff.ms": 50,
         "reconnect.backoff.max.ms": 500,
         "queue.buffering.max.messages": 200_000,
-    })
+    }
+    if args.idempotent:
+        # Retries and in-flight limits are the idempotent producer's own.
+        for k in ("retries", "max.in.flight.requests.per.connection"):
+            del conf[k]
+        conf["enable.idempotence"] = True
+    p = Producer(conf)
     acked = 0
     errors: Counter = Counter()
     out = open(args.acked_file, "a", buffering=1)

@@ -13,13 +13,15 @@ from load_producer import count_lines, read_acked, verify
 HERE = Path(__file__).resolve().parent
 
 
-def start_load(bootstrap, topic, tmp_path, count, partitions=8, rate=0, retries=0):
+def start_load(bootstrap, topic, tmp_path, count, partitions=8, rate=0, retries=0, idempotent=False):
     acked_file = tmp_path / f"acked-{topic}.txt"
     cmd = [sys.executable, str(HERE / "load_producer.py"), "--bootstrap", bootstrap, "--topic", topic,
            "--partitions", str(partitions), "--count", str(count), "--acked-file", str(acked_file),
            "--retries", str(retries)]
     if rate:
         cmd += ["--rate", str(rate)]
+    if idempotent:
+        cmd += ["--idempotent"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     return proc, acked_file
 
