@@ -81,6 +81,16 @@ impl Broker {
         Ok(owned)
     }
 
+    /// The open handle of `id` if it is open and writable now (no I/O).
+    pub(crate) fn owned_if_open(&self, id: StreamId) -> Option<Arc<Owned>> {
+        self.partitions
+            .open
+            .read()
+            .get(&id)
+            .filter(|o| o.stream.is_writable())
+            .cloned()
+    }
+
     /// Every open partition (for the producer-state expiry sweep).
     pub(crate) fn open_partitions(&self) -> Vec<Arc<Owned>> {
         self.partitions.open.read().values().cloned().collect()

@@ -65,7 +65,92 @@ fn coordinator_error(e: &StreamError) -> ResponseError {
     }
 }
 
+impl StreamLog {
+    /// The partition's producer state, for appends that must pass its epoch checks.
+    fn owned(&self) -> Result<Arc<crate::partitions::Owned>, ResponseError> {
+        self.broker
+            .upgrade()
+            .and_then(|b| b.owned_if_open(self.stream.id()))
+            .filter(|o| Arc::ptr_eq(&o.stream, &self.stream))
+            .ok_or_else(|| {
+                self.heal();
+                ResponseError::NotCoordinator
+            })
+    }
+
+    /// The durability wait of an append, healing the partition when it fails.
+    fn durable(&self, durable: crate::txn::append::Durable) -> Durable {
+        let healer = StreamLog {
+            stream: self.stream.clone(),
+            broker: self.broker.clone(),
+            partition: self.partition,
+            healing: self.healing.clone(),
+        };
+        Box::pin(async move {
+            match durable.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => {
+                    healer.heal();
+                    Err(coordinator_error(&e))
+                }
+                Err(_) => Err(ResponseError::NotCoordinator),
+            }
+        })
+    }
+
+    fn append_error(&self, e: crate::txn::append::AppendError) -> ResponseError {
+        use crate::txn::append::AppendError;
+        match e {
+            AppendError::Producer(p) => crate::handlers::produce::producer_error(p).0,
+            AppendError::Stream(e) => {
+                tracing::warn!(stream = self.stream.id(), error = %e, "__consumer_offsets append failed");
+                self.heal();
+                coordinator_error(&e)
+            }
+            AppendError::Internal(e) => {
+                tracing::error!(error = %e, "cannot build a __consumer_offsets batch");
+                ResponseError::UnknownServerError
+            }
+        }
+    }
+}
+
 impl PartitionLog for StreamLog {
+    fn append_txn(
+        &self,
+        records: Vec<(Bytes, Option<Bytes>)>,
+        producer_id: i64,
+        epoch: i16,
+    ) -> Result<(u64, Durable), ResponseError> {
+        let owned = self.owned()?;
+        let now = crate::now_ms();
+        let buf = records::encode_batch_as(&records, now, Some((producer_id, epoch))).map_err(
+            |e| self.append_error(crate::txn::append::AppendError::Internal(e)),
+        )?;
+        let (base, durable) =
+            crate::txn::append::append_coordinator_batch(&owned, buf, records.len() as u32, now)
+                .map_err(|e| self.append_error(e))?;
+        Ok((base, self.durable(durable)))
+    }
+
+    fn append_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        marker: shale_protocol::control::EndTxnMarker,
+    ) -> Result<(u64, Durable), ResponseError> {
+        let owned = self.owned()?;
+        let (base, durable) = crate::txn::append::append_marker(
+            &owned,
+            producer_id,
+            epoch,
+            marker,
+            crate::now_ms(),
+        )
+        .map_err(|e| self.append_error(e))?;
+        Ok((base, self.durable(durable)))
+    }
+
     fn append(
         &self,
         records: Vec<(Bytes, Option<Bytes>)>,
@@ -110,9 +195,18 @@ impl PartitionLog for StreamLog {
     }
 }
 
+/// A coordinator partition's records as loading sees them: committed ones in log order (a
+/// transaction's offsets at its commit marker, with their own offsets), and the offsets of
+/// transactions still open, by producer id.
+#[derive(Default)]
+pub(crate) struct LoadedRecords {
+    pub records: Vec<(u64, Bytes, Option<Bytes>)>,
+    pub pending: std::collections::HashMap<i64, Vec<(u64, Bytes, Option<Bytes>)>>,
+}
+
 /// Reads every record of a stream, start to end.
-async fn read_all(stream: &Stream) -> Result<Vec<(u64, Bytes, Option<Bytes>)>, StreamError> {
-    let mut out = Vec::new();
+async fn read_all(stream: &Stream) -> Result<LoadedRecords, StreamError> {
+    let mut out = LoadedRecords::default();
     let start = stream.start_offset();
     let end = stream.end_offset();
     let mut from = start;
@@ -121,12 +215,8 @@ async fn read_all(stream: &Stream) -> Result<Vec<(u64, Bytes, Option<Bytes>)>, S
         let Some(last) = entries.last() else { break };
         let next = last.end_offset();
         for e in entries {
-            match records::decode_batches(e.payload) {
-                Ok(recs) => out.extend(
-                    recs.into_iter()
-                        .filter(|(o, ..)| *o >= start as i64)
-                        .map(|(o, k, v)| (o as u64, k, v)),
-                ),
+            match records::decode_stored(e.payload) {
+                Ok(items) => fold(&mut out, items, start),
                 Err(err) => {
                     tracing::warn!(stream = stream.id(), offset = e.base_offset, error = %err, "skipping undecodable batch")
                 }
@@ -138,6 +228,40 @@ async fn read_all(stream: &Stream) -> Result<Vec<(u64, Bytes, Option<Bytes>)>, S
         from = next;
     }
     Ok(out)
+}
+
+/// Folds decoded records into `out`: transactional ones wait for their producer's marker
+/// (Kafka's GroupMetadataManager does the same when it loads).
+fn fold(out: &mut LoadedRecords, items: Vec<records::Stored>, start: u64) {
+    for item in items {
+        match item {
+            records::Stored::Record {
+                offset,
+                key,
+                value,
+                txn_producer,
+            } => {
+                if offset < start as i64 {
+                    continue;
+                }
+                let r = (offset as u64, key, value);
+                match txn_producer {
+                    Some(pid) => out.pending.entry(pid).or_default().push(r),
+                    None => out.records.push(r),
+                }
+            }
+            records::Stored::Marker {
+                producer_id,
+                commit,
+            } => {
+                if let Some(done) = out.pending.remove(&producer_id)
+                    && commit
+                {
+                    out.records.extend(done);
+                }
+            }
+        }
+    }
 }
 
 /// Creates the topic if missing, then keeps the loaded partitions in line with ownership.

@@ -1365,6 +1365,33 @@ impl Group {
         Ok(())
     }
 
+    /// KIP-447's checks of a TxnOffsetCommit's group metadata (Kafka's
+    /// `doTxnCommitOffsets`): a producer that sends none (member "" and generation -1)
+    /// commits whatever the group's state; one that does is fenced like a stale member.
+    pub(crate) fn validate_txn_commit(
+        &self,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<(), ResponseError> {
+        if self.state == GroupState::Dead {
+            return Err(ResponseError::CoordinatorNotAvailable);
+        }
+        if let Some(instance) = instance_id
+            && let Some(known) = self.static_members.get(instance)
+            && known != member_id
+        {
+            return Err(ResponseError::FencedInstanceId);
+        }
+        if !member_id.is_empty() && !self.members.contains_key(member_id) {
+            return Err(ResponseError::UnknownMemberId);
+        }
+        if generation >= 0 && generation != self.generation {
+            return Err(ResponseError::IllegalGeneration);
+        }
+        Ok(())
+    }
+
     /// A valid commit counts as a heartbeat.
     pub(crate) fn commit_heartbeat(&mut self, member_id: &str, now: Now) {
         if self.members.contains_key(member_id) {

@@ -13,6 +13,9 @@ pub(crate) mod group;
 pub(crate) mod records;
 #[cfg(test)]
 mod tests;
+mod txn_offsets;
+
+pub(crate) use txn_offsets::TxnCommitRequest;
 
 pub(crate) use broker_glue::{OFFSETS_TOPIC, start};
 
@@ -39,6 +42,23 @@ pub(crate) trait PartitionLog: Send + Sync {
     /// Appends the records as one batch; returns the offset of the first one.
     fn append(&self, records: Vec<(Bytes, Option<Bytes>)>)
     -> Result<(u64, Durable), ResponseError>;
+
+    /// Appends the records as one transactional batch of `producer_id`/`epoch` (a
+    /// TxnOffsetCommit), refused for a fenced epoch.
+    fn append_txn(
+        &self,
+        records: Vec<(Bytes, Option<Bytes>)>,
+        producer_id: i64,
+        epoch: i16,
+    ) -> Result<(u64, Durable), ResponseError>;
+
+    /// Appends a transaction marker of `producer_id`/`epoch`.
+    fn append_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        marker: shale_protocol::control::EndTxnMarker,
+    ) -> Result<(u64, Durable), ResponseError>;
 }
 
 /// Coordinator settings (Kafka names in `BrokerConfig`).
@@ -118,6 +138,9 @@ pub(crate) struct GroupCoordinator {
     groups: RwLock<HashMap<String, Arc<GroupHandle>>>,
     /// Partitions of `__consumer_offsets` as created (may differ from the config).
     partition_count: AtomicI32,
+    /// Offsets committed inside open transactions, by coordinator partition and producer id:
+    /// they count once the producer's commit marker is written (see `txn_offsets`).
+    txn_offsets: Mutex<HashMap<i32, HashMap<i64, Vec<txn_offsets::PendingOffset>>>>,
 }
 
 fn now() -> Now {
@@ -168,6 +191,7 @@ impl GroupCoordinator {
             partitions: RwLock::new(HashMap::new()),
             groups: RwLock::new(HashMap::new()),
             partition_count: AtomicI32::new(count),
+            txn_offsets: Mutex::new(HashMap::new()),
         })
     }
 
@@ -845,13 +869,14 @@ impl GroupCoordinator {
         self: &Arc<Self>,
         p: i32,
         log: Arc<dyn PartitionLog>,
-        records: Vec<(u64, Bytes, Option<Bytes>)>,
+        loaded: broker_glue::LoadedRecords,
     ) {
         let t = now();
         let mut offsets: HashMap<RecordKey, (u64, Option<OffsetValue>)> = HashMap::new();
         let mut metadata: HashMap<String, Option<GroupValue>> = HashMap::new();
         let mut skipped = 0usize;
-        for (offset, key, value) in records {
+        self.restore_pending_txn_offsets(p, loaded.pending);
+        for (offset, key, value) in loaded.records {
             let key = match RecordKey::decode(key) {
                 Ok(Some(k)) => k,
                 Ok(None) => continue,
@@ -871,7 +896,14 @@ impl GroupCoordinator {
                             continue;
                         }
                     };
-                    offsets.insert(key, (offset, v));
+                    // A committed transaction's offsets arrive at its marker, after records
+                    // written later: the record written last wins, as in Kafka.
+                    match offsets.get(&key) {
+                        Some((newer, _)) if *newer > offset => {}
+                        _ => {
+                            offsets.insert(key, (offset, v));
+                        }
+                    }
                 }
                 RecordKey::Group { group } => {
                     let v = match value.map(GroupValue::decode).transpose() {
@@ -946,6 +978,7 @@ impl GroupCoordinator {
     /// This node no longer owns `p`: its groups are dropped (their waiters get NOT_COORDINATOR).
     pub(crate) fn unload_partition(&self, p: i32) {
         self.partitions.write().remove(&p);
+        self.txn_offsets.lock().remove(&p);
         self.drop_groups(p);
         tracing::debug!(partition = p, "coordinator partition unloaded");
     }
@@ -955,6 +988,7 @@ impl GroupCoordinator {
     /// starts a second load.
     pub(crate) fn begin_reload(&self, p: i32) {
         self.partitions.write().insert(p, PartState::Loading);
+        self.txn_offsets.lock().remove(&p);
         self.drop_groups(p);
     }
 

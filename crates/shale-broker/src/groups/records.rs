@@ -283,6 +283,16 @@ pub(crate) fn encode_batch(
     records: &[(Bytes, Option<Bytes>)],
     timestamp: i64,
 ) -> Result<BytesMut, String> {
+    encode_batch_as(records, timestamp, None)
+}
+
+/// [`encode_batch`], as a transactional batch of `producer` (id, epoch) when given: what a
+/// TxnOffsetCommit writes, made visible or dropped by the transaction's marker.
+pub(crate) fn encode_batch_as(
+    records: &[(Bytes, Option<Bytes>)],
+    timestamp: i64,
+    producer: Option<(i64, i16)>,
+) -> Result<BytesMut, String> {
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
@@ -290,12 +300,12 @@ pub(crate) fn encode_batch(
         .iter()
         .enumerate()
         .map(|(i, (k, v))| Record {
-            transactional: false,
+            transactional: producer.is_some(),
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id: producer.map_or(-1, |p| p.0),
+            producer_epoch: producer.map_or(-1, |p| p.1),
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             sequence: -1,
@@ -318,8 +328,59 @@ pub(crate) fn encode_batch(
     Ok(buf)
 }
 
+/// A stored record of `__consumer_offsets` as loading needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stored {
+    Record {
+        offset: i64,
+        key: Bytes,
+        value: Option<Bytes>,
+        /// The producer of a transactional record (TxnOffsetCommit): it only counts once
+        /// that producer's commit marker follows.
+        txn_producer: Option<i64>,
+    },
+    /// A transaction marker of `producer_id`.
+    Marker { producer_id: i64, commit: bool },
+}
+
+/// Decodes stored batches for loading, transactions and markers included.
+pub(crate) fn decode_stored(payload: Bytes) -> Result<Vec<Stored>, String> {
+    let sets = shale_protocol::records::decode_batches_capped(
+        &payload,
+        shale_protocol::records::DEFAULT_DECOMPRESS_CAP,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for set in sets {
+        for r in set.records {
+            if r.control {
+                // EndTransactionMarker key: version int16, type int16 (0 abort, 1 commit).
+                if let Some(k) = r.key.as_ref().filter(|k| k.len() >= 4)
+                    && matches!(k[2..4], [0, 0] | [0, 1])
+                {
+                    out.push(Stored::Marker {
+                        producer_id: r.producer_id,
+                        commit: k[3] == 1,
+                    });
+                }
+                continue;
+            }
+            if let Some(key) = r.key {
+                out.push(Stored::Record {
+                    offset: r.offset,
+                    key,
+                    value: r.value,
+                    txn_producer: r.transactional.then_some(r.producer_id),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Decodes the records of stored batches: (offset, key, value). Control batches and records
 /// without keys are skipped.
+#[cfg(test)]
 pub(crate) fn decode_batches(payload: Bytes) -> Result<Vec<(i64, Bytes, Option<Bytes>)>, String> {
     let sets = shale_protocol::records::decode_batches_capped(
         &payload,

@@ -50,6 +50,31 @@ impl PartitionLog for MemLog {
             }),
         ))
     }
+
+    fn append_txn(
+        &self,
+        records: Vec<(Bytes, Option<Bytes>)>,
+        _producer_id: i64,
+        _epoch: i16,
+    ) -> Result<(u64, Durable), ResponseError> {
+        self.append(records)
+    }
+
+    fn append_marker(
+        &self,
+        _producer_id: i64,
+        _epoch: i16,
+        _marker: shale_protocol::control::EndTxnMarker,
+    ) -> Result<(u64, Durable), ResponseError> {
+        self.append(Vec::new())
+    }
+}
+
+fn loaded(records: Vec<(u64, Bytes, Option<Bytes>)>) -> super::broker_glue::LoadedRecords {
+    super::broker_glue::LoadedRecords {
+        records,
+        pending: Default::default(),
+    }
 }
 
 fn config(delay_ms: u64) -> GroupConfig {
@@ -67,7 +92,7 @@ fn config(delay_ms: u64) -> GroupConfig {
 fn coordinator(delay_ms: u64) -> (Arc<GroupCoordinator>, Arc<MemLog>, watch::Sender<bool>) {
     let c = GroupCoordinator::new(config(delay_ms));
     let (log, gate) = MemLog::new();
-    c.load_partition(0, log.clone(), Vec::new());
+    c.load_partition(0, log.clone(), loaded(Vec::new()));
     (c, log, gate)
 }
 
@@ -740,7 +765,7 @@ async fn groups_state_survives_reload_from_the_log() {
     let c2 = GroupCoordinator::new(config(0));
     let (log2, _gate2) = MemLog::new();
     log2.records.lock().extend(log.all());
-    c2.load_partition(0, log2, log.all());
+    c2.load_partition(0, log2, loaded(log.all()));
     let f = c2.fetch_offsets("consumers", None).expect("fetch");
     let v = f[0].1[0].1.clone().expect("offset");
     assert_eq!(

@@ -8,8 +8,10 @@ use crate::partitions::stream_error_code;
 use bytes::Bytes;
 use futures::StreamExt;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId};
 use shale_stream::StreamRecord;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +26,9 @@ struct PartitionResult {
     /// candidate for the one-batch progress read when the whole response came back empty.
     skipped: bool,
 }
+
+/// Kafka's `isolation_level`: 1 is read_committed.
+const READ_COMMITTED: i8 = 1;
 
 type Topics<'a> = [(
     Option<String>,
@@ -69,8 +74,9 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, req: FetchRequest) -> Fe
     let mut commits = broker.streams.commit_notifications();
     loop {
         commits.borrow_and_update();
+        let read_committed = req.isolation_level == READ_COMMITTED;
         let (responses, records, total, any_error) =
-            read_pass(broker, version, &topics, max_bytes).await;
+            read_pass(broker, version, &topics, max_bytes, read_committed).await;
         let now = Instant::now();
         if total >= min_bytes || any_error || now >= deadline || broker.is_shutting_down() {
             return FetchReply {
@@ -145,6 +151,7 @@ async fn read_pass(
     version: i16,
     topics: &Topics<'_>,
     max_bytes: usize,
+    read_committed: bool,
 ) -> (Vec<FetchableTopicResponse>, Vec<Vec<Bytes>>, usize, bool) {
     // Read every partition (concurrently, results in request order), then apply the
     // response's byte budget in request order.
@@ -160,7 +167,7 @@ async fn read_pass(
     // lifetime limitation of the compiler once the future must be Send.
     let futures: Vec<_> = wanted
         .iter()
-        .map(|&(name, p)| read_one(broker, name, p, Some(&budget)))
+        .map(|&(name, p)| read_one(broker, name, p, Some(&budget), read_committed))
         .collect();
     let mut reads: Vec<PartitionResult> = futures::stream::iter(futures)
         .buffered(CONCURRENT_PARTITION_READS)
@@ -176,7 +183,7 @@ async fn read_pass(
             .position(|r| r.skipped && r.data.error_code == 0)
         && let Some(&(name, p)) = wanted.get(i)
     {
-        reads[i] = read_one(broker, name, p, None).await;
+        reads[i] = read_one(broker, name, p, None, read_committed).await;
     }
 
     let mut reads = reads.into_iter();
@@ -250,21 +257,25 @@ async fn read_one(
     name: Option<&str>,
     p: &kafka_protocol::messages::fetch_request::FetchPartition,
     budget: Option<&Budget>,
+    read_committed: bool,
 ) -> PartitionResult {
     match name {
-        Some(name) => read_partition(broker, name, p, budget).await,
+        Some(name) => read_partition(broker, name, p, budget, read_committed).await,
         None => error_partition(p.partition, ResponseError::UnknownTopicId),
     }
 }
 
 /// Reads one partition from its fetch offset, up to its own limit and what is left of the
 /// response's. Entries at or above the high watermark reported are never returned (a commit
-/// may land between reading the watermark and reading the data).
+/// may land between reading the watermark and reading the data); for read_committed, none
+/// at or above the last stable offset, and the aborted transactions the entries overlap are
+/// listed so the consumer drops their records.
 async fn read_partition(
     broker: &Arc<Broker>,
     topic: &str,
     p: &kafka_protocol::messages::fetch_request::FetchPartition,
     budget: Option<&Budget>,
+    read_committed: bool,
 ) -> PartitionResult {
     let part = match broker.partition(topic, p.partition).await {
         Ok(part) => part,
@@ -277,12 +288,15 @@ async fn read_partition(
     }
     let hw = stream.end_offset() as i64;
     let start = stream.start_offset() as i64;
+    let lso = part.owned.producers.lock().last_stable_offset(hw);
+    let upper = if read_committed { lso } else { hw };
     let data = PartitionData::default()
         .with_partition_index(p.partition)
         .with_high_watermark(hw)
-        .with_last_stable_offset(hw)
+        .with_last_stable_offset(lso)
         .with_log_start_offset(start)
-        .with_preferred_read_replica(BrokerId(-1));
+        .with_preferred_read_replica(BrokerId(-1))
+        .with_aborted_transactions(read_committed.then(Vec::new));
     if p.fetch_offset < start || p.fetch_offset > hw {
         return PartitionResult {
             data: data.with_error_code(ResponseError::OffsetOutOfRange.code()),
@@ -290,7 +304,7 @@ async fn read_partition(
             skipped: false,
         };
     }
-    if p.fetch_offset == hw {
+    if p.fetch_offset >= upper {
         return PartitionResult {
             data,
             entries: Vec::new(),
@@ -311,7 +325,7 @@ async fn read_partition(
     }
     match stream.read(p.fetch_offset as u64, limit).await {
         Ok(mut entries) => {
-            entries.retain(|e| (e.base_offset as i64) < hw);
+            entries.retain(|e| (e.base_offset as i64) < upper);
             if budget.is_none() {
                 entries.truncate(1);
             }
@@ -319,6 +333,26 @@ async fn read_partition(
             if let Some(budget) = budget {
                 budget.settle(limit, used);
             }
+            let data = match entries.last() {
+                Some(last) if read_committed => {
+                    let aborted = part
+                        .owned
+                        .producers
+                        .lock()
+                        .aborted_between(p.fetch_offset, last.end_offset() as i64);
+                    data.with_aborted_transactions(Some(
+                        aborted
+                            .into_iter()
+                            .map(|a| {
+                                AbortedTransaction::default()
+                                    .with_producer_id(ProducerId(a.producer_id))
+                                    .with_first_offset(a.first_offset)
+                            })
+                            .collect(),
+                    ))
+                }
+                _ => data,
+            };
             PartitionResult {
                 data,
                 entries,

@@ -124,10 +124,14 @@ pub fn offset_commit(
 /// Offsets of one group as (topic, [(partition, offset, leader epoch, metadata, error)]).
 type Fetched = Vec<(String, Vec<(i32, i64, i32, String, i16)>)>;
 
+/// A group's committed offsets. With `require_stable` (v7+, read_committed consumers), an
+/// offset an open transaction has committed anew is UNSTABLE_OFFSET_COMMIT until the
+/// transaction ends, as in Kafka: the consumer retries rather than start from a stale one.
 fn fetch_group(
     broker: &Broker,
     group: &str,
     topics: Option<Vec<(String, Vec<i32>)>>,
+    require_stable: bool,
 ) -> Result<Fetched, ResponseError> {
     let found = broker.groups.fetch_offsets(group, topics)?;
     Ok(found
@@ -135,9 +139,20 @@ fn fetch_group(
         .map(|(t, parts)| {
             let parts = parts
                 .into_iter()
-                .map(|(p, v)| match v {
-                    Some(v) => (p, v.offset, v.leader_epoch, v.metadata, 0),
-                    None => (p, -1, -1, String::new(), 0),
+                .map(|(p, v)| {
+                    if require_stable && broker.groups.has_pending_txn_offset(group, &t, p) {
+                        return (
+                            p,
+                            -1,
+                            -1,
+                            String::new(),
+                            ResponseError::UnstableOffsetCommit.code(),
+                        );
+                    }
+                    match v {
+                        Some(v) => (p, v.offset, v.leader_epoch, v.metadata, 0),
+                        None => (p, -1, -1, String::new(), 0),
+                    }
                 })
                 .collect();
             (t, parts)
@@ -161,7 +176,7 @@ pub async fn offset_fetch(
                         .collect()
                 });
                 let out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
-                match fetch_group(broker, &g.group_id.0, topics) {
+                match fetch_group(broker, &g.group_id.0, topics, req.require_stable) {
                     Err(e) => out.with_error_code(e.code()),
                     Ok(found) => out.with_topics(
                         found
@@ -201,7 +216,12 @@ pub async fn offset_fetch(
     } else {
         requested
     };
-    let (found, error) = match fetch_group(broker, &req.group_id.0, requested.clone()) {
+    let (found, error) = match fetch_group(
+        broker,
+        &req.group_id.0,
+        requested.clone(),
+        req.require_stable,
+    ) {
         Ok(f) => (f, 0),
         Err(e) if version < 2 => {
             // v1 has no group-level error: every partition carries it.

@@ -53,7 +53,15 @@ pub async fn list_offsets(
                             &part.topic_configs,
                             &broker.config.topic_defaults,
                         );
-                        match lookup(&part.stream, p.timestamp, cap).await {
+                        // Kafka: read_committed consumers see the log up to the last stable
+                        // offset, so "latest" is the LSO and look-ups stop below it.
+                        let hw = part.stream.end_offset() as i64;
+                        let fetchable = if req.isolation_level == 1 {
+                            part.owned.producers.lock().last_stable_offset(hw)
+                        } else {
+                            hw
+                        };
+                        match lookup(&part.stream, p.timestamp, cap, fetchable).await {
                             Ok(Some((ts, offset))) => resp
                                 .with_timestamp(ts)
                                 .with_offset(offset)
@@ -80,10 +88,11 @@ async fn lookup(
     stream: &Stream,
     target: i64,
     cap: usize,
+    fetchable: i64,
 ) -> Result<Option<(i64, i64)>, ResponseError> {
-    match target {
-        LATEST | LATEST_TIERED => Ok(Some((-1, stream.end_offset() as i64))),
-        EARLIEST | EARLIEST_LOCAL => Ok(Some((-1, stream.start_offset() as i64))),
+    let found = match target {
+        LATEST | LATEST_TIERED => return Ok(Some((-1, fetchable))),
+        EARLIEST | EARLIEST_LOCAL => return Ok(Some((-1, stream.start_offset() as i64))),
         MAX_TIMESTAMP => {
             let Some((max_ts, base)) = stream
                 .max_timestamp()
@@ -114,7 +123,9 @@ async fn lookup(
                 .map(|(o, rts)| (rts, o)))
         }
         _ => Err(ResponseError::InvalidRequest),
-    }
+    };
+    // What a look-up finds at or above the last fetchable offset is not visible yet.
+    found.map(|f| f.filter(|&(_, offset)| offset < fetchable))
 }
 
 /// (offset, timestamp) of each record of the batch starting at `base`, decompressing it: the

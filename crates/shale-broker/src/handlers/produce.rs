@@ -302,7 +302,7 @@ fn durable_through(
     rx
 }
 
-fn producer_error(e: ProducerError) -> (ResponseError, String) {
+pub(crate) fn producer_error(e: ProducerError) -> (ResponseError, String) {
     let code = match &e {
         ProducerError::OutOfOrderSequence(_) => ResponseError::OutOfOrderSequenceNumber,
         ProducerError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch,

@@ -7,3 +7,4 @@ pub(crate) mod producer_ids;
 // Transaction-side state (markers, LSO, aborted index) is used once the coordinator lands.
 #[allow(dead_code)]
 pub(crate) mod producers;
+pub(crate) mod append;

@@ -123,6 +123,15 @@ struct PendingBatch {
     last_delta: i64,
     max_timestamp: i64,
     transactional: bool,
+    /// Carries sequence numbers to remember (client batches, not coordinator ones).
+    sequenced: bool,
+}
+
+/// Who wrote a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Client,
+    Coordinator,
 }
 
 /// A transaction marker written to this partition.
@@ -180,6 +189,18 @@ impl ProducerStates {
     /// `ProducerAppendInfo` does: epoch, sequence continuity, duplicates and transaction
     /// state. Batches without a producer id pass unchecked.
     pub(crate) fn check(&self, batches: &[BatchHeader]) -> Result<Admit, ProducerError> {
+        self.check_from(batches, Origin::Client)
+    }
+
+    /// [`Self::check`] for batches from `origin`: the group coordinator's transactional
+    /// offset commits carry no sequence numbers, so only their epoch is checked (Kafka's
+    /// `AppendOrigin.COORDINATOR`).
+    pub(crate) fn check_from(
+        &self,
+        batches: &[BatchHeader],
+        origin: Origin,
+    ) -> Result<Admit, ProducerError> {
+        let client = origin == Origin::Client;
         // Touched entries as they will be after the earlier batches of this request.
         let mut scratch: HashMap<i64, ProducerEntry> = HashMap::new();
         let mut update = Update::default();
@@ -199,6 +220,7 @@ impl ProducerStates {
             let last_seq = last_sequence(first_seq, h.last_offset_delta);
             if let Some(dup) = current
                 .as_ref()
+                .filter(|_| client)
                 .and_then(|e| e.duplicate_of(h.producer_epoch, first_seq, last_seq))
             {
                 // Kafka answers the retry of an appended batch with the original offsets.
@@ -206,7 +228,9 @@ impl ProducerStates {
             }
             let mut entry = current.unwrap_or_else(|| ProducerEntry::new(NO_EPOCH));
             check_epoch(&entry, pid, h.producer_epoch)?;
-            check_sequence(&entry, pid, h.producer_epoch, first_seq)?;
+            if client {
+                check_sequence(&entry, pid, h.producer_epoch, first_seq)?;
+            }
             if h.producer_epoch != entry.epoch {
                 entry.epoch = h.producer_epoch;
                 entry.batches.clear();
@@ -220,12 +244,14 @@ impl ProducerStates {
                 (true, None) => entry.txn_first_offset = Some(first_delta),
                 _ => {}
             }
-            entry.push(BatchMeta {
-                first_seq,
-                last_seq,
-                first_offset: first_delta,
-                last_offset: delta - 1,
-            });
+            if client {
+                entry.push(BatchMeta {
+                    first_seq,
+                    last_seq,
+                    first_offset: first_delta,
+                    last_offset: delta - 1,
+                });
+            }
             scratch.insert(pid, entry);
             update.batches.push(PendingBatch {
                 producer_id: pid,
@@ -236,6 +262,7 @@ impl ProducerStates {
                 last_delta: delta - 1,
                 max_timestamp: h.max_timestamp,
                 transactional: h.is_transactional(),
+                sequenced: client,
             });
         }
         Ok(Admit::Append(update))
@@ -253,12 +280,14 @@ impl ProducerStates {
                 entry.batches.clear();
             }
             let first_offset = base_offset + b.first_delta;
-            entry.push(BatchMeta {
-                first_seq: b.first_seq,
-                last_seq: b.last_seq,
-                first_offset,
-                last_offset: base_offset + b.last_delta,
-            });
+            if b.sequenced {
+                entry.push(BatchMeta {
+                    first_seq: b.first_seq,
+                    last_seq: b.last_seq,
+                    first_offset,
+                    last_offset: base_offset + b.last_delta,
+                });
+            }
             entry.last_timestamp = entry.last_timestamp.max(b.max_timestamp);
             if b.transactional && entry.txn_first_offset.is_none() {
                 entry.txn_first_offset = Some(first_offset);
@@ -282,6 +311,7 @@ impl ProducerStates {
                 last_delta: i64::from(h.last_offset_delta.max(0)),
                 max_timestamp: h.max_timestamp,
                 transactional: h.is_transactional(),
+                sequenced: h.base_sequence >= 0,
             }],
         };
         self.apply(update, h.base_offset);
