@@ -10,6 +10,7 @@ pub mod handlers;
 mod partitions;
 mod retention;
 pub mod topic_config;
+mod txn;
 
 pub use compaction::CleanerStats;
 pub use config::BrokerConfig;
