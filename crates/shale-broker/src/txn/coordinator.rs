@@ -361,23 +361,22 @@ struct Appender {
 }
 
 impl Appender {
+    /// Makes `target` the pending transition of `entry` and hands out its record.
     fn start(&mut self, entry: &mut Entry, target: TxnMetadata, then: Then) -> Effect {
-        entry.pending = Some(Pending {
+        let mut pending = Pending {
             target,
             append: None,
             then,
-        });
-        self.append(entry)
+        };
+        let append = self.append(&mut pending);
+        entry.pending = Some(pending);
+        append
     }
 
-    /// (Re)sends the pending record of `entry` under a new id.
-    fn append(&mut self, entry: &mut Entry) -> Effect {
+    /// (Re)sends the record of `pending` under a new id.
+    fn append(&mut self, pending: &mut Pending) -> Effect {
         let id = AppendId(self.next);
         self.next += 1;
-        let pending = entry
-            .pending
-            .as_mut()
-            .expect("append is only called with a pending transition");
         pending.append = Some(id);
         let target = &pending.target;
         let value = match pending.then {
@@ -513,6 +512,88 @@ fn markers_of(meta: &TxnMetadata, coordinator_epoch: i32) -> Markers {
     }
 }
 
+/// What an EndTxn leads to, before any producer id is allocated.
+#[derive(Debug, PartialEq, Eq)]
+enum EndTxnOutcome {
+    /// Write PrepareCommit/PrepareAbort.
+    Prepare,
+    /// A retry of a finished commit/abort whose answer was lost: the same answer again.
+    Answer(ProducerIdAndEpoch),
+}
+
+/// Kafka's `endTransaction` checks, in its order: producer id, pending transition (before the
+/// epoch, KAFKA-18464, so a client starting its next transaction does not fence itself while
+/// the last one completes), then epoch and state. With version 2 the epoch moved on at the
+/// prepare, so a retry carries the epoch before it (or, after an overflow, the old producer
+/// id at Short.MaxValue - 1).
+fn decide_end_txn(
+    meta: &TxnMetadata,
+    pending: bool,
+    req: &EndTxnRequest,
+) -> Result<EndTxnOutcome, TxnError> {
+    let v2 = meta.client_transaction_version.supports_epoch_bump();
+    let retry_on_overflow = v2
+        && meta.previous_producer_id == req.producer_id
+        && req.producer_epoch == i16::MAX - 1
+        && meta.producer_epoch == 0;
+    let retry_on_epoch_bump =
+        v2 && i32::from(meta.producer_epoch) == i32::from(req.producer_epoch) + 1;
+    if meta.producer_id != req.producer_id && !retry_on_overflow {
+        return Err(TxnError::InvalidProducerIdMapping);
+    }
+    if pending {
+        return Err(TxnError::ConcurrentTransactions);
+    }
+    let current = req.producer_epoch == meta.producer_epoch;
+    let retry = retry_on_epoch_bump || retry_on_overflow;
+    // The epoch a request for a prepared or completed transaction carries.
+    let settled_epoch = if v2 { retry } else { current };
+    let same = match meta.state {
+        TxnState::PrepareCommit | TxnState::CompleteCommit => req.commit,
+        TxnState::PrepareAbort | TxnState::CompleteAbort => !req.commit,
+        _ => false,
+    };
+    let answer = ProducerIdAndEpoch {
+        producer_id: meta.producer_id,
+        epoch: meta.producer_epoch,
+    };
+    use TxnState::*;
+    match meta.state {
+        Ongoing if current => Ok(EndTxnOutcome::Prepare),
+        // Version 2 clients add partitions through the partition leaders, so they may abort
+        // a transaction the coordinator never saw start: that abort still bumps the epoch
+        // (KAFKA-14563's table: abort at the current epoch bumps; a retry answers as before).
+        Empty | CompleteCommit | CompleteAbort
+            if req.client_version.supports_epoch_bump() && (current || retry) =>
+        {
+            if current && !req.commit {
+                Ok(EndTxnOutcome::Prepare)
+            } else if retry && same {
+                Ok(EndTxnOutcome::Answer(answer))
+            } else if retry && meta.state == Empty && !req.commit {
+                Err(TxnError::ProducerFenced)
+            } else {
+                Err(TxnError::InvalidTxnState)
+            }
+        }
+        PrepareCommit | PrepareAbort if settled_epoch => Err(if same {
+            TxnError::ConcurrentTransactions
+        } else {
+            TxnError::InvalidTxnState
+        }),
+        CompleteCommit | CompleteAbort if settled_epoch => {
+            if same {
+                Ok(EndTxnOutcome::Answer(answer))
+            } else {
+                Err(TxnError::InvalidTxnState)
+            }
+        }
+        Empty if current => Err(TxnError::InvalidTxnState),
+        Dead | PrepareEpochFence => Err(TxnError::UnknownServerError),
+        _ => Err(TxnError::ProducerFenced),
+    }
+}
+
 impl TxnCoordinator {
     pub(crate) fn new(coordinator_epoch: i32, config: TxnConfig) -> Self {
         let value_version = config.transaction_version.log_value_version();
@@ -598,7 +679,8 @@ impl TxnCoordinator {
         ids: &mut dyn ProducerIds,
         now_ms: i64,
     ) -> Step<Result<ProducerIdAndEpoch, TxnError>> {
-        if req.transactional_id.is_empty() {
+        // The key stores the id as an int16-length string: a longer one could not be stored.
+        if req.transactional_id.is_empty() || req.transactional_id.len() > i16::MAX as usize {
             return Step::now(Err(TxnError::InvalidRequest));
         }
         let timeout = req.transaction_timeout_ms;
@@ -685,14 +767,12 @@ impl TxnCoordinator {
                 // Abort the running transaction with a bumped epoch first; the client gets
                 // CONCURRENT_TRANSACTIONS and retries, bumping the epoch once more.
                 let version = self.config.transaction_version;
-                let append = Self::fence_and_abort(
-                    &mut self.appender,
-                    version,
-                    entry,
-                    Waiter::FencingInit(token),
-                    now_ms,
-                );
-                Step::later(vec![append])
+                let waiter = Waiter::FencingInit(token);
+                match Self::fence_and_abort(&mut self.appender, version, entry, ids, waiter, now_ms)
+                {
+                    Ok(append) => Step::later(vec![append]),
+                    Err(e) => Step::now(Err(e)),
+                }
             }
             TxnState::Dead | TxnState::PrepareEpochFence => {
                 // Never a durable state of a cached id (Kafka treats it as fatal).
@@ -714,6 +794,12 @@ impl TxnCoordinator {
         let Some(entry) = self.txns.get_mut(&req.transactional_id) else {
             return Step::now(Err(TxnError::InvalidProducerIdMapping));
         };
+        // Pending first (KAFKA-18660): with transaction version 2 the client may start its
+        // next transaction, under the producer id EndTxn answered, while the last one is
+        // still completing under the old id; it must retry, not be told the id is wrong.
+        if entry.pending.is_some() {
+            return Step::now(Err(TxnError::ConcurrentTransactions));
+        }
         let meta = &entry.meta;
         if meta.producer_id != req.producer_id {
             return Step::now(Err(TxnError::InvalidProducerIdMapping));
@@ -721,9 +807,7 @@ impl TxnCoordinator {
         if meta.producer_epoch != req.producer_epoch {
             return Step::now(Err(TxnError::ProducerFenced));
         }
-        if entry.pending.is_some()
-            || matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort)
-        {
+        if matches!(meta.state, TxnState::PrepareCommit | TxnState::PrepareAbort) {
             return Step::now(Err(TxnError::ConcurrentTransactions));
         }
         if meta.state == TxnState::Ongoing
@@ -821,40 +905,10 @@ impl TxnCoordinator {
             return Step::now(Err(TxnError::InvalidProducerIdMapping));
         };
         let meta = &entry.meta;
-        let v2 = meta.client_transaction_version.supports_epoch_bump();
-        // With version 2 the epoch moved on at the prepare: a retry carries the epoch before.
-        let retry_on_overflow = v2
-            && meta.previous_producer_id == req.producer_id
-            && req.producer_epoch == i16::MAX - 1
-            && meta.producer_epoch == 0;
-        let retry_on_epoch_bump =
-            v2 && i32::from(meta.producer_epoch) == i32::from(req.producer_epoch) + 1;
-        let valid_epoch = if v2 {
-            match meta.state {
-                TxnState::PrepareCommit | TxnState::PrepareAbort => retry_on_epoch_bump,
-                TxnState::CompleteCommit | TxnState::CompleteAbort => {
-                    retry_on_epoch_bump || retry_on_overflow
-                }
-                _ => req.producer_epoch == meta.producer_epoch,
-            }
-        } else {
-            req.producer_epoch == meta.producer_epoch
-        };
-        if meta.producer_id != req.producer_id && !retry_on_overflow {
-            return Step::now(Err(TxnError::InvalidProducerIdMapping));
-        }
-        if !valid_epoch {
-            return Step::now(Err(TxnError::ProducerFenced));
-        }
-        if entry.pending.is_some() {
-            return Step::now(Err(TxnError::ConcurrentTransactions));
-        }
-        let same_outcome = |state: TxnState| match state {
-            TxnState::PrepareCommit | TxnState::CompleteCommit => req.commit,
-            _ => !req.commit,
-        };
-        match meta.state {
-            TxnState::Ongoing => {
+        match decide_end_txn(meta, entry.pending.is_some(), &req) {
+            Err(e) => Step::now(Err(e)),
+            Ok(EndTxnOutcome::Answer(ids)) => Step::now(Ok(ids)),
+            Ok(EndTxnOutcome::Prepare) => {
                 let next_producer_id = if req.client_version.supports_epoch_bump()
                     && meta.is_producer_epoch_exhausted()
                 {
@@ -865,13 +919,17 @@ impl TxnCoordinator {
                 } else {
                     NO_PRODUCER_ID
                 };
-                let target = prepare_target(
+                let mut target = prepare_target(
                     meta,
                     req.commit,
                     req.client_version,
                     next_producer_id,
                     now_ms,
                 );
+                if meta.state != TxnState::Ongoing {
+                    // An abort without partitions (version 2) starts and ends now.
+                    target.txn_start_timestamp_ms = now_ms;
+                }
                 let then = Then::Prepare {
                     waiter: Waiter::EndTxn(token),
                     fence: false,
@@ -879,54 +937,43 @@ impl TxnCoordinator {
                 let append = self.appender.start(entry, target, then);
                 Step::later(vec![append])
             }
-            state @ (TxnState::CompleteCommit | TxnState::CompleteAbort) => {
-                if same_outcome(state) {
-                    // A retry whose answer was lost: the same answer again.
-                    Step::now(Ok(ProducerIdAndEpoch {
-                        producer_id: meta.producer_id,
-                        epoch: meta.producer_epoch,
-                    }))
-                } else {
-                    Step::now(Err(TxnError::InvalidTxnState))
-                }
-            }
-            state @ (TxnState::PrepareCommit | TxnState::PrepareAbort) => {
-                if same_outcome(state) {
-                    Step::now(Err(TxnError::ConcurrentTransactions))
-                } else {
-                    Step::now(Err(TxnError::InvalidTxnState))
-                }
-            }
-            TxnState::Empty => Step::now(Err(TxnError::InvalidTxnState)),
-            TxnState::Dead | TxnState::PrepareEpochFence => {
-                Step::now(Err(TxnError::UnknownServerError))
-            }
         }
     }
 
-    /// Kafka's `prepareFenceProducerEpoch` followed by a coordinator-initiated abort. The bumped
-    /// epoch is in memory at once, so the fenced producer's requests fail from now on even if
-    /// the write fails (it is never handed to a client in that case).
+    /// Kafka's `prepareFenceProducerEpoch` followed by a coordinator-initiated abort (an
+    /// InitProducerId over an Ongoing transaction, the timeout sweep). The bumped epoch is in
+    /// memory at once, so the fenced producer's requests fail from now on even if the write
+    /// fails (it is never handed to a client in that case).
     fn fence_and_abort(
         appender: &mut Appender,
         version: TransactionVersion,
         entry: &mut Entry,
+        ids: &mut dyn ProducerIds,
         waiter: Waiter,
         now_ms: i64,
-    ) -> Effect {
+    ) -> Result<Effect, TxnError> {
+        // With transaction version 2 an exhausted epoch moves on to a new producer id when
+        // the abort completes, as a client's own commit or abort would (KAFKA-20090).
+        let next_producer_id =
+            if version.supports_epoch_bump() && entry.meta.is_producer_epoch_exhausted() {
+                ids.next_producer_id()?
+            } else {
+                NO_PRODUCER_ID
+            };
         if !entry.has_failed_epoch_fence && entry.meta.producer_epoch < i16::MAX {
             entry.meta.producer_epoch += 1;
         }
         entry.meta.last_producer_epoch = NO_PRODUCER_EPOCH;
-        let target = prepare_target(&entry.meta, false, version, NO_PRODUCER_ID, now_ms);
-        appender.start(
-            entry,
-            target,
-            Then::Prepare {
-                waiter,
-                fence: true,
-            },
-        )
+        // The fence's bump is this abort's bump: version 2 does not bump a second time
+        // (KAFKA-19367; twice would overflow at Short.MaxValue - 1).
+        let mut target = transit(&entry.meta, TxnState::PrepareAbort, now_ms);
+        target.next_producer_id = next_producer_id;
+        target.client_transaction_version = version;
+        let then = Then::Prepare {
+            waiter,
+            fence: true,
+        };
+        Ok(appender.start(entry, target, then))
     }
 
     /// After a prepare is durable (or found on load): markers, or straight to the complete
@@ -938,19 +985,19 @@ impl TxnCoordinator {
         now_ms: i64,
     ) -> Vec<Effect> {
         entry.has_failed_epoch_fence = false;
+        let target = complete_target(&entry.meta, now_ms);
+        if entry.meta.partitions.is_empty() {
+            return vec![appender.start(entry, target, Then::Complete)];
+        }
         entry.pending = Some(Pending {
-            target: complete_target(&entry.meta, now_ms),
+            target,
             append: None,
             then: Then::Complete,
         });
-        if entry.meta.partitions.is_empty() {
-            vec![appender.append(entry)]
-        } else {
-            vec![Effect::WriteMarkers(markers_of(
-                &entry.meta,
-                coordinator_epoch,
-            ))]
-        }
+        vec![Effect::WriteMarkers(markers_of(
+            &entry.meta,
+            coordinator_epoch,
+        ))]
     }
 
     /// The outcome of an [`Effect::Append`]. Reports of appends this coordinator no longer
@@ -1036,12 +1083,7 @@ impl TxnCoordinator {
             (then @ Then::Complete, Err(_)) => {
                 // The decision is durable and the markers are written: only the record that
                 // says so is missing, so keep trying (Kafka retries this append too).
-                entry.pending = Some(Pending {
-                    target: pending.target,
-                    append: None,
-                    then,
-                });
-                vec![self.appender.append(entry)]
+                vec![self.appender.start(entry, pending.target, then)]
             }
             (Then::Expire, Ok(())) => {
                 self.txns.remove(&txn_id);
@@ -1057,12 +1099,10 @@ impl TxnCoordinator {
         let Some(entry) = self.txns.get_mut(transactional_id) else {
             return Vec::new();
         };
-        match &entry.pending {
-            Some(Pending {
-                then: Then::Complete,
-                append: None,
-                ..
-            }) => vec![self.appender.append(entry)],
+        match entry.pending.as_mut() {
+            Some(pending) if matches!(pending.then, Then::Complete) && pending.append.is_none() => {
+                vec![self.appender.append(pending)]
+            }
             _ => Vec::new(),
         }
     }
@@ -1070,7 +1110,12 @@ impl TxnCoordinator {
     /// The timeout sweep (Kafka's `abortTimedOutTransactions`, every
     /// transaction.abort.timed.out.transaction.cleanup.interval.ms): every Ongoing transaction
     /// started more than its timeout ago is aborted with a bumped epoch, fencing its producer.
-    pub(crate) fn abort_timed_out(&mut self, now_ms: i64) -> Vec<Effect> {
+    /// One that needs a producer id while none is available waits for the next sweep.
+    pub(crate) fn abort_timed_out(
+        &mut self,
+        ids: &mut dyn ProducerIds,
+        now_ms: i64,
+    ) -> Vec<Effect> {
         let version = self.config.transaction_version;
         let mut effects = Vec::new();
         for entry in self.txns.values_mut() {
@@ -1079,13 +1124,12 @@ impl TxnCoordinator {
                 && meta.state == TxnState::Ongoing
                 && meta.txn_start_timestamp_ms + i64::from(meta.timeout_ms) < now_ms;
             if expired {
-                effects.push(Self::fence_and_abort(
-                    &mut self.appender,
-                    version,
-                    entry,
-                    Waiter::Nobody,
-                    now_ms,
-                ));
+                let appender = &mut self.appender;
+                if let Ok(append) =
+                    Self::fence_and_abort(appender, version, entry, ids, Waiter::Nobody, now_ms)
+                {
+                    effects.push(append);
+                }
             }
         }
         effects

@@ -941,6 +941,90 @@ fn with_transaction_version_2_an_exhausted_epoch_moves_to_the_next_producer_id_a
     );
 }
 
+#[test]
+fn with_transaction_version_2_an_abort_without_partitions_bumps_the_epoch() {
+    let mut h = Harness::new();
+    let p = h.ready("t");
+    let step = h.end_with("t", p, false, TransactionVersion::V2);
+    let seen = h.settle(step.effects);
+    assert_eq!(
+        replies(&seen),
+        vec![Reply::EndTxn(Ok(pe(p.producer_id, p.epoch + 1)))]
+    );
+    assert_eq!(
+        (h.state("t"), markers(&seen).len()),
+        (Some(TxnState::CompleteAbort), 0)
+    );
+}
+
+#[test]
+fn with_transaction_version_2_a_commit_without_partitions_is_invalid_txn_state() {
+    let mut h = Harness::new();
+    let p = h.ready("t");
+    let step = h.end_with("t", p, true, TransactionVersion::V2);
+    assert_eq!(step.reply, Some(Err(TxnError::InvalidTxnState)));
+}
+
+#[test]
+fn with_transaction_version_2_a_retried_abort_of_a_completed_commit_is_invalid_txn_state() {
+    let mut h = Harness::new();
+    let p = h.begun("t", &[tp("a", 0)]);
+    let step = h.end_with("t", p, true, TransactionVersion::V2);
+    h.settle(step.effects);
+    let abort = h.end_with("t", p, false, TransactionVersion::V2);
+    assert_eq!(abort.reply, Some(Err(TxnError::InvalidTxnState)));
+}
+
+#[test]
+fn with_transaction_version_2_the_next_transaction_under_the_new_producer_id_waits_for_the_last_one()
+ {
+    let exhausted = i16::MAX - 1;
+    let (mut h, _) = Harness::loaded(vec![stored(
+        "t",
+        5,
+        exhausted,
+        TxnState::Ongoing,
+        &[tp("a", 0)],
+    )]);
+    let step = h.end_with("t", pe(5, exhausted), true, TransactionVersion::V2);
+    h.durable(&step.effects); // answered 1000/0; markers still in flight under 5
+    let add = h.add("t", pe(1000, 0), &[tp("a", 0)]);
+    assert_eq!(add.reply, Some(Err(TxnError::ConcurrentTransactions)));
+}
+
+fn config_v2() -> TxnConfig {
+    TxnConfig {
+        transaction_version: TransactionVersion::V2,
+        ..config()
+    }
+}
+
+#[test]
+fn with_transaction_version_2_a_fencing_abort_bumps_the_epoch_once() {
+    let mut h = Harness::with(TxnCoordinator::new(7, config_v2()));
+    let p = h.begun("t", &[tp("a", 0)]);
+    let step = h.init("t");
+    let after = h.durable(&step.effects);
+    assert_eq!(markers(&after)[0].producer_epoch, p.epoch + 1);
+}
+
+#[test]
+fn with_transaction_version_2_a_timed_out_transaction_at_an_exhausted_epoch_moves_to_a_new_producer_id()
+ {
+    let exhausted = i16::MAX - 1;
+    let records = vec![stored("t", 5, exhausted, TxnState::Ongoing, &[tp("a", 0)])];
+    let (c, _) = TxnCoordinator::load(7, config_v2(), records, T0);
+    let mut h = Harness::with(c);
+    h.now += i64::from(TIMEOUT_MS);
+    let effects = h.c.abort_timed_out(&mut h.pids, h.now);
+    h.settle(effects);
+    let m = h.meta("t");
+    assert_eq!(
+        (m.state, m.producer_id, m.producer_epoch),
+        (TxnState::CompleteAbort, 1000, 0)
+    );
+}
+
 // ---- Timeouts ----
 
 #[test]
@@ -948,7 +1032,7 @@ fn an_expired_transaction_is_aborted_with_a_bumped_epoch() {
     let mut h = Harness::new();
     let p = h.begun("t", &[tp("a", 0)]);
     h.now += i64::from(TIMEOUT_MS) + 1;
-    let effects = h.c.abort_timed_out(h.now);
+    let effects = h.c.abort_timed_out(&mut h.pids, h.now);
     let value = appends(&effects)[0].1.value.clone().expect("a value");
     assert_eq!(
         (value.state, value.producer_epoch),
@@ -961,7 +1045,7 @@ fn a_transaction_within_its_timeout_is_not_aborted() {
     let mut h = Harness::new();
     h.begun("t", &[tp("a", 0)]);
     h.now += i64::from(TIMEOUT_MS);
-    assert!(h.c.abort_timed_out(h.now).is_empty());
+    assert!(h.c.abort_timed_out(&mut h.pids, h.now).is_empty());
 }
 
 #[test]
@@ -969,7 +1053,7 @@ fn the_abort_of_an_expired_transaction_completes_with_abort_markers() {
     let mut h = Harness::new();
     h.begun("t", &[tp("a", 0)]);
     h.now += i64::from(TIMEOUT_MS) + 1;
-    let effects = h.c.abort_timed_out(h.now);
+    let effects = h.c.abort_timed_out(&mut h.pids, h.now);
     let seen = h.settle(effects);
     assert_eq!(
         (markers(&seen)[0].commit, h.state("t")),
@@ -982,20 +1066,37 @@ fn the_producer_of_an_expired_transaction_is_fenced() {
     let mut h = Harness::new();
     let p = h.begun("t", &[tp("a", 0)]);
     h.now += i64::from(TIMEOUT_MS) + 1;
-    let effects = h.c.abort_timed_out(h.now);
+    let effects = h.c.abort_timed_out(&mut h.pids, h.now);
     h.settle(effects);
     let step = h.end("t", p, true);
     assert_eq!(step.reply, Some(Err(TxnError::ProducerFenced)));
 }
 
+/// Partition leaders verify before a transactional produce; they see the fence at once.
 #[test]
 fn the_producer_of_an_expired_transaction_is_fenced_even_before_the_abort_is_durable() {
     let mut h = Harness::new();
     let p = h.begun("t", &[tp("a", 0)]);
     h.now += i64::from(TIMEOUT_MS) + 1;
-    let _in_flight = h.c.abort_timed_out(h.now);
-    let step = h.add("t", p, &[tp("b", 0)]);
-    assert_eq!(step.reply, Some(Err(TxnError::ProducerFenced)));
+    let _in_flight = h.c.abort_timed_out(&mut h.pids, h.now);
+    let req = AddPartitionsRequest {
+        transactional_id: "t".into(),
+        producer_id: p.producer_id,
+        producer_epoch: p.epoch,
+        partitions: vec![tp("a", 0)],
+    };
+    let verdicts: Vec<_> = h.c.verify_partitions(&req).into_values().collect();
+    assert_eq!(verdicts, vec![Err(TxnError::ProducerFenced)]);
+}
+
+#[test]
+fn end_txn_of_a_stale_producer_while_its_abort_is_pending_answers_concurrent_transactions() {
+    let mut h = Harness::new();
+    let p = h.begun("t", &[tp("a", 0)]);
+    h.now += i64::from(TIMEOUT_MS) + 1;
+    let _in_flight = h.c.abort_timed_out(&mut h.pids, h.now);
+    let step = h.end("t", p, true);
+    assert_eq!(step.reply, Some(Err(TxnError::ConcurrentTransactions)));
 }
 
 #[test]
@@ -1003,9 +1104,9 @@ fn a_failed_fence_does_not_bump_the_epoch_twice() {
     let mut h = Harness::new();
     let p = h.begun("t", &[tp("a", 0)]);
     h.now += i64::from(TIMEOUT_MS) + 1;
-    let first = h.c.abort_timed_out(h.now);
+    let first = h.c.abort_timed_out(&mut h.pids, h.now);
     h.fail(&first, AppendError::Unavailable);
-    let second = h.c.abort_timed_out(h.now);
+    let second = h.c.abort_timed_out(&mut h.pids, h.now);
     let value = appends(&second)[0].1.value.clone().expect("a value");
     assert_eq!(value.producer_epoch, p.epoch + 1);
 }
