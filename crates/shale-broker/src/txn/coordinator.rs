@@ -417,7 +417,8 @@ fn transit(meta: &TxnMetadata, state: TxnState, now_ms: i64) -> TxnMetadata {
     t
 }
 
-/// A new epoch for InitProducerId: the fresh one, `new_producer_id` at epoch 0 on rotation.
+/// InitProducerId's Empty transition: `producer_id` at `epoch` (the same id bumped, or a new
+/// id at 0 on rotation), no partitions, no transaction started.
 fn init_target(
     meta: &TxnMetadata,
     producer_id: i64,
@@ -622,7 +623,12 @@ impl TxnCoordinator {
         let mut c = Self::new(coordinator_epoch, config);
         for r in records {
             match r.value {
+                // Kafka never writes Dead (an expiring id is written as a tombstone); one
+                // found anyway names no usable state, so it deletes like a tombstone.
                 None => {
+                    c.txns.remove(&r.transactional_id);
+                }
+                Some(v) if v.state == TxnState::Dead => {
                     c.txns.remove(&r.transactional_id);
                 }
                 Some(v) => {

@@ -148,6 +148,23 @@ impl TxnLogRecord {
     }
 }
 
+/// Decodes the records of a `__transaction_state` partition read back in order, for
+/// `TxnCoordinator::load`: the records, and how many were skipped (unknown key versions, as
+/// Kafka skips them, and malformed ones, for the caller to log).
+pub(crate) fn decode_all<'a>(
+    records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+) -> (Vec<TxnLogRecord>, usize) {
+    let mut out = Vec::new();
+    let mut skipped = 0;
+    for (key, value) in records {
+        match TxnLogRecord::decode(key, value) {
+            Ok(Some(r)) => out.push(r),
+            Ok(None) | Err(_) => skipped += 1,
+        }
+    }
+    (out, skipped)
+}
+
 pub(crate) fn encode_key(transactional_id: &str) -> Bytes {
     let mut b = BytesMut::with_capacity(4 + transactional_id.len());
     b.put_i16(KEY_VERSION);
@@ -481,6 +498,22 @@ mod tests {
     fn a_key_round_trips() {
         let key = encode_key("my-txn");
         assert_eq!(decode_key(&key), Ok(Some("my-txn".to_string())));
+    }
+
+    #[test]
+    fn decoding_a_partition_keeps_the_good_records_and_counts_the_rest() {
+        let good = TxnLogRecord {
+            transactional_id: "t".into(),
+            value: Some(ongoing_value()),
+        };
+        let (key, value) = good.encode(1);
+        let unknown_key: &[u8] = &[0, 9, 0, 1, b'x'];
+        let input = [
+            (&key[..], value.as_deref()),
+            (unknown_key, None),
+            (&key[..], Some(&[0u8, 1, 2][..])),
+        ];
+        assert_eq!(decode_all(input), (vec![good], 2));
     }
 
     #[test]

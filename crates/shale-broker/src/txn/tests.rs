@@ -1317,3 +1317,55 @@ fn list_transactions_echoes_unknown_state_filters() {
         vec!["Bogus".to_string()]
     );
 }
+
+#[test]
+fn loading_a_dead_record_forgets_the_transactional_id() {
+    let (h, _) = Harness::loaded(vec![
+        stored("t", 5, 3, TxnState::CompleteCommit, &[]),
+        stored("t", 5, 3, TxnState::Dead, &[]),
+    ]);
+    assert!(h.c.metadata("t").is_none());
+}
+
+#[test]
+fn a_failed_tombstone_keeps_the_transactional_id() {
+    let mut h = Harness::new();
+    h.ready("t");
+    h.now += config().transactional_id_expiration_ms;
+    let effects = h.c.expire_transactional_ids(h.now);
+    h.fail(&effects, AppendError::Unavailable);
+    assert_eq!(
+        (h.state("t"), h.c.is_pending("t")),
+        (Some(TxnState::Empty), false)
+    );
+}
+
+#[test]
+fn markers_reported_twice_write_the_complete_record_once() {
+    let mut h = Harness::new();
+    let p = h.begun("t", &[tp("a", 0)]);
+    let step = h.end("t", p, true);
+    let after = h.durable(&step.effects);
+    h.marked(&after);
+    assert!(h.marked(&after).is_empty());
+}
+
+#[test]
+fn init_records_the_requested_transaction_timeout() {
+    let mut h = Harness::new();
+    let step = h.init_with("t", 5_000, None);
+    h.settle(step.effects);
+    assert_eq!(h.meta("t").timeout_ms, 5_000);
+}
+
+#[test]
+fn records_are_written_at_the_clusters_transaction_log_version() {
+    let mut h = Harness::new();
+    let step = h.init("t");
+    let value = step.effects.iter().find_map(|e| match e {
+        Effect::Append { value, .. } => value.clone(),
+        _ => None,
+    });
+    // transaction.version 1: flexible value version 1.
+    assert_eq!(value.map(|v| v[..2].to_vec()), Some(vec![0, 1]));
+}
