@@ -290,14 +290,25 @@ pub(crate) struct TxnDescription {
     pub topics: Vec<TopicPartitions>,
 }
 
-/// ListTransactions' filters; empty lists and a negative duration filter nothing.
-#[derive(Debug, Clone, Default)]
+/// ListTransactions' filters; empty lists and a negative duration filter nothing (the
+/// default filters nothing at all).
+#[derive(Debug, Clone)]
 pub(crate) struct ListFilter {
     pub producer_ids: Vec<i64>,
     /// State names as Kafka prints them ("Ongoing" ...).
     pub states: Vec<String>,
     /// Only transactions running longer than this (KIP-994); -1 for all.
     pub duration_ms: i64,
+}
+
+impl Default for ListFilter {
+    fn default() -> Self {
+        Self {
+            producer_ids: Vec::new(),
+            states: Vec::new(),
+            duration_ms: -1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

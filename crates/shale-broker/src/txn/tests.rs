@@ -1270,7 +1270,6 @@ fn list_transactions_filters_by_state_name() {
     h.begun("busy", &[tp("a", 0)]);
     let filter = ListFilter {
         states: vec!["Ongoing".into()],
-        duration_ms: -1,
         ..Default::default()
     };
     assert_eq!(listed(&h, filter), vec!["busy".to_string()]);
@@ -1283,7 +1282,6 @@ fn list_transactions_filters_by_producer_id() {
     let b = h.ready("b");
     let filter = ListFilter {
         producer_ids: vec![b.producer_id],
-        duration_ms: -1,
         ..Default::default()
     };
     assert_eq!(listed(&h, filter), vec!["b".to_string()]);
@@ -1309,7 +1307,6 @@ fn list_transactions_echoes_unknown_state_filters() {
     let h = Harness::new();
     let filter = ListFilter {
         states: vec!["Ongoing".into(), "Bogus".into()],
-        duration_ms: -1,
         ..Default::default()
     };
     assert_eq!(
@@ -1368,4 +1365,15 @@ fn records_are_written_at_the_clusters_transaction_log_version() {
     });
     // transaction.version 1: flexible value version 1.
     assert_eq!(value.map(|v| v[..2].to_vec()), Some(vec![0, 1]));
+}
+
+#[test]
+fn list_transactions_without_filters_lists_every_transactional_id() {
+    let mut h = Harness::new();
+    h.ready("a");
+    h.begun("b", &[tp("a", 0)]);
+    assert_eq!(
+        listed(&h, ListFilter::default()),
+        vec!["a".to_string(), "b".to_string()]
+    );
 }
