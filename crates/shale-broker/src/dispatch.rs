@@ -173,6 +173,62 @@ pub(crate) async fn start(
                 ))
             }))
         }
+        RequestKind::AddPartitionsToTxn(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::AddPartitionsToTxn(
+                    handlers::txn::add_partitions_to_txn(&broker, version, req).await,
+                ))
+            }))
+        }
+        RequestKind::AddOffsetsToTxn(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::AddOffsetsToTxn(
+                    handlers::txn::add_offsets_to_txn(&broker, version, req).await,
+                ))
+            }))
+        }
+        RequestKind::EndTxn(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::EndTxn(
+                    handlers::txn::end_txn(&broker, version, req).await,
+                ))
+            }))
+        }
+        RequestKind::TxnOffsetCommit(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::TxnOffsetCommit(
+                    handlers::txn::txn_offset_commit(&broker, version, req).await,
+                ))
+            }))
+        }
+        RequestKind::DescribeTransactions(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::DescribeTransactions(
+                    handlers::txn::describe_transactions(&broker, version, req).await,
+                ))
+            }))
+        }
+        RequestKind::ListTransactions(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::ListTransactions(
+                    handlers::txn::list_transactions(&broker, version, req).await,
+                ))
+            }))
+        }
+        RequestKind::DescribeProducers(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::DescribeProducers(
+                    handlers::txn::describe_producers(&broker, version, req).await,
+                ))
+            }))
+        }
         other => {
             // Unreachable: `supported` filters API keys before decoding.
             tracing::error!(request = ?std::mem::discriminant(&other), "no handler");

@@ -34,6 +34,8 @@ pub struct Broker {
     cleaner: compaction::CleanerState,
     /// Producer ids leased from the metadata quorum, handed to idempotent producers.
     producer_ids: txn::producer_ids::ProducerIds,
+    /// Transaction coordinator for the `__transaction_state` partitions this node owns.
+    txn: txn::glue::TxnCoordinators,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -64,11 +66,13 @@ impl Broker {
             groups: coordinator,
             cleaner: Default::default(),
             producer_ids: Default::default(),
+            txn: Default::default(),
             shutdown,
             tasks: Mutex::new(Vec::new()),
         });
         broker.open_owned_partitions().await?;
         groups::start(&broker).await?;
+        txn::glue::start(&broker).await?;
         let retention = tokio::spawn(retention::run(broker.clone()));
         broker.tasks.lock().push(retention);
         let cleaner = tokio::spawn(compaction::run(broker.clone()));

@@ -210,6 +210,13 @@ pub const ADVERTISED: &[(ApiKey, i16, i16)] = &[
     // Idempotent producers and transactions. InitProducerId stops at v5: the codec lists v6
     // (KIP-939's two-phase commit fields) but cannot decode it.
     (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::AddPartitionsToTxn, 0, 5),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::EndTxn, 0, 5),
+    (ApiKey::TxnOffsetCommit, 0, 5),
+    (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 2),
 ];
 
 const BOOL: Ty = Ty::Bool;

@@ -124,9 +124,8 @@ impl PartitionLog for StreamLog {
     ) -> Result<(u64, Durable), ResponseError> {
         let owned = self.owned()?;
         let now = crate::now_ms();
-        let buf = records::encode_batch_as(&records, now, Some((producer_id, epoch))).map_err(
-            |e| self.append_error(crate::txn::append::AppendError::Internal(e)),
-        )?;
+        let buf = records::encode_batch_as(&records, now, Some((producer_id, epoch)))
+            .map_err(|e| self.append_error(crate::txn::append::AppendError::Internal(e)))?;
         let (base, durable) =
             crate::txn::append::append_coordinator_batch(&owned, buf, records.len() as u32, now)
                 .map_err(|e| self.append_error(e))?;
@@ -140,14 +139,9 @@ impl PartitionLog for StreamLog {
         marker: shale_protocol::control::EndTxnMarker,
     ) -> Result<(u64, Durable), ResponseError> {
         let owned = self.owned()?;
-        let (base, durable) = crate::txn::append::append_marker(
-            &owned,
-            producer_id,
-            epoch,
-            marker,
-            crate::now_ms(),
-        )
-        .map_err(|e| self.append_error(e))?;
+        let (base, durable) =
+            crate::txn::append::append_marker(&owned, producer_id, epoch, marker, crate::now_ms())
+                .map_err(|e| self.append_error(e))?;
         Ok((base, self.durable(durable)))
     }
 

@@ -146,9 +146,10 @@ impl GroupCoordinator {
     pub(crate) fn has_pending_txn_offset(&self, group: &str, topic: &str, partition: i32) -> bool {
         let p = self.partition_of(group);
         self.txn_offsets.lock().get(&p).is_some_and(|by_producer| {
-            by_producer.values().flatten().any(|o| {
-                o.group == group && o.topic == topic && o.partition == partition
-            })
+            by_producer
+                .values()
+                .flatten()
+                .any(|o| o.group == group && o.topic == topic && o.partition == partition)
         })
     }
 

@@ -46,11 +46,15 @@ type Node = (i32, String, i32);
 
 /// The coordinator of a group, or why there is none.
 fn coordinator_of(broker: &Broker, group_id: &str) -> Result<Node, ResponseError> {
-    let p = broker.groups.partition_of(group_id);
+    owner_of(broker, OFFSETS_TOPIC, broker.groups.partition_of(group_id))
+}
+
+/// The node owning partition `p` of an internal topic: the coordinator of its keys.
+fn owner_of(broker: &Broker, topic: &str, p: i32) -> Result<Node, ResponseError> {
     broker.meta.read(|s| {
         let t = s
             .topics
-            .get(OFFSETS_TOPIC)
+            .get(topic)
             .ok_or(ResponseError::CoordinatorNotAvailable)?;
         let part = usize::try_from(p)
             .ok()
@@ -72,10 +76,13 @@ fn find_one(
 ) -> (Result<Node, ResponseError>, Option<String>) {
     match key_type {
         0 => (coordinator_of(broker, key), None),
-        // Transactions are not implemented yet.
         1 => (
-            Err(ResponseError::CoordinatorNotAvailable),
-            Some("transaction coordinator not available".into()),
+            owner_of(
+                broker,
+                crate::txn::glue::TXN_TOPIC,
+                broker.txn.partition_of(key),
+            ),
+            None,
         ),
         _ => (
             Err(ResponseError::InvalidRequest),

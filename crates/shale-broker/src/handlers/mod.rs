@@ -10,3 +10,4 @@ pub mod offsets;
 pub mod produce;
 pub mod producers;
 pub mod topics;
+pub mod txn;

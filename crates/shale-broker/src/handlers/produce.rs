@@ -7,6 +7,7 @@ use crate::dispatch::Started;
 use crate::handlers::metadata::leader_epoch;
 use crate::partitions::stream_error_code;
 use crate::topic_config;
+use crate::txn::glue::Verified;
 use crate::txn::producers::{Admit, ProducerError};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
@@ -52,7 +53,7 @@ pub(crate) async fn start(
     frame: Bytes,
 ) -> Started {
     let acks = req.acks;
-    let transactional = req.transactional_id.is_some();
+    let transactional_id = req.transactional_id.as_ref().map(|t| t.0.to_string());
     // Kafka answers REQUEST_TIMED_OUT only for acks=all, when replication misses
     // `timeout_ms`; acks=1 is answered after the leader's write and never times out. Here
     // both wait for the WAL (PUT + commit), which normally takes one batch interval. The
@@ -142,11 +143,6 @@ pub(crate) async fn start(
                     ResponseError::InvalidTopicException,
                     format!("Cannot append to internal topic {name}"),
                 ))
-            } else if transactional {
-                Err((
-                    ResponseError::TransactionalIdAuthorizationFailed,
-                    "transactions are not supported yet".into(),
-                ))
             } else {
                 let share = permit.split(records.as_ref().map_or(0, |r| r.len()));
                 let mut keyless = Vec::new();
@@ -154,6 +150,7 @@ pub(crate) async fn start(
                     topic: &name,
                     index,
                     keys_cap: compacted,
+                    transactional_id: transactional_id.as_deref(),
                 };
                 let r =
                     append_partition(broker, version, target, records, share, &mut keyless).await;
@@ -272,6 +269,57 @@ async fn wait_durable(
     }
 }
 
+/// Transactional batches: the request must name its transactional id (Kafka answers
+/// TRANSACTIONAL_ID_AUTHORIZATION_FAILED otherwise), and a producer's first batch of a
+/// transaction in this partition must be for a partition its coordinator has in the
+/// transaction (KIP-890 part 1), so a late retry cannot open a transaction nobody ends.
+fn verify_transactional(
+    broker: &Broker,
+    part: &crate::partitions::PartitionRef,
+    headers: &[BatchHeader],
+    transactional_id: Option<&str>,
+    topic: &str,
+    index: i32,
+) -> Result<(), (ResponseError, String)> {
+    for h in headers.iter().filter(|h| h.is_transactional()) {
+        let Some(txn_id) = transactional_id else {
+            return Err((
+                ResponseError::TransactionalIdAuthorizationFailed,
+                "transactional records need a transactional id".into(),
+            ));
+        };
+        let open = part
+            .owned
+            .producers
+            .lock()
+            .producer(h.producer_id)
+            .is_some_and(|e| e.txn_first_offset.is_some() && e.epoch == h.producer_epoch);
+        if open {
+            continue;
+        }
+        let tp = crate::txn::metadata::TopicPartition::new(topic, index);
+        match crate::txn::glue::verify(broker, txn_id, h.producer_id, h.producer_epoch, &tp) {
+            Verified::InTransaction | Verified::Unknown => {}
+            Verified::NotInTransaction => {
+                return Err((
+                    ResponseError::InvalidTxnState,
+                    format!("{topic}-{index} is not in the transaction of {txn_id}"),
+                ));
+            }
+            Verified::Fenced => {
+                return Err((
+                    ResponseError::InvalidProducerEpoch,
+                    format!(
+                        "producer {} epoch {} is fenced",
+                        h.producer_id, h.producer_epoch
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Resolves once the stream is durable through `last_offset` (a duplicate's original
 /// batches), or fails when the handle is fenced before that: the original was then lost and
 /// the producer's retry must not be acknowledged.
@@ -327,6 +375,8 @@ struct Target<'a> {
     index: i32,
     /// Compacted topics: the decompression cap for reading the records' keys.
     keys_cap: Option<usize>,
+    /// The request's transactional id (transactional batches need one).
+    transactional_id: Option<&'a str>,
 }
 
 async fn append_partition(
@@ -341,6 +391,7 @@ async fn append_partition(
         topic,
         index,
         keys_cap,
+        transactional_id,
     } = target;
     let part = broker
         .partition(topic, index)
@@ -387,6 +438,7 @@ async fn append_partition(
     };
     let wire_bytes = records.len();
     let headers: Vec<BatchHeader> = batches.iter().map(|(h, _)| *h).collect();
+    verify_transactional(broker, &part, &headers, transactional_id, topic, index)?;
     let prepared = prepare(records, batches, &limits, now)?;
     // A recompressed batch may be larger than the bytes the permit was reserved for: charge
     // the growth too, or refuse (retriably) when the memory is not there now.
@@ -494,12 +546,6 @@ fn admit(
             return Err((
                 ResponseError::InvalidRecord,
                 "control batches are written by the broker".into(),
-            ));
-        }
-        if h.is_transactional() {
-            return Err((
-                ResponseError::InvalidRecord,
-                "transactions are not supported yet".into(),
             ));
         }
     }

@@ -34,9 +34,12 @@ pub(crate) fn append_coordinator_batch(
     let h = BatchHeader::parse(&buf).map_err(|e| AppendError::Internal(e.to_string()))?;
     let epoch = crate::handlers::metadata::leader_epoch(owned.stream.epoch());
     let mut producers = owned.producers.lock();
-    let Admit::Append(update) = producers.check_from(std::slice::from_ref(&h), Origin::Coordinator)?
+    let Admit::Append(update) =
+        producers.check_from(std::slice::from_ref(&h), Origin::Coordinator)?
     else {
-        return Err(AppendError::Internal("coordinator batch seen as a duplicate".into()));
+        return Err(AppendError::Internal(
+            "coordinator batch seen as a duplicate".into(),
+        ));
     };
     let handle = owned.stream.append(count, timestamp, move |base| {
         batch::patch_offsets(&mut buf, base as i64, epoch);

@@ -82,7 +82,6 @@ pub(crate) enum TxnApi {
     AddPartitionsToTxn,
     AddOffsetsToTxn,
     EndTxn,
-    Other,
 }
 
 impl TxnError {
@@ -110,7 +109,6 @@ impl TxnError {
         let knows_fenced = match api {
             TxnApi::InitProducerId => version >= 4,
             TxnApi::AddPartitionsToTxn | TxnApi::AddOffsetsToTxn | TxnApi::EndTxn => version >= 2,
-            TxnApi::Other => true,
         };
         if self == TxnError::ProducerFenced && !knows_fenced {
             ResponseError::InvalidProducerEpoch
@@ -161,11 +159,6 @@ pub(crate) struct ProducerIdAndEpoch {
 }
 
 impl ProducerIdAndEpoch {
-    pub(crate) const NONE: Self = Self {
-        producer_id: NO_PRODUCER_ID,
-        epoch: NO_PRODUCER_EPOCH,
-    };
-
     /// InitProducerId's KIP-360 fields: both -1 is "none", one of them -1 is INVALID_REQUEST.
     pub(crate) fn from_request(producer_id: i64, epoch: i16) -> Result<Option<Self>, TxnError> {
         match (producer_id == NO_PRODUCER_ID, epoch == NO_PRODUCER_EPOCH) {
@@ -672,15 +665,12 @@ impl TxnCoordinator {
         (c, effects)
     }
 
-    pub(crate) fn coordinator_epoch(&self) -> i32 {
-        self.coordinator_epoch
-    }
-
     /// The durable metadata of an id (not a pending transition).
     pub(crate) fn metadata(&self, transactional_id: &str) -> Option<&TxnMetadata> {
         self.txns.get(transactional_id).map(|e| &e.meta)
     }
 
+    #[cfg(test)]
     pub(crate) fn is_pending(&self, transactional_id: &str) -> bool {
         self.txns
             .get(transactional_id)

@@ -1,18 +1,697 @@
-//! The transaction coordinator's I/O: placement on `__transaction_state`, loading, the log
-//! appends and the markers. (Transactions arrive with the coordinator; until then a
-//! transactional producer is told it may not use its transactional id.)
+//! The transaction coordinator's I/O: the `__transaction_state` topic, loading the
+//! partitions this node owns (and dropping those it loses), the requests' entry points, the
+//! log appends, the markers, and the timeout and expiration sweeps. Decisions are the pure
+//! core's (`coordinator`); this module only performs its effects and reports back.
 
+use super::coordinator::{
+    self as core, AddOffsetsRequest, AddPartitionsRequest, AppendError, Effect, EndTxnRequest,
+    InitProducerIdRequest, ListFilter, Markers, ProducerIdAndEpoch, Reply, Token, TxnConfig,
+    TxnCoordinator, TxnDescription, TxnError, TxnList,
+};
+use super::metadata::{TopicPartition, TransactionVersion};
 use crate::Broker;
+use crate::groups::OFFSETS_TOPIC;
+use crate::partitions::Owned;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+use parking_lot::{Mutex, RwLock};
+use shale_protocol::control::EndTxnMarker;
+use shale_stream::StreamError;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::oneshot;
 
-pub(crate) async fn init_transactional(
-    _broker: &Arc<Broker>,
-    _req: InitProducerIdRequest,
-) -> InitProducerIdResponse {
-    InitProducerIdResponse::default()
-        .with_error_code(ResponseError::TransactionalIdAuthorizationFailed.code())
-        .with_producer_id(ProducerId(-1))
-        .with_producer_epoch(-1)
+pub(crate) const TXN_TOPIC: &str = "__transaction_state";
+
+/// How often owned coordinator partitions that failed to load are tried again.
+const LOAD_RETRY_INTERVAL: Duration = Duration::from_secs(2);
+/// Back-off between attempts to write a marker to a partition that refused it.
+const MARKER_RETRY: Duration = Duration::from_millis(100);
+const MARKER_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// One loaded `__transaction_state` partition.
+struct Partition {
+    /// The partition's stream handle: its epoch is the coordinator epoch, and a fenced
+    /// handle means the partition must be loaded again.
+    owned: Arc<Owned>,
+    state: Mutex<State>,
+}
+
+struct State {
+    core: TxnCoordinator,
+    /// Requests whose reply waits for an append.
+    waiters: HashMap<Token, oneshot::Sender<Reply>>,
+}
+
+/// The coordinators of every `__transaction_state` partition this node owns.
+#[derive(Default)]
+pub(crate) struct TxnCoordinators {
+    loaded: RwLock<HashMap<i32, Arc<Partition>>>,
+    loading: Mutex<HashSet<i32>>,
+    partition_count: AtomicI32,
+    next_token: AtomicU64,
+}
+
+impl TxnCoordinators {
+    /// The `__transaction_state` partition of a transactional id.
+    pub(crate) fn partition_of(&self, transactional_id: &str) -> i32 {
+        crate::groups::partition_for(
+            transactional_id,
+            self.partition_count.load(Ordering::Relaxed),
+        )
+    }
+
+    fn get(&self, transactional_id: &str) -> Result<Arc<Partition>, TxnError> {
+        let p = self.partition_of(transactional_id);
+        if let Some(part) = self.loaded.read().get(&p) {
+            return Ok(part.clone());
+        }
+        if self.loading.lock().contains(&p) {
+            Err(TxnError::CoordinatorLoadInProgress)
+        } else {
+            Err(TxnError::NotCoordinator)
+        }
+    }
+
+    fn token(&self) -> Token {
+        Token(self.next_token.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+fn config(broker: &Broker) -> TxnConfig {
+    TxnConfig {
+        max_timeout_ms: broker.config.transaction_max_timeout_ms,
+        transactional_id_expiration_ms: broker.config.transactional_id_expiration_ms,
+        // Version 2 (KIP-890 part 2) only where the client asks for it (EndTxn v5+); the
+        // coordinator's own aborts and its records use the flexible version-1 format.
+        transaction_version: TransactionVersion::V1,
+    }
+}
+
+/// A producer-id source for the core: ids from this node's leased block. The caller has
+/// made sure one is there (`ensure`); when it ran out meanwhile, the client retries.
+fn ids(broker: &Broker) -> impl FnMut() -> Result<i64, TxnError> + '_ {
+    || {
+        broker
+            .producer_ids
+            .try_next()
+            .ok_or(TxnError::CoordinatorLoadInProgress)
+    }
+}
+
+async fn ensure_ids(broker: &Broker) {
+    if let Err(e) = broker.producer_ids.ensure(&broker.meta).await {
+        tracing::warn!(error = %e, "cannot lease producer ids");
+    }
+}
+
+/// Runs one step of a partition's core and waits for its reply.
+async fn call<R>(
+    broker: &Arc<Broker>,
+    part: &Arc<Partition>,
+    step: impl FnOnce(&mut TxnCoordinator, Token) -> core::Step<R>,
+    from_reply: impl FnOnce(Reply) -> Option<R>,
+) -> Result<R, TxnError> {
+    let token = broker.txn.token();
+    let (tx, rx) = oneshot::channel();
+    let (immediate, effects) = {
+        let mut st = part.state.lock();
+        let s = step(&mut st.core, token);
+        if s.reply.is_none() {
+            st.waiters.insert(token, tx);
+        }
+        (s.reply, s.effects)
+    };
+    run_effects(broker, part, effects);
+    match immediate {
+        Some(r) => Ok(r),
+        None => match rx.await {
+            Ok(reply) => from_reply(reply).ok_or(TxnError::UnknownServerError),
+            // The partition was unloaded while waiting.
+            Err(_) => Err(TxnError::NotCoordinator),
+        },
+    }
+}
+
+// ---- requests ----
+
+pub(crate) async fn init_producer_id(
+    broker: &Arc<Broker>,
+    transactional_id: String,
+    transaction_timeout_ms: i32,
+    expected: Option<ProducerIdAndEpoch>,
+) -> Result<ProducerIdAndEpoch, TxnError> {
+    let part = broker.txn.get(&transactional_id)?;
+    ensure_ids(broker).await;
+    let now = crate::now_ms();
+    let req = InitProducerIdRequest {
+        transactional_id,
+        transaction_timeout_ms,
+        expected,
+    };
+    call(
+        broker,
+        &part,
+        |c, token| c.init_producer_id(token, req, &mut ids(broker), now),
+        |r| match r {
+            Reply::InitProducerId(r) => Some(r),
+            _ => None,
+        },
+    )
+    .await?
+}
+
+pub(crate) async fn add_partitions(
+    broker: &Arc<Broker>,
+    req: AddPartitionsRequest,
+) -> Result<(), TxnError> {
+    let part = broker.txn.get(&req.transactional_id)?;
+    let now = crate::now_ms();
+    call(
+        broker,
+        &part,
+        |c, token| c.add_partitions(token, req, now),
+        |r| match r {
+            Reply::AddPartitions(r) => Some(r),
+            _ => None,
+        },
+    )
+    .await?
+}
+
+/// AddPartitionsToTxn's verify-only form (KIP-890): per partition, whether it is in the
+/// transaction. No state changes.
+pub(crate) fn verify_partitions(
+    broker: &Broker,
+    req: &AddPartitionsRequest,
+) -> Result<BTreeMap<TopicPartition, Result<(), TxnError>>, TxnError> {
+    let part = broker.txn.get(&req.transactional_id)?;
+    Ok(part.state.lock().core.verify_partitions(req))
+}
+
+pub(crate) async fn add_offsets(
+    broker: &Arc<Broker>,
+    transactional_id: String,
+    producer_id: i64,
+    producer_epoch: i16,
+    group_id: &str,
+) -> Result<(), TxnError> {
+    let part = broker.txn.get(&transactional_id)?;
+    let now = crate::now_ms();
+    let req = AddOffsetsRequest {
+        transactional_id,
+        producer_id,
+        producer_epoch,
+        offsets_partition: broker.groups.partition_of(group_id),
+    };
+    call(
+        broker,
+        &part,
+        |c, token| c.add_offsets(token, req, now),
+        |r| match r {
+            Reply::AddPartitions(r) => Some(r),
+            _ => None,
+        },
+    )
+    .await?
+}
+
+pub(crate) async fn end_txn(
+    broker: &Arc<Broker>,
+    req: EndTxnRequest,
+) -> Result<ProducerIdAndEpoch, TxnError> {
+    let part = broker.txn.get(&req.transactional_id)?;
+    ensure_ids(broker).await;
+    let now = crate::now_ms();
+    call(
+        broker,
+        &part,
+        |c, token| c.end_txn(token, req, &mut ids(broker), now),
+        |r| match r {
+            Reply::EndTxn(r) => Some(r),
+            _ => None,
+        },
+    )
+    .await?
+}
+
+/// What the coordinator says of a producer's transaction and a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verified {
+    /// The partition is in the producer's open transaction.
+    InTransaction,
+    NotInTransaction,
+    /// The coordinator knows a newer epoch (or another producer id) for the id: a zombie.
+    Fenced,
+    /// The coordinator is not on this node: it cannot be asked yet (Kafka asks it over the
+    /// network).
+    Unknown,
+}
+
+/// KIP-890 part 1's check before a producer's first transactional batch in a partition
+/// (and before a TxnOffsetCommit): the coordinator must have the partition in the
+/// producer's open transaction, or a late batch could start a transaction nobody ends.
+pub(crate) fn verify(
+    broker: &Broker,
+    transactional_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+    tp: &TopicPartition,
+) -> Verified {
+    let Ok(part) = broker.txn.get(transactional_id) else {
+        return Verified::Unknown;
+    };
+    let st = part.state.lock();
+    let Some(meta) = st.core.metadata(transactional_id) else {
+        return Verified::NotInTransaction;
+    };
+    if meta.producer_id != producer_id || meta.producer_epoch > producer_epoch {
+        Verified::Fenced
+    } else if meta.producer_epoch == producer_epoch
+        && meta.state == super::records::TxnState::Ongoing
+        && meta.partitions.contains(tp)
+    {
+        Verified::InTransaction
+    } else {
+        Verified::NotInTransaction
+    }
+}
+
+pub(crate) fn describe(
+    broker: &Broker,
+    transactional_id: &str,
+) -> Result<TxnDescription, TxnError> {
+    broker
+        .txn
+        .get(transactional_id)?
+        .state
+        .lock()
+        .core
+        .describe(transactional_id)
+}
+
+/// ListTransactions over every partition this node coordinates.
+pub(crate) fn list(broker: &Broker, filter: &ListFilter) -> Result<TxnList, TxnError> {
+    if !broker.txn.loading.lock().is_empty() {
+        return Err(TxnError::CoordinatorLoadInProgress);
+    }
+    let now = crate::now_ms();
+    let mut out = TxnList::default();
+    let parts: Vec<Arc<Partition>> = broker.txn.loaded.read().values().cloned().collect();
+    for part in parts {
+        let l = part.state.lock().core.list(filter, now);
+        out.transactions.extend(l.transactions);
+        out.unknown_state_filters = l.unknown_state_filters;
+    }
+    if out.unknown_state_filters.is_empty() {
+        // The filter check does not depend on any partition: ask an empty core.
+        out.unknown_state_filters = TxnCoordinator::new(0, config(broker))
+            .list(filter, now)
+            .unknown_state_filters;
+    }
+    Ok(out)
+}
+
+// ---- effects ----
+
+fn append_error(e: &StreamError) -> AppendError {
+    match e {
+        StreamError::Fenced(_) | StreamError::ShuttingDown | StreamError::Catalog(_) => {
+            AppendError::NotCoordinator
+        }
+        StreamError::ObjectStore(_) => AppendError::Unavailable,
+        _ => AppendError::Other,
+    }
+}
+
+/// Performs the effects of one step, in order: appends are handed to the stream at once (so
+/// a partition's records keep the order the core produced them in); their durability, and
+/// markers, are awaited in tasks that report back to the core.
+fn run_effects(broker: &Arc<Broker>, part: &Arc<Partition>, effects: Vec<Effect>) {
+    for effect in effects {
+        match effect {
+            Effect::Reply { token, reply } => {
+                if let Some(tx) = part.state.lock().waiters.remove(&token) {
+                    let _ = tx.send(reply);
+                }
+            }
+            Effect::Append { id, key, value, .. } => {
+                let appended = append_record(part, key, value);
+                let (broker, part) = (broker.clone(), part.clone());
+                tokio::spawn(async move {
+                    let result = match appended {
+                        Ok(durable) => match durable.await {
+                            Ok(Ok(())) => Ok(()),
+                            Ok(Err(e)) => Err(append_error(&e)),
+                            Err(_) => Err(AppendError::NotCoordinator),
+                        },
+                        Err(e) => Err(append_error(&e)),
+                    };
+                    if let Err(e) = &result {
+                        tracing::warn!(error = ?e, "__transaction_state append failed");
+                    }
+                    let more = part
+                        .state
+                        .lock()
+                        .core
+                        .append_completed(id, result, crate::now_ms());
+                    run_effects(&broker, &part, more);
+                });
+            }
+            Effect::WriteMarkers(markers) => {
+                let (broker, part) = (broker.clone(), part.clone());
+                tokio::spawn(async move {
+                    if write_markers(&broker, &markers).await {
+                        let more = part
+                            .state
+                            .lock()
+                            .core
+                            .markers_written(&markers.transactional_id);
+                        run_effects(&broker, &part, more);
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn append_record(
+    part: &Partition,
+    key: bytes::Bytes,
+    value: Option<bytes::Bytes>,
+) -> Result<super::append::Durable, StreamError> {
+    let now = crate::now_ms();
+    let mut buf = crate::groups::records::encode_batch(&[(key, value)], now)
+        .map_err(|e| StreamError::ObjectStore(format!("cannot encode a record: {e}")))?;
+    let epoch = crate::handlers::metadata::leader_epoch(part.owned.stream.epoch());
+    let handle = part.owned.stream.append(1, now, move |base| {
+        shale_protocol::batch::patch_offsets(&mut buf, base as i64, epoch);
+        buf.freeze()
+    })?;
+    Ok(handle.durable)
+}
+
+/// What writing one marker came to.
+enum MarkerOutcome {
+    Written,
+    /// The partition is gone (topic deleted): nothing to end there.
+    Gone,
+    /// A newer coordinator wrote to the partition: this one must stop.
+    Fenced,
+    Retry(String),
+}
+
+/// Writes the markers of a transaction to every partition, retrying each until it is written
+/// (Kafka's TransactionMarkerChannelManager). False when this coordinator was fenced and
+/// must not complete the transaction.
+async fn write_markers(broker: &Arc<Broker>, m: &Markers) -> bool {
+    let marker = EndTxnMarker {
+        commit: m.commit,
+        coordinator_epoch: m.coordinator_epoch,
+    };
+    let writes = m.partitions.iter().map(|tp| async move {
+        let mut backoff = MARKER_RETRY;
+        loop {
+            match write_marker(broker, tp, m, marker).await {
+                MarkerOutcome::Written | MarkerOutcome::Gone => return true,
+                MarkerOutcome::Fenced => return false,
+                MarkerOutcome::Retry(why) => {
+                    if broker.is_shutting_down() {
+                        return false;
+                    }
+                    tracing::debug!(topic = %tp.topic, partition = tp.partition, why, "marker write retried");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MARKER_RETRY_MAX);
+                }
+            }
+        }
+    });
+    futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .all(|ok| ok)
+}
+
+async fn write_marker(
+    broker: &Arc<Broker>,
+    tp: &TopicPartition,
+    m: &Markers,
+    marker: EndTxnMarker,
+) -> MarkerOutcome {
+    if tp.topic == OFFSETS_TOPIC {
+        return match broker
+            .groups
+            .end_txn(tp.partition, m.producer_id, m.producer_epoch, marker)
+            .await
+        {
+            Ok(()) => MarkerOutcome::Written,
+            Err(ResponseError::TransactionCoordinatorFenced) => MarkerOutcome::Fenced,
+            Err(ResponseError::InvalidProducerEpoch) => stale_marker(tp, m),
+            Err(e) => MarkerOutcome::Retry(format!("{e:?}")),
+        };
+    }
+    let part = match broker.partition(&tp.topic, tp.partition).await {
+        Ok(p) => p,
+        Err(ResponseError::UnknownTopicOrPartition) => return MarkerOutcome::Gone,
+        Err(e) => return MarkerOutcome::Retry(format!("{e:?}")),
+    };
+    let appended = super::append::append_marker(
+        &part.owned,
+        m.producer_id,
+        m.producer_epoch,
+        marker,
+        crate::now_ms(),
+    );
+    match appended {
+        Ok((_, durable)) => match durable.await {
+            Ok(Ok(())) => MarkerOutcome::Written,
+            Ok(Err(e)) => MarkerOutcome::Retry(e.to_string()),
+            Err(_) => MarkerOutcome::Retry("append dropped".into()),
+        },
+        Err(super::append::AppendError::Producer(e)) => match e {
+            super::producers::ProducerError::CoordinatorFenced(_) => MarkerOutcome::Fenced,
+            _ => stale_marker(tp, m),
+        },
+        Err(e) => MarkerOutcome::Retry(e.to_string()),
+    }
+}
+
+/// The partition has seen a newer epoch of the producer than the marker's: the transaction
+/// there was already ended (a retried marker), so there is nothing left to write.
+fn stale_marker(tp: &TopicPartition, m: &Markers) -> MarkerOutcome {
+    tracing::info!(topic = %tp.topic, partition = tp.partition, producer = m.producer_id, epoch = m.producer_epoch, "marker older than the partition's producer epoch: skipped");
+    MarkerOutcome::Written
+}
+
+// ---- loading and ownership ----
+
+/// Creates `__transaction_state` if missing, then keeps the loaded partitions in line with
+/// ownership and runs the timeout and expiration sweeps.
+pub(crate) async fn start(broker: &Arc<Broker>) -> anyhow::Result<()> {
+    let exists = broker.meta.read(|s| s.topics.contains_key(TXN_TOPIC));
+    if !exists {
+        let configs = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
+        let n = broker.config.transaction_state_num_partitions.max(1);
+        match crate::handlers::topics::create_topic(broker, TXN_TOPIC, n, configs).await {
+            Ok(()) => tracing::info!(partitions = n, "created {TXN_TOPIC}"),
+            Err((ResponseError::TopicAlreadyExists, _)) => {}
+            Err((code, msg)) => anyhow::bail!("cannot create {TXN_TOPIC}: {code:?} {msg}"),
+        }
+    }
+    sync_ownership(broker).await;
+    let sync = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let mut changes = broker.meta.changes();
+            let mut stop = broker.shutdown_signal();
+            let mut retry = tokio::time::interval(LOAD_RETRY_INTERVAL);
+            retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = retry.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                sync_ownership(&broker).await;
+            }
+        })
+    };
+    let sweeps = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let mut stop = broker.shutdown_signal();
+            let mut tick = tokio::time::interval(broker.config.transaction_timeout_check_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                sweep(&broker).await;
+            }
+        })
+    };
+    broker.tasks.lock().extend([sync, sweeps]);
+    Ok(())
+}
+
+/// Aborts transactions past their timeout (fencing their producers) and forgets
+/// transactional ids unused for `transactional.id.expiration.ms`.
+pub(crate) async fn sweep(broker: &Arc<Broker>) {
+    ensure_ids(broker).await;
+    let now = crate::now_ms();
+    let parts: Vec<Arc<Partition>> = broker.txn.loaded.read().values().cloned().collect();
+    for part in parts {
+        let effects = {
+            let mut st = part.state.lock();
+            let mut effects = st.core.abort_timed_out(&mut ids(broker), now);
+            effects.extend(st.core.expire_transactional_ids(now));
+            effects
+        };
+        run_effects(broker, &part, effects);
+    }
+}
+
+async fn sync_ownership(broker: &Arc<Broker>) {
+    let me = broker.config.node_id as u64;
+    let Some((count, owned)) = broker.meta.read(|s| {
+        s.topics.get(TXN_TOPIC).map(|t| {
+            let owned: HashSet<i32> = t
+                .partitions
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.owner == me)
+                .map(|(i, _)| i as i32)
+                .collect();
+            (t.partitions.len() as i32, owned)
+        })
+    }) else {
+        return;
+    };
+    broker.txn.partition_count.store(count, Ordering::Relaxed);
+    // Partitions lost, or whose handle a failed append fenced (reloaded below).
+    let gone: Vec<i32> = broker
+        .txn
+        .loaded
+        .read()
+        .iter()
+        .filter(|(p, part)| !owned.contains(p) || !part.owned.stream.is_writable())
+        .map(|(p, _)| *p)
+        .collect();
+    for p in gone {
+        unload(broker, p);
+    }
+    let mut to_load: Vec<i32> = {
+        let loaded = broker.txn.loaded.read();
+        owned
+            .into_iter()
+            .filter(|p| !loaded.contains_key(p))
+            .collect()
+    };
+    to_load.sort_unstable();
+    broker.txn.loading.lock().extend(to_load.iter().copied());
+    for p in to_load {
+        load_one(broker, p).await;
+        broker.txn.loading.lock().remove(&p);
+    }
+}
+
+fn unload(broker: &Arc<Broker>, p: i32) {
+    let Some(part) = broker.txn.loaded.write().remove(&p) else {
+        return;
+    };
+    let effects = {
+        let mut st = part.state.lock();
+        let core = std::mem::replace(&mut st.core, TxnCoordinator::new(-1, config(broker)));
+        core.unload()
+    };
+    // Only replies (NOT_COORDINATOR to every waiting request) come out of an unload.
+    run_effects(broker, &part, effects);
+    tracing::info!(partition = p, "transaction coordinator partition unloaded");
+}
+
+async fn load_one(broker: &Arc<Broker>, p: i32) {
+    let stream_id = broker.meta.read(|s| {
+        s.topics
+            .get(TXN_TOPIC)
+            .and_then(|t| t.partitions.get(p as usize))
+            .map(|part| part.stream_id)
+    });
+    let Some(stream_id) = stream_id else { return };
+    let owned = match broker.open_owned(stream_id).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(partition = p, error = %e, "cannot open transaction coordinator partition");
+            return;
+        }
+    };
+    let pairs = match read_all(&owned.stream).await {
+        Ok(pairs) => pairs,
+        Err(e) => {
+            tracing::warn!(partition = p, error = %e, "cannot read transaction coordinator partition");
+            return;
+        }
+    };
+    let (records, skipped) =
+        super::records::decode_all(pairs.iter().map(|(k, v)| (&k[..], v.as_deref())));
+    let epoch = crate::handlers::metadata::leader_epoch(owned.stream.epoch());
+    let (core, effects) = TxnCoordinator::load(epoch, config(broker), records, crate::now_ms());
+    let loaded = core_count(&core);
+    let part = Arc::new(Partition {
+        owned,
+        state: Mutex::new(State {
+            core,
+            waiters: HashMap::new(),
+        }),
+    });
+    broker.txn.loaded.write().insert(p, part.clone());
+    // Transactions found prepared are completed: their markers are written again.
+    let recovering = effects.len();
+    run_effects(broker, &part, effects);
+    if loaded > 0 || skipped > 0 {
+        tracing::info!(
+            partition = p,
+            transactional_ids = loaded,
+            skipped,
+            recovering,
+            "transaction coordinator partition loaded"
+        );
+    }
+}
+
+fn core_count(core: &TxnCoordinator) -> usize {
+    core.list(&ListFilter::default(), crate::now_ms())
+        .transactions
+        .len()
+}
+
+/// Every record of a stream, start to end, as (key, value).
+async fn read_all(
+    stream: &shale_stream::Stream,
+) -> Result<Vec<(bytes::Bytes, Option<bytes::Bytes>)>, StreamError> {
+    let mut out = Vec::new();
+    let end = stream.end_offset();
+    let mut from = stream.start_offset();
+    while from < end {
+        let entries = stream.read(from, 4 << 20).await?;
+        let Some(last) = entries.last() else { break };
+        let next = last.end_offset();
+        for e in entries {
+            match crate::groups::records::decode_stored(e.payload) {
+                Ok(items) => out.extend(items.into_iter().filter_map(|i| match i {
+                    crate::groups::records::Stored::Record { key, value, .. } => Some((key, value)),
+                    crate::groups::records::Stored::Marker { .. } => None,
+                })),
+                Err(err) => {
+                    tracing::warn!(stream = stream.id(), offset = e.base_offset, error = %err, "skipping undecodable batch")
+                }
+            }
+        }
+        if next <= from {
+            break;
+        }
+        from = next;
+    }
+    Ok(out)
 }

@@ -19,8 +19,6 @@ pub(crate) mod glue;
 pub(crate) mod load;
 pub(crate) mod metadata;
 pub(crate) mod producer_ids;
-// Transaction-side state (markers, LSO, aborted index) is used once the coordinator lands.
-#[allow(dead_code)]
 pub(crate) mod producers;
 pub(crate) mod records;
 #[cfg(test)]

@@ -8,21 +8,45 @@ pub(crate) const BLOCK_SIZE: u64 = 1000;
 
 #[derive(Default)]
 pub(crate) struct ProducerIds {
-    /// Unused ids of the current block: `[next, end)`. The async mutex makes concurrent
-    /// callers wait for one lease rather than each leasing a block.
-    block: tokio::sync::Mutex<(i64, i64)>,
+    /// Unused ids of the current block: `[next, end)`.
+    block: parking_lot::Mutex<(i64, i64)>,
+    /// Held while leasing, so concurrent callers wait for one lease rather than each
+    /// leasing a block.
+    leasing: tokio::sync::Mutex<()>,
 }
 
 impl ProducerIds {
     pub(crate) async fn next(&self, meta: &MetaNode) -> Result<i64, MetaError> {
-        let mut block = self.block.lock().await;
-        if block.0 >= block.1 {
-            let (start, count) = meta.allocate_producer_ids(BLOCK_SIZE).await?;
-            *block = (start, start + count as i64);
+        loop {
+            if let Some(id) = self.try_next() {
+                return Ok(id);
+            }
+            self.ensure(meta).await?;
         }
-        let id = block.0;
-        block.0 += 1;
-        Ok(id)
+    }
+
+    /// An id from the current block, without waiting (None when it is used up).
+    pub(crate) fn try_next(&self) -> Option<i64> {
+        let mut block = self.block.lock();
+        (block.0 < block.1).then(|| {
+            block.0 += 1;
+            block.0 - 1
+        })
+    }
+
+    /// Leases a new block when the current one is used up.
+    pub(crate) async fn ensure(&self, meta: &MetaNode) -> Result<(), MetaError> {
+        let _leasing = self.leasing.lock().await;
+        let available = {
+            let b = self.block.lock();
+            b.0 < b.1
+        };
+        if available {
+            return Ok(());
+        }
+        let (start, count) = meta.allocate_producer_ids(BLOCK_SIZE).await?;
+        *self.block.lock() = (start, start + count as i64);
+        Ok(())
     }
 }
 

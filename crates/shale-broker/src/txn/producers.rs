@@ -375,11 +375,6 @@ impl ProducerStates {
             .unwrap_or(hw)
     }
 
-    /// First offset of the oldest open transaction (DescribeProducers, timeouts).
-    pub(crate) fn ongoing(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
-        self.ongoing.iter().map(|(first, pid)| (*pid, *first))
-    }
-
     /// Aborted transactions a read_committed fetch of `[from, to)` must be told about.
     pub(crate) fn aborted_between(&self, from: i64, to: i64) -> Vec<AbortedTxn> {
         // `aborted` is sorted by last_offset: skip those that end before `from`.
@@ -391,6 +386,7 @@ impl ProducerStates {
             .collect()
     }
 
+    #[cfg(test)]
     pub(crate) fn aborted(&self) -> &[AbortedTxn] {
         &self.aborted
     }
