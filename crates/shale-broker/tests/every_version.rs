@@ -348,20 +348,20 @@ fn sample(api: ApiKey, version: i16, topic_id: uuid::Uuid) -> RequestKind {
                         ]),
                 ]),
         ),
-        ApiKey::DescribeProducers => RequestKind::DescribeProducers(
-            DescribeProducersRequest::default().with_topics(vec![
+        ApiKey::DescribeProducers => {
+            RequestKind::DescribeProducers(DescribeProducersRequest::default().with_topics(vec![
                 describe_producers_request::TopicRequest::default()
                     .with_name(t)
                     .with_partition_indexes(vec![0]),
-            ]),
-        ),
+            ]))
+        }
         ApiKey::DescribeTransactions => RequestKind::DescribeTransactions(
             DescribeTransactionsRequest::default()
                 .with_transactional_ids(vec![TransactionalId(name("tx"))]),
         ),
-        ApiKey::ListTransactions => {
-            RequestKind::ListTransactions(ListTransactionsRequest::default().with_duration_filter(-1))
-        }
+        ApiKey::ListTransactions => RequestKind::ListTransactions(
+            ListTransactionsRequest::default().with_duration_filter(-1),
+        ),
         other => panic!("no sample request for {other:?}: add one when advertising it"),
     }
 }
