@@ -4,7 +4,7 @@
 # store, release build). Driven by librdkafka's rdkafka_performance 2.15.1.
 #
 #   benches/compare.sh [--messages N] [--latency-messages N] [--rate R]
-#                      [--only mock|shale] [--keep]
+#                      [--only mock|shale] [--idempotence] [--keep]
 #
 # (a) produce MB/s: acks=all, 1 KiB records, topic with 8 partitions,
 #     N messages (default 300000 = 293 MiB), librdkafka default
@@ -15,6 +15,8 @@
 #     (hard-coded in librdkafka), so it serves at most ~40 MiB here.
 # (c) produce latency p50/p99 (send -> delivery report, acks=all) at a fixed
 #     rate R msg/s (default 1000) for N messages (default 10000).
+# --idempotence: the producers run with enable.idempotence=true (InitProducerId, sequence
+# numbers checked per batch), to measure what deduplication costs.
 # Also: object PUTs for Shale = new files in its local object directory
 # (compaction is switched off for the run), during (a), during (c), in total.
 #
@@ -26,7 +28,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=../tests/compat/librdkafka/lib.sh
 . "$HERE/../tests/compat/librdkafka/lib.sh"
 
-N=300000; LAT_N=10000; RATE=1000; ONLY=""; KEEP=0
+N=300000; LAT_N=10000; RATE=1000; ONLY=""; KEEP=0; IDEMPOTENCE=0
 PERF_NPM_PKG="node-rdkafka@3.6.1"   # ships examples/rdkafka_performance.c
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -35,6 +37,7 @@ while [ $# -gt 0 ]; do
         --rate) RATE="${2:?}"; shift ;;
         --only) ONLY="${2:?}"; shift ;;
         --keep) KEEP=1 ;;
+        --idempotence) IDEMPOTENCE=1 ;;
         -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument $1" ;;
     esac
@@ -75,6 +78,7 @@ trap 'exit 130' INT TERM
 
 PARTS="-p 0 -p 1 -p 2 -p 3 -p 4 -p 5 -p 6 -p 7"
 PERF_COMMON="-X linger.ms=5"   # rdkafka_performance defaults to 1000
+[ "$IDEMPOTENCE" -eq 1 ] && PERF_COMMON="$PERF_COMMON -X enable.idempotence=true"
 
 declare -A R   # R[target.metric]
 OBJDIR=""      # Shale's local object directory while Shale is the target

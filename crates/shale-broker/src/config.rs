@@ -48,6 +48,9 @@ pub struct BrokerConfig {
     pub producer_id_expiration_ms: i64,
     /// `producer.id.expiration.check.interval.ms`.
     pub producer_id_expiration_check_interval: Duration,
+    /// `producer.state.snapshot.interval.ms` (Shale's): how often changed partitions store a
+    /// producer-state snapshot, so opening them scans only what came after (0: never).
+    pub producer_state_snapshot_interval: Duration,
     /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a producer may ask
     /// for (INVALID_TRANSACTION_TIMEOUT beyond).
     pub transaction_max_timeout_ms: i32,
@@ -83,6 +86,7 @@ impl Default for BrokerConfig {
             log_cleaner_backoff: Duration::from_millis(15_000),
             producer_id_expiration_ms: 86_400_000,
             producer_id_expiration_check_interval: Duration::from_millis(600_000),
+            producer_state_snapshot_interval: Duration::from_millis(60_000),
             transaction_max_timeout_ms: 900_000,
             transactional_id_expiration_ms: 604_800_000,
             transaction_timeout_check_interval: Duration::from_millis(10_000),

@@ -79,6 +79,8 @@ impl Broker {
         broker.tasks.lock().push(cleaner);
         let expiry = tokio::spawn(txn::producer_ids::expire_producers(broker.clone()));
         broker.tasks.lock().push(expiry);
+        let snapshots = tokio::spawn(txn::snapshot::run(broker.clone()));
+        broker.tasks.lock().push(snapshots);
         Ok(broker)
     }
 
@@ -105,6 +107,13 @@ impl Broker {
     /// Stops accepting, drains the WAL (in-flight appends are committed and acked) and stops.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+        // A fresh producer-state snapshot spares the next start its scan; bounded, so a
+        // failing store cannot hold the shutdown.
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            self.snapshot_producer_states_now(),
+        )
+        .await;
         self.groups.unload_all();
         self.streams.shutdown().await;
         for task in self.tasks.lock().drain(..) {

@@ -23,6 +23,11 @@ pub(crate) struct Owned {
     /// Also the partition's append lock: checking a batch against the producer state and
     /// appending it happen under it, so two appends never pass the same check.
     pub producers: Mutex<ProducerStates>,
+    /// Offset of the last producer-state snapshot written (or loaded): no new one until the
+    /// stream moves past it.
+    pub snapshot_offset: std::sync::atomic::AtomicU64,
+    /// Where the load scan started (the snapshot's offset, or the stream's start).
+    pub loaded_from: u64,
 }
 
 /// What a handler needs to know about a partition it reads or writes.
@@ -72,10 +77,12 @@ impl Broker {
             return Ok(o.clone());
         }
         let stream = self.streams.open(id).await?;
-        let producers = crate::txn::load::producer_states(self, &stream).await?;
+        let loaded = crate::txn::load::producer_states(self, &stream).await?;
         let owned = Arc::new(Owned {
             stream,
-            producers: Mutex::new(producers),
+            producers: Mutex::new(loaded.states),
+            snapshot_offset: std::sync::atomic::AtomicU64::new(loaded.snapshot_offset),
+            loaded_from: loaded.scanned_from,
         });
         self.partitions.open.write().insert(id, owned.clone());
         Ok(owned)
@@ -89,6 +96,19 @@ impl Broker {
             .get(&id)
             .filter(|o| o.stream.is_writable())
             .cloned()
+    }
+
+    /// Where the producer state of a partition this node has open was loaded from: the
+    /// offset its scan started at (tests check a snapshot spared the scan).
+    #[doc(hidden)]
+    pub fn producer_state_loaded_from(&self, topic: &str, partition: i32) -> Option<u64> {
+        let id = self.meta.read(|s| {
+            s.topics
+                .get(topic)
+                .and_then(|t| t.partitions.get(usize::try_from(partition).ok()?))
+                .map(|p| p.stream_id)
+        })?;
+        self.partitions.open.read().get(&id).map(|o| o.loaded_from)
     }
 
     /// Every open partition (for the producer-state expiry sweep).

@@ -213,3 +213,46 @@ async fn duplicates_are_still_recognised_after_a_restart() {
     let fresh = init_producer_id(&mut c, 4).await.producer_id.0;
     assert!(fresh > pid);
 }
+
+#[tokio::test]
+async fn a_restart_after_a_producer_state_snapshot_scans_only_what_came_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let (b, addr) = start_broker_on(
+        dir.path(),
+        BrokerConfig::default(),
+        store.clone(),
+        stream_config(),
+    )
+    .await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    create_topic(&mut c, "snap", &[]).await;
+    let pid = init_producer_id(&mut c, 4).await.producer_id.0;
+    for seq in [0, 2] {
+        assert_eq!(
+            produce(&mut c, "snap", batch(pid, 0, seq, 2))
+                .await
+                .error_code,
+            0
+        );
+    }
+    assert!(b.snapshot_producer_states_now().await >= 1);
+    assert_eq!(
+        produce(&mut c, "snap", batch(pid, 0, 4, 2))
+            .await
+            .error_code,
+        0
+    );
+    drop(c);
+    b.shutdown().await;
+
+    let (b, addr) =
+        start_broker_on(dir.path(), BrokerConfig::default(), store, stream_config()).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    // Batches from before and after the snapshot are both still recognised.
+    let before = produce(&mut c, "snap", batch(pid, 0, 0, 2)).await;
+    assert_eq!((before.error_code, before.base_offset), (0, 0));
+    let after = produce(&mut c, "snap", batch(pid, 0, 4, 2)).await;
+    assert_eq!((after.error_code, after.base_offset), (0, 4));
+    assert_eq!(b.producer_state_loaded_from("snap", 0), Some(4));
+}

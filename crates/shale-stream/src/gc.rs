@@ -60,8 +60,12 @@ pub(crate) async fn collect(inner: &Inner) -> Result<GcReport, StreamError> {
     let min_age = i64::try_from(inner.config.gc_min_age.as_millis()).unwrap_or(i64::MAX);
     let horizon = now_ms().saturating_sub(min_age);
     let mut orphans = Vec::new();
+    let prefix = inner.config.object_prefix();
     for m in listed {
-        if referenced.contains(m.location.as_ref()) {
+        // An attachment lives as long as its stream.
+        let attached = crate::attachments::stream_of(&prefix, m.location.as_ref())
+            .is_some_and(|id| inner.catalog.stream(id).is_some());
+        if attached || referenced.contains(m.location.as_ref()) {
             report.referenced += 1;
         } else if m.last_modified.timestamp_millis() > horizon {
             report.too_young += 1;

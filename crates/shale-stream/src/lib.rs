@@ -18,6 +18,7 @@ pub mod local;
 pub mod memory;
 pub mod object;
 
+mod attachments;
 mod block_cache;
 mod compaction;
 mod gc;

@@ -1686,6 +1686,29 @@ mod hygiene {
     }
 
     #[tokio::test]
+    async fn an_attachment_is_replaced_kept_by_gc_while_its_stream_lives_then_collected() {
+        let env = Env::new(clustered());
+        let s = env.store.open(1).await.unwrap();
+        append_n(&s, 1, 1, 10).await;
+        assert_eq!(s.get_attachment("state").await.unwrap(), None);
+        s.put_attachment("state", Bytes::from_static(b"one"))
+            .await
+            .unwrap();
+        s.put_attachment("state", Bytes::from_static(b"two"))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get_attachment("state").await.unwrap().as_deref(),
+            Some(&b"two"[..])
+        );
+        let r = env.store.collect_garbage_now().await.unwrap();
+        assert_eq!(r.deleted, 0, "{r:?}");
+        env.catalog.delete_stream(1).await.unwrap();
+        let _ = env.store.collect_garbage_now().await.unwrap();
+        assert!(env.bucket.keys("t/c1/attach").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn garbage_collection_keeps_orphans_younger_than_the_horizon() {
         let env = Env::new(StreamConfig {
             gc_min_age: Duration::from_secs(3600),

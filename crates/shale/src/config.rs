@@ -51,6 +51,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("log.cleaner.backoff.ms", "15000"),
     ("producer.id.expiration.ms", "86400000"),
     ("producer.id.expiration.check.interval.ms", "600000"),
+    ("producer.state.snapshot.interval.ms", "60000"),
     ("transaction.max.timeout.ms", "900000"),
     ("transactional.id.expiration.ms", "604800000"),
     (

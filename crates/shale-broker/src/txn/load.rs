@@ -9,14 +9,50 @@ use shale_stream::{Stream, StreamError};
 /// Bytes read per step of the scan.
 const SCAN_CHUNK: usize = 4 << 20;
 
-/// The producer state of `stream` as its stored batches leave it.
+/// A partition's producer state as loaded.
+pub(crate) struct Loaded {
+    pub states: ProducerStates,
+    /// Offset of the snapshot used (0 without one).
+    pub snapshot_offset: u64,
+    /// Where the scan of stored batches started.
+    pub scanned_from: u64,
+}
+
+/// The producer state of `stream` as its stored batches leave it: from its snapshot (see
+/// `snapshot`) and a scan of the batches after it, or a scan of the whole stream.
 pub(crate) async fn producer_states(
     broker: &Broker,
     stream: &Stream,
-) -> Result<ProducerStates, StreamError> {
-    let mut states = ProducerStates::default();
+) -> Result<Loaded, StreamError> {
     let end = stream.end_offset();
-    let mut pos = stream.start_offset();
+    let start = stream.start_offset();
+    let snapshot = match stream.get_attachment(super::snapshot::NAME).await {
+        Ok(Some(data)) => match super::snapshot::decode(&data) {
+            // A snapshot past the end would describe batches the stream does not have.
+            Some((states, offset)) if offset <= end => Some((states, offset)),
+            Some((_, offset)) => {
+                tracing::warn!(
+                    stream = stream.id(),
+                    offset,
+                    end,
+                    "producer-state snapshot beyond the stream's end: scanning it all"
+                );
+                None
+            }
+            None => {
+                tracing::warn!(
+                    stream = stream.id(),
+                    "unreadable producer-state snapshot: scanning the stream"
+                );
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => return Err(e),
+    };
+    let (mut states, snapshot_offset) = snapshot.unwrap_or_default();
+    let mut pos = snapshot_offset.max(start);
+    let scanned_from = pos;
     let mut batches = 0u64;
     while pos < end {
         let records = match stream.read(pos, SCAN_CHUNK).await {
@@ -65,10 +101,16 @@ pub(crate) async fn producer_states(
     );
     tracing::debug!(
         stream = stream.id(),
+        snapshot_offset,
+        scanned_from,
         batches,
         producers = states.producers().count(),
         expired,
         "producer state loaded"
     );
-    Ok(states)
+    Ok(Loaded {
+        states,
+        snapshot_offset,
+        scanned_from,
+    })
 }

@@ -21,5 +21,6 @@ pub(crate) mod metadata;
 pub(crate) mod producer_ids;
 pub(crate) mod producers;
 pub(crate) mod records;
+pub(crate) mod snapshot;
 #[cfg(test)]
 mod tests;

@@ -181,6 +181,30 @@ impl ProducerStates {
         self.producers.get(&id)
     }
 
+    /// Nothing to remember: no producer, no aborted transaction.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.producers.is_empty() && self.aborted.is_empty()
+    }
+
+    /// Puts back a producer read from a snapshot.
+    pub(crate) fn restore_producer(&mut self, id: i64, entry: ProducerEntry) {
+        if let Some(first) = entry.txn_first_offset {
+            self.ongoing.insert(first, id);
+        }
+        self.producers.insert(id, entry);
+    }
+
+    /// Puts back an aborted transaction read from a snapshot (in marker order).
+    pub(crate) fn restore_aborted(&mut self, a: AbortedTxn) {
+        if self
+            .aborted
+            .last()
+            .is_none_or(|l| l.last_offset <= a.last_offset)
+        {
+            self.aborted.push(a);
+        }
+    }
+
     pub(crate) fn producers(&self) -> impl Iterator<Item = (i64, &ProducerEntry)> {
         self.producers.iter().map(|(id, e)| (*id, e))
     }
