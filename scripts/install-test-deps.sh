@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, and only what is missing (safe to run again):
-#   PyPI:   moto[server] (a real S3 server), confluent-kafka, pytest, pytest-timeout
+#   PyPI:   moto[server] (a real S3 server), confluent-kafka, kafka-python, pytest, pytest-timeout
 #   Debian: kcat (librdkafka 2.0.2: old protocol versions), nodejs + npm when absent
 #   npm:    tests/js (kafkajs, pinned in tests/js/package.json + package-lock.json)
+#   Maven:  tests/java (kafka-clients + kafka-streams, pinned in tests/java/pom.xml), built
+#           with `mvn -q -B package` when java and mvn are on PATH; with SHALE_TEST_BROKER=kafka
+#           also tests/java/reference (the Apache Kafka broker the client tests are checked
+#           against)
 # Everything comes from the registries by package name; nothing is vendored.
 set -euo pipefail
 
@@ -13,6 +17,7 @@ PYTHON="${PYTHON:-python3}"
 PY_PINS=(
     "moto 5.2.5 moto[server]==5.2.5"
     "confluent-kafka 2.16.1 confluent-kafka==2.16.1"
+    "kafka-python 3.0.12 kafka-python==3.0.12"
     "pytest 9.2.0 pytest==9.2.0"
     "pytest-timeout 2.4.0 pytest-timeout==2.4.0"
 )
@@ -102,4 +107,29 @@ if [ -f "$JS/package.json" ]; then
     fi
 fi
 log "npm: $((SECONDS - t))s"
+
+# ---- Maven (tests/java, tests/java/reference) -----------------------------------------------
+# mvn_build DIR: `mvn -q -B package` in DIR unless its target/ was built from the same pom and
+# sources (a stamp of their hash next to target/classpath.txt).
+mvn_build() {
+    local dir="$1" stamp="$1/target/.shale-built" want
+    want="$(cd "$dir" && { cat pom.xml; if [ -d src ]; then find src -type f | sort | xargs cat; fi; } | sha256sum | cut -d' ' -f1)"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -f "$dir/target/classpath.txt" ]; then
+        log "maven: ${dir#"$ROOT"/} built"
+    else
+        log "mvn -q -B package in ${dir#"$ROOT"/}"
+        (cd "$dir" && mvn -q -B package)
+        echo "$want" >"$stamp"
+    fi
+}
+t=$SECONDS
+if command -v java >/dev/null && command -v mvn >/dev/null; then
+    mvn_build "$ROOT/tests/java"
+    if [ "${SHALE_TEST_BROKER:-shale}" = kafka ]; then
+        mvn_build "$ROOT/tests/java/reference"
+    fi
+else
+    log "no java/mvn on PATH: tests/java not built (its tests are skipped)"
+fi
+log "maven: $((SECONDS - t))s"
 log "all test dependencies present ($((SECONDS - t_total))s)"

@@ -164,3 +164,31 @@ def assert_contiguous(records: list[Record], start: int = 0):
     offsets = [r.offset for r in records]
     assert offsets == list(range(start, start + len(records))), \
         f"offsets not contiguous from {start}: first {offsets[:5]} ... last {offsets[-5:]}"
+
+
+def read_to_end(bootstrap: str, topic: str, partitions, isolation: str = "read_committed",
+                timeout: float = TIMEOUT) -> dict[int, list[Record]]:
+    """Every record of each partition from offset 0 to its end as `isolation` sees it (the
+    last stable offset under read_committed): reads until librdkafka reports the end of
+    every partition. Unlike consume(), needs no end offset up front, so it stops correctly
+    when a partition ends in transaction markers (control records, never returned)."""
+    partitions = list(partitions)
+    c = consumer(bootstrap, **{"isolation.level": isolation, "enable.partition.eof": True})
+    try:
+        c.assign([TopicPartition(topic, p, 0) for p in partitions])
+        out = {p: [] for p in partitions}
+        pending = set(partitions)
+        deadline = time.monotonic() + timeout
+        while pending:
+            assert time.monotonic() < deadline, f"read_to_end timed out: partitions {sorted(pending)} not at the end"
+            for m in c.consume(1000, 1.0):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        pending.discard(m.partition())
+                        continue
+                    raise KafkaException(m.error())
+                out[m.partition()].append(Record(m.partition(), m.offset(), m.key(), m.value(), m.headers(),
+                                                 m.timestamp()[1]))
+        return out
+    finally:
+        c.close()

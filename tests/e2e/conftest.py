@@ -7,6 +7,13 @@
   mode="dev"), waits until ApiVersions + Metadata are answered; returns a harness.Shale with
   kill9() / terminate() / restart() / objects() / log_tail().
 - `broker`: one default serve broker; `dev_broker`: one `shale dev`.
+- `java_cli`: the Java clients of tests/java (kafka-clients, kafka-streams), or a skip when
+  that jar is not built (scripts/install-test-deps.sh builds it).
+
+SHALE_TEST_BROKER=kafka: `shale_factory` starts the reference, an Apache Kafka 4.x broker
+(harness.KafkaBroker; Shale-specific settings are ignored), so that a test's claim about Kafka
+behaviour can be checked against Kafka itself. Meant for the client tests (test_java.py,
+test_kafka_python.py, test_transactions.py); tests of Shale internals fail there.
 
 Every process is killed on teardown. When a test fails, the tail of each of its brokers'
 logs is attached to the failure report.
@@ -42,6 +49,10 @@ def shale_factory(request, moto, tmp_path):
 
     def make(settings: dict | None = None, env: dict | None = None, mode: str = "serve",
              start: bool = True, name: str | None = None, s3: bool = True) -> harness.Shale:
+        if harness.reference_broker():
+            node = harness.KafkaBroker(tmp_path / f"kafka{len(created) + 1}")
+            created.append(node)
+            return node.start() if start else node
         name = name or f"shale{len(created) + 1}"
         node = harness.Shale(tmp_path / name, mode=mode, moto=moto if (s3 and mode == "serve") else None,
                              settings=settings, env=env, name=name)
@@ -63,6 +74,16 @@ def broker(shale_factory) -> harness.Shale:
 @pytest.fixture
 def dev_broker(shale_factory) -> harness.Shale:
     return shale_factory(mode="dev")
+
+
+@pytest.fixture(scope="session")
+def java_cli():
+    import javaclients
+    cli = javaclients.JavaClients.built()
+    if cli is None:
+        pytest.skip(f"tests/java is not built ({javaclients.JAVA_DIR}/target/classpath.txt missing): "
+                    "run scripts/install-test-deps.sh")
+    return cli
 
 
 @pytest.hookimpl(hookwrapper=True)

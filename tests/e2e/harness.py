@@ -1,4 +1,5 @@
-"""Processes the end-to-end tests run: a moto S3 server and `shale` nodes.
+"""Processes the end-to-end tests run: a moto S3 server and `shale` nodes, or (as the
+reference the tests are validated against) an Apache Kafka broker.
 
 Used by conftest.py (fixtures) and by scripts/crash-check.py. Every process is started in
 its own session and killed on teardown (and at interpreter exit, as a safety net).
@@ -319,3 +320,157 @@ class Shale:
         """The objects this node's bucket holds (S3 mode)."""
         assert self.moto is not None and self.bucket
         return self.moto.objects(self.bucket)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def java_classpath(pom_dir: Path) -> str | None:
+    """`target/classpath.txt` written by `mvn package` in pom_dir (tests/java,
+    tests/java/reference), or None when that project is not built."""
+    f = Path(pom_dir) / "target" / "classpath.txt"
+    return f.read_text().strip() if f.is_file() else None
+
+
+KAFKA_REFERENCE = REPO / "tests" / "java" / "reference"
+
+
+class KafkaBroker:
+    """The reference: one Apache Kafka 4.x broker in KRaft combined mode (broker and
+    controller in one JVM, `kafka.Kafka` on the classpath that tests/java/reference
+    resolves), on loopback. The same lifecycle as Shale: start / kill9 / terminate /
+    restart keep its port and log dir. Every request is logged (kafka.request.logger at
+    DEBUG) to `request.log`; requests() reads it back."""
+
+    # Broker settings of a single-node cluster: internal topics with one replica.
+    DEFAULTS = {
+        "process.roles": "broker,controller",
+        "node.id": 1,
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "offsets.topic.replication.factor": 1,
+        "transaction.state.log.replication.factor": 1,
+        "transaction.state.log.min.isr": 1,
+        "share.coordinator.state.topic.replication.factor": 1,
+        "group.initial.rebalance.delay.ms": 0,
+    }
+    JVM = ["-Xms256m", "-Xmx768m", "-XX:+UseG1GC"]
+
+    def __init__(self, workdir: Path, settings: dict | None = None, name: str = "kafka"):
+        self.name = name
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.workdir / "data"
+        self.port = free_port()
+        self.controller_port = free_port()
+        self.settings = dict(self.DEFAULTS)
+        self.settings.update({
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "log.dirs": str(self.data_dir),
+        })
+        self.settings.update(settings or {})
+        self.log = self.workdir / f"{name}.log"
+        self.request_log = self.workdir / "request.log"
+        self.config_path = self.workdir / "server.properties"
+        self.log4j_path = self.workdir / "log4j2.properties"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.moto = None
+        self.bucket = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @staticmethod
+    def classpath() -> str:
+        cp = java_classpath(KAFKA_REFERENCE)
+        if cp is None:
+            raise RuntimeError(f"no Apache Kafka classpath at {KAFKA_REFERENCE}/target: run "
+                               "`SHALE_TEST_BROKER=kafka scripts/install-test-deps.sh`")
+        return cp
+
+    def _java(self, main: str, *args) -> list[str]:
+        return ["java", *self.JVM, "-cp", self.classpath(),
+                f"-Dlog4j2.configurationFile={self.log4j_path}", f"-Dkafka.logs.dir={self.workdir}",
+                main, *args]
+
+    def _write_config(self):
+        self.config_path.write_text("".join(f"{k}={v}\n" for k, v in self.settings.items()))
+        self.log4j_path.write_text(
+            "status = warn\n"
+            "appender.out.type = Console\nappender.out.name = out\n"
+            "appender.out.layout.type = PatternLayout\nappender.out.layout.pattern = [%d] %p %m (%c)%n\n"
+            "appender.req.type = File\nappender.req.name = req\n"
+            f"appender.req.fileName = {self.request_log}\n"
+            "appender.req.layout.type = PatternLayout\nappender.req.layout.pattern = %m%n\n"
+            "rootLogger.level = info\nrootLogger.appenderRef.out.ref = out\n"
+            "logger.req.name = kafka.request.logger\nlogger.req.level = debug\n"
+            "logger.req.additivity = false\nlogger.req.appenderRef.req.ref = req\n")
+
+    def _format(self):
+        """kafka-storage format: a cluster id and the bootstrap metadata, once."""
+        cluster_id = subprocess.run(self._java("kafka.tools.StorageTool", "random-uuid"), check=True,
+                                    capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        r = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
+                                      "-c", str(self.config_path)), capture_output=True, text=True)
+        with open(self.log, "a") as f:
+            f.write(f"===== format: {r.stdout}{r.stderr}\n")
+        if r.returncode != 0:
+            raise RuntimeError(f"kafka-storage format failed ({r.returncode}): {r.stdout}{r.stderr}")
+
+    def start(self, wait: bool = True, timeout: float = 90.0) -> "KafkaBroker":
+        assert not self.running(), "already running"
+        self._write_config()
+        if not (self.data_dir / "meta.properties").exists():
+            self._format()
+        cmd = self._java("kafka.Kafka", str(self.config_path))
+        self.starts += 1
+        with open(self.log, "ab") as f:
+            f.write(f"\n===== start #{self.starts}: {' '.join(cmd)}\n".encode())
+        self.proc = _spawn(cmd, self.log)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    wait_ready = Shale.wait_ready
+    kill9 = Shale.kill9
+    terminate = Shale.terminate
+    stop = Shale.stop
+    log_tail = Shale.log_tail
+
+    def restart(self, timeout: float = 90.0) -> "KafkaBroker":
+        if self.running():
+            self.terminate()
+        return self.start(timeout=timeout)
+
+    def requests(self) -> list[dict]:
+        """Every request logged so far: {"client_id", "api", "version", "request"}."""
+        out = []
+        try:
+            lines = self.request_log.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return out
+        for line in lines:
+            i = line.find("{")
+            if not line.startswith("Completed request:") or i < 0:
+                continue
+            try:
+                d = json.loads(line[i:])
+            except ValueError:
+                continue
+            h = d.get("requestHeader", {})
+            out.append({"client_id": h.get("clientId"), "api": h.get("requestApiKeyName"),
+                        "version": h.get("requestApiVersion"), "request": d.get("request")})
+        return out
+
+
+def reference_broker() -> bool:
+    """SHALE_TEST_BROKER=kafka: the fixtures start Apache Kafka instead of Shale."""
+    return os.environ.get("SHALE_TEST_BROKER", "shale") == "kafka"
