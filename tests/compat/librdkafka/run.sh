@@ -119,6 +119,21 @@ mkdir -p "$WORK/cwd" "$WORK/kafka/bin"
 ln -s "$RDK_DIR/src" "$WORK/src"
 printf '#!/bin/sh\nexec "%s" "$@"\n' "$SHIM" >"$WORK/kafka/bin/kafka-topics.sh"
 chmod +x "$WORK/kafka/bin/kafka-topics.sh"
+# 0098 drives a Java transactional producer (librdkafka's tests/java/
+# TransactionProducerCli.java): test_run_java runs `make -s java` in the working
+# directory, then java/run-class.sh, which calls $KAFKA_PATH/bin/kafka-run-class.sh.
+# The kafka-clients classpath is the one scripts/install-test-deps.sh resolves for
+# tests/java from Maven Central.
+JAVA_CP_FILE="$HERE/../../java/target/classpath.txt"
+if command -v javac >/dev/null && [ -s "$JAVA_CP_FILE" ]; then
+    JAVA_CP="$(cat "$JAVA_CP_FILE")"
+    mkdir -p "$WORK/cwd/java"
+    cp "$TDIR/java/TransactionProducerCli.java" "$TDIR/java/run-class.sh" "$WORK/cwd/java/"
+    printf 'java: java/TransactionProducerCli.class\njava/TransactionProducerCli.class: java/TransactionProducerCli.java\n\tjavac -nowarn -classpath "%s" java/TransactionProducerCli.java\n' \
+        "$JAVA_CP" >"$WORK/cwd/Makefile"
+    printf '#!/bin/sh\nexec java -cp "$CLASSPATH:%s" "$@"\n' "$JAVA_CP" >"$WORK/kafka/bin/kafka-run-class.sh"
+    chmod +x "$WORK/kafka/bin/kafka-run-class.sh"
+fi
 [ -n "$LOG_DIR" ] || LOG_DIR="$WORK/logs"
 mkdir -p "$LOG_DIR"
 BROKER_PID=""; BROKER_N=0; PORT=""
