@@ -10,7 +10,8 @@ pub mod handlers;
 mod partitions;
 mod retention;
 pub mod topic_config;
-mod txn;
+#[doc(hidden)]
+pub mod txn;
 
 pub use compaction::CleanerStats;
 pub use config::BrokerConfig;

@@ -438,3 +438,190 @@ async fn a_transaction_timeout_above_the_broker_maximum_is_invalid() {
         ResponseError::InvalidTransactionTimeout.code()
     );
 }
+
+#[tokio::test]
+async fn describe_and_list_transactions_show_an_ongoing_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, addr) = broker_with_topic(dir.path(), memory(), config()).await;
+    let mut p = Client::connect(addr, "tx-describe").await;
+    let init = p.init(60_000).await;
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    assert_eq!(p.add_partition(pid, epoch).await, 0);
+    assert_eq!(
+        p.produce(txn_batch(pid, epoch, 0, &["d"])).await.error_code,
+        0
+    );
+
+    let req = DescribeTransactionsRequest::default()
+        .with_transactional_ids(vec![TransactionalId(name("tx-describe"))]);
+    let ResponseKind::DescribeTransactions(d) = call(
+        &mut p.conn,
+        ApiKey::DescribeTransactions,
+        0,
+        RequestKind::DescribeTransactions(req),
+    )
+    .await
+    else {
+        panic!("not a DescribeTransactions response");
+    };
+    let t = &d.transaction_states[0];
+    assert_eq!((t.error_code, t.transaction_state.as_str()), (0, "Ongoing"));
+    assert_eq!((t.producer_id.0, t.producer_epoch), (pid, epoch));
+    assert_eq!(t.topics[0].topic.0.as_str(), TOPIC);
+
+    let req = ListTransactionsRequest::default()
+        .with_state_filters(vec![name("Ongoing"), name("Nonsense")])
+        .with_duration_filter(-1);
+    let ResponseKind::ListTransactions(l) = call(
+        &mut p.conn,
+        ApiKey::ListTransactions,
+        1,
+        RequestKind::ListTransactions(req),
+    )
+    .await
+    else {
+        panic!("not a ListTransactions response");
+    };
+    assert_eq!(l.error_code, 0);
+    assert!(
+        l.transaction_states
+            .iter()
+            .any(|t| t.transactional_id.0.as_str() == "tx-describe")
+    );
+    assert_eq!(l.unknown_state_filters, vec![name("Nonsense")]);
+
+    let req = DescribeProducersRequest::default().with_topics(vec![
+        describe_producers_request::TopicRequest::default()
+            .with_name(TopicName(name(TOPIC)))
+            .with_partition_indexes(vec![0]),
+    ]);
+    let ResponseKind::DescribeProducers(dp) = call(
+        &mut p.conn,
+        ApiKey::DescribeProducers,
+        0,
+        RequestKind::DescribeProducers(req),
+    )
+    .await
+    else {
+        panic!("not a DescribeProducers response");
+    };
+    let producers = &dp.topics[0].partitions[0].active_producers;
+    assert_eq!(producers.len(), 1);
+    assert_eq!(producers[0].producer_id.0, pid);
+    assert_eq!(producers[0].last_sequence, 0);
+    assert_eq!(producers[0].current_txn_start_offset, 0);
+}
+
+/// Commits `offset` for the group inside the producer's transaction.
+async fn txn_offset_commit(c: &mut Client, pid: i64, epoch: i16, group: &str, offset: i64) -> i16 {
+    let req = AddOffsetsToTxnRequest::default()
+        .with_transactional_id(TransactionalId(name(&c.txn_id)))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
+        .with_group_id(GroupId(name(group)));
+    let ResponseKind::AddOffsetsToTxn(r) = call(
+        &mut c.conn,
+        ApiKey::AddOffsetsToTxn,
+        3,
+        RequestKind::AddOffsetsToTxn(req),
+    )
+    .await
+    else {
+        panic!("not an AddOffsetsToTxn response");
+    };
+    assert_eq!(r.error_code, 0);
+    let req = TxnOffsetCommitRequest::default()
+        .with_transactional_id(TransactionalId(name(&c.txn_id)))
+        .with_group_id(GroupId(name(group)))
+        .with_producer_id(ProducerId(pid))
+        .with_producer_epoch(epoch)
+        .with_generation_id(-1)
+        .with_topics(vec![
+            txn_offset_commit_request::TxnOffsetCommitRequestTopic::default()
+                .with_name(TopicName(name(TOPIC)))
+                .with_partitions(vec![
+                    txn_offset_commit_request::TxnOffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(offset),
+                ]),
+        ]);
+    let ResponseKind::TxnOffsetCommit(r) = call(
+        &mut c.conn,
+        ApiKey::TxnOffsetCommit,
+        3,
+        RequestKind::TxnOffsetCommit(req),
+    )
+    .await
+    else {
+        panic!("not a TxnOffsetCommit response");
+    };
+    r.topics[0].partitions[0].error_code
+}
+
+/// The group's committed offset of partition 0 (OffsetFetch v7, `require_stable`).
+async fn stable_offset(conn: &mut TcpStream, group: &str) -> (i16, i64) {
+    let req = OffsetFetchRequest::default()
+        .with_group_id(GroupId(name(group)))
+        .with_require_stable(true)
+        .with_topics(Some(vec![
+            offset_fetch_request::OffsetFetchRequestTopic::default()
+                .with_name(TopicName(name(TOPIC)))
+                .with_partition_indexes(vec![0]),
+        ]));
+    let ResponseKind::OffsetFetch(r) =
+        call(conn, ApiKey::OffsetFetch, 7, RequestKind::OffsetFetch(req)).await
+    else {
+        panic!("not an OffsetFetch response");
+    };
+    let p = &r.topics[0].partitions[0];
+    (p.error_code, p.committed_offset)
+}
+
+#[tokio::test]
+async fn transactional_offsets_count_at_the_commit_and_are_unstable_until_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = memory();
+    let (b, addr) = broker_with_topic(dir.path(), store.clone(), config()).await;
+    let mut p = Client::connect(addr, "tx-offsets").await;
+    let init = p.init(60_000).await;
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    assert_eq!(
+        txn_offset_commit(&mut p, pid, epoch, "eos-group", 42).await,
+        0
+    );
+    let mut reader = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(
+        stable_offset(&mut reader, "eos-group").await.0,
+        ResponseError::UnstableOffsetCommit.code()
+    );
+    assert_eq!(p.end(pid, epoch, true).await, 0);
+    let mut got = (-1, -1);
+    for _ in 0..100 {
+        got = stable_offset(&mut reader, "eos-group").await;
+        if got.0 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(got, (0, 42));
+
+    // An aborted transaction's offsets never count, and the committed one survives a restart.
+    assert_eq!(
+        txn_offset_commit(&mut p, pid, epoch, "eos-group", 99).await,
+        0
+    );
+    assert_eq!(p.end(pid, epoch, false).await, 0);
+    drop((p, reader));
+    b.shutdown().await;
+    let (_b, addr) = broker_with_topic(dir.path(), store, config()).await;
+    let mut reader = TcpStream::connect(addr).await.unwrap();
+    let mut got = (-1, -1);
+    for _ in 0..100 {
+        got = stable_offset(&mut reader, "eos-group").await;
+        if got.0 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, (0, 42));
+}

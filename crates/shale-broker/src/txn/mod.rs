@@ -24,3 +24,18 @@ pub(crate) mod records;
 pub(crate) mod snapshot;
 #[cfg(test)]
 mod tests;
+
+/// Runs every decoder of data the broker reads back from storage for transactions (the
+/// `__transaction_state` records, producer-state snapshots, transaction markers, the
+/// `__consumer_offsets` transactional view) on `data`: the fuzz target `stored_decode`.
+/// None of them may panic or allocate more than the input backs.
+#[doc(hidden)]
+pub fn fuzz_stored_decoders(data: &[u8]) {
+    let split = data.first().map_or(0, |b| usize::from(*b)).min(data.len());
+    let (key, value) = data.split_at(split);
+    let _ = records::TxnLogRecord::decode(key, Some(value));
+    let _ = records::TxnLogRecord::decode(data, None);
+    let _ = snapshot::decode(data);
+    let _ = shale_protocol::control::parse_marker(data);
+    let _ = crate::groups::records::decode_stored(bytes::Bytes::copy_from_slice(data));
+}
