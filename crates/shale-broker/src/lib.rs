@@ -110,11 +110,13 @@ impl Broker {
         let _ = self.shutdown.send(true);
         // A fresh producer-state snapshot spares the next start its scan; bounded, so a
         // failing store cannot hold the shutdown.
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            self.snapshot_producer_states_now(),
-        )
-        .await;
+        if !self.config.producer_state_snapshot_interval.is_zero() {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                self.snapshot_producer_states_now(),
+            )
+            .await;
+        }
         self.groups.unload_all();
         self.streams.shutdown().await;
         for task in self.tasks.lock().drain(..) {

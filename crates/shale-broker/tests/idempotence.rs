@@ -218,13 +218,12 @@ async fn duplicates_are_still_recognised_after_a_restart() {
 async fn a_restart_after_a_producer_state_snapshot_scans_only_what_came_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    let (b, addr) = start_broker_on(
-        dir.path(),
-        BrokerConfig::default(),
-        store.clone(),
-        stream_config(),
-    )
-    .await;
+    // No periodic or shutdown snapshots: only the one taken below.
+    let config = || BrokerConfig {
+        producer_state_snapshot_interval: Duration::ZERO,
+        ..BrokerConfig::default()
+    };
+    let (b, addr) = start_broker_on(dir.path(), config(), store.clone(), stream_config()).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     create_topic(&mut c, "snap", &[]).await;
     let pid = init_producer_id(&mut c, 4).await.producer_id.0;
@@ -246,8 +245,7 @@ async fn a_restart_after_a_producer_state_snapshot_scans_only_what_came_after_it
     drop(c);
     b.shutdown().await;
 
-    let (b, addr) =
-        start_broker_on(dir.path(), BrokerConfig::default(), store, stream_config()).await;
+    let (b, addr) = start_broker_on(dir.path(), config(), store, stream_config()).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     // Batches from before and after the snapshot are both still recognised.
     let before = produce(&mut c, "snap", batch(pid, 0, 0, 2)).await;
