@@ -48,7 +48,7 @@ const TOO_MANY_PARTITIONS_MESSAGE: &str = "Excessively large number of partition
 
 /// Kafka's internal topics: written only by the broker itself.
 pub fn is_internal(name: &str) -> bool {
-    name == crate::groups::OFFSETS_TOPIC || name == "__transaction_state"
+    name == crate::groups::OFFSETS_TOPIC || name == crate::txn::glue::TXN_TOPIC
 }
 
 /// Kafka's topic name rules: 1..=249 chars of `[a-zA-Z0-9._-]`, not `.` or `..`.
