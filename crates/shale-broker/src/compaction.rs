@@ -234,6 +234,7 @@ async fn clean_partition(
         .map(|e| decode_entry(e, policy.decompression_cap))
         .collect();
     let mut latest: HashMap<Bytes, i64> = HashMap::new();
+    let guard = TxnGuard::of_window(&entries, policy.decompression_cap);
     for sets in decoded.iter().flatten() {
         for set in sets {
             for r in &set.records {
@@ -255,7 +256,13 @@ async fn clean_partition(
             out.push(entry);
             continue;
         }
-        match rewrite_entry(&entry, &latest, tombstone_cutoff, policy.decompression_cap) {
+        match rewrite_entry(
+            &entry,
+            &latest,
+            &guard,
+            tombstone_cutoff,
+            policy.decompression_cap,
+        ) {
             Ok(Rewritten::Unchanged) => out.push(entry),
             Ok(Rewritten::Dropped(n)) => removed += n,
             Ok(Rewritten::Smaller(e, n)) => {
@@ -312,9 +319,56 @@ enum Rewritten {
     Smaller(StreamRecord, usize),
 }
 
+/// What the cleaner must not remove because transactions and idempotent producers rely on
+/// it (transactional batches themselves are never rewritten):
+/// - records of keys a transactional batch in the window also wrote: a plain record or
+///   tombstone there may be what supersedes (or is superseded by) the transactional one,
+///   and removing it could bring an older transactional value back;
+/// - each producer's last batch in the window, kept (empty when all its records go) so a
+///   partition rebuilding its producer state from the stream still sees that producer's
+///   last sequence (Kafka's cleaner keeps it the same way).
+#[derive(Default)]
+struct TxnGuard {
+    keys: std::collections::HashSet<Bytes>,
+    /// An undecodable transactional batch: protect every key.
+    all: bool,
+    /// Producer id -> base offset of its last batch in the window.
+    last_batch: HashMap<i64, i64>,
+}
+
+impl TxnGuard {
+    fn of_window(entries: &[StreamRecord], cap: usize) -> TxnGuard {
+        let mut g = TxnGuard::default();
+        for e in entries {
+            for (h, range) in batch::headers(&e.payload) {
+                if h.producer_id >= 0 && !h.is_control() {
+                    g.last_batch.insert(h.producer_id, h.base_offset);
+                }
+                if !h.is_transactional() || h.is_control() {
+                    continue;
+                }
+                match records::decode_batch_capped(&e.payload[range], cap) {
+                    Ok(set) => g.keys.extend(set.records.into_iter().filter_map(|r| r.key)),
+                    Err(_) => g.all = true,
+                }
+            }
+        }
+        g
+    }
+
+    fn protects_key(&self, key: &[u8]) -> bool {
+        self.all || self.keys.contains(key)
+    }
+
+    fn protects_batch(&self, h: &batch::BatchHeader) -> bool {
+        h.producer_id >= 0 && self.last_batch.get(&h.producer_id) == Some(&h.base_offset)
+    }
+}
+
 fn rewrite_entry(
     entry: &StreamRecord,
     latest: &HashMap<Bytes, i64>,
+    guard: &TxnGuard,
     tombstone_cutoff: i64,
     decompression_cap: usize,
 ) -> Result<Rewritten, String> {
@@ -335,12 +389,24 @@ fn rewrite_entry(
             .filter(|r| match r.key {
                 // Keyless records cannot be compacted (produce rejects them); keep old ones.
                 None => true,
+                Some(k) if guard.protects_key(k) => true,
                 Some(k) => {
                     latest.get(k) == Some(&(h.base_offset + i64::from(r.offset_delta)))
                         && (r.has_value || h.max_timestamp >= tombstone_cutoff)
                 }
             })
             .collect();
+        if kept.is_empty() && guard.protects_batch(&h) {
+            // The producer's last batch stays as an empty batch, as Kafka's cleaner keeps
+            // it: its header (producer id, epoch, sequence range) is producer state.
+            removed += all.len();
+            first = first.min(h.base_offset);
+            last = last.max(h.last_offset());
+            max_ts = max_ts.max(h.max_timestamp);
+            let empty = records::rebuild_batch_as(original, &[], 0).map_err(|e| e.to_string())?;
+            payload.extend_from_slice(&empty);
+            continue;
+        }
         removed += all.len() - kept.len();
         if kept.is_empty() {
             continue;

@@ -49,7 +49,11 @@ impl Broker {
                 .collect()
         });
         for id in ids {
-            self.open_stream(id).await?;
+            // A partition that cannot be opened now (its producer-state scan reads the
+            // object store) opens on first use instead of stopping the node.
+            if let Err(e) = self.open_stream(id).await {
+                tracing::warn!(stream = id, error = %e, "cannot open partition at start; will retry on use");
+            }
         }
         Ok(())
     }

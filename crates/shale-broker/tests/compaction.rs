@@ -116,7 +116,12 @@ async fn fetch_all(
             break;
         }
         for set in RecordBatchDecoder::decode_all(&mut records).unwrap() {
-            batch_bases.push(set.records[0].offset);
+            // A producer's last batch may be left empty by the cleaner (as Kafka's):
+            // consumers skip it.
+            let Some(first) = set.records.first() else {
+                continue;
+            };
+            batch_bases.push(first.offset);
             for rec in set.records {
                 let h = rec
                     .headers

@@ -288,7 +288,7 @@ async fn read_partition(
     }
     let hw = stream.end_offset() as i64;
     let start = stream.start_offset() as i64;
-    let lso = part.owned.producers.lock().last_stable_offset(hw);
+    let lso = part.owned.producers.lock().last_stable_offset(hw, start);
     let upper = if read_committed { lso } else { hw };
     let data = PartitionData::default()
         .with_partition_index(p.partition)

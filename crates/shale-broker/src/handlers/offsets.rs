@@ -57,7 +57,10 @@ pub async fn list_offsets(
                         // offset, so "latest" is the LSO and look-ups stop below it.
                         let hw = part.stream.end_offset() as i64;
                         let fetchable = if req.isolation_level == 1 {
-                            part.owned.producers.lock().last_stable_offset(hw)
+                            part.owned
+                                .producers
+                                .lock()
+                                .last_stable_offset(hw, part.stream.start_offset() as i64)
                         } else {
                             hw
                         };

@@ -275,7 +275,7 @@ async fn wait_durable(
 /// transaction (KIP-890 part 1), so a late retry cannot open a transaction nobody ends.
 fn verify_transactional(
     broker: &Broker,
-    part: &crate::partitions::PartitionRef,
+    producers: &crate::txn::producers::ProducerStates,
     headers: &[BatchHeader],
     transactional_id: Option<&str>,
     topic: &str,
@@ -288,10 +288,7 @@ fn verify_transactional(
                 "transactional records need a transactional id".into(),
             ));
         };
-        let open = part
-            .owned
-            .producers
-            .lock()
+        let open = producers
             .producer(h.producer_id)
             .is_some_and(|e| e.txn_first_offset.is_some() && e.epoch == h.producer_epoch);
         if open {
@@ -300,6 +297,12 @@ fn verify_transactional(
         let tp = crate::txn::metadata::TopicPartition::new(topic, index);
         match crate::txn::glue::verify(broker, txn_id, h.producer_id, h.producer_epoch, &tp) {
             Verified::InTransaction | Verified::Unknown => {}
+            Verified::Loading => {
+                return Err((
+                    ResponseError::NotEnoughReplicas,
+                    format!("the transaction coordinator of {txn_id} is loading; retry"),
+                ));
+            }
             Verified::NotInTransaction => {
                 return Err((
                     ResponseError::InvalidTxnState,
@@ -438,7 +441,14 @@ async fn append_partition(
     };
     let wire_bytes = records.len();
     let headers: Vec<BatchHeader> = batches.iter().map(|(h, _)| *h).collect();
-    verify_transactional(broker, &part, &headers, transactional_id, topic, index)?;
+    if headers.len() > 1 && headers.iter().any(|h| h.producer_id >= 0) {
+        // Kafka refuses more than one batch per partition at Produce v3+; for producers
+        // with ids it matters: a retry of one batch among new ones could not be answered.
+        return Err((
+            ResponseError::InvalidRecord,
+            "a producer with an id must send exactly one record batch per partition".into(),
+        ));
+    }
     let prepared = prepare(records, batches, &limits, now)?;
     // A recompressed batch may be larger than the bytes the permit was reserved for: charge
     // the growth too, or refuse (retriably) when the memory is not there now.
@@ -481,6 +491,9 @@ async fn append_partition(
     // The producer-state check and the append it admits are one step under the partition's
     // append lock (header fields only: no per-record work).
     let mut producers = part.owned.producers.lock();
+    // Under the append lock: a marker cannot close the transaction between this check
+    // and the append (Kafka's VerificationGuard).
+    verify_transactional(broker, &producers, &headers, transactional_id, topic, index)?;
     let update = match producers.check(&headers).map_err(producer_error)? {
         Admit::Append(update) => update,
         Admit::Duplicate(original) => {

@@ -200,7 +200,7 @@ pub type EndTxnRequest_ = kafka_protocol::messages::EndTxnRequest;
 
 pub async fn txn_offset_commit(
     broker: &Arc<Broker>,
-    _version: i16,
+    version: i16,
     req: TxnOffsetCommitRequest,
 ) -> TxnOffsetCommitResponse {
     let all = |code: ResponseError| respond(&req, |_, _| code.code());
@@ -215,7 +215,11 @@ pub async fn txn_offset_commit(
     match glue::verify(broker, &txn_id, req.producer_id.0, req.producer_epoch, &tp) {
         glue::Verified::InTransaction | glue::Verified::Unknown => {}
         glue::Verified::NotInTransaction => return all(ResponseError::InvalidTxnState),
-        glue::Verified::Fenced => return all(ResponseError::ProducerFenced),
+        glue::Verified::Loading => return all(ResponseError::CoordinatorLoadInProgress),
+        // PRODUCER_FENCED exists from TxnOffsetCommit v3; older clients know
+        // INVALID_PRODUCER_EPOCH (as Kafka's KafkaApis maps it).
+        glue::Verified::Fenced if version >= 3 => return all(ResponseError::ProducerFenced),
+        glue::Verified::Fenced => return all(ResponseError::InvalidProducerEpoch),
     }
     let commit = TxnCommitRequest {
         group_id: group,

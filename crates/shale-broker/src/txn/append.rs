@@ -75,6 +75,6 @@ pub(crate) fn append_marker(
         buf.freeze()
     })?;
     m.offset = handle.base_offset as i64;
-    producers.apply_marker(&m);
+    producers.apply_marker(&m, owned.stream.end_offset() as i64);
     Ok((handle.base_offset, handle.durable))
 }

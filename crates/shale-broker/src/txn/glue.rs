@@ -244,6 +244,8 @@ pub(crate) enum Verified {
     NotInTransaction,
     /// The coordinator knows a newer epoch (or another producer id) for the id: a zombie.
     Fenced,
+    /// The coordinator's partition is this node's but not loaded yet: retry.
+    Loading,
     /// The coordinator is not on this node: it cannot be asked yet (Kafka asks it over the
     /// network).
     Unknown,
@@ -259,8 +261,27 @@ pub(crate) fn verify(
     producer_epoch: i16,
     tp: &TopicPartition,
 ) -> Verified {
-    let Ok(part) = broker.txn.get(transactional_id) else {
-        return Verified::Unknown;
+    let part = match broker.txn.get(transactional_id) {
+        Ok(part) => part,
+        Err(TxnError::CoordinatorLoadInProgress) => return Verified::Loading,
+        Err(_) => {
+            // Owned here but not loaded (its open failed and is being retried): not an
+            // answer either way, so the client retries rather than start a transaction
+            // its coordinator may not know.
+            let p = broker.txn.partition_of(transactional_id);
+            let me = broker.config.node_id as u64;
+            let here = broker.meta.read(|s| {
+                s.topics
+                    .get(TXN_TOPIC)
+                    .and_then(|t| t.partitions.get(usize::try_from(p).ok()?))
+                    .is_some_and(|part| part.owner == me)
+            });
+            return if here {
+                Verified::Loading
+            } else {
+                Verified::Unknown
+            };
+        }
     };
     let st = part.state.lock();
     let Some(meta) = st.core.metadata(transactional_id) else {

@@ -52,6 +52,10 @@ pub(crate) async fn producer_states(
     };
     let (mut states, snapshot_offset) = snapshot.unwrap_or_default();
     let mut pos = snapshot_offset.max(start);
+    if pos > snapshot_offset {
+        // Retention moved the start past the snapshot: what happened in between is gone.
+        states.forget_below(pos as i64);
+    }
     let scanned_from = pos;
     let mut batches = 0u64;
     while pos < end {
@@ -61,6 +65,7 @@ pub(crate) async fn producer_states(
             // matters.
             Err(StreamError::OffsetOutOfRange { start, .. }) if start > pos => {
                 pos = start;
+                states.forget_below(pos as i64);
                 continue;
             }
             Err(e) => return Err(e),
@@ -75,14 +80,17 @@ pub(crate) async fn producer_states(
                 }
                 if h.is_control() {
                     match control::parse_marker(&r.payload[range]) {
-                        Ok(Some(m)) => states.apply_marker(&Marker {
-                            producer_id: h.producer_id,
-                            epoch: h.producer_epoch,
-                            commit: m.commit,
-                            coordinator_epoch: m.coordinator_epoch,
-                            offset: h.base_offset,
-                            timestamp: h.max_timestamp,
-                        }),
+                        Ok(Some(m)) => states.apply_marker(
+                            &Marker {
+                                producer_id: h.producer_id,
+                                epoch: h.producer_epoch,
+                                commit: m.commit,
+                                coordinator_epoch: m.coordinator_epoch,
+                                offset: h.base_offset,
+                                timestamp: h.max_timestamp,
+                            },
+                            i64::MIN,
+                        ),
                         Ok(None) => {}
                         Err(e) => {
                             tracing::warn!(stream = stream.id(), offset = h.base_offset, error = %e, "unreadable control batch skipped");
@@ -94,6 +102,8 @@ pub(crate) async fn producer_states(
             }
         }
     }
+    // Prunes the transactions completed during the scan (their markers are durable).
+    let _ = states.last_stable_offset(end as i64, stream.start_offset() as i64);
     let expired = states.expire(
         crate::now_ms(),
         broker.config.producer_id_expiration_ms,

@@ -361,7 +361,10 @@ impl ProducerStates {
     }
 
     /// Records a marker appended at `m.offset`: the producer's transaction here ends.
-    pub(crate) fn apply_marker(&mut self, m: &Marker) {
+    /// `hw` (the high watermark now) prunes markers already durable, so the set of
+    /// completing transactions stays small on partitions nobody fetches.
+    pub(crate) fn apply_marker(&mut self, m: &Marker, hw: i64) {
+        self.completing.retain(|_, marker| *marker >= hw);
         let entry = self
             .producers
             .entry(m.producer_id)
@@ -387,8 +390,10 @@ impl ProducerStates {
     }
 
     /// Kafka's last stable offset for a partition whose high watermark is `hw`: below every
-    /// open transaction, and below any transaction whose marker is not durable yet.
-    pub(crate) fn last_stable_offset(&mut self, hw: i64) -> i64 {
+    /// open transaction, and below any transaction whose marker is not durable yet; never
+    /// below the log start (Kafka's `max(firstUnstableOffset, logStartOffset)`), so a
+    /// transaction trimmed away by retention cannot hold it below readable data.
+    pub(crate) fn last_stable_offset(&mut self, hw: i64, log_start: i64) -> i64 {
         self.completing.retain(|_, marker| *marker >= hw);
         let open = self.ongoing.keys().next().copied();
         let completing = self.completing.keys().next().copied();
@@ -397,6 +402,33 @@ impl ProducerStates {
             .flatten()
             .min()
             .unwrap_or(hw)
+            .max(log_start.min(hw))
+    }
+
+    /// Forgets what the stream no longer holds below `log_start` when the state was not
+    /// rebuilt from it (a snapshot older than the start, or a range skipped while
+    /// scanning): transactions that began there may have ended there too, so they are
+    /// closed (their later batches reopen them), and producers whose batches are all there
+    /// become unknown (KIP-360: their next batch may start at any sequence).
+    pub(crate) fn forget_below(&mut self, log_start: i64) {
+        let stale: Vec<(i64, i64)> = self
+            .ongoing
+            .range(..log_start)
+            .map(|(first, pid)| (*first, *pid))
+            .collect();
+        for (first, pid) in stale {
+            self.ongoing.remove(&first);
+            if let Some(e) = self.producers.get_mut(&pid) {
+                e.txn_first_offset = None;
+            }
+        }
+        self.producers.retain(|_, e| {
+            e.txn_first_offset.is_some()
+                || e.batches.back().is_some_and(|b| b.last_offset >= log_start)
+        });
+        self.completing.retain(|first, _| *first >= log_start);
+        let gone = self.aborted.partition_point(|a| a.last_offset < log_start);
+        self.aborted.drain(..gone);
     }
 
     /// Aborted transactions a read_committed fetch of `[from, to)` must be told about.
@@ -460,7 +492,9 @@ fn check_sequence(
         }
         return Ok(());
     }
-    match entry.last_seq() {
+    // A known producer with no batch remembered at this epoch (its epoch was just bumped
+    // by a marker) starts at 0, as Kafka's `inSequence(NO_SEQUENCE, seq)`.
+    match entry.last_seq().or(Some(-1)) {
         Some(last) if !in_sequence(last, first_seq) => {
             Err(ProducerError::OutOfOrderSequence(format!(
                 "Out of order sequence number for producer {pid} at offset: {first_seq} (incoming seq. number), {last} (current end sequence number)"
@@ -611,11 +645,11 @@ mod tests {
         let (mut s, mut next) = (ProducerStates::default(), 10);
         append(&mut s, &mut next, &batch(1, 0, 0, 2)).unwrap();
         append(&mut s, &mut next, &txn(7, 0, 0, 3)).unwrap();
-        assert_eq!(s.last_stable_offset(next), 12);
-        s.apply_marker(&marker(7, 0, true, next));
+        assert_eq!(s.last_stable_offset(next, 0), 12);
+        s.apply_marker(&marker(7, 0, true, next), 0);
         // Marker at 15 appended; the high watermark is still 15 (marker not durable).
-        assert_eq!(s.last_stable_offset(15), 12);
-        assert_eq!(s.last_stable_offset(16), 16);
+        assert_eq!(s.last_stable_offset(15, 0), 12);
+        assert_eq!(s.last_stable_offset(16, 0), 16);
         assert!(s.aborted().is_empty());
     }
 
@@ -623,7 +657,7 @@ mod tests {
     fn an_aborted_transaction_is_listed_for_fetches_that_cover_it() {
         let (mut s, mut next) = (ProducerStates::default(), 0);
         append(&mut s, &mut next, &txn(7, 0, 0, 3)).unwrap();
-        s.apply_marker(&marker(7, 0, false, 3));
+        s.apply_marker(&marker(7, 0, false, 3), 0);
         let a = AbortedTxn {
             producer_id: 7,
             first_offset: 0,
@@ -652,7 +686,7 @@ mod tests {
         assert!(s.check_marker(&marker(7, 1, true, 1)).is_err());
         let mut m = marker(7, 3, false, 1);
         m.coordinator_epoch = 5;
-        s.apply_marker(&m);
+        s.apply_marker(&m, 0);
         m.coordinator_epoch = 4;
         assert!(matches!(
             s.check_marker(&m),
@@ -668,6 +702,36 @@ mod tests {
         assert_eq!(s.expire(1_000 + 86_400_001, 86_400_000, 0), 1);
         assert!(s.producer(1).is_none());
         assert!(s.producer(2).is_some());
+    }
+
+    #[test]
+    fn a_transaction_trimmed_away_before_a_reload_does_not_hold_the_last_stable_offset() {
+        // Snapshot at 10 with a transaction open since 2; retention then moved the start to
+        // 20, past its (unknown) end: on reload it is forgotten, and its later batches
+        // would open it again.
+        let (mut s, mut next) = (ProducerStates::default(), 2);
+        append(&mut s, &mut next, &txn(7, 0, 0, 1)).unwrap();
+        append(&mut s, &mut next, &batch(8, 0, 0, 1)).unwrap();
+        s.forget_below(20);
+        assert_eq!(s.last_stable_offset(30, 20), 30);
+        assert!(s.producer(7).is_none() && s.producer(8).is_none());
+        // And the LSO is never below the log start, whatever is open.
+        let (mut s, mut next) = (ProducerStates::default(), 2);
+        append(&mut s, &mut next, &txn(7, 0, 0, 1)).unwrap();
+        assert_eq!(s.last_stable_offset(30, 20), 20);
+    }
+
+    #[test]
+    fn a_known_producer_at_a_fresh_epoch_starts_at_sequence_zero() {
+        let (mut s, mut next) = (ProducerStates::default(), 0);
+        append(&mut s, &mut next, &txn(7, 0, 0, 1)).unwrap();
+        // An abort marker from a fencing coordinator bumps the epoch to 1.
+        s.apply_marker(&marker(7, 1, false, next), 0);
+        assert!(matches!(
+            append(&mut s, &mut next, &batch(7, 1, 5, 1)),
+            Err(ProducerError::OutOfOrderSequence(_))
+        ));
+        append(&mut s, &mut next, &batch(7, 1, 0, 1)).unwrap();
     }
 
     #[test]

@@ -264,14 +264,17 @@ mod tests {
         let mut s = ProducerStates::default();
         s.replay_batch(&header(1, 0, 0, false));
         s.replay_batch(&header(2, 0, 2, true));
-        s.apply_marker(&super::super::producers::Marker {
-            producer_id: 2,
-            epoch: 3,
-            commit: false,
-            coordinator_epoch: 1,
-            offset: 4,
-            timestamp: 6,
-        });
+        s.apply_marker(
+            &super::super::producers::Marker {
+                producer_id: 2,
+                epoch: 3,
+                commit: false,
+                coordinator_epoch: 1,
+                offset: 4,
+                timestamp: 6,
+            },
+            0,
+        );
         s.replay_batch(&header(3, 7, 5, true));
         let data = encode(&s, 7);
         let (back, offset) = decode(&data).unwrap();
@@ -280,7 +283,7 @@ mod tests {
         assert_eq!(back.producer(3), s.producer(3));
         assert_eq!(back.aborted_between(0, 10), s.aborted_between(0, 10));
         let (mut a, mut b) = (back, s);
-        assert_eq!(a.last_stable_offset(7), b.last_stable_offset(7));
+        assert_eq!(a.last_stable_offset(7, 0), b.last_stable_offset(7, 0));
     }
 
     #[test]
