@@ -625,3 +625,126 @@ async fn transactional_offsets_count_at_the_commit_and_are_unstable_until_then()
     }
     assert_eq!(got, (0, 42));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cleaner_never_removes_a_tombstone_that_supersedes_a_transactional_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, addr) = start_broker_on(
+        dir.path(),
+        BrokerConfig {
+            log_cleaner_backoff: Duration::ZERO,
+            ..config()
+        },
+        memory(),
+        StreamConfig {
+            wal_batch_interval: Duration::from_millis(5),
+            ..StreamConfig::default()
+        },
+    )
+    .await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let configs = [("cleanup.policy", "compact"), ("delete.retention.ms", "0")];
+    assert_eq!(create_topic_with(&mut c, TOPIC, 1, &configs).await, 0);
+    // k=v1 written in a committed transaction, then a plain tombstone for k.
+    let mut p = Client::connect(addr, "tx-clean").await;
+    let init = p.init(60_000).await;
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    assert_eq!(p.add_partition(pid, epoch).await, 0);
+    let v1 = txn_batch_keyed(pid, epoch, 0, "k", Some("v1"));
+    assert_eq!(p.produce(v1).await.error_code, 0);
+    assert_eq!(p.end(pid, epoch, true).await, 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for (k, v) in [("k", None), ("other", Some("x")), ("tail", Some("y"))] {
+        let r = produce(&mut c, TOPIC, plain_keyed(k, v)).await;
+        assert_eq!(r.error_code, 0);
+    }
+    b.compact_now().await;
+    // Read everything (read_uncommitted): the tombstone must still be there after v1, or
+    // a reader of the compacted log would see k=v1 come back.
+    let keys = fetch_keys(&mut c).await;
+    let v1_at = keys
+        .iter()
+        .position(|(k, v)| k == "k" && v.as_deref() == Some("v1"));
+    let tomb_at = keys.iter().position(|(k, v)| k == "k" && v.is_none());
+    assert!(
+        v1_at.is_none() || tomb_at.is_some_and(|t| Some(t) > v1_at),
+        "{keys:?}"
+    );
+}
+
+fn txn_batch_keyed(pid: i64, epoch: i16, seq: i32, key: &str, value: Option<&str>) -> Bytes {
+    keyed(pid, epoch, seq, true, key, value)
+}
+
+fn plain_keyed(key: &str, value: Option<&str>) -> Bytes {
+    keyed(-1, -1, -1, false, key, value)
+}
+
+fn keyed(
+    pid: i64,
+    epoch: i16,
+    seq: i32,
+    transactional: bool,
+    key: &str,
+    value: Option<&str>,
+) -> Bytes {
+    let records = [Record {
+        transactional,
+        control: false,
+        partition_leader_epoch: 0,
+        producer_id: pid,
+        producer_epoch: epoch,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: seq,
+        timestamp: now_ms() - 10_000,
+        key: Some(Bytes::from(key.to_string())),
+        value: value.map(|v| Bytes::from(v.to_string())),
+        headers: Default::default(),
+        delete_horizon: false,
+    }];
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+/// (key, value) of every data record of the partition, read_uncommitted.
+async fn fetch_keys(conn: &mut TcpStream) -> Vec<(String, Option<String>)> {
+    let req = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            fetch_request::FetchTopic::default()
+                .with_topic(TopicName(name(TOPIC)))
+                .with_partitions(vec![
+                    fetch_request::FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    let ResponseKind::Fetch(r) = call(conn, ApiKey::Fetch, 11, RequestKind::Fetch(req)).await
+    else {
+        panic!("not a Fetch response");
+    };
+    let mut out = Vec::new();
+    if let Some(mut records) = r.responses[0].partitions[0].records.clone() {
+        for set in RecordBatchDecoder::decode_all(&mut records).unwrap() {
+            for rec in set.records.into_iter().filter(|r| !r.control) {
+                let k = String::from_utf8(rec.key.unwrap_or_default().to_vec()).unwrap();
+                let v = rec.value.map(|v| String::from_utf8(v.to_vec()).unwrap());
+                out.push((k, v));
+            }
+        }
+    }
+    out
+}
