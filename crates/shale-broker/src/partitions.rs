@@ -11,8 +11,9 @@ use std::sync::Arc;
 #[derive(Default)]
 pub(crate) struct Partitions {
     open: RwLock<HashMap<StreamId, Arc<Owned>>>,
-    /// Serializes opens so one stream is never opened twice concurrently.
-    opening: tokio::sync::Mutex<()>,
+    /// One lock per stream being opened, so a stream is never opened twice concurrently
+    /// while other streams open beside it (an open scans the stream's producer state).
+    opening: Mutex<HashMap<StreamId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// An open stream and the producer state rebuilt for that handle. Both are replaced
@@ -74,7 +75,26 @@ impl Broker {
         {
             return Ok(o.clone());
         }
-        let _guard = self.partitions.opening.lock().await;
+        let lock = self
+            .partitions
+            .opening
+            .lock()
+            .entry(id)
+            .or_default()
+            .clone();
+        let _guard = lock.lock().await;
+        let opened = self.open_locked(id).await;
+        // The last opener forgets the stream's lock (the map holds one Arc, this one the other).
+        {
+            let mut opening = self.partitions.opening.lock();
+            if opening.get(&id).is_some_and(|l| Arc::strong_count(l) <= 2) {
+                opening.remove(&id);
+            }
+        }
+        opened
+    }
+
+    async fn open_locked(&self, id: StreamId) -> Result<Arc<Owned>, StreamError> {
         if let Some(o) = self.partitions.open.read().get(&id)
             && o.stream.is_writable()
         {
