@@ -748,3 +748,43 @@ async fn fetch_keys(conn: &mut TcpStream) -> Vec<(String, Option<String>)> {
     }
     out
 }
+
+#[tokio::test]
+async fn a_commit_prepared_but_not_marked_before_a_stop_is_completed_by_the_next_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = memory();
+    let (b, addr) = broker_with_topic(dir.path(), store.clone(), config()).await;
+    let mut p = Client::connect(addr, "tx-recover").await;
+    let init = p.init(60_000).await;
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    assert_eq!(p.add_partition(pid, epoch).await, 0);
+    assert_eq!(
+        p.produce(txn_batch(pid, epoch, 0, &["r1", "r2"]))
+            .await
+            .error_code,
+        0
+    );
+    // The PrepareCommit record becomes durable (EndTxn is answered); the node stops
+    // before any marker is written, as a crash there would leave it.
+    b.hold_transaction_markers(true);
+    assert_eq!(p.end(pid, epoch, true).await, 0);
+    let mut reader = TcpStream::connect(addr).await.unwrap();
+    let (values, _, lso) = fetch(&mut reader, 1).await;
+    assert!(values.is_empty() && lso == 0, "nothing is committed yet");
+    drop((p, reader));
+    b.shutdown().await;
+
+    // The next coordinator finds PrepareCommit on load and writes the markers.
+    let (_b, addr) = broker_with_topic(dir.path(), store, config()).await;
+    let mut reader = TcpStream::connect(addr).await.unwrap();
+    for _ in 0..200 {
+        let (values, aborted, lso) = fetch(&mut reader, 1).await;
+        if lso == 3 {
+            assert!(aborted.is_empty());
+            assert_eq!(values, vec![(0, "r1".to_string()), (1, "r2".to_string())]);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the prepared commit was never completed after the restart");
+}

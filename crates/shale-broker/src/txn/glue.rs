@@ -51,6 +51,18 @@ pub(crate) struct TxnCoordinators {
     loading: Mutex<HashSet<i32>>,
     partition_count: AtomicI32,
     next_token: AtomicU64,
+    /// Test seam: markers wait while set, so a test can stop the node between a durable
+    /// PrepareCommit/PrepareAbort and its markers (the window a crash recovery must cover).
+    hold_markers: std::sync::atomic::AtomicBool,
+}
+
+impl crate::Broker {
+    /// Holds (or releases) every transaction marker write of this node: a test seam for
+    /// crash recovery between a transaction's prepare record and its markers.
+    #[doc(hidden)]
+    pub fn hold_transaction_markers(&self, hold: bool) {
+        self.txn.hold_markers.store(hold, Ordering::Release);
+    }
 }
 
 impl TxnCoordinators {
@@ -427,6 +439,12 @@ enum MarkerOutcome {
 /// (Kafka's TransactionMarkerChannelManager). False when this coordinator was fenced and
 /// must not complete the transaction.
 async fn write_markers(broker: &Arc<Broker>, m: &Markers) -> bool {
+    while broker.txn.hold_markers.load(Ordering::Acquire) {
+        if broker.is_shutting_down() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let marker = EndTxnMarker {
         commit: m.commit,
         coordinator_epoch: m.coordinator_epoch,
