@@ -198,19 +198,20 @@ pub(crate) struct LoadedRecords {
     pub pending: std::collections::HashMap<i64, Vec<(u64, Bytes, Option<Bytes>)>>,
 }
 
-/// Reads every record of a stream, start to end.
-async fn read_all(stream: &Stream) -> Result<LoadedRecords, StreamError> {
-    let mut out = LoadedRecords::default();
-    let start = stream.start_offset();
+/// Every stored item of a coordinator partition's stream (records and transaction markers),
+/// start to end; undecodable batches are skipped with a log line. Both coordinators load
+/// their partitions through it.
+pub(crate) async fn read_stored(stream: &Stream) -> Result<Vec<records::Stored>, StreamError> {
+    let mut out = Vec::new();
     let end = stream.end_offset();
-    let mut from = start;
+    let mut from = stream.start_offset();
     while from < end {
         let entries = stream.read(from, 4 << 20).await?;
         let Some(last) = entries.last() else { break };
         let next = last.end_offset();
         for e in entries {
             match records::decode_stored(e.payload) {
-                Ok(items) => fold(&mut out, items, start),
+                Ok(items) => out.extend(items),
                 Err(err) => {
                     tracing::warn!(stream = stream.id(), offset = e.base_offset, error = %err, "skipping undecodable batch")
                 }
@@ -221,6 +222,14 @@ async fn read_all(stream: &Stream) -> Result<LoadedRecords, StreamError> {
         }
         from = next;
     }
+    Ok(out)
+}
+
+/// Reads every record of a stream, start to end.
+async fn read_all(stream: &Stream) -> Result<LoadedRecords, StreamError> {
+    let start = stream.start_offset();
+    let mut out = LoadedRecords::default();
+    fold(&mut out, read_stored(stream).await?, start);
     Ok(out)
 }
 

@@ -17,7 +17,7 @@ mod txn_offsets;
 
 pub(crate) use txn_offsets::TxnCommitRequest;
 
-pub(crate) use broker_glue::{OFFSETS_TOPIC, start};
+pub(crate) use broker_glue::{OFFSETS_TOPIC, read_stored, start};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;

@@ -709,28 +709,12 @@ fn core_count(core: &TxnCoordinator) -> usize {
 async fn read_all(
     stream: &shale_stream::Stream,
 ) -> Result<Vec<(bytes::Bytes, Option<bytes::Bytes>)>, StreamError> {
-    let mut out = Vec::new();
-    let end = stream.end_offset();
-    let mut from = stream.start_offset();
-    while from < end {
-        let entries = stream.read(from, 4 << 20).await?;
-        let Some(last) = entries.last() else { break };
-        let next = last.end_offset();
-        for e in entries {
-            match crate::groups::records::decode_stored(e.payload) {
-                Ok(items) => out.extend(items.into_iter().filter_map(|i| match i {
-                    crate::groups::records::Stored::Record { key, value, .. } => Some((key, value)),
-                    crate::groups::records::Stored::Marker { .. } => None,
-                })),
-                Err(err) => {
-                    tracing::warn!(stream = stream.id(), offset = e.base_offset, error = %err, "skipping undecodable batch")
-                }
-            }
-        }
-        if next <= from {
-            break;
-        }
-        from = next;
-    }
-    Ok(out)
+    Ok(crate::groups::read_stored(stream)
+        .await?
+        .into_iter()
+        .filter_map(|i| match i {
+            crate::groups::records::Stored::Record { key, value, .. } => Some((key, value)),
+            crate::groups::records::Stored::Marker { .. } => None,
+        })
+        .collect())
 }
