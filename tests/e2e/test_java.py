@@ -58,8 +58,11 @@ def test_read_committed_sees_only_committed_transactions_and_read_uncommitted_se
     uncommitted = java.consume(broker.bootstrap, topic, 30, "read_uncommitted")
     assert [r["v"] for r in uncommitted["records"]] == [f"{t}-{i}" for t in ("c1", "a", "c2") for i in range(10)]
     # Each transaction ends in one control record (its marker), which takes an offset and is
-    # never returned to the application: 3 transactions of 10 records end at offset 33.
-    assert committed["end_offsets"] == {"0": 33} == uncommitted["end_offsets"]
+    # never returned to the application: 3 transactions of 10 records end at offset 33. A
+    # coordinator killed after the last markers but before its CompleteCommit record was
+    # durable writes those markers again when it loads (as Kafka's does): one more offset.
+    end = committed["end_offsets"]["0"]
+    assert committed["end_offsets"] == uncommitted["end_offsets"] and end in (33, 34), committed
 
     # The transactional id survives the crash: it is initialised again (epoch bumped) and
     # commits on top.
