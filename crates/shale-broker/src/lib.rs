@@ -7,6 +7,7 @@ mod connection;
 mod dispatch;
 mod groups;
 pub mod handlers;
+mod internal_topics;
 mod partitions;
 mod retention;
 pub mod topic_config;

@@ -8,14 +8,11 @@ use crate::handlers::metadata::leader_epoch;
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError;
 use shale_stream::{Stream, StreamError};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 pub(crate) const OFFSETS_TOPIC: &str = "__consumer_offsets";
-
-/// How often owned coordinator partitions that failed to load are tried again.
-const LOAD_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Appends to a coordinator partition's stream, as produce does.
 struct StreamLog {
@@ -269,37 +266,14 @@ fn fold(out: &mut LoadedRecords, items: Vec<records::Stored>, start: u64) {
 
 /// Creates the topic if missing, then keeps the loaded partitions in line with ownership.
 pub(crate) async fn start(broker: &Arc<Broker>) -> anyhow::Result<()> {
-    let coord = broker.groups.clone();
-    let exists = broker.meta.read(|s| s.topics.contains_key(OFFSETS_TOPIC));
-    if !exists {
-        let configs = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
-        let n = coord.config().offsets_partitions;
-        match crate::handlers::topics::create_topic(broker, OFFSETS_TOPIC, n, configs).await {
-            Ok(()) => tracing::info!(partitions = n, "created {OFFSETS_TOPIC}"),
-            Err((ResponseError::TopicAlreadyExists, _)) => {}
-            Err((code, msg)) => anyhow::bail!("cannot create {OFFSETS_TOPIC}: {code:?} {msg}"),
-        }
-    }
+    let partitions = broker.groups.config().offsets_partitions;
+    crate::internal_topics::ensure_compacted_topic(broker, OFFSETS_TOPIC, partitions).await?;
     sync_ownership(broker).await;
-    let task = {
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            let mut changes = broker.meta.changes();
-            let mut stop = broker.shutdown_signal();
-            // Also on a timer: a partition whose load failed (object store outage) is left
-            // untracked and must be retried even when no metadata changes.
-            let mut retry = tokio::time::interval(LOAD_RETRY_INTERVAL);
-            retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    r = changes.changed() => if r.is_err() { return },
-                    _ = retry.tick() => {}
-                    _ = stop.changed() => return,
-                }
-                sync_ownership(&broker).await;
-            }
-        })
-    };
+    let task =
+        crate::internal_topics::follow_ownership(
+            broker,
+            |b| async move { sync_ownership(&b).await },
+        );
     let expiry = {
         let broker = broker.clone();
         tokio::spawn(async move {

@@ -499,26 +499,16 @@ impl GroupCoordinator {
             Err(e) => return all(e),
         };
         let now_ms = crate::now_ms();
-        let mut codes = vec![0i16; req.partitions.len()];
-        let mut records = Vec::new();
-        let mut written = Vec::new();
-        for (i, p) in req.partitions.iter().enumerate() {
-            let metadata = p.metadata.clone().unwrap_or_default();
-            if metadata.len() > self.cfg.offset_metadata_max_bytes {
-                codes[i] = ResponseError::OffsetMetadataTooLarge.code();
-                continue;
-            }
-            let value = OffsetValue {
-                offset: p.offset,
-                leader_epoch: p.leader_epoch,
-                metadata,
-                commit_timestamp: now_ms,
-                expire_timestamp: if req.retention_ms >= 0 {
-                    now_ms.saturating_add(req.retention_ms)
-                } else {
-                    -1
-                },
-            };
+        let expire = if req.retention_ms >= 0 {
+            now_ms.saturating_add(req.retention_ms)
+        } else {
+            -1
+        };
+        let (codes, values) = self.commit_values(&req.partitions, now_ms, expire);
+        let mut records = Vec::with_capacity(values.len());
+        let mut written = Vec::with_capacity(values.len());
+        for (i, value) in values {
+            let p = &req.partitions[i];
             let key = RecordKey::Offset {
                 group: req.group_id.clone(),
                 topic: p.topic.clone(),
@@ -548,6 +538,37 @@ impl GroupCoordinator {
             written,
             appended,
         }
+    }
+
+    /// The offsets of a commit (OffsetCommit or TxnOffsetCommit) as stored, by index in
+    /// `partitions`, and per-partition codes: OFFSET_METADATA_TOO_LARGE for metadata over
+    /// `offset.metadata.max.bytes`, 0 otherwise.
+    fn commit_values(
+        &self,
+        partitions: &[CommitPartition],
+        now_ms: i64,
+        expire_timestamp: i64,
+    ) -> (Vec<i16>, Vec<(usize, OffsetValue)>) {
+        let mut codes = vec![0i16; partitions.len()];
+        let mut values = Vec::with_capacity(partitions.len());
+        for (i, p) in partitions.iter().enumerate() {
+            let metadata = p.metadata.clone().unwrap_or_default();
+            if metadata.len() > self.cfg.offset_metadata_max_bytes {
+                codes[i] = ResponseError::OffsetMetadataTooLarge.code();
+                continue;
+            }
+            values.push((
+                i,
+                OffsetValue {
+                    offset: p.offset,
+                    leader_epoch: p.leader_epoch,
+                    metadata,
+                    commit_timestamp: now_ms,
+                    expire_timestamp,
+                },
+            ));
+        }
+        (codes, values)
     }
 
     /// Committed offsets of a group: every partition when `topics` is None.

@@ -44,23 +44,11 @@ impl GroupCoordinator {
     ) -> Result<Vec<i16>, ResponseError> {
         // As Kafka: a TxnOffsetCommit may be the first thing a group ever sees.
         let handle = self.get_or_create(&req.group_id)?;
-        let now_ms = crate::now_ms();
-        let mut codes = vec![0i16; req.partitions.len()];
-        let mut records = Vec::new();
-        let mut written = Vec::new();
-        for (i, p) in req.partitions.iter().enumerate() {
-            let metadata = p.metadata.clone().unwrap_or_default();
-            if metadata.len() > self.cfg.offset_metadata_max_bytes {
-                codes[i] = ResponseError::OffsetMetadataTooLarge.code();
-                continue;
-            }
-            let value = OffsetValue {
-                offset: p.offset,
-                leader_epoch: p.leader_epoch,
-                metadata,
-                commit_timestamp: now_ms,
-                expire_timestamp: -1,
-            };
+        let (codes, values) = self.commit_values(&req.partitions, crate::now_ms(), -1);
+        let mut records = Vec::with_capacity(values.len());
+        let mut written = Vec::with_capacity(values.len());
+        for (i, value) in values {
+            let p = &req.partitions[i];
             let key = RecordKey::Offset {
                 group: req.group_id.clone(),
                 topic: p.topic.clone(),

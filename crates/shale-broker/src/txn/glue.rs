@@ -24,8 +24,6 @@ use tokio::sync::oneshot;
 
 pub(crate) const TXN_TOPIC: &str = "__transaction_state";
 
-/// How often owned coordinator partitions that failed to load are tried again.
-const LOAD_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 /// Back-off between attempts to write a marker to a partition that refused it.
 const MARKER_RETRY: Duration = Duration::from_millis(100);
 const MARKER_RETRY_MAX: Duration = Duration::from_secs(2);
@@ -528,34 +526,14 @@ fn stale_marker(tp: &TopicPartition, m: &Markers) -> MarkerOutcome {
 /// Creates `__transaction_state` if missing, then keeps the loaded partitions in line with
 /// ownership and runs the timeout and expiration sweeps.
 pub(crate) async fn start(broker: &Arc<Broker>) -> anyhow::Result<()> {
-    let exists = broker.meta.read(|s| s.topics.contains_key(TXN_TOPIC));
-    if !exists {
-        let configs = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
-        let n = broker.config.transaction_state_num_partitions.max(1);
-        match crate::handlers::topics::create_topic(broker, TXN_TOPIC, n, configs).await {
-            Ok(()) => tracing::info!(partitions = n, "created {TXN_TOPIC}"),
-            Err((ResponseError::TopicAlreadyExists, _)) => {}
-            Err((code, msg)) => anyhow::bail!("cannot create {TXN_TOPIC}: {code:?} {msg}"),
-        }
-    }
+    let partitions = broker.config.transaction_state_num_partitions.max(1);
+    crate::internal_topics::ensure_compacted_topic(broker, TXN_TOPIC, partitions).await?;
     sync_ownership(broker).await;
-    let sync = {
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            let mut changes = broker.meta.changes();
-            let mut stop = broker.shutdown_signal();
-            let mut retry = tokio::time::interval(LOAD_RETRY_INTERVAL);
-            retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    r = changes.changed() => if r.is_err() { return },
-                    _ = retry.tick() => {}
-                    _ = stop.changed() => return,
-                }
-                sync_ownership(&broker).await;
-            }
-        })
-    };
+    let sync =
+        crate::internal_topics::follow_ownership(
+            broker,
+            |b| async move { sync_ownership(&b).await },
+        );
     let sweeps = {
         let broker = broker.clone();
         tokio::spawn(async move {

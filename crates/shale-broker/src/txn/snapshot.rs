@@ -114,8 +114,8 @@ pub(crate) fn encode(states: &ProducerStates, offset: u64) -> Bytes {
     };
     let mut out = BytesMut::with_capacity(1 + pb.encoded_len() + 4);
     out.put_u8(FORMAT);
-    pb.encode(&mut out)
-        .expect("a BytesMut grows as protobuf encoding needs");
+    // `encode_raw` cannot fail: a BytesMut grows as the encoding needs.
+    pb.encode_raw(&mut out);
     let crc = crc32c::crc32c(&out);
     out.put_u32_le(crc);
     out.freeze()
