@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -40,10 +41,28 @@ def _kill_all_at_exit():
 atexit.register(_kill_all_at_exit)
 
 
+def _ephemeral_low() -> int:
+    try:
+        lo = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        lo = 32768
+    return lo if lo > 11000 else 32768
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free on 127.0.0.1, below the kernel's ephemeral range: a port in that range
+    can become the local end of some client's connection before the broker binds it (or
+    binds it again after a kill -9), and the bind then fails with "Address already in use"."""
+    lo = _ephemeral_low()
+    for _ in range(200):
+        p = random.randrange(10000, lo)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                continue
+            return p
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def shale_bin() -> Path:

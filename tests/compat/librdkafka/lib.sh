@@ -127,11 +127,15 @@ ensure_shale() {
     echo "$bin"
 }
 
-# A TCP port that is free on 127.0.0.1 right now.
+# A TCP port that is free on 127.0.0.1 right now, taken below the kernel's
+# ephemeral range: a port above it can be the local end of some client's
+# connection, and then the broker's bind fails with "Address already in use".
 free_port() {
-    local p
+    local p lo=32768
+    read -r lo _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+    [ "$lo" -gt 11000 ] || lo=32768
     for _ in $(seq 1 200); do
-        p=$(( 20000 + (RANDOM * 32768 + RANDOM) % 40000 ))
+        p=$(( 10000 + (RANDOM * 32768 + RANDOM) % (lo - 10000) ))
         (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
     done
     die "no free port found"
@@ -158,7 +162,9 @@ start_shale() {
     local i
     for i in $(seq 1 600); do
         if ! kill -0 "$SHALE_PID" 2>/dev/null; then
-            log "shale exited during start-up:"; tail -20 "$logf" >&2; return 1
+            # The error itself, without the backtrace frames that follow it.
+            log "shale exited during start-up:"
+            grep -Ev '^ +([0-9]+: |at )' "$logf" | tail -20 >&2; return 1
         fi
         if grep -q '^bootstrap: ' "$logf" 2>/dev/null || { [ "$i" -gt 20 ] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }; then
             return 0
