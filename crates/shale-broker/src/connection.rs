@@ -129,7 +129,7 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
             // KIP-511: answer in v0 with the ranges so the client can downgrade.
             let resp = envelope::unsupported_api_versions(
                 head.correlation_id,
-                &dispatch::api_versions_response(),
+                &dispatch::api_versions_response(0),
             );
             return Some(tokio::spawn(async move {
                 resp.map(|b| Some(Frame::One(b))).map_err(|_| ())

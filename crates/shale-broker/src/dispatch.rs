@@ -24,8 +24,16 @@ pub(crate) fn supported(api: ApiKey) -> Option<VersionRange> {
         .filter(|r| !r.is_empty())
 }
 
-/// The ApiVersions body listing every supported API.
-pub(crate) fn api_versions_response() -> ApiVersionsResponse {
+/// The ApiVersions body (for a request of `version`): every supported API, and the one
+/// feature clients act on, `transaction.version`. Java clients 4.x use KIP-890 part 2
+/// (Produce v12 adds partitions, TxnOffsetCommit v5 adds the group, EndTxn v5 bumps the
+/// epoch) when its finalized level is 2 at an epoch of 0 or more. The level is fixed, so the
+/// epoch is a constant.
+pub(crate) fn api_versions_response(version: i16) -> ApiVersionsResponse {
+    use kafka_protocol::messages::api_versions_response::{
+        FinalizedFeatureKey, SupportedFeatureKey,
+    };
+    use kafka_protocol::protocol::StrBytes;
     let api_keys = SUPPORTED
         .iter()
         .filter_map(|&(k, _, _)| {
@@ -38,8 +46,35 @@ pub(crate) fn api_versions_response() -> ApiVersionsResponse {
             )
         })
         .collect();
-    ApiVersionsResponse::default().with_api_keys(api_keys)
+    let level = crate::txn::TRANSACTION_VERSION.level();
+    let name = || StrBytes::from_static_str(crate::txn::TRANSACTION_VERSION_FEATURE);
+    // Kafka leaves features whose lowest level is 0 out of answers to v3 and older
+    // (KAFKA-17011): those clients reject a range starting at 0.
+    let supported_features = if version >= 4 {
+        vec![
+            SupportedFeatureKey::default()
+                .with_name(name())
+                .with_min_version(0)
+                .with_max_version(level),
+        ]
+    } else {
+        Vec::new()
+    };
+    ApiVersionsResponse::default()
+        .with_api_keys(api_keys)
+        .with_supported_features(supported_features)
+        .with_finalized_features_epoch(FINALIZED_FEATURES_EPOCH)
+        .with_finalized_features(vec![
+            FinalizedFeatureKey::default()
+                .with_name(name())
+                .with_min_version_level(level)
+                .with_max_version_level(level),
+        ])
 }
+
+/// The epoch of the finalized features: Kafka's is the metadata offset they were set at;
+/// Shale's never change, so one value serves every node and every restart.
+const FINALIZED_FEATURES_EPOCH: i64 = 1;
 
 /// A request that has been started: either answered already, or finishing in a future
 /// (`None` from either means no response is sent, as for acks=0 produce).
@@ -62,9 +97,9 @@ pub(crate) async fn start(
 ) -> Started {
     use Started::Done;
     match body {
-        RequestKind::ApiVersions(_) => {
-            Done(Some(ResponseKind::ApiVersions(api_versions_response())))
-        }
+        RequestKind::ApiVersions(_) => Done(Some(ResponseKind::ApiVersions(
+            api_versions_response(version),
+        ))),
         RequestKind::Produce(req) => handlers::produce::start(broker, version, req, frame).await,
         RequestKind::Fetch(req) => {
             let broker = broker.clone();

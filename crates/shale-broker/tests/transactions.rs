@@ -116,6 +116,14 @@ impl Client {
     }
 
     async fn produce(&mut self, records: Bytes) -> produce_response::PartitionProduceResponse {
+        self.produce_v(records, 9).await
+    }
+
+    async fn produce_v(
+        &mut self,
+        records: Bytes,
+        version: i16,
+    ) -> produce_response::PartitionProduceResponse {
         let req = ProduceRequest::default()
             .with_transactional_id(Some(TransactionalId(name(&self.txn_id))))
             .with_acks(-1)
@@ -132,7 +140,7 @@ impl Client {
         let ResponseKind::Produce(r) = call(
             &mut self.conn,
             ApiKey::Produce,
-            9,
+            version,
             RequestKind::Produce(req),
         )
         .await
@@ -143,17 +151,26 @@ impl Client {
     }
 
     async fn end(&mut self, pid: i64, epoch: i16, commit: bool) -> i16 {
+        self.end_v(pid, epoch, commit, 3).await.error_code
+    }
+
+    async fn end_v(&mut self, pid: i64, epoch: i16, commit: bool, version: i16) -> EndTxnResponse {
         let req = EndTxnRequest::default()
             .with_transactional_id(TransactionalId(name(&self.txn_id)))
             .with_producer_id(ProducerId(pid))
             .with_producer_epoch(epoch)
             .with_committed(commit);
-        let ResponseKind::EndTxn(r) =
-            call(&mut self.conn, ApiKey::EndTxn, 3, RequestKind::EndTxn(req)).await
+        let ResponseKind::EndTxn(r) = call(
+            &mut self.conn,
+            ApiKey::EndTxn,
+            version,
+            RequestKind::EndTxn(req),
+        )
+        .await
         else {
             panic!("not an EndTxn response");
         };
-        r.error_code
+        r
     }
 }
 
@@ -348,6 +365,132 @@ async fn batches_for_a_partition_not_in_the_transaction_are_refused() {
         ))
         .await;
     assert_eq!(r.error_code, ResponseError::InvalidTxnState.code());
+    // Produce v11 clients know KIP-890's abortable error; the refusal is the same.
+    let r = p
+        .produce_v(
+            txn_batch(init.producer_id.0, init.producer_epoch, 0, &["stray"]),
+            11,
+        )
+        .await;
+    assert_eq!(r.error_code, ResponseError::TransactionAbortable.code());
+    let mut reader = TcpStream::connect(addr).await.unwrap();
+    let (values, _, _) = fetch(&mut reader, 0).await;
+    assert!(values.is_empty(), "nothing was appended");
+}
+
+#[tokio::test]
+async fn api_versions_finalizes_transaction_version_2_so_java_clients_use_kip_890_part_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, addr) = broker_with_topic(dir.path(), memory(), config()).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    for version in [3, 4] {
+        let ResponseKind::ApiVersions(r) = call(
+            &mut conn,
+            ApiKey::ApiVersions,
+            version,
+            RequestKind::ApiVersions(
+                ApiVersionsRequest::default()
+                    .with_client_software_name(name("test"))
+                    .with_client_software_version(name("1")),
+            ),
+        )
+        .await
+        else {
+            panic!("not an ApiVersions response");
+        };
+        assert!(r.finalized_features_epoch >= 0);
+        let finalized: Vec<_> = r
+            .finalized_features
+            .iter()
+            .map(|f| (f.name.to_string(), f.min_version_level, f.max_version_level))
+            .collect();
+        assert_eq!(finalized, vec![("transaction.version".to_string(), 2, 2)]);
+        let supported: Vec<_> = r
+            .supported_features
+            .iter()
+            .map(|f| (f.name.to_string(), f.min_version, f.max_version))
+            .collect();
+        // As Kafka: a range starting at 0 is left out for v3 clients (KAFKA-17011).
+        let expected = if version >= 4 {
+            vec![("transaction.version".to_string(), 0, 2)]
+        } else {
+            vec![]
+        };
+        assert_eq!(supported, expected, "ApiVersions v{version}");
+        let max = |key: ApiKey| {
+            r.api_keys
+                .iter()
+                .find(|k| k.api_key == key as i16)
+                .map(|k| k.max_version)
+        };
+        // What transaction version 2 needs: Produce v12, TxnOffsetCommit v5, EndTxn v5.
+        assert_eq!(max(ApiKey::Produce), Some(12));
+        assert_eq!(max(ApiKey::TxnOffsetCommit), Some(5));
+        assert_eq!(max(ApiKey::EndTxn), Some(5));
+    }
+}
+
+/// Transaction version 2 (KIP-890 part 2), as the Java client 4.x runs it: no
+/// AddPartitionsToTxn or AddOffsetsToTxn (Produce v12 and TxnOffsetCommit v5 add the
+/// partition and the group), and EndTxn v5 answers the next epoch, which the next
+/// transaction uses with sequences from 0. The old epoch is fenced.
+#[tokio::test]
+async fn with_transaction_version_2_produce_and_offset_commit_add_themselves_and_each_end_bumps_the_epoch()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let (_b, addr) = broker_with_topic(dir.path(), memory(), config()).await;
+    let mut p = Client::connect(addr, "tx-v2").await;
+    let init = p.init(60_000).await;
+    let (pid, e0) = (init.producer_id.0, init.producer_epoch);
+
+    let r = p.produce_v(txn_batch(pid, e0, 0, &["a"]), 12).await;
+    assert_eq!((r.error_code, r.base_offset), (0, 0));
+    assert_eq!(
+        txn_offset_commit_v(&mut p, pid, e0, "v2-group", 7, 5).await,
+        0
+    );
+    let end = p.end_v(pid, e0, true, 5).await;
+    assert_eq!(end.error_code, 0);
+    assert_eq!((end.producer_id.0, end.producer_epoch), (pid, e0 + 1));
+
+    // The next transaction runs at the bumped epoch, its sequences from 0; it is aborted.
+    let e1 = end.producer_epoch;
+    let r = p.produce_v(txn_batch(pid, e1, 0, &["b"]), 12).await;
+    assert_eq!(r.error_code, 0);
+    let stale = p.produce_v(txn_batch(pid, e0, 1, &["zombie"]), 12).await;
+    assert_eq!(stale.error_code, ResponseError::InvalidProducerEpoch.code());
+    let end = p.end_v(pid, e1, false, 5).await;
+    assert_eq!(end.error_code, 0);
+    assert_eq!(end.producer_epoch, e1 + 1);
+
+    // read_committed: "a" (offset 0) then its marker (1); "b" (2) aborted, its marker (3).
+    let mut reader = TcpStream::connect(addr).await.unwrap();
+    let mut last = None;
+    for _ in 0..100 {
+        let got = fetch(&mut reader, 1).await;
+        if got.2 == 4 {
+            last = Some(got);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (values, aborted, _) = last.expect("both markers become stable");
+    assert_eq!(aborted, vec![2]);
+    assert!(values.contains(&(0, "a".to_string())));
+    assert!(!values.iter().any(|(_, v)| v == "zombie"));
+    let mut got = (-1, -1);
+    for _ in 0..100 {
+        got = stable_offset(&mut reader, "v2-group").await;
+        if got.0 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        got,
+        (0, 7),
+        "the offset committed with the first transaction"
+    );
 }
 
 #[tokio::test]
@@ -514,6 +657,11 @@ async fn describe_and_list_transactions_show_an_ongoing_transaction() {
 
 /// Commits `offset` for the group inside the producer's transaction.
 async fn txn_offset_commit(c: &mut Client, pid: i64, epoch: i16, group: &str, offset: i64) -> i16 {
+    add_offsets(c, pid, epoch, group).await;
+    txn_offset_commit_v(c, pid, epoch, group, offset, 3).await
+}
+
+async fn add_offsets(c: &mut Client, pid: i64, epoch: i16, group: &str) {
     let req = AddOffsetsToTxnRequest::default()
         .with_transactional_id(TransactionalId(name(&c.txn_id)))
         .with_producer_id(ProducerId(pid))
@@ -530,6 +678,17 @@ async fn txn_offset_commit(c: &mut Client, pid: i64, epoch: i16, group: &str, of
         panic!("not an AddOffsetsToTxn response");
     };
     assert_eq!(r.error_code, 0);
+}
+
+/// TxnOffsetCommit alone: version 5 adds the group to the transaction itself.
+async fn txn_offset_commit_v(
+    c: &mut Client,
+    pid: i64,
+    epoch: i16,
+    group: &str,
+    offset: i64,
+    version: i16,
+) -> i16 {
     let req = TxnOffsetCommitRequest::default()
         .with_transactional_id(TransactionalId(name(&c.txn_id)))
         .with_group_id(GroupId(name(group)))
@@ -548,7 +707,7 @@ async fn txn_offset_commit(c: &mut Client, pid: i64, epoch: i16, group: &str, of
     let ResponseKind::TxnOffsetCommit(r) = call(
         &mut c.conn,
         ApiKey::TxnOffsetCommit,
-        3,
+        version,
         RequestKind::TxnOffsetCommit(req),
     )
     .await

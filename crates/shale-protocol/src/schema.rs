@@ -180,7 +180,9 @@ pub fn request(api: ApiKey) -> Option<&'static Message> {
 /// implements it *and* the guard has its request schema: the schema tests check every entry,
 /// so nothing can be advertised that the guard would not check.
 pub const ADVERTISED: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 11),
+    // v12 is v11 on the wire; it means the client uses transaction version 2 (the broker
+    // adds partitions to transactions). v13 names topics by id.
+    (ApiKey::Produce, 3, 12),
     (ApiKey::Fetch, 4, 16),
     (ApiKey::ListOffsets, 1, 9),
     (ApiKey::Metadata, 0, 12),

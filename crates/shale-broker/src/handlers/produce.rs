@@ -269,12 +269,91 @@ async fn wait_durable(
     }
 }
 
-/// Transactional batches: the request must name its transactional id (Kafka answers
-/// TRANSACTIONAL_ID_AUTHORIZATION_FAILED otherwise), and a producer's first batch of a
-/// transaction in this partition must be for a partition its coordinator has in the
-/// transaction (KIP-890 part 1), so a late retry cannot open a transaction nobody ends.
+/// Whether a transactional batch needs its coordinator's word: the request must name its
+/// transactional id (Kafka answers TRANSACTIONAL_ID_AUTHORIZATION_FAILED otherwise), and a
+/// producer whose transaction is already open here at this epoch needs nothing more.
+fn needs_coordinator<'a>(
+    producers: &crate::txn::producers::ProducerStates,
+    h: &BatchHeader,
+    transactional_id: Option<&'a str>,
+) -> Result<Option<&'a str>, (ResponseError, String)> {
+    let Some(txn_id) = transactional_id else {
+        return Err((
+            ResponseError::TransactionalIdAuthorizationFailed,
+            "transactional records need a transactional id".into(),
+        ));
+    };
+    let open = producers
+        .producer(h.producer_id)
+        .is_some_and(|e| e.txn_first_offset.is_some() && e.epoch == h.producer_epoch);
+    Ok((!open).then_some(txn_id))
+}
+
+/// Produce v12+ (KIP-890 part 2): clients of transaction version 2 send no
+/// AddPartitionsToTxn, so the first transactional batch of a producer here adds the
+/// partition to its transaction, as Kafka's partition leader does (AddPartitionsToTxn v5,
+/// not verify-only). CONCURRENT_TRANSACTIONS (the last transaction still completing) is
+/// retried for up to 100 ms, Kafka's `add.partitions.to.txn.retry.backoff.max.ms`, then
+/// answered; coordinator unavailability is NOT_ENOUGH_REPLICAS, which producers retry.
+async fn add_to_transaction(
+    broker: &Arc<Broker>,
+    owned: &crate::partitions::Owned,
+    headers: &[BatchHeader],
+    transactional_id: Option<&str>,
+    topic: &str,
+    index: i32,
+) -> Result<(), (ResponseError, String)> {
+    use crate::txn::coordinator::{AddPartitionsRequest, TxnError};
+    use crate::txn::metadata::TransactionVersion;
+    const BACKOFF: std::time::Duration = std::time::Duration::from_millis(20);
+    const RETRY_FOR: std::time::Duration = std::time::Duration::from_millis(100);
+    for h in headers.iter().filter(|h| h.is_transactional()) {
+        let Some(txn_id) = needs_coordinator(&owned.producers.lock(), h, transactional_id)? else {
+            continue;
+        };
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        let result = loop {
+            let req = AddPartitionsRequest {
+                transactional_id: txn_id.to_owned(),
+                producer_id: h.producer_id,
+                producer_epoch: h.producer_epoch,
+                partitions: vec![crate::txn::metadata::TopicPartition::new(topic, index)],
+                client_version: TransactionVersion::V2,
+            };
+            match crate::txn::glue::add_partitions(broker, req).await {
+                Err(TxnError::ConcurrentTransactions)
+                    if tokio::time::Instant::now() + BACKOFF < deadline =>
+                {
+                    tokio::time::sleep(BACKOFF).await;
+                }
+                r => break r,
+            }
+        };
+        let code = match result {
+            Ok(()) => continue,
+            // Kafka's AddPartitionsToTxnManager and ReplicaManager translations.
+            Err(TxnError::ProducerFenced) => ResponseError::InvalidProducerEpoch,
+            Err(
+                TxnError::CoordinatorLoadInProgress
+                | TxnError::CoordinatorNotAvailable
+                | TxnError::NotCoordinator,
+            ) => ResponseError::NotEnoughReplicas,
+            Err(e) => e.response_error(),
+        };
+        return Err((
+            code,
+            format!("adding {topic}-{index} to the transaction of {txn_id}: {code:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Transactional batches: a producer's first batch of a transaction in this partition must
+/// be for a partition its coordinator has in the transaction (KIP-890 part 1), so a late
+/// retry cannot open a transaction nobody ends. Run under the append lock.
 fn verify_transactional(
     broker: &Broker,
+    version: i16,
     producers: &crate::txn::producers::ProducerStates,
     headers: &[BatchHeader],
     transactional_id: Option<&str>,
@@ -282,18 +361,9 @@ fn verify_transactional(
     index: i32,
 ) -> Result<(), (ResponseError, String)> {
     for h in headers.iter().filter(|h| h.is_transactional()) {
-        let Some(txn_id) = transactional_id else {
-            return Err((
-                ResponseError::TransactionalIdAuthorizationFailed,
-                "transactional records need a transactional id".into(),
-            ));
-        };
-        let open = producers
-            .producer(h.producer_id)
-            .is_some_and(|e| e.txn_first_offset.is_some() && e.epoch == h.producer_epoch);
-        if open {
+        let Some(txn_id) = needs_coordinator(producers, h, transactional_id)? else {
             continue;
-        }
+        };
         let tp = crate::txn::metadata::TopicPartition::new(topic, index);
         match crate::txn::glue::verify(broker, txn_id, h.producer_id, h.producer_epoch, &tp) {
             Verified::InTransaction | Verified::Unknown => {}
@@ -304,8 +374,15 @@ fn verify_transactional(
                 ));
             }
             Verified::NotInTransaction => {
+                // Produce v11 clients handle TRANSACTION_ABORTABLE (KIP-890's abortable
+                // error); older ones know INVALID_TXN_STATE, as Kafka answers them.
+                let code = if version == 11 {
+                    ResponseError::TransactionAbortable
+                } else {
+                    ResponseError::InvalidTxnState
+                };
                 return Err((
-                    ResponseError::InvalidTxnState,
+                    code,
                     format!("{topic}-{index} is not in the transaction of {txn_id}"),
                 ));
             }
@@ -383,7 +460,7 @@ struct Target<'a> {
 }
 
 async fn append_partition(
-    broker: &Broker,
+    broker: &Arc<Broker>,
     version: i16,
     target: Target<'_>,
     records: Option<BytesMut>,
@@ -449,6 +526,17 @@ async fn append_partition(
             "a producer with an id must send exactly one record batch per partition".into(),
         ));
     }
+    if version >= 12 {
+        add_to_transaction(
+            broker,
+            &part.owned,
+            &headers,
+            transactional_id,
+            topic,
+            index,
+        )
+        .await?;
+    }
     let prepared = prepare(records, batches, &limits, now)?;
     // A recompressed batch may be larger than the bytes the permit was reserved for: charge
     // the growth too, or refuse (retriably) when the memory is not there now.
@@ -493,7 +581,15 @@ async fn append_partition(
     let mut producers = part.owned.producers.lock();
     // Under the append lock: a marker cannot close the transaction between this check
     // and the append (Kafka's VerificationGuard).
-    verify_transactional(broker, &producers, &headers, transactional_id, topic, index)?;
+    verify_transactional(
+        broker,
+        version,
+        &producers,
+        &headers,
+        transactional_id,
+        topic,
+        index,
+    )?;
     let update = match producers.check(&headers).map_err(producer_error)? {
         Admit::Append(update) => update,
         Admit::Duplicate(original) => {

@@ -77,6 +77,7 @@ async fn add_one(
             producer_id,
             producer_epoch,
             partitions: partitions.clone(),
+            client_version: TransactionVersion::of_add_partitions_request(api_version),
         };
         let code = |e: TxnError| e.for_api(TxnApi::AddPartitionsToTxn, api_version).code();
         if verify_only {
@@ -206,14 +207,36 @@ pub async fn txn_offset_commit(
     let all = |code: ResponseError| respond(&req, |_, _| code.code());
     let txn_id = req.transactional_id.0.to_string();
     let group = req.group_id.0.to_string();
-    // KIP-890: the group's partition must be in the producer's open transaction
-    // (AddOffsetsToTxn), or these offsets could never be committed or aborted.
     let tp = TopicPartition::new(
         crate::groups::OFFSETS_TOPIC,
         broker.groups.partition_of(&group),
     );
+    if version >= 5 {
+        // KIP-890 part 2: clients of transaction version 2 send no AddOffsetsToTxn; the
+        // group's partition joins the transaction here, as Kafka's group coordinator adds
+        // it (AddPartitionsToTxn v5). Its errors reach the client as they are, but for
+        // fencing, which Kafka's AddPartitionsToTxnManager reports as INVALID_PRODUCER_EPOCH.
+        let add = AddPartitionsRequest {
+            transactional_id: txn_id.clone(),
+            producer_id: req.producer_id.0,
+            producer_epoch: req.producer_epoch,
+            partitions: vec![tp.clone()],
+            client_version: TransactionVersion::V2,
+        };
+        match glue::add_partitions(broker, add).await {
+            Ok(()) => {}
+            Err(TxnError::ProducerFenced) => return all(ResponseError::InvalidProducerEpoch),
+            Err(e) => return all(e.response_error()),
+        }
+    }
+    // KIP-890 part 1: the group's partition must be in the producer's open transaction
+    // (AddOffsetsToTxn), or these offsets could never be committed or aborted.
     match glue::verify(broker, &txn_id, req.producer_id.0, req.producer_epoch, &tp) {
         glue::Verified::InTransaction | glue::Verified::Unknown => {}
+        // v4 clients handle KIP-890's abortable error; older ones know INVALID_TXN_STATE.
+        glue::Verified::NotInTransaction if version >= 4 => {
+            return all(ResponseError::TransactionAbortable);
+        }
         glue::Verified::NotInTransaction => return all(ResponseError::InvalidTxnState),
         glue::Verified::Loading => return all(ResponseError::CoordinatorLoadInProgress),
         // PRODUCER_FENCED exists from TxnOffsetCommit v3; older clients know

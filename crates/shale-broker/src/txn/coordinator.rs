@@ -189,6 +189,10 @@ pub(crate) struct AddPartitionsRequest {
     pub producer_id: i64,
     pub producer_epoch: i16,
     pub partitions: Vec<TopicPartition>,
+    /// The client's transaction version, recorded with the transaction as Kafka's
+    /// `prepareAddPartitions` does: 2 for AddPartitionsToTxn v4+ (sent by partition leaders
+    /// for Produce v12+ and TxnOffsetCommit v5+), else 0.
+    pub client_version: TransactionVersion,
 }
 
 pub(crate) struct AddOffsetsRequest {
@@ -536,7 +540,10 @@ fn decide_end_txn(
     pending: bool,
     req: &EndTxnRequest,
 ) -> Result<EndTxnOutcome, TxnError> {
-    let v2 = meta.client_transaction_version.supports_epoch_bump();
+    // The request's version picks the rules, as Kafka's `endTransaction` picks between its
+    // TV1 and TV2 paths: a version-1 client's transaction aborted by the coordinator under
+    // version 2 (a timeout) is still fenced for it.
+    let v2 = req.client_version.supports_epoch_bump();
     let retry_on_overflow = v2
         && meta.previous_producer_id == req.producer_id
         && req.producer_epoch == i16::MAX - 1
@@ -832,6 +839,7 @@ impl TxnCoordinator {
             target.txn_start_timestamp_ms = now_ms;
         }
         target.partitions.extend(req.partitions);
+        target.client_transaction_version = req.client_version;
         let append = self
             .appender
             .start(entry, target, Then::AddPartitions(token));
@@ -853,6 +861,9 @@ impl TxnCoordinator {
                 crate::groups::OFFSETS_TOPIC,
                 req.offsets_partition,
             )],
+            // Only clients of transaction version 0/1 send AddOffsetsToTxn (Kafka's
+            // `handleAddOffsetsToTxnRequest`).
+            client_version: TransactionVersion::V0,
         };
         self.add_partitions(token, add, now_ms)
     }

@@ -8,7 +8,7 @@ use super::coordinator::{
     InitProducerIdRequest, ListFilter, Markers, ProducerIdAndEpoch, Reply, Token, TxnConfig,
     TxnCoordinator, TxnDescription, TxnError, TxnList,
 };
-use super::metadata::{TopicPartition, TransactionVersion};
+use super::metadata::TopicPartition;
 use crate::Broker;
 use crate::groups::OFFSETS_TOPIC;
 use crate::partitions::Owned;
@@ -93,9 +93,7 @@ fn config(broker: &Broker) -> TxnConfig {
     TxnConfig {
         max_timeout_ms: broker.config.transaction_max_timeout_ms,
         transactional_id_expiration_ms: broker.config.transactional_id_expiration_ms,
-        // Version 2 (KIP-890 part 2) only where the client asks for it (EndTxn v5+); the
-        // coordinator's own aborts and its records use the flexible version-1 format.
-        transaction_version: TransactionVersion::V1,
+        transaction_version: super::TRANSACTION_VERSION,
     }
 }
 

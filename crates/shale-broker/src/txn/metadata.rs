@@ -63,6 +63,16 @@ impl TransactionVersion {
         }
     }
 
+    /// Kafka's `KafkaApis`: AddPartitionsToTxn v4+ comes from a partition leader acting for
+    /// a client of transaction version 2 (Produce v12+, TxnOffsetCommit v5+).
+    pub(crate) fn of_add_partitions_request(version: i16) -> Self {
+        if version > 3 {
+            TransactionVersion::V2
+        } else {
+            TransactionVersion::V0
+        }
+    }
+
     /// Kafka's `KafkaApis`: EndTxn v5+ comes from a client using transaction version 2.
     pub(crate) fn of_end_txn_request(version: i16) -> Self {
         if version > 4 {

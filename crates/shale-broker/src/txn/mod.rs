@@ -25,6 +25,16 @@ pub(crate) mod snapshot;
 #[cfg(test)]
 mod tests;
 
+/// The cluster's finalized `transaction.version` (KIP-890 part 2), advertised in ApiVersions
+/// and used for the coordinator's own aborts (fencing, timeouts), as Kafka uses the server's
+/// level for them. Clients of version 0/1 (librdkafka, kafka-python, Java before 4.0) keep
+/// their protocol: the coordinator records each transaction's client version.
+pub(crate) const TRANSACTION_VERSION: metadata::TransactionVersion =
+    metadata::TransactionVersion::V2;
+
+/// The feature's name in ApiVersions.
+pub(crate) const TRANSACTION_VERSION_FEATURE: &str = "transaction.version";
+
 /// Runs every decoder of data the broker reads back from storage for transactions (the
 /// `__transaction_state` records, producer-state snapshots, transaction markers, the
 /// `__consumer_offsets` transactional view) on `data`: the fuzz target `stored_decode`.

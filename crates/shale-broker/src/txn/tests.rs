@@ -150,6 +150,7 @@ impl Harness {
             producer_id: p.producer_id,
             producer_epoch: p.epoch,
             partitions: partitions.to_vec(),
+            client_version: TransactionVersion::V0,
         };
         self.c.add_partitions(token, req, self.now)
     }
@@ -661,6 +662,7 @@ fn verify_only_answers_per_partition_whether_it_is_in_the_transaction() {
         producer_id: p.producer_id,
         producer_epoch: p.epoch,
         partitions: vec![tp("a", 0), tp("b", 0)],
+        client_version: TransactionVersion::V0,
     };
     let verdicts: Vec<_> = h.c.verify_partitions(&req).into_iter().collect();
     assert_eq!(
@@ -683,6 +685,7 @@ fn verify_only_with_a_stale_epoch_answers_producer_fenced_for_every_partition() 
         producer_id: old.producer_id,
         producer_epoch: old.epoch,
         partitions: vec![tp("a", 0), tp("b", 0)],
+        client_version: TransactionVersion::V0,
     };
     let verdicts: Vec<_> = h.c.verify_partitions(&req).into_values().collect();
     assert_eq!(verdicts, vec![Err(TxnError::ProducerFenced); 2]);
@@ -1084,6 +1087,7 @@ fn the_producer_of_an_expired_transaction_is_fenced_even_before_the_abort_is_dur
         producer_id: p.producer_id,
         producer_epoch: p.epoch,
         partitions: vec![tp("a", 0)],
+        client_version: TransactionVersion::V0,
     };
     let verdicts: Vec<_> = h.c.verify_partitions(&req).into_values().collect();
     assert_eq!(verdicts, vec![Err(TxnError::ProducerFenced)]);
