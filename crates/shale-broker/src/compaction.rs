@@ -227,7 +227,6 @@ async fn clean_partition(
         pos = last;
     }
     let read: u64 = entries.iter().map(|e| e.payload.len() as u64).sum();
-
     // Decode once; keys map to their last offset in the window.
     let decoded: Vec<Option<Vec<RecordSet>>> = entries
         .iter()

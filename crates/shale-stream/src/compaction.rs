@@ -348,8 +348,9 @@ pub(crate) async fn rewrite_range(
     for e in &entries {
         if e.base_offset < pos || e.end_offset() > end {
             return Err(bad(format!(
-                "entry at {} out of order or bounds",
-                e.base_offset
+                "entry [{}, {}) out of order or bounds (previous ends at {pos})",
+                e.base_offset,
+                e.end_offset()
             )));
         }
         if e.payload.len() > object::MAX_ENTRY_PAYLOAD {

@@ -308,7 +308,11 @@ pub(crate) fn encode_batch_as(
             producer_epoch: producer.map_or(-1, |p| p.1),
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: -1,
+            // The encoder starts a new batch wherever offset - sequence changes, so a
+            // constant -1 would give one batch per record, each with base offset 0 before
+            // patching (and `patch_offsets` patches only the first). This keeps one batch
+            // whose base sequence is -1 (no sequence), as Kafka writes them.
+            sequence: (i as i32).wrapping_sub(1),
             timestamp,
             key: Some(k.clone()),
             value: v.clone(),
@@ -450,5 +454,27 @@ mod tests {
         let batch = encode_batch(&[(Bytes::from_static(b"k"), None)], 5).map(|b| b.freeze());
         let decoded = batch.map(decode_batches);
         assert!(matches!(decoded, Ok(Ok(ref v)) if v.len() == 1 && v[0].2.is_none()));
+    }
+
+    /// An OffsetCommit of several partitions is one batch, as Kafka writes it: the stream
+    /// patches one header per append, so a batch per record would leave every record after
+    /// the first at a wrong offset (and the log cleaner would refuse the partition).
+    #[test]
+    fn several_records_are_one_batch_without_a_sequence() {
+        let records: Vec<(Bytes, Option<Bytes>)> = (0..4)
+            .map(|i| (Bytes::from(format!("k{i}")), Some(Bytes::from_static(b"v"))))
+            .collect();
+        for producer in [None, Some((7, 2))] {
+            let buf = encode_batch_as(&records, 5, producer).unwrap();
+            let headers: Vec<_> = shale_protocol::batch::headers(&buf)
+                .map(|(h, _)| h)
+                .collect();
+            assert_eq!(headers.len(), 1, "{producer:?}");
+            let h = headers[0];
+            assert_eq!((h.base_offset, h.last_offset(), h.record_count), (0, 3, 4));
+            assert_eq!(h.base_sequence, -1);
+            assert_eq!(h.producer_id, producer.map_or(-1, |p| p.0));
+            assert_eq!(h.is_transactional(), producer.is_some());
+        }
     }
 }

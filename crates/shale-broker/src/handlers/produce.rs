@@ -330,7 +330,10 @@ async fn add_to_transaction(
             }
         };
         let code = match result {
-            Ok(()) => continue,
+            Ok(()) => {
+                tracing::debug!(txn_id, topic, index, "partition added by its first batch");
+                continue;
+            }
             // Kafka's AddPartitionsToTxnManager and ReplicaManager translations.
             Err(TxnError::ProducerFenced) => ResponseError::InvalidProducerEpoch,
             Err(
