@@ -3,8 +3,10 @@
 //!
 //! One pass per partition:
 //! - the *cleanable window* is the stream's live ranges from its start, stopping before the
-//!   last range (the active tail is never cleaned), before the first range holding data newer
-//!   than `min.compaction.lag.ms`, and once `MAX_PASS_BYTES` of ranges are taken (bounded
+//!   last range while that range holds data newer than `segment.ms` (Kafka never cleans the
+//!   active segment, and rolls it after `segment.ms`; the stream layer joins adjacent ranges,
+//!   so without this a partition whose writes stopped would end as one uncleanable range),
+//!   before the first range holding data newer than `min.compaction.lag.ms`, and once `MAX_PASS_BYTES` of ranges are taken (bounded
 //!   work; later passes continue as earlier data shrinks);
 //! - it is cleaned only when the share of bytes not yet cleaned by this node reaches
 //!   `min.cleanable.dirty.ratio`, or when dirty data is older than `max.compaction.lag.ms`;
@@ -64,6 +66,8 @@ struct Policy {
     min_lag_ms: i64,
     max_lag_ms: i64,
     min_dirty_ratio: f64,
+    /// `segment.ms`: a last range whose newest data is older than this counts as rolled.
+    segment_ms: i64,
 }
 
 pub(crate) async fn run(broker: Arc<Broker>) {
@@ -105,10 +109,11 @@ async fn clean_once(broker: &Broker, force: bool) -> CleanerStats {
                     .and_then(|v| v.trim().parse::<f64>().ok())
                     .unwrap_or(0.5);
                 let cap = topic_config::decompression_cap(&t.configs, defaults);
-                let (del, min, max) = (
+                let (del, min, max, segment) = (
                     i("delete.retention.ms"),
                     i("min.compaction.lag.ms"),
                     i("max.compaction.lag.ms"),
+                    i("segment.ms"),
                 );
                 t.partitions
                     .iter()
@@ -120,6 +125,7 @@ async fn clean_once(broker: &Broker, force: bool) -> CleanerStats {
                             max_lag_ms: max,
                             min_dirty_ratio: ratio,
                             decompression_cap: cap,
+                            segment_ms: segment,
                         };
                         (t.name.clone(), p.stream_id, policy)
                     })
@@ -170,8 +176,18 @@ async fn clean_partition(
         .into_iter()
         .filter(|l| l.range.end_offset > start)
         .collect();
-    // The window: whole ranges, never the last one, none with data newer than the min lag.
+    // The window: whole ranges, none with data newer than the min lag, and the last one only
+    // once it has "rolled" (its newest data is older than segment.ms; -1 is unknown).
     let min_lag_cutoff = now.saturating_sub(policy.min_lag_ms.max(0));
+    let tail_rolled = ranges.last().is_some_and(|l| {
+        l.range.max_timestamp >= 0
+            && l.range.max_timestamp < now.saturating_sub(policy.segment_ms.max(0))
+    });
+    let take = if tail_rolled {
+        ranges.len()
+    } else {
+        ranges.len().saturating_sub(1)
+    };
     let mut window_end = None;
     let mut bytes = 0u64;
     let cleaned = broker
@@ -182,7 +198,7 @@ async fn clean_partition(
         .copied()
         .unwrap_or(0);
     let (mut dirty_bytes, mut oldest_dirty) = (0u64, i64::MAX);
-    for l in ranges.iter().take(ranges.len().saturating_sub(1)) {
+    for l in ranges.iter().take(take) {
         let r = &l.range;
         if r.max_timestamp > min_lag_cutoff {
             break;

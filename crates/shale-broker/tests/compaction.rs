@@ -274,6 +274,36 @@ async fn cleaner_keeps_latest_value_per_key_at_original_offsets() {
     broker.shutdown().await;
 }
 
+/// Kafka never cleans the active segment but rolls it after `segment.ms`. Here the stream
+/// layer joins a partition's adjacent ranges into one, so the last range can hold
+/// everything: once its newest data is older than `segment.ms` it is cleaned too, or a topic
+/// whose writes stopped would never be compacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_range_older_than_segment_ms_is_cleaned_even_when_it_holds_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, addr) = start_broker(dir.path()).await;
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    create_topic(
+        &mut conn,
+        "idle",
+        &[("cleanup.policy", "compact"), ("segment.ms", "100")],
+    )
+    .await;
+    for v in ["a", "b", "c"] {
+        let r = produce(&mut conn, "idle", batch(&[(Some("k1"), Some(v))], -1, -1)).await;
+        assert_eq!(r.error_code, 0, "{r:?}");
+    }
+    // Small objects merge: the partition's three ranges become one.
+    broker.streams.compact_now().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = broker.compact_now().await;
+    assert_eq!(stats.records_removed, 2, "{stats:?}");
+    let (after, _, hw) = fetch_all(&mut conn, "idle").await;
+    assert_eq!(hw, 3);
+    assert_eq!(after, vec![rec(2, "k1", Some("c"), "0")]);
+    broker.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_batches_keep_producer_fields() {
     let dir = tempfile::tempdir().unwrap();
