@@ -10,7 +10,7 @@ set -euo pipefail
 SECONDS_PER_TARGET="${1:-60}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 # shellcheck disable=SC2206
-TARGETS=(${FUZZ_TARGETS:-request_decode broker_request object_decode batch_decode stored_decode})
+TARGETS=(${FUZZ_TARGETS:-request_decode broker_request object_decode batch_decode stored_decode rpc_decode})
 # Its own target dir: sanitizer builds share nothing with normal ones.
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$ROOT/fuzz/target}"
 

@@ -19,10 +19,18 @@
 //! temp file, fsynced and renamed before the log below them is purged.
 
 mod catalog;
+mod cluster;
 mod fsutil;
+mod liveness;
 mod log_store;
 mod network;
+mod rpc;
 mod sm_store;
+
+pub use liveness::{BrokerStatus, Heartbeats};
+#[doc(hidden)]
+pub use rpc::fuzz_decode as fuzz_rpc_decode;
+pub use types::PartitionMove;
 mod snapshot_format;
 mod state;
 mod types;
@@ -50,6 +58,10 @@ pub struct MetaConfig {
     pub data_dir: PathBuf,
     /// Address other nodes reach this node's Raft RPC on (unused with a single voter).
     pub rpc_addr: String,
+    /// The voters of the metadata quorum, id to RPC address (Kafka's
+    /// `controller.quorum.voters`). Empty: this node is the only voter, as `shale dev` runs.
+    /// A fresh quorum is initialized by its lowest voter id; the others wait to be contacted.
+    pub voters: BTreeMap<u64, String>,
 }
 
 /// A partition of a topic.
@@ -79,6 +91,20 @@ pub struct NodeMeta {
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
+}
+
+/// A broker's registration with the quorum (Kafka's broker registration and epoch): who is
+/// running now, and whether the controller has fenced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRegistration {
+    /// Stamps the process's registration: each new process (or re-registration after a
+    /// fence) gets a higher one, so a decision about an older one cannot touch it.
+    pub epoch: u64,
+    /// Random per process start; the same incarnation registering again (a retried
+    /// request) keeps its epoch.
+    pub incarnation: [u8; 16],
+    /// Missed its session: owns nothing, must register again to get partitions.
+    pub fenced: bool,
 }
 
 /// An object no live range points into any more, waiting to be deleted from the bucket.
@@ -118,6 +144,11 @@ pub struct ClusterState {
     pub next_object_id: u64,
     /// First producer id not leased to any node yet (ids start at 0, as Kafka's).
     pub next_producer_id: u64,
+    /// Brokers registered through [`MetaNode::register_broker`] (nodes registered the older
+    /// way, by `TopicCommand::RegisterNode` alone, have none and are never fenced).
+    pub brokers: StateMap<u64, BrokerRegistration>,
+    /// The last broker epoch handed out.
+    pub last_broker_epoch: u64,
 }
 
 /// Commands that change topics and nodes (the catalog commands are internal).
@@ -178,6 +209,10 @@ pub struct MetaOptions {
     pub segment_bytes: u64,
     /// How long `start` waits for leadership and log recovery.
     pub startup_timeout: Duration,
+    /// `broker.session.timeout.ms`: a broker whose heartbeats stop for this long is fenced
+    /// and its partitions move. 1.5 s (Kafka: 9 s) so a failover fits in 2.5 s: detection,
+    /// one controller tick, the commit, and the new owner opening its streams.
+    pub session_timeout: Duration,
 }
 
 impl Default for MetaOptions {
@@ -187,6 +222,7 @@ impl Default for MetaOptions {
             keep_logs: 1000,
             segment_bytes: 16 << 20,
             startup_timeout: Duration::from_secs(30),
+            session_timeout: Duration::from_millis(1500),
         }
     }
 }
@@ -244,6 +280,16 @@ pub struct MetaNode {
     node_id: u64,
     raft: Raft<TypeConfig, StateMachineStore>,
     shared: Arc<Shared>,
+    /// No other voters: writes and reads need no forwarding or barrier.
+    single_voter: bool,
+    /// Connections to other nodes for forwarded writes and read barriers, by address.
+    peers: parking_lot::Mutex<std::collections::HashMap<String, Arc<rpc::Peer>>>,
+    /// The RPC server task (multi-voter quorums only).
+    server: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Broker sessions, while this node leads.
+    liveness: parking_lot::Mutex<liveness::Liveness>,
+    /// The controller task (see `liveness`).
+    controller: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Held until shutdown (or drop), see [`lock_data_dir`].
     dir_lock: parking_lot::Mutex<Option<std::fs::File>>,
 }
@@ -261,6 +307,27 @@ impl MetaNode {
         config: MetaConfig,
         options: MetaOptions,
     ) -> anyhow::Result<Arc<MetaNode>> {
+        Self::start_with_listener(config, options, None).await
+    }
+
+    /// [`MetaNode::start_with`] serving Raft RPC on `listener` (tests bind port 0 first, to
+    /// know every voter's address); without one, a node with other voters binds `rpc_addr`.
+    pub async fn start_with_listener(
+        config: MetaConfig,
+        options: MetaOptions,
+        listener: Option<tokio::net::TcpListener>,
+    ) -> anyhow::Result<Arc<MetaNode>> {
+        let single_voter = config.voters.is_empty()
+            || (config.voters.len() == 1 && config.voters.contains_key(&config.node_id));
+        let listener = match listener {
+            Some(l) => Some(l),
+            None if !single_voter => Some(
+                tokio::net::TcpListener::bind(&config.rpc_addr)
+                    .await
+                    .with_context(|| format!("binding metadata rpc {}", config.rpc_addr))?,
+            ),
+            None => None,
+        };
         let data_dir = &config.data_dir;
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("create metadata dir {}", data_dir.display()))?;
@@ -286,7 +353,9 @@ impl MetaNode {
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
-            NetworkFactory,
+            NetworkFactory {
+                node_id: config.node_id,
+            },
             log_store,
             sm,
         )
@@ -296,8 +365,19 @@ impl MetaNode {
             node_id: config.node_id,
             raft,
             shared,
+            single_voter,
+            peers: parking_lot::Mutex::new(Default::default()),
+            server: parking_lot::Mutex::new(None),
+            liveness: parking_lot::Mutex::new(liveness::Liveness::new(options.session_timeout)),
+            controller: parking_lot::Mutex::new(None),
             dir_lock: parking_lot::Mutex::new(Some(dir_lock)),
         });
+        let controller = tokio::spawn(liveness::run(Arc::downgrade(&node)));
+        *node.controller.lock() = Some(controller);
+        if let Some(listener) = listener {
+            let task = tokio::spawn(cluster::serve(listener, Arc::downgrade(&node)));
+            *node.server.lock() = Some(task);
+        }
         if let Err(e) = node.become_ready(&config, &options).await {
             node.shutdown().await;
             return Err(e);
@@ -312,49 +392,84 @@ impl MetaNode {
             .is_initialized()
             .await
             .map_err(|e| anyhow::anyhow!("raft: {e}"))?;
-        if !initialized {
-            // More voters join later as learners, then through change_membership.
-            let members = BTreeMap::from([(self.node_id, BasicNode::new(&config.rpc_addr))]);
-            self.raft
-                .initialize(members)
-                .await
-                .map_err(|e| anyhow::anyhow!("initialize metadata quorum: {e}"))?;
-            tracing::debug!(
-                node_id = self.node_id,
-                "initialized a one-voter metadata quorum"
+        let voters: BTreeMap<u64, BasicNode> = if config.voters.is_empty() {
+            BTreeMap::from([(self.node_id, BasicNode::new(&config.rpc_addr))])
+        } else {
+            config
+                .voters
+                .iter()
+                .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                .collect()
+        };
+        if !voters.contains_key(&self.node_id) {
+            anyhow::bail!(
+                "node {} is not among the configured metadata voters {:?}",
+                self.node_id,
+                voters.keys().collect::<Vec<_>>()
             );
+        }
+        if !initialized {
+            // The lowest voter id initializes a fresh quorum; the others learn the membership
+            // from its first AppendEntries. Learners join later through change_membership.
+            if voters.keys().next() == Some(&self.node_id) {
+                self.raft
+                    .initialize(voters.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("initialize metadata quorum: {e}"))?;
+                tracing::debug!(
+                    node_id = self.node_id,
+                    voters = voters.len(),
+                    "initialized the metadata quorum"
+                );
+            }
         } else {
             // Fail fast instead of timing out when the dir belongs to another node id.
-            let voters: Vec<u64> = self
+            let stored: Vec<u64> = self
                 .raft
                 .with_raft_state(|st| st.membership_state.effective().voter_ids().collect())
                 .await
                 .map_err(|e| anyhow::anyhow!("raft: {e}"))?;
-            if !voters.contains(&self.node_id) {
+            if !stored.contains(&self.node_id) {
                 anyhow::bail!(
                     "node {} is not a voter of the metadata quorum stored in {} \
-                     (voters {voters:?}): wrong node_id or data_dir?",
+                     (voters {stored:?}): wrong node_id or data_dir?",
                     self.node_id,
                     config.data_dir.display()
                 );
             }
         }
         let id = self.node_id;
-        self.raft
-            .wait(timeout)
-            .metrics(
-                |m| m.state == ServerState::Leader && m.current_leader == Some(id),
-                "metadata node becomes leader",
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("waiting for metadata leadership: {e}"))?;
+        if self.single_voter {
+            self.raft
+                .wait(timeout)
+                .metrics(
+                    |m| m.state == ServerState::Leader && m.current_leader == Some(id),
+                    "metadata node becomes leader",
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("waiting for metadata leadership: {e}"))?;
+        } else {
+            self.raft
+                .wait(timeout)
+                .metrics(
+                    |m| m.current_leader.is_some(),
+                    "a metadata leader is elected",
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("waiting for a metadata leader: {e}"))?;
+        }
         // Without this, reads right after start could miss entries that are in the log but
         // not yet re-applied on top of the snapshot.
         self.raft
             .wait_for_recovery(timeout)
             .await
             .map_err(|e| anyhow::anyhow!("waiting for metadata recovery: {e}"))?;
+        // And with other voters, entries the leader committed that this node has not applied.
+        self.read_barrier()
+            .await
+            .map_err(|e| anyhow::anyhow!("catching up with the metadata leader: {e}"))?;
         if self.read(|s| s.cluster_id.is_empty()) {
+            // First writer wins: every voter may propose one; all end with the same.
             let cluster_id = new_cluster_id();
             self.submit(Command::SetClusterId { cluster_id })
                 .await
@@ -410,15 +525,6 @@ impl MetaNode {
         }
     }
 
-    /// Proposes a command and waits until it is applied; returns the apply response.
-    pub(crate) async fn submit(&self, cmd: Command) -> Result<Response, String> {
-        self.raft
-            .client_write(cmd)
-            .await
-            .map(|r| r.data)
-            .map_err(|e| e.to_string())
-    }
-
     /// Leases a block of `count` producer ids to this node: `[start, start + count)`.
     pub async fn allocate_producer_ids(&self, count: u64) -> Result<(i64, u64), MetaError> {
         let node = self.node_id();
@@ -443,6 +549,12 @@ impl MetaNode {
     /// Stops Raft cleanly. Writes fail with `Unavailable` afterwards; the data dir can then be
     /// opened again (also in this process).
     pub async fn shutdown(&self) {
+        if let Some(server) = self.server.lock().take() {
+            server.abort();
+        }
+        if let Some(controller) = self.controller.lock().take() {
+            controller.abort();
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "metadata raft shutdown");
         }

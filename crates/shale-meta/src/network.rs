@@ -1,32 +1,33 @@
-//! Raft network. With a single voter no RPC is ever needed; this implementation reports every
-//! peer as unreachable so openraft backs off. The node-to-node transport (prost over mTLS, see
-//! DESIGN.md) replaces it when more voters or learners join; only this module changes then.
+//! openraft's network: Raft RPCs to peers over the node-to-node transport (`rpc`). A single
+//! voter never calls it. Errors are mapped to what openraft backs off on: no connection is
+//! `Unreachable`, a failure mid-call `Network`, a missed deadline `Timeout`, and a peer whose
+//! Raft has stopped is `Unreachable` too.
 
+use crate::rpc::{CallError, Kind, PbRequest, Peer, SnapshotHead};
 use crate::types::{SnapshotData, TypeConfig, Vote};
-use openraft::errors::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::errors::{
+    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Timeout,
+    Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{BasicNode, OptionalSend};
+use serde::de::DeserializeOwned;
 use std::future::Future;
 
 /// Creates [`NetworkClient`]s for peers.
-pub(crate) struct NetworkFactory;
-
-/// A client for one peer.
-pub(crate) struct NetworkClient {
-    target: u64,
-    addr: String,
+pub(crate) struct NetworkFactory {
+    /// This node's id (for openraft's timeout errors).
+    pub node_id: u64,
 }
 
-impl NetworkClient {
-    fn unreachable(&self, rpc: &str) -> Unreachable<TypeConfig> {
-        Unreachable::from_string(format!(
-            "no raft transport yet: cannot send {rpc} to node {} at {}",
-            self.target, self.addr
-        ))
-    }
+/// A client for one peer, with its own connection.
+pub(crate) struct NetworkClient {
+    node_id: u64,
+    target: u64,
+    peer: Peer,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -34,9 +35,38 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
         NetworkClient {
+            node_id: self.node_id,
             target,
-            addr: node.addr.clone(),
+            peer: Peer::new(node.addr.clone()),
         }
+    }
+}
+
+impl NetworkClient {
+    /// One call whose reply is `Result<T, RaftError>` from the peer's Raft.
+    async fn raft_call<T: DeserializeOwned>(
+        &self,
+        req: std::io::Result<PbRequest>,
+        option: &RPCOption,
+        action: openraft::RPCTypes,
+    ) -> Result<T, RPCError<TypeConfig>> {
+        let req = req.map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let ttl = option.hard_ttl();
+        let reply = self.peer.call(&req, ttl).await.map_err(|e| match e {
+            CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+            CallError::Network(e) => RPCError::Network(NetworkError::new(&e)),
+            CallError::Timeout(_) => RPCError::Timeout(Timeout {
+                action,
+                id: self.node_id,
+                target: self.target,
+                timeout: ttl,
+            }),
+        })?;
+        let answer: Result<T, RaftError<TypeConfig>> = reply
+            .decode_body()
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // The peer's Raft has stopped (shutting down): as good as unreachable.
+        answer.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 }
 
@@ -45,27 +75,52 @@ impl RaftNetworkV2<TypeConfig> for NetworkClient {
 
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(self.unreachable("append_entries")))
+        let req = PbRequest::new(Kind::AppendEntries, &rpc);
+        self.raft_call(req, &option, openraft::RPCTypes::AppendEntries)
+            .await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(self.unreachable("vote")))
+        let req = PbRequest::new(Kind::Vote, &rpc);
+        self.raft_call(req, &option, openraft::RPCTypes::Vote).await
     }
 
     async fn full_snapshot(
         &mut self,
-        _vote: Vote,
-        _snapshot: crate::types::Snapshot,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        _option: RPCOption,
+        vote: Vote,
+        snapshot: crate::types::Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        Err(StreamingError::Unreachable(self.unreachable("snapshot")))
+        let req = SnapshotHead::request(vote, snapshot)
+            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        let ttl = option.hard_ttl();
+        let call = self.peer.call(&req, ttl);
+        let reply = tokio::select! {
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+            r = call => r,
+        };
+        let reply = reply.map_err(|e| match e {
+            CallError::Unreachable(e) => StreamingError::Unreachable(Unreachable::new(&e)),
+            CallError::Network(e) => StreamingError::Network(NetworkError::new(&e)),
+            CallError::Timeout(_) => StreamingError::Timeout(Timeout {
+                action: openraft::RPCTypes::InstallSnapshot,
+                id: self.node_id,
+                target: self.target,
+                timeout: ttl,
+            }),
+        })?;
+        let answer: Result<SnapshotResponse<TypeConfig>, Fatal<TypeConfig>> =
+            reply
+                .decode_body()
+                .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
+        answer.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
     }
 }

@@ -46,6 +46,22 @@ pub(crate) struct PbState {
     pub next_object_id: u64,
     #[prost(uint64, tag = "9")]
     pub next_producer_id: u64,
+    #[prost(message, repeated, tag = "10")]
+    pub brokers: Vec<PbBroker>,
+    #[prost(uint64, tag = "11")]
+    pub last_broker_epoch: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct PbBroker {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub epoch: u64,
+    #[prost(bytes = "vec", tag = "3")]
+    pub incarnation: Vec<u8>,
+    #[prost(bool, tag = "4")]
+    pub fenced: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -241,6 +257,18 @@ pub(crate) fn encode(state: &ClusterState) -> Vec<u8> {
     if state.next_producer_id != 0 {
         uint64::encode(9, &state.next_producer_id, &mut buf);
     }
+    for (id, b) in state.brokers.iter() {
+        let pb = PbBroker {
+            id: *id,
+            epoch: b.epoch,
+            incarnation: b.incarnation.to_vec(),
+            fenced: b.fenced,
+        };
+        message::encode(10, &pb, &mut buf);
+    }
+    if state.last_broker_epoch != 0 {
+        uint64::encode(11, &state.last_broker_epoch, &mut buf);
+    }
     let crc = crc32c::crc32c(&buf).to_le_bytes();
     buf.extend_from_slice(&crc);
     buf
@@ -276,8 +304,26 @@ fn from_pb(pb: PbState) -> io::Result<ClusterState> {
         next_stream_id: pb.next_stream_id,
         next_object_id: pb.next_object_id,
         next_producer_id: pb.next_producer_id,
+        last_broker_epoch: pb.last_broker_epoch,
         ..ClusterState::default()
     };
+    for b in pb.brokers {
+        let incarnation: [u8; 16] = b.incarnation.as_slice().try_into().map_err(|_| {
+            invalid_data(format!(
+                "snapshot data: broker {} incarnation of {} bytes",
+                b.id,
+                b.incarnation.len()
+            ))
+        })?;
+        s.brokers.insert(
+            b.id,
+            crate::BrokerRegistration {
+                epoch: b.epoch,
+                incarnation,
+                fenced: b.fenced,
+            },
+        );
+    }
     for n in pb.nodes {
         let port = u16::try_from(n.port)
             .map_err(|_| invalid_data(format!("snapshot data: node {} port {}", n.id, n.port)))?;
@@ -380,8 +426,17 @@ mod tests {
             next_stream_id: 4,
             next_object_id: u64::MAX,
             next_producer_id: u64::MAX,
+            last_broker_epoch: 7,
             ..ClusterState::default()
         };
+        s.brokers.insert(
+            1,
+            crate::BrokerRegistration {
+                epoch: 7,
+                incarnation: [0xfe; 16],
+                fenced: true,
+            },
+        );
         s.nodes.insert(
             1,
             NodeMeta {
@@ -490,9 +545,9 @@ mod tests {
         let data = encode(&rich_state());
         assert!(decode(&[]).is_err());
         assert!(decode(&[FORMAT_PROTO]).is_err());
-        // Cut before the last field (next_producer_id: a tag byte and a 10-byte varint): still
-        // valid protobuf, so only the checksum can tell.
-        let cut = &data[..data.len() - 4 - 11];
+        // Cut before the last field (last_broker_epoch = 7: a tag byte and a 1-byte varint):
+        // still valid protobuf, so only the checksum can tell.
+        let cut = &data[..data.len() - 4 - 2];
         assert!(PbState::decode(&cut[1..]).is_ok());
         for bad in [
             data[..data.len() - 1].to_vec(),

@@ -224,6 +224,18 @@ impl MetaState {
                 .replace_stream_ranges(stream_id, epoch, start, end, new_object, now_ms)
                 .map(|()| Response::Ok),
             Command::AllocateProducerIds { node, count } => self.allocate_producer_ids(node, count),
+            Command::RegisterBroker { node, incarnation } => Ok(Response::BrokerEpoch(
+                self.register_broker(node, incarnation),
+            )),
+            Command::FenceBroker { id, epoch } => {
+                if let Some(b) = self.state.brokers.get_mut(&id)
+                    && b.epoch == epoch
+                {
+                    b.fenced = true;
+                }
+                Ok(Response::Ok)
+            }
+            Command::MovePartitions { moves } => Ok(Response::Moved(self.move_partitions(moves))),
             Command::ForgetObjects { ids } => {
                 // Only dead objects can be forgotten: a live id here is a caller bug, ignore it.
                 for id in ids {
@@ -233,6 +245,47 @@ impl MetaState {
             }
         };
         res.unwrap_or_else(Response::Rejected)
+    }
+
+    /// The same process registering again (a retry) keeps its epoch unless it was fenced;
+    /// anything else is a new epoch.
+    fn register_broker(&mut self, node: crate::NodeMeta, incarnation: [u8; 16]) -> u64 {
+        let id = node.id;
+        self.state.nodes.insert(id, node);
+        if let Some(b) = self.state.brokers.get(&id)
+            && b.incarnation == incarnation
+            && !b.fenced
+        {
+            return b.epoch;
+        }
+        self.state.last_broker_epoch += 1;
+        let epoch = self.state.last_broker_epoch;
+        self.state.brokers.insert(
+            id,
+            crate::BrokerRegistration {
+                epoch,
+                incarnation,
+                fenced: false,
+            },
+        );
+        epoch
+    }
+
+    fn move_partitions(&mut self, moves: Vec<crate::types::PartitionMove>) -> u32 {
+        let mut applied = 0;
+        for m in moves {
+            let Some(t) = self.state.topics.get_mut(&m.topic) else {
+                continue;
+            };
+            let Some(p) = t.partitions.get_mut(m.partition as usize) else {
+                continue;
+            };
+            if p.owner == m.from {
+                p.owner = m.to;
+                applied += 1;
+            }
+        }
+        applied
     }
 
     fn apply_topic(&mut self, cmd: TopicCommand, now_ms: i64) -> Result<(), ApplyError> {

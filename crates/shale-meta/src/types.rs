@@ -80,6 +80,32 @@ pub enum Command {
         node: u64,
         count: u64,
     },
+    /// A broker process announces itself (endpoint and incarnation): answered with its
+    /// broker epoch ([`Response::BrokerEpoch`]), and unfenced.
+    RegisterBroker {
+        node: crate::NodeMeta,
+        incarnation: [u8; 16],
+    },
+    /// The controller fences a broker that missed its session; ignored unless `epoch` is
+    /// still the broker's (it may have registered again meanwhile).
+    FenceBroker {
+        id: u64,
+        epoch: u64,
+    },
+    /// Ownership moves, each applied only if the partition is still owned by `from`
+    /// (compare-and-set, so a stale plan moves nothing).
+    MovePartitions {
+        moves: Vec<PartitionMove>,
+    },
+}
+
+/// One partition's new owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionMove {
+    pub topic: String,
+    pub partition: u32,
+    pub from: u64,
+    pub to: u64,
 }
 
 impl fmt::Display for Command {
@@ -128,6 +154,9 @@ impl fmt::Display for Command {
             Command::AllocateProducerIds { node, count } => {
                 write!(f, "AllocateProducerIds({count} for node {node})")
             }
+            Command::RegisterBroker { node, .. } => write!(f, "RegisterBroker({})", node.id),
+            Command::FenceBroker { id, epoch } => write!(f, "FenceBroker({id}, epoch {epoch})"),
+            Command::MovePartitions { moves } => write!(f, "MovePartitions({} moves)", moves.len()),
             Command::ReplaceStreamRanges {
                 stream_id,
                 start,
@@ -156,6 +185,10 @@ pub enum Response {
         start: i64,
         count: u64,
     },
+    /// The registered broker's epoch.
+    BrokerEpoch(u64),
+    /// How many partition moves applied.
+    Moved(u32),
 }
 
 /// A deterministic rejection by the state machine (serializable, unlike the public errors).

@@ -173,6 +173,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         node_id,
         data_dir: data_dir.join("meta"),
         rpc_addr: format!("{host}:{port}"),
+        // One voter until the cluster configuration (controller.quorum.voters) is wired in.
+        voters: Default::default(),
     })
     .await
     .context("starting the metadata quorum")?;

@@ -44,6 +44,7 @@ pub async fn start_broker_on(
         node_id: 1,
         data_dir: dir.join("meta"),
         rpc_addr: addr.to_string(),
+        voters: Default::default(),
     })
     .await
     .unwrap();

@@ -12,6 +12,7 @@ pub fn config(dir: &Path) -> MetaConfig {
         node_id: 1,
         data_dir: dir.to_path_buf(),
         rpc_addr: "127.0.0.1:0".to_string(),
+        voters: Default::default(),
     }
 }
 

@@ -1,0 +1,319 @@
+//! The metadata quorum across processes: the RPC server every voter runs, writes forwarded
+//! to the leader, and linearizable reads on any node.
+//!
+//! Writes: a command proposed on a follower is sent to the leader (`ClientWrite`), which
+//! commits it; a stale leader hint is followed for up to [`FORWARD_DEADLINE`]. An answer
+//! lost after the request left (connection cut, timeout) is reported as such, never as a
+//! failure the caller could safely retry as if nothing happened.
+//!
+//! Reads: [`MetaNode::read_barrier`] makes the local replica at least as new as every write
+//! acknowledged before the call. On the leader it is openraft's `ensure_linearizable` (a
+//! quorum round, ReadIndex); elsewhere the leader's read index is fetched (`ReadIndex`) and
+//! the local state machine waited on up to it. `is_leader()` alone proves nothing: a deposed
+//! leader still believes it leads until it hears otherwise.
+
+use crate::rpc::{
+    CallError, Kind, PbReply, PbRequest, Peer, ReadIndexReply, SnapshotHead, WriteReply,
+    WriteRequest, read_frame, write_frame,
+};
+use crate::types::{Command, Response, Snapshot, TypeConfig};
+use crate::{MetaError, MetaNode};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::raft::{AppendEntriesRequest, ReadPolicy, VoteRequest};
+use std::io;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+/// How long a write or a read barrier follows leader hints before giving up.
+pub(crate) const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
+/// One forwarded request's deadline (a commit needs a quorum round and an fsync).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between attempts while no leader is known or a hint led nowhere.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Serves Raft and forwarded requests on `listener` until the node is dropped.
+pub(crate) async fn serve(listener: TcpListener, node: Weak<MetaNode>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "metadata rpc accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if node.strong_count() == 0 {
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(stream, peer, node.clone()));
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, peer: std::net::SocketAddr, node: Weak<MetaNode>) {
+    loop {
+        let req: PbRequest = match read_frame(&mut stream).await {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "metadata rpc connection closed");
+                return;
+            }
+        };
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        let reply = node.handle_rpc(req).await;
+        drop(node);
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "bad metadata rpc request; closing");
+                return;
+            }
+        };
+        if write_frame(&mut stream, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl MetaNode {
+    async fn handle_rpc(&self, req: PbRequest) -> io::Result<PbReply> {
+        match req.kind() {
+            Some(Kind::AppendEntries) => {
+                let rpc: AppendEntriesRequest<TypeConfig> = req.decode_body()?;
+                PbReply::new(&self.raft.append_entries(rpc).await)
+            }
+            Some(Kind::Vote) => {
+                let rpc: VoteRequest<TypeConfig> = req.decode_body()?;
+                PbReply::new(&self.raft.vote(rpc).await)
+            }
+            Some(Kind::InstallSnapshot) => {
+                let head: SnapshotHead = req.decode_body()?;
+                let snapshot = Snapshot {
+                    meta: head.meta,
+                    snapshot: req.data,
+                };
+                PbReply::new(&self.raft.install_full_snapshot(head.vote, snapshot).await)
+            }
+            Some(Kind::ClientWrite) => {
+                let w: WriteRequest = req.decode_body()?;
+                PbReply::new(&self.write_here(w.command).await)
+            }
+            Some(Kind::ReadIndex) => PbReply::new(&self.read_index_here().await),
+            Some(Kind::Heartbeat) => {
+                let hb: crate::rpc::HeartbeatRequest = req.decode_body()?;
+                PbReply::new(&self.heartbeat_here(&hb))
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unknown request kind {}", req.kind),
+            )),
+        }
+    }
+
+    /// Proposes on this node's Raft: committed if it leads, else a hint where the leader is.
+    async fn write_here(&self, cmd: Command) -> WriteReply {
+        let write = self.raft.client_write(cmd);
+        let result = if self.single_voter {
+            write.await
+        } else {
+            // A leader cut off from its quorum would wait for the commit forever.
+            match tokio::time::timeout(FORWARD_DEADLINE, write).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return WriteReply::MayHaveApplied(format!(
+                        "not committed within {FORWARD_DEADLINE:?} (no quorum?)"
+                    ));
+                }
+            }
+        };
+        match result {
+            Ok(r) => WriteReply::Applied(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                WriteReply::NotLeader {
+                    leader_id: f.leader_id,
+                    leader_addr: f.leader_node.map(|n| n.addr),
+                }
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
+                WriteReply::MayHaveApplied(format!(
+                    "leadership moved before the write committed (leader now {:?})",
+                    f.leader_id
+                ))
+            }
+            Err(e) => WriteReply::Failed(e.to_string()),
+        }
+    }
+
+    async fn read_index_here(&self) -> ReadIndexReply {
+        match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+            Ok(lin) => ReadIndexReply::Index(lin.read_log_id().index()),
+            Err(e) => match e.forward_to_leader() {
+                Some(f) => ReadIndexReply::NotLeader {
+                    leader_id: f.leader_id,
+                    leader_addr: f.leader_node.clone().map(|n| n.addr),
+                },
+                None => ReadIndexReply::Failed(e.to_string()),
+            },
+        }
+    }
+
+    /// The leader this node knows of, with its RPC address.
+    pub(crate) fn known_leader(&self) -> Option<(u64, String)> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let id = m.current_leader?;
+        let addr = m.membership_config.get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+
+    pub(crate) fn peer(&self, addr: &str) -> Arc<Peer> {
+        self.peers
+            .lock()
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(Peer::new(addr)))
+            .clone()
+    }
+
+    /// Where to send the next attempt: here, a hinted leader, or the known leader.
+    fn next_target(&self, hint: Option<(Option<u64>, Option<String>)>) -> Option<(u64, String)> {
+        match hint {
+            Some((Some(id), Some(addr))) => Some((id, addr)),
+            _ => self.known_leader(),
+        }
+    }
+
+    /// Proposes `cmd` and waits until it is applied, wherever the leader is.
+    pub(crate) async fn submit(&self, cmd: Command) -> Result<Response, String> {
+        if self.single_voter {
+            return match self.write_here(cmd).await {
+                WriteReply::Applied(r) => Ok(r),
+                WriteReply::NotLeader { .. } => {
+                    Err("this node does not lead the metadata quorum".into())
+                }
+                WriteReply::MayHaveApplied(e) | WriteReply::Failed(e) => Err(e),
+            };
+        }
+        let deadline = Instant::now() + FORWARD_DEADLINE;
+        let mut target = self.known_leader();
+        loop {
+            let reply = match &target {
+                Some((id, addr)) if *id != self.node_id => {
+                    let req = PbRequest::new(
+                        Kind::ClientWrite,
+                        &WriteRequest {
+                            command: cmd.clone(),
+                        },
+                    )
+                    .map_err(|e| e.to_string())?;
+                    match self.peer(addr).call(&req, CALL_TIMEOUT).await {
+                        Ok(reply) => reply
+                            .decode_body::<WriteReply>()
+                            .map_err(|e| e.to_string())?,
+                        // Never sent: safe to try again once a leader is known.
+                        Err(CallError::Unreachable(_)) => WriteReply::NotLeader {
+                            leader_id: None,
+                            leader_addr: None,
+                        },
+                        Err(e) => {
+                            return Err(format!(
+                                "forwarded metadata write to node {id}: {e}; it may have been applied"
+                            ));
+                        }
+                    }
+                }
+                _ => self.write_here(cmd.clone()).await,
+            };
+            match reply {
+                WriteReply::Applied(r) => return Ok(r),
+                WriteReply::MayHaveApplied(e) | WriteReply::Failed(e) => return Err(e),
+                WriteReply::NotLeader {
+                    leader_id,
+                    leader_addr,
+                } => {
+                    if Instant::now() >= deadline {
+                        return Err("no metadata leader reachable".into());
+                    }
+                    let next = self.next_target(Some((leader_id, leader_addr)));
+                    if next.is_none() || next == target {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    target = next.or_else(|| self.known_leader());
+                }
+            }
+        }
+    }
+
+    /// Waits until this node's replica has applied every write acknowledged (anywhere)
+    /// before the call: reads after it are linearizable. Costs a quorum round on the leader,
+    /// one RPC to the leader elsewhere; a single voter needs nothing.
+    pub async fn read_barrier(&self) -> Result<(), MetaError> {
+        if self.single_voter {
+            return Ok(());
+        }
+        let deadline = Instant::now() + FORWARD_DEADLINE;
+        let mut target = self.known_leader();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let answer = match &target {
+                Some((id, addr)) if *id != self.node_id => {
+                    let req = PbRequest::new(Kind::ReadIndex, &())
+                        .map_err(|e| MetaError::Unavailable(e.to_string()))?;
+                    match self
+                        .peer(addr)
+                        .call(&req, CALL_TIMEOUT.min(remaining))
+                        .await
+                    {
+                        Ok(reply) => reply
+                            .decode_body::<ReadIndexReply>()
+                            .map_err(|e| MetaError::Unavailable(e.to_string()))?,
+                        // A read can always be asked again.
+                        Err(_) => ReadIndexReply::NotLeader {
+                            leader_id: None,
+                            leader_addr: None,
+                        },
+                    }
+                }
+                _ => self.read_index_here().await,
+            };
+            match answer {
+                ReadIndexReply::Index(index) => {
+                    return self
+                        .raft
+                        .wait(Some(remaining.max(Duration::from_millis(1))))
+                        .applied_index_at_least(Some(index), "metadata read barrier")
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| MetaError::Unavailable(e.to_string()));
+                }
+                ReadIndexReply::Failed(e) => return Err(MetaError::Unavailable(e)),
+                ReadIndexReply::NotLeader {
+                    leader_id,
+                    leader_addr,
+                } => {
+                    if Instant::now() >= deadline {
+                        return Err(MetaError::Unavailable(
+                            "no metadata leader reachable".into(),
+                        ));
+                    }
+                    let next = self.next_target(Some((leader_id, leader_addr)));
+                    if next.is_none() || next == target {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    target = next.or_else(|| self.known_leader());
+                }
+            }
+        }
+    }
+
+    /// The id of the node currently leading the metadata quorum, as this node knows it.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow_watched().current_leader
+    }
+}

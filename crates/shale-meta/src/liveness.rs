@@ -1,0 +1,455 @@
+//! Broker liveness: registrations, heartbeats, fencing, and moving a fenced broker's
+//! partitions to live ones.
+//!
+//! - A broker registers ([`crate::types::Command::RegisterBroker`], a Raft write) and gets
+//!   its broker epoch. Then it heartbeats the metadata leader every
+//!   `broker.heartbeat.interval.ms`; heartbeats are RPCs, not Raft writes, and the leader
+//!   keeps the deadlines in memory.
+//! - The leader's controller ([`run`]) ticks every [`TICK`]: a broker whose deadline
+//!   (`broker.session.timeout.ms` after its last heartbeat) has passed is fenced
+//!   (`FenceBroker`, a Raft write at that epoch), and the partitions of fenced brokers move
+//!   to live ones, least loaded first (`MovePartitions`, compare-and-set on the old owner).
+//!   [`Liveness::plan`] decides both; it is a pure function of the state, the deadlines and
+//!   the time, so it is tested without a cluster.
+//! - A new leader knows no deadlines: it gives every registered broker a full session from
+//!   the moment it leads, so a metadata failover never fences a healthy broker (KAFKA-15019).
+//! - The broker side ([`MetaNode::start_heartbeats`]) reports [`BrokerStatus::Expired`]
+//!   once no heartbeat has been answered for the session minus two intervals: it stops
+//!   serving before the leader can have given its partitions away.
+
+use crate::rpc::{CallError, HeartbeatReply, HeartbeatRequest, Kind, PbRequest};
+use crate::types::{Command, PartitionMove};
+use crate::{ClusterState, MetaNode};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Weak;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How often the leader's controller looks for expired sessions.
+pub(crate) const TICK: Duration = Duration::from_millis(100);
+
+/// The leader's view of broker sessions.
+#[derive(Debug)]
+pub(crate) struct Liveness {
+    session: Duration,
+    /// Broker id -> (epoch the deadline is for, deadline).
+    deadlines: HashMap<u64, (u64, Instant)>,
+}
+
+impl Liveness {
+    pub(crate) fn new(session: Duration) -> Self {
+        Liveness {
+            session,
+            deadlines: HashMap::new(),
+        }
+    }
+
+    /// Forgets every deadline (this node stopped leading).
+    pub(crate) fn clear(&mut self) {
+        self.deadlines.clear();
+    }
+
+    /// A broker's heartbeat, answered from the replicated registration.
+    pub(crate) fn heartbeat(
+        &mut self,
+        state: &ClusterState,
+        id: u64,
+        epoch: u64,
+        now: Instant,
+    ) -> HeartbeatReply {
+        match state.brokers.get(&id) {
+            Some(b) if b.epoch == epoch && b.fenced => HeartbeatReply::Fenced,
+            Some(b) if b.epoch == epoch => {
+                self.deadlines.insert(id, (epoch, now + self.session));
+                HeartbeatReply::Live
+            }
+            // Unknown, or an older (or, not applied here yet, newer) registration.
+            _ => HeartbeatReply::Reregister,
+        }
+    }
+
+    /// What the controller does now: fence brokers past their deadline, and move the
+    /// partitions of fenced brokers to live ones. A broker without a deadline yet (just
+    /// registered, or this node just started leading) gets a full session from now.
+    pub(crate) fn plan(&mut self, state: &ClusterState, now: Instant) -> Vec<Command> {
+        let mut out = Vec::new();
+        for (&id, b) in state.brokers.iter().filter(|(_, b)| !b.fenced) {
+            let deadline = match self.deadlines.get(&id) {
+                Some(&(epoch, d)) if epoch == b.epoch => d,
+                _ => {
+                    let d = now + self.session;
+                    self.deadlines.insert(id, (b.epoch, d));
+                    d
+                }
+            };
+            if deadline <= now {
+                out.push(Command::FenceBroker { id, epoch: b.epoch });
+            }
+        }
+        let moves = moves_off_fenced(state);
+        if !moves.is_empty() {
+            out.push(Command::MovePartitions { moves });
+        }
+        out
+    }
+}
+
+/// The partitions of fenced brokers, each to the live broker owning the fewest partitions
+/// (counting the moves already planned), ties to the lowest id. Nothing moves while no
+/// broker is live. Owners that never registered as brokers are left alone.
+fn moves_off_fenced(state: &ClusterState) -> Vec<PartitionMove> {
+    let live: Vec<u64> = state
+        .brokers
+        .iter()
+        .filter(|(_, b)| !b.fenced)
+        .map(|(id, _)| *id)
+        .collect();
+    if live.is_empty() {
+        return Vec::new();
+    }
+    let mut load: BTreeMap<u64, usize> = live.iter().map(|id| (*id, 0)).collect();
+    for t in state.topics.values() {
+        for p in &t.partitions {
+            if let Some(n) = load.get_mut(&p.owner) {
+                *n += 1;
+            }
+        }
+    }
+    let mut moves = Vec::new();
+    for t in state.topics.values() {
+        for (i, p) in t.partitions.iter().enumerate() {
+            let fenced = state.brokers.get(&p.owner).is_some_and(|b| b.fenced);
+            if !fenced {
+                continue;
+            }
+            let Some((&to, _)) = load.iter().min_by_key(|(id, n)| (**n, **id)) else {
+                continue;
+            };
+            if let Some(n) = load.get_mut(&to) {
+                *n += 1;
+            }
+            moves.push(PartitionMove {
+                topic: t.name.clone(),
+                partition: i as u32,
+                from: p.owner,
+                to,
+            });
+        }
+    }
+    moves
+}
+
+/// The leader's controller loop; runs on every node, acts only while it leads.
+pub(crate) async fn run(node: Weak<MetaNode>) {
+    let mut leading = false;
+    loop {
+        tokio::time::sleep(TICK).await;
+        let Some(node) = node.upgrade() else {
+            return;
+        };
+        if node.leader() != Some(node.node_id) {
+            if leading {
+                node.liveness.lock().clear();
+                leading = false;
+            }
+            continue;
+        }
+        leading = true;
+        let now = Instant::now();
+        let commands = node.read(|st| node.liveness.lock().plan(st, now));
+        for cmd in commands {
+            if let Err(e) = node.submit(cmd).await {
+                tracing::warn!(error = %e, "controller write failed; retried next tick");
+                break;
+            }
+        }
+    }
+}
+
+/// What a broker knows of its own session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerStatus {
+    /// The last heartbeat was answered: keep serving.
+    Live,
+    /// The controller fenced this registration: stop serving what it owned, register again.
+    Fenced,
+    /// No heartbeat answered for the session minus two intervals: stop serving now, before
+    /// the controller can have moved the partitions away.
+    Expired,
+}
+
+/// Stops the heartbeats when dropped.
+pub struct Heartbeats {
+    status: watch::Receiver<BrokerStatus>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeats {
+    /// The latest status; `changed()` on it waits for the next change.
+    pub fn status(&self) -> watch::Receiver<BrokerStatus> {
+        self.status.clone()
+    }
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MetaNode {
+    /// Registers this process as broker `node.id` with a new `incarnation` (random per
+    /// start); returns its broker epoch.
+    pub async fn register_broker(
+        &self,
+        node: crate::NodeMeta,
+        incarnation: [u8; 16],
+    ) -> Result<u64, crate::MetaError> {
+        match self
+            .submit(Command::RegisterBroker { node, incarnation })
+            .await
+        {
+            Ok(crate::types::Response::BrokerEpoch(e)) => Ok(e),
+            Ok(other) => Err(crate::MetaError::Unavailable(format!(
+                "unexpected response {other:?}"
+            ))),
+            Err(e) => Err(crate::MetaError::Unavailable(e)),
+        }
+    }
+
+    /// Heartbeats broker `id` at `epoch` to the metadata leader every `interval`.
+    pub fn start_heartbeats(
+        self: &std::sync::Arc<Self>,
+        id: u64,
+        epoch: u64,
+        interval: Duration,
+        session: Duration,
+    ) -> Heartbeats {
+        let (tx, rx) = watch::channel(BrokerStatus::Live);
+        let node = std::sync::Arc::downgrade(self);
+        let task = tokio::spawn(heartbeat_loop(node, id, epoch, interval, session, tx));
+        Heartbeats { status: rx, task }
+    }
+
+    /// Answers a heartbeat here, if this node leads.
+    pub(crate) fn heartbeat_here(&self, req: &HeartbeatRequest) -> HeartbeatReply {
+        if self.leader() != Some(self.node_id) {
+            let hint = self.known_leader();
+            return HeartbeatReply::NotLeader {
+                leader_id: hint.as_ref().map(|h| h.0),
+                leader_addr: hint.map(|h| h.1),
+            };
+        }
+        let now = Instant::now();
+        self.read(|st| self.liveness.lock().heartbeat(st, req.id, req.epoch, now))
+    }
+}
+
+async fn heartbeat_loop(
+    node: Weak<MetaNode>,
+    id: u64,
+    epoch: u64,
+    interval: Duration,
+    session: Duration,
+    tx: watch::Sender<BrokerStatus>,
+) {
+    // Expire before the leader can fence: its deadline runs from the last heartbeat it
+    // received, which is no earlier than the last one answered here.
+    let expiry = session.saturating_sub(interval * 2).max(interval);
+    let mut last_ok = Instant::now();
+    let req = HeartbeatRequest { id, epoch };
+    loop {
+        let Some(n) = node.upgrade() else {
+            return;
+        };
+        let reply = send_heartbeat(&n, &req, interval).await;
+        drop(n);
+        let status = match reply {
+            Some(HeartbeatReply::Live) => {
+                last_ok = Instant::now();
+                BrokerStatus::Live
+            }
+            Some(HeartbeatReply::Fenced | HeartbeatReply::Reregister) => BrokerStatus::Fenced,
+            Some(HeartbeatReply::NotLeader { .. }) | None => {
+                if last_ok.elapsed() >= expiry {
+                    BrokerStatus::Expired
+                } else {
+                    *tx.borrow()
+                }
+            }
+        };
+        tx.send_if_modified(|s| {
+            let changed = *s != status;
+            *s = status;
+            changed
+        });
+        if status == BrokerStatus::Fenced {
+            // Final for this epoch: the broker registers again and starts new heartbeats.
+            return;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// One heartbeat to whoever leads (here or over RPC); `None` when nobody answered.
+async fn send_heartbeat(
+    node: &MetaNode,
+    req: &HeartbeatRequest,
+    timeout: Duration,
+) -> Option<HeartbeatReply> {
+    let mut target = node.known_leader();
+    for _ in 0..3 {
+        let reply = match &target {
+            Some((leader, addr)) if *leader != node.node_id => {
+                let call = PbRequest::new(Kind::Heartbeat, req).ok()?;
+                match node.peer(addr).call(&call, timeout).await {
+                    Ok(r) => r.decode_body::<HeartbeatReply>().ok()?,
+                    Err(
+                        CallError::Unreachable(_) | CallError::Network(_) | CallError::Timeout(_),
+                    ) => {
+                        return None;
+                    }
+                }
+            }
+            Some(_) => node.heartbeat_here(req),
+            None => return None,
+        };
+        match reply {
+            HeartbeatReply::NotLeader {
+                leader_id: Some(id),
+                leader_addr: Some(addr),
+            } => target = Some((id, addr)),
+            HeartbeatReply::NotLeader { .. } => return None,
+            other => return Some(other),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{BrokerRegistration, PartitionMeta, TopicMeta};
+
+    const SESSION: Duration = Duration::from_millis(1500);
+
+    fn state(brokers: &[(u64, u64, bool)], owners: &[u64]) -> ClusterState {
+        let mut s = ClusterState::default();
+        for &(id, epoch, fenced) in brokers {
+            s.brokers.insert(
+                id,
+                BrokerRegistration {
+                    epoch,
+                    incarnation: [id as u8; 16],
+                    fenced,
+                },
+            );
+        }
+        s.topics.insert(
+            "t".into(),
+            TopicMeta {
+                name: "t".into(),
+                id: [1; 16],
+                configs: Default::default(),
+                partitions: owners
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &owner)| PartitionMeta {
+                        stream_id: i as u64 + 1,
+                        owner,
+                    })
+                    .collect(),
+                created_at_ms: 0,
+            },
+        );
+        s
+    }
+
+    fn fences(cmds: &[Command]) -> Vec<(u64, u64)> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::FenceBroker { id, epoch } => Some((*id, *epoch)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn moves(cmds: &[Command]) -> Vec<(u32, u64, u64)> {
+        cmds.iter()
+            .flat_map(|c| match c {
+                Command::MovePartitions { moves } => {
+                    moves.iter().map(|m| (m.partition, m.from, m.to)).collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_broker_is_fenced_only_once_its_session_has_passed_without_a_heartbeat() {
+        let st = state(&[(1, 5, false), (2, 6, false)], &[]);
+        let mut l = Liveness::new(SESSION);
+        let t0 = Instant::now();
+        // First sight: everyone gets a full session, nobody is fenced.
+        assert!(l.plan(&st, t0).is_empty());
+        assert_eq!(
+            l.heartbeat(&st, 1, 5, t0 + SESSION / 2),
+            HeartbeatReply::Live
+        );
+        // Broker 2 never heartbeated: fenced at its epoch once the session is over.
+        let cmds = l.plan(&st, t0 + SESSION);
+        assert_eq!(fences(&cmds), vec![(2, 6)]);
+        // Broker 1's heartbeat moved its deadline to a session after it.
+        let just_before = t0 + SESSION * 3 / 2 - Duration::from_millis(1);
+        assert!(!fences(&l.plan(&st, just_before)).contains(&(1, 5)));
+        assert!(fences(&l.plan(&st, t0 + SESSION * 3 / 2)).contains(&(1, 5)));
+    }
+
+    #[test]
+    fn a_new_leader_gives_every_broker_a_full_session() {
+        let st = state(&[(1, 1, false), (2, 2, false), (3, 3, false)], &[]);
+        let mut l = Liveness::new(SESSION);
+        let t0 = Instant::now();
+        l.plan(&st, t0);
+        // Leadership lost and regained much later: the deadlines start again.
+        l.clear();
+        let later = t0 + SESSION * 10;
+        assert!(
+            l.plan(&st, later).is_empty(),
+            "nobody fenced at the first tick"
+        );
+        assert!(
+            l.plan(&st, later + SESSION - Duration::from_millis(1))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn heartbeats_are_answered_by_the_registration() {
+        let st = state(&[(1, 4, false), (2, 9, true)], &[]);
+        let mut l = Liveness::new(SESSION);
+        let now = Instant::now();
+        assert_eq!(l.heartbeat(&st, 1, 4, now), HeartbeatReply::Live);
+        // An older process of broker 1, and an unknown broker, must register (again).
+        assert_eq!(l.heartbeat(&st, 1, 3, now), HeartbeatReply::Reregister);
+        assert_eq!(l.heartbeat(&st, 7, 1, now), HeartbeatReply::Reregister);
+        assert_eq!(l.heartbeat(&st, 2, 9, now), HeartbeatReply::Fenced);
+    }
+
+    #[test]
+    fn a_fenced_brokers_partitions_spread_over_the_live_brokers_least_loaded_first() {
+        // Broker 3 is fenced with four partitions; 1 owns one already, 2 none.
+        let st = state(
+            &[(1, 1, false), (2, 2, false), (3, 3, true)],
+            &[3, 1, 3, 3, 3],
+        );
+        let mut l = Liveness::new(SESSION);
+        let m = moves(&l.plan(&st, Instant::now()));
+        assert_eq!(m, vec![(0, 3, 2), (2, 3, 1), (3, 3, 2), (4, 3, 1)]);
+        // Owners that never registered as brokers (a single node of old) stay put, and
+        // nothing moves while no broker is live.
+        let st = state(&[(3, 3, true)], &[3, 9]);
+        assert!(moves(&l.plan(&st, Instant::now())).is_empty());
+    }
+}
