@@ -60,6 +60,11 @@ pub struct BrokerConfig {
     pub transaction_timeout_check_interval: Duration,
     /// `transaction.state.log.num.partitions`: partitions of `__transaction_state`.
     pub transaction_state_num_partitions: i32,
+    /// `broker.heartbeat.interval.ms`: how often the broker heartbeats the metadata leader.
+    pub broker_heartbeat_interval: Duration,
+    /// `broker.session.timeout.ms`: the broker stops serving what it owns when no heartbeat
+    /// was answered for this long minus two intervals (the controller fences it after this).
+    pub broker_session_timeout: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -91,6 +96,8 @@ impl Default for BrokerConfig {
             transactional_id_expiration_ms: 604_800_000,
             transaction_timeout_check_interval: Duration::from_millis(10_000),
             transaction_state_num_partitions: 50,
+            broker_heartbeat_interval: Duration::from_millis(250),
+            broker_session_timeout: Duration::from_millis(1500),
         }
     }
 }

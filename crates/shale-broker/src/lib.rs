@@ -8,6 +8,7 @@ mod dispatch;
 mod groups;
 pub mod handlers;
 mod internal_topics;
+mod membership;
 mod partitions;
 mod retention;
 pub mod topic_config;
@@ -40,6 +41,8 @@ pub struct Broker {
     txn: txn::glue::TxnCoordinators,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Cleared while the broker's session is in doubt or fenced (see `membership`).
+    serving: std::sync::atomic::AtomicBool,
 }
 
 impl Broker {
@@ -49,15 +52,6 @@ impl Broker {
         meta: Arc<MetaNode>,
         streams: Arc<StreamStore>,
     ) -> anyhow::Result<Arc<Broker>> {
-        meta.write(shale_meta::TopicCommand::RegisterNode(
-            shale_meta::NodeMeta {
-                id: config.node_id as u64,
-                host: config.advertised_host.clone(),
-                port: config.advertised_port,
-                rack: config.rack.clone(),
-            },
-        ))
-        .await?;
         let (shutdown, _) = watch::channel(false);
         let coordinator = groups::GroupCoordinator::new(groups::GroupConfig::from_broker(&config));
         let broker = Arc::new(Broker {
@@ -71,8 +65,14 @@ impl Broker {
             txn: Default::default(),
             shutdown,
             tasks: Mutex::new(Vec::new()),
+            serving: std::sync::atomic::AtomicBool::new(true),
         });
+        let heartbeats = broker.register().await?;
         broker.open_owned_partitions().await?;
+        let membership = tokio::spawn(membership::run(broker.clone(), heartbeats));
+        broker.tasks.lock().push(membership);
+        let reconciler = internal_topics::follow_ownership(&broker, membership::reconcile);
+        broker.tasks.lock().push(reconciler);
         groups::start(&broker).await?;
         txn::glue::start(&broker).await?;
         let retention = tokio::spawn(retention::run(broker.clone()));

@@ -135,6 +135,11 @@ impl Broker {
         self.partitions.open.read().get(&id).map(|o| o.loaded_from)
     }
 
+    /// The streams this node has open (any state).
+    pub(crate) fn open_stream_ids(&self) -> Vec<StreamId> {
+        self.partitions.open.read().keys().copied().collect()
+    }
+
     /// Every open partition (for the producer-state expiry sweep).
     pub(crate) fn open_partitions(&self) -> Vec<Arc<Owned>> {
         self.partitions.open.read().values().cloned().collect()
@@ -163,7 +168,7 @@ impl Broker {
         let Some((stream_id, owner, topic_configs)) = found else {
             return Err(ResponseError::UnknownTopicOrPartition);
         };
-        if owner != me {
+        if owner != me || !self.serving() {
             return Err(ResponseError::NotLeaderOrFollower);
         }
         match self.open_owned(stream_id).await {

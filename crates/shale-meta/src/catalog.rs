@@ -45,7 +45,18 @@ impl ObjectCatalog for MetaCatalog {
     }
 
     async fn open_stream(&self, stream_id: StreamId) -> Result<StreamMeta, CatalogError> {
-        match self.submit(Command::OpenStream { stream_id }).await? {
+        self.open_stream_as(stream_id, None).await
+    }
+
+    async fn open_stream_as(
+        &self,
+        stream_id: StreamId,
+        claim: Option<shale_stream::OpenClaim>,
+    ) -> Result<StreamMeta, CatalogError> {
+        match self
+            .submit(Command::OpenStream { stream_id, claim })
+            .await?
+        {
             Response::Stream(s) => Ok(s),
             other => Err(unexpected(other)),
         }

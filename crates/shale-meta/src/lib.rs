@@ -474,6 +474,10 @@ impl MetaNode {
             self.submit(Command::SetClusterId { cluster_id })
                 .await
                 .map_err(|e| anyhow::anyhow!("store cluster id: {e}"))?;
+            // Committed on the leader; the caller reads the id here next.
+            self.read_barrier()
+                .await
+                .map_err(|e| anyhow::anyhow!("reading the cluster id back: {e}"))?;
         }
         // Debug: the binary's start banner says this (with the cluster id) once, for the user.
         tracing::debug!(

@@ -634,7 +634,10 @@ mod tests {
     fn entry(term: u64, index: u64) -> Entry {
         Entry {
             log_id: log_id(term, index),
-            payload: EntryPayload::Normal(Command::OpenStream { stream_id: index }),
+            payload: EntryPayload::Normal(Command::OpenStream {
+                stream_id: index,
+                claim: None,
+            }),
         }
     }
 

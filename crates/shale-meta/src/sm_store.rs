@@ -380,7 +380,10 @@ mod tests {
         use shale_stream::StreamCommit;
         let mut m = MetaState::default();
         for sid in 1..=streams {
-            m.apply(Command::OpenStream { stream_id: sid });
+            m.apply(Command::OpenStream {
+                stream_id: sid,
+                claim: None,
+            });
         }
         let mut ends = vec![0u64; streams as usize + 1];
         for id in 1..=objects {

@@ -188,7 +188,10 @@ impl MetaState {
                 self.state.next_object_id = id + 1;
                 Ok(Response::ObjectId(id))
             }
-            Command::OpenStream { stream_id } => self.open_stream(stream_id).map(Response::Stream),
+            Command::OpenStream { stream_id, claim } => self
+                .check_claim(stream_id, claim)
+                .and_then(|()| self.open_stream(stream_id))
+                .map(Response::Stream),
             Command::CommitObject { object, streams } => {
                 self.commit_object(object, streams).map(|()| Response::Ok)
             }
@@ -400,6 +403,45 @@ impl MetaState {
             },
         );
         id
+    }
+
+    /// A partition's stream opens only for its owner, at the owner's current, unfenced
+    /// broker registration (when it has one: nodes registered the older way have none).
+    /// Streams of no partition, and opens without a claim, are not checked.
+    fn check_claim(
+        &self,
+        stream_id: StreamId,
+        claim: Option<shale_stream::OpenClaim>,
+    ) -> Result<(), ApplyError> {
+        let Some(claim) = claim else {
+            return Ok(());
+        };
+        // A scan: opens are rare (start, failover, healing), partitions are not indexed.
+        let owner = self
+            .state
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .find(|p| p.stream_id == stream_id)
+            .map(|p| p.owner);
+        let Some(owner) = owner else {
+            return Ok(());
+        };
+        let registration_ok = self
+            .state
+            .brokers
+            .get(&claim.holder)
+            .is_none_or(|b| b.epoch == claim.holder_epoch && !b.fenced);
+        if owner == claim.holder && registration_ok {
+            Ok(())
+        } else {
+            Err(ApplyError::NotOwner {
+                stream_id,
+                holder: claim.holder,
+                holder_epoch: claim.holder_epoch,
+                owner,
+            })
+        }
     }
 
     fn open_stream(&mut self, stream_id: StreamId) -> Result<StreamMeta, ApplyError> {

@@ -42,6 +42,10 @@ pub enum Command {
     PrepareObject,
     OpenStream {
         stream_id: StreamId,
+        /// Who opens it. A partition's stream is opened only by its owner at the owner's
+        /// current broker epoch. Absent in entries from before ownership checks.
+        #[serde(default)]
+        claim: Option<shale_stream::OpenClaim>,
     },
     CommitObject {
         object: ObjectMeta,
@@ -125,7 +129,7 @@ impl fmt::Display for Command {
             },
             Command::SetClusterId { cluster_id } => write!(f, "SetClusterId({cluster_id})"),
             Command::PrepareObject => write!(f, "PrepareObject"),
-            Command::OpenStream { stream_id } => write!(f, "OpenStream({stream_id})"),
+            Command::OpenStream { stream_id, .. } => write!(f, "OpenStream({stream_id})"),
             Command::CommitObject { object, .. } => {
                 write!(
                     f,
@@ -221,6 +225,17 @@ pub enum ApplyError {
     /// A malformed request (e.g. reusing a committed object id).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// An open by a node that does not own the partition, or at a stale or fenced
+    /// registration.
+    #[error(
+        "stream {stream_id}: node {holder} (epoch {holder_epoch}) does not own it; node {owner} does"
+    )]
+    NotOwner {
+        stream_id: StreamId,
+        holder: u64,
+        holder_epoch: u64,
+        owner: u64,
+    },
 }
 
 impl From<CatalogError> for ApplyError {
@@ -272,6 +287,12 @@ impl From<ApplyError> for CatalogError {
                 stream_id,
                 start,
                 expected,
+            },
+            // The stream is someone else's: to the stream layer that is being fenced.
+            ApplyError::NotOwner { stream_id, .. } => CatalogError::Fenced {
+                stream_id,
+                epoch: 0,
+                current: 0,
             },
             // The catalog error set has no "invalid" variant; these only arise from caller bugs.
             other => CatalogError::Unavailable(other.to_string()),

@@ -47,6 +47,15 @@ pub struct ObjectMeta {
     pub committed_at_ms: i64,
 }
 
+/// Who opens a stream: the catalog may refuse an open by anyone but the stream's assigned
+/// holder at its current registration (the metadata quorum checks partition ownership), so a
+/// deposed holder cannot take a stream back by reopening it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenClaim {
+    pub holder: u64,
+    pub holder_epoch: u64,
+}
+
 /// A stream's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamMeta {
@@ -108,6 +117,17 @@ pub trait ObjectCatalog: Send + Sync + 'static {
     /// Opens a stream for appending: bumps and returns its epoch (fencing any older owner).
     /// Creates the stream metadata if it does not exist.
     async fn open_stream(&self, stream_id: StreamId) -> Result<StreamMeta, CatalogError>;
+
+    /// [`ObjectCatalog::open_stream`] on behalf of `claim`; catalogs that know no holders
+    /// ignore it.
+    async fn open_stream_as(
+        &self,
+        stream_id: StreamId,
+        claim: Option<OpenClaim>,
+    ) -> Result<StreamMeta, CatalogError> {
+        let _ = claim;
+        self.open_stream(stream_id).await
+    }
 
     /// Atomically commits a WAL object. Every range must start exactly at its stream's
     /// committed end offset and carry the stream's current epoch; the whole commit is

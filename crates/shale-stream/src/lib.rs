@@ -187,6 +187,8 @@ pub(crate) struct Inner {
     pub(crate) streams: RwLock<HashMap<StreamId, Arc<Stream>>>,
     /// Serializes opens so two concurrent opens of one stream do not fence each other.
     open_lock: tokio::sync::Mutex<()>,
+    /// Who this store opens streams as (see [`StreamStore::set_open_claim`]).
+    open_claim: Mutex<Option<OpenClaim>>,
     /// Serializes compaction passes (background task and `compact_now`).
     pub(crate) compaction_lock: tokio::sync::Mutex<()>,
     pub(crate) wal: wal::Wal,
@@ -393,6 +395,7 @@ impl StreamStore {
             tuning,
             streams: RwLock::new(HashMap::new()),
             open_lock: tokio::sync::Mutex::new(()),
+            open_claim: Mutex::new(None),
             compaction_lock: tokio::sync::Mutex::new(()),
             wal: wal::Wal::new(config.wal_batch_bytes, config.wal_max_inflight),
             log_cache: log_cache::LogCache::new(config.log_cache_bytes),
@@ -437,6 +440,11 @@ impl StreamStore {
     /// Opens a stream for appending and reading; bumps its epoch (fencing older owners).
     /// Opening an already open stream returns the same handle (a fenced or closed handle is
     /// replaced by a newly opened one).
+    /// Every later open is made on behalf of `claim` (the node and its registration epoch).
+    pub fn set_open_claim(&self, claim: Option<OpenClaim>) {
+        *self.inner.open_claim.lock() = claim;
+    }
+
     pub async fn open(&self, stream_id: StreamId) -> Result<Arc<Stream>, StreamError> {
         if self.is_stopping() {
             return Err(StreamError::ShuttingDown);
@@ -447,7 +455,8 @@ impl StreamStore {
         {
             return Ok(s.clone());
         }
-        let meta = self.inner.catalog.open_stream(stream_id).await?;
+        let claim = *self.inner.open_claim.lock();
+        let meta = self.inner.catalog.open_stream_as(stream_id, claim).await?;
         if self.is_stopping() {
             return Err(StreamError::ShuttingDown);
         }

@@ -12,6 +12,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("listeners", "PLAINTEXT://127.0.0.1:9092"),
     ("advertised.listeners", ""),
     ("broker.rack", ""),
+    ("controller.quorum.voters", ""),
+    ("controller.listener.names", "CONTROLLER"),
+    ("broker.heartbeat.interval.ms", "250"),
+    ("broker.session.timeout.ms", "1500"),
     ("data.dir", "./shale-data"),
     ("object.store", "local"),
     ("object.store.local.path", ""),
@@ -163,9 +167,65 @@ impl Settings {
         PathBuf::from(self.str("data.dir"))
     }
 
-    /// Host and port of the first `PLAINTEXT://host:port` listener.
+    /// Host and port of the first listener that is not a controller listener.
     pub fn listener(&self) -> anyhow::Result<(String, u16)> {
-        parse_listener(self.str("listeners"))
+        let controller = self.str("controller.listener.names");
+        let kafka = self
+            .str("listeners")
+            .split(',')
+            .map(str::trim)
+            .find(|l| !is_named(l, controller))
+            .unwrap_or("");
+        parse_listener(kafka)
+    }
+
+    /// Host and port of the controller listener (`controller.listener.names`, Kafka's
+    /// `CONTROLLER://host:port` entry of `listeners`): where the metadata quorum's RPC
+    /// binds. `None` when no listener has that name.
+    pub fn controller_listener(&self) -> anyhow::Result<Option<(String, u16)>> {
+        let controller = self.str("controller.listener.names");
+        match self
+            .str("listeners")
+            .split(',')
+            .map(str::trim)
+            .find(|l| is_named(l, controller))
+        {
+            Some(l) => {
+                let rest = l.split_once("://").map_or(l, |(_, r)| r);
+                parse_listener(rest).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// `controller.quorum.voters` (`id@host:port,...`, Kafka's syntax): id to address.
+    pub fn voters(&self) -> anyhow::Result<BTreeMap<u64, String>> {
+        let mut out = BTreeMap::new();
+        for v in self
+            .str("controller.quorum.voters")
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
+            let (id, addr) = v.split_once('@').with_context(|| {
+                format!("controller.quorum.voters entry {v}: expected id@host:port")
+            })?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .with_context(|| format!("controller.quorum.voters entry {v}: bad id"))?;
+            let (host, port) = parse_listener(addr)
+                .with_context(|| format!("controller.quorum.voters entry {v}"))?;
+            let addr = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            if out.insert(id, addr).is_some() {
+                bail!("controller.quorum.voters names node {id} twice");
+            }
+        }
+        Ok(out)
     }
 
     /// Host and port clients are told to use.
@@ -195,6 +255,12 @@ impl Settings {
             })
             .collect()
     }
+}
+
+/// Whether listener `spec` (`NAME://host:port`) has the name `name`.
+fn is_named(spec: &str, name: &str) -> bool {
+    spec.split_once("://")
+        .is_some_and(|(n, _)| !name.is_empty() && n.eq_ignore_ascii_case(name))
 }
 
 fn parse_listener(spec: &str) -> anyhow::Result<(String, u16)> {
@@ -239,6 +305,39 @@ mod tests {
             Some("1000")
         );
         assert!(!s.topic_defaults().contains_key("retention.bytes"));
+    }
+
+    #[test]
+    fn a_controller_listener_and_voters_use_kafkas_syntax() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shale.toml");
+        std::fs::write(
+            &path,
+            "\"listeners\" = \"CONTROLLER://0.0.0.0:9093,PLAINTEXT://10.0.0.2:9092\"\n\
+             \"controller.quorum.voters\" = \"1@10.0.0.1:9093, 2@10.0.0.2:9093,3@[::1]:9093\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert_eq!(s.listener().unwrap(), ("10.0.0.2".to_string(), 9092));
+        assert_eq!(
+            s.controller_listener().unwrap(),
+            Some(("0.0.0.0".to_string(), 9093))
+        );
+        let voters = s.voters().unwrap();
+        assert_eq!(voters.len(), 3);
+        assert_eq!(voters[&2], "10.0.0.2:9093");
+        assert_eq!(voters[&3], "[::1]:9093");
+        // No voters is the one-voter default; a malformed entry is an error.
+        std::fs::write(
+            &path,
+            "\"controller.quorum.voters\" = \"1:10.0.0.1:9093\"\n",
+        )
+        .unwrap();
+        assert!(Settings::load(Some(&path)).unwrap().voters().is_err());
+        std::fs::write(&path, "").unwrap();
+        let s = Settings::load(Some(&path)).unwrap();
+        assert!(s.voters().unwrap().is_empty());
+        assert_eq!(s.controller_listener().unwrap(), None);
     }
 
     #[test]

@@ -169,13 +169,40 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let (adv_host, adv_port) = s.advertised()?;
     let store = object_store(&s)?;
 
-    let meta = MetaNode::start(MetaConfig {
-        node_id,
-        data_dir: data_dir.join("meta"),
-        rpc_addr: format!("{host}:{port}"),
-        // One voter until the cluster configuration (controller.quorum.voters) is wired in.
-        voters: Default::default(),
-    })
+    // The metadata quorum: this node alone, or the voters of controller.quorum.voters
+    // (each one's RPC on its CONTROLLER listener).
+    let voters = s.voters()?;
+    let (rpc_addr, rpc_listener) = if voters.is_empty() {
+        (format!("{host}:{port}"), None)
+    } else {
+        let Some(addr) = voters.get(&node_id).cloned() else {
+            anyhow::bail!(
+                "node.id {node_id} is not in controller.quorum.voters: nodes outside the \
+                 quorum (process.roles=broker) are not supported yet"
+            );
+        };
+        let bind = match s.controller_listener()? {
+            Some((h, p)) => format!("{h}:{p}"),
+            None => addr.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind(&bind)
+            .await
+            .with_context(|| format!("binding the controller listener {bind}"))?;
+        (addr, Some(listener))
+    };
+    let meta = MetaNode::start_with_listener(
+        MetaConfig {
+            node_id,
+            data_dir: data_dir.join("meta"),
+            rpc_addr,
+            voters,
+        },
+        shale_meta::MetaOptions {
+            session_timeout: s.millis("broker.session.timeout.ms")?,
+            ..Default::default()
+        },
+        rpc_listener,
+    )
     .await
     .context("starting the metadata quorum")?;
 
@@ -251,6 +278,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             transaction_timeout_check_interval: s
                 .millis("transaction.abort.timed.out.transaction.cleanup.interval.ms")?,
             transaction_state_num_partitions: s.parse("transaction.state.log.num.partitions")?,
+            broker_heartbeat_interval: s.millis("broker.heartbeat.interval.ms")?,
+            broker_session_timeout: s.millis("broker.session.timeout.ms")?,
         },
         meta,
         streams,

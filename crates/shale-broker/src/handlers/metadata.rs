@@ -95,9 +95,12 @@ pub(crate) fn cluster_id(broker: &Broker) -> String {
 }
 
 pub(crate) fn brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
+    // As Kafka's KRaft brokers: fenced brokers are left out (a partition they owned has
+    // moved, and a client should not try them).
     let mut nodes: Vec<MetadataResponseBroker> = broker.meta.read(|s| {
         s.nodes
             .values()
+            .filter(|n| !s.brokers.get(&n.id).is_some_and(|b| b.fenced))
             .map(|n| {
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(n.id as i32))

@@ -1,0 +1,157 @@
+//! The broker as a member of the cluster: its registration and heartbeats (the metadata
+//! quorum fences it when they stop), whether it may serve what it owns, and the reconciler
+//! that keeps its open partitions in line with what the metadata says it owns.
+//!
+//! - At start the broker registers with a random incarnation and gets its broker epoch, then
+//!   heartbeats the metadata leader (`shale_meta::liveness`).
+//! - [`BrokerStatus::Expired`] (no heartbeat answered for most of the session) stops serving
+//!   at once: the controller may be about to give the partitions to another broker, and the
+//!   new owner's open fences this one's handles anyway; serving stops first so no client is
+//!   answered from a handle about to lose the race. It resumes when heartbeats are answered
+//!   again.
+//! - [`BrokerStatus::Fenced`]: the partitions were (or are being) moved; the broker closes
+//!   everything it has open, registers again (a new epoch) and serves what it owns then.
+//! - The reconciler runs on every metadata change (and a timer): it opens partitions this
+//!   node now owns, so their new owner takes over the stream (its open bumps the stream
+//!   epoch) without waiting for a client, and closes those it no longer owns.
+
+use crate::Broker;
+use shale_meta::BrokerStatus;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+impl Broker {
+    /// Whether this node may serve the partitions it owns now.
+    pub(crate) fn serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire)
+    }
+
+    fn node_meta(&self) -> shale_meta::NodeMeta {
+        shale_meta::NodeMeta {
+            id: self.config.node_id as u64,
+            host: self.config.advertised_host.clone(),
+            port: self.config.advertised_port,
+            rack: self.config.rack.clone(),
+        }
+    }
+
+    /// Registers this process (a new incarnation) and returns its heartbeats.
+    pub(crate) async fn register(&self) -> anyhow::Result<shale_meta::Heartbeats> {
+        let incarnation = *uuid::Uuid::new_v4().as_bytes();
+        let epoch = self
+            .meta
+            .register_broker(self.node_meta(), incarnation)
+            .await?;
+        tracing::info!(
+            node_id = self.config.node_id,
+            broker_epoch = epoch,
+            "registered with the metadata quorum"
+        );
+        // Streams open only for their partition's owner at this registration.
+        self.streams.set_open_claim(Some(shale_stream::OpenClaim {
+            holder: self.config.node_id as u64,
+            holder_epoch: epoch,
+        }));
+        Ok(self.meta.start_heartbeats(
+            self.config.node_id as u64,
+            epoch,
+            self.config.broker_heartbeat_interval,
+            self.config.broker_session_timeout,
+        ))
+    }
+}
+
+/// Follows the broker's heartbeat status until shutdown (see the module docs).
+pub(crate) async fn run(broker: Arc<Broker>, mut heartbeats: shale_meta::Heartbeats) {
+    let mut stop = broker.shutdown_signal();
+    loop {
+        let mut status = heartbeats.status();
+        let now = *status.borrow_and_update();
+        match now {
+            BrokerStatus::Live => {
+                if !broker.serving.swap(true, Ordering::AcqRel) {
+                    tracing::info!("heartbeats answered again: serving");
+                }
+            }
+            BrokerStatus::Expired => {
+                if broker.serving.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(
+                        "no heartbeat answered by the metadata leader: not serving until one is"
+                    );
+                }
+            }
+            BrokerStatus::Fenced => {
+                broker.serving.store(false, Ordering::Release);
+                tracing::warn!("fenced by the controller: closing partitions, registering again");
+                close_all(&broker).await;
+                loop {
+                    match broker.register().await {
+                        Ok(h) => {
+                            heartbeats = h;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "registration failed; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(broker.config.broker_heartbeat_interval) => {}
+                                _ = stop.changed() => return,
+                            }
+                        }
+                    }
+                }
+                broker.serving.store(true, Ordering::Release);
+                reconcile(broker.clone()).await;
+                continue;
+            }
+        }
+        tokio::select! {
+            r = status.changed() => if r.is_err() { return },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn close_all(broker: &Arc<Broker>) {
+    for id in broker.open_stream_ids() {
+        broker.close_stream(id).await;
+    }
+}
+
+/// Opens the data partitions this node owns and has not open, closes those it has open but
+/// no longer owns. Coordinator partitions (`__consumer_offsets`, `__transaction_state`) are
+/// their coordinators' business (`internal_topics::follow_ownership`).
+pub(crate) async fn reconcile(broker: Arc<Broker>) {
+    if !broker.serving() || broker.is_shutting_down() {
+        return;
+    }
+    let me = broker.config.node_id as u64;
+    let (owned, not_owned): (Vec<_>, Vec<_>) = broker.meta.read(|s| {
+        let mut owned = Vec::new();
+        let mut not_owned = Vec::new();
+        for t in s
+            .topics
+            .values()
+            .filter(|t| !crate::handlers::topics::is_internal(&t.name))
+        {
+            for p in &t.partitions {
+                if p.owner == me {
+                    owned.push(p.stream_id);
+                } else {
+                    not_owned.push(p.stream_id);
+                }
+            }
+        }
+        (owned, not_owned)
+    });
+    let open: std::collections::HashSet<_> = broker.open_stream_ids().into_iter().collect();
+    for id in not_owned.into_iter().filter(|id| open.contains(id)) {
+        tracing::info!(stream = id, "partition moved to another node: closing");
+        broker.close_stream(id).await;
+    }
+    for id in owned.into_iter().filter(|id| !open.contains(id)) {
+        if let Err(e) = broker.open_owned(id).await {
+            // Retried on the next change or timer tick, or on first use.
+            tracing::debug!(stream = id, error = %e, "cannot open an owned partition yet");
+        }
+    }
+}
