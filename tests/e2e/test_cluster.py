@@ -82,55 +82,97 @@ def test_three_nodes_list_each_other_and_any_node_bootstraps_a_client_to_the_own
     assert sorted(got) == sorted(b"v%d" % i for i in range(300))
 
 
-def test_kill9_of_the_owner_moves_its_partitions_and_loses_no_acknowledged_record(cluster):
-    create(cluster, cluster[1], "failover", 4)
-    assert set(owners(cluster, "failover").values()) == {2}
-    acked, failed = [], []
-    lock = threading.Lock()
-    stop = threading.Event()
+def assert_read_back_once(nodes, topic: str, partitions: int, values: list[bytes]):
+    """Every acknowledged record is there, once."""
+    got = consume_all(nodes, topic, partitions, len(values), timeout=90)
+    missing = set(values) - set(got)
+    assert not missing, f"{len(missing)} acknowledged records lost, e.g. {sorted(missing)[:5]}"
+    assert len(got) == len(set(got)), "duplicates"
 
-    def on_delivery(err, msg):
-        with lock:
-            (failed if err else acked).append((time.monotonic(), msg.value()))
 
-    def produce():
-        p = Producer({"bootstrap.servers": bootstrap(cluster), "acks": "all",
-                      "enable.idempotence": True, "linger.ms": 5,
-                      "message.timeout.ms": 60000})
+class Workload:
+    """An idempotent acks=all producer writing to every partition of `topic` in a thread,
+    recording when each record was acknowledged."""
+
+    def __init__(self, nodes, topic: str, partitions: int):
+        self.acked, self.failed = [], []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(nodes, topic, partitions))
+        self.thread.start()
+
+    def _on_delivery(self, err, msg):
+        with self.lock:
+            (self.failed if err else self.acked).append((time.monotonic(), msg.value()))
+
+    def _run(self, nodes, topic, partitions):
+        p = Producer({"bootstrap.servers": bootstrap(nodes), "acks": "all",
+                      "enable.idempotence": True, "linger.ms": 5, "message.timeout.ms": 60000})
         i = 0
-        while not stop.is_set():
-            p.produce("failover", value=b"r%06d" % i, partition=i % 4, on_delivery=on_delivery)
+        while not self.stop.is_set():
+            p.produce(topic, value=b"r%06d" % i, partition=i % partitions,
+                      on_delivery=self._on_delivery)
             i += 1
             p.poll(0)
             time.sleep(0.002)
         p.flush(60)
 
-    t = threading.Thread(target=produce)
-    t.start()
-    deadline = time.monotonic() + 30
-    while len(acked) < 500 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert len(acked) >= 500, "the producer never got going"
+    def acks_after(self, t: float) -> int:
+        with self.lock:
+            return sum(1 for ts, _ in self.acked if ts > t)
+
+    def wait_acks_after(self, t: float, n: int, timeout: float = 30):
+        deadline = time.monotonic() + timeout
+        while self.acks_after(t) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.acks_after(t) >= n, f"only {self.acks_after(t)} acknowledgements after {t}"
+
+    def finish(self) -> list[bytes]:
+        self.stop.set()
+        self.thread.join(90)
+        assert not self.failed, f"{len(self.failed)} deliveries failed"
+        return [v for _, v in self.acked]
+
+    def first_ack_after(self, t: float) -> float:
+        return min(ts for ts, _ in self.acked if ts > t) - t
+
+    def longest_gap(self) -> float:
+        """The longest time between two consecutive acknowledgements (a figure, not asserted)."""
+        ts = sorted(t for t, _ in self.acked)
+        return max((b - a for a, b in zip(ts, ts[1:])), default=0.0)
+
+
+def test_kill9_of_the_owner_moves_its_partitions_and_loses_no_acknowledged_record(cluster):
+    create(cluster, cluster[1], "failover", 4)
+    assert set(owners(cluster, "failover").values()) == {2}
+    w = Workload(cluster, "failover", 4)
+    w.wait_acks_after(0, 500)
     killed_at = time.monotonic()
     cluster[1].kill9()
     # Keep producing until acks flow again on the new owners, and a little longer.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with lock:
-            resumed = [ts for ts, _ in acked if ts > killed_at + 0.05]
-        if len(resumed) >= 200:
-            break
-        time.sleep(0.1)
-    stop.set()
-    t.join(90)
-    assert not failed, f"{len(failed)} deliveries failed"
+    w.wait_acks_after(killed_at + 0.05, 200)
+    values = w.finish()
     after = owners(cluster, "failover")
-    assert 2 not in after.values(), f"partitions still on the killed node: {after}"
-    assert set(after.values()) <= {1, 3}
-    first_after = min(ts for ts, _ in acked if ts > killed_at)
-    print(f"unavailability after kill -9 of the owner: {first_after - killed_at:.2f} s")
-    values = [v for _, v in acked]
-    got = consume_all(cluster, "failover", 4, len(values), timeout=90)
-    missing = set(values) - set(got)
-    assert not missing, f"{len(missing)} acknowledged records lost, e.g. {sorted(missing)[:5]}"
-    assert len(got) == len(set(got)), "duplicates"
+    assert set(after.values()) <= {1, 3}, f"partitions still on the killed node: {after}"
+    print(f"kill -9 of the owner: first ack after it {w.first_ack_after(killed_at):.2f} s, "
+          f"longest gap between acks {w.longest_gap():.2f} s")
+    assert_read_back_once(cluster, "failover", 4, values)
+
+
+def test_sigterm_of_the_owner_hands_its_partitions_off_before_it_exits(cluster):
+    create(cluster, cluster[2], "handoff", 4)
+    assert set(owners(cluster, "handoff").values()) == {3}
+    w = Workload(cluster, "handoff", 4)
+    w.wait_acks_after(0, 500)
+    stopped_at = time.monotonic()
+    assert cluster[2].terminate() == 0
+    exited_at = time.monotonic()
+    # The partitions moved before the process exited: no session timeout to wait out.
+    after = owners(cluster, "handoff")
+    assert set(after.values()) <= {1, 2}, f"partitions still on the stopped node: {after}"
+    w.wait_acks_after(exited_at, 200)
+    values = w.finish()
+    print(f"SIGTERM of the owner: exit after {exited_at - stopped_at:.2f} s, first ack after "
+          f"the signal {w.first_ack_after(stopped_at):.2f} s, after the exit "
+          f"{w.first_ack_after(exited_at):.2f} s, longest gap between acks {w.longest_gap():.2f} s")
+    assert_read_back_once(cluster, "handoff", 4, values)

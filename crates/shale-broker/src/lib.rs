@@ -43,6 +43,8 @@ pub struct Broker {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Cleared while the broker's session is in doubt or fenced (see `membership`).
     serving: std::sync::atomic::AtomicBool,
+    /// This process's broker epoch (0 before it registered).
+    broker_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Broker {
@@ -66,6 +68,7 @@ impl Broker {
             shutdown,
             tasks: Mutex::new(Vec::new()),
             serving: std::sync::atomic::AtomicBool::new(true),
+            broker_epoch: std::sync::atomic::AtomicU64::new(0),
         });
         let heartbeats = broker.register().await?;
         broker.open_owned_partitions().await?;
@@ -106,7 +109,8 @@ impl Broker {
         }
     }
 
-    /// Stops accepting, drains the WAL (in-flight appends are committed and acked) and stops.
+    /// Stops accepting, drains the WAL (in-flight appends are committed and acked), hands
+    /// its partitions to the other live brokers (a controlled shutdown) and stops.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         // A fresh producer-state snapshot spares the next start its scan; bounded, so a
@@ -123,6 +127,9 @@ impl Broker {
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }
+        // Everything acknowledged is durable now: give the partitions away rather than make
+        // clients wait out the session timeout.
+        self.hand_off().await;
         // Let connection writers send the responses the drain just completed.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         self.meta.shutdown().await;

@@ -47,6 +47,7 @@ impl Broker {
             broker_epoch = epoch,
             "registered with the metadata quorum"
         );
+        self.broker_epoch.store(epoch, Ordering::Release);
         // Streams open only for their partition's owner at this registration.
         self.streams.set_open_claim(Some(shale_stream::OpenClaim {
             holder: self.config.node_id as u64,
@@ -108,6 +109,45 @@ pub(crate) async fn run(broker: Arc<Broker>, mut heartbeats: shale_meta::Heartbe
             r = status.changed() => if r.is_err() { return },
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Longest a controlled shutdown waits for its partitions to move.
+const HAND_OFF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Broker {
+    /// A controlled shutdown's hand-off (Kafka's controlled shutdown): this broker fences
+    /// itself, the controller moves its partitions to the live brokers at its next tick, and
+    /// the call returns once none is left here (or after [`HAND_OFF_TIMEOUT`]). Called after
+    /// the WAL is drained, so a new owner opens streams holding every acknowledged record.
+    /// Without another live broker there is nobody to hand to: nothing happens.
+    pub(crate) async fn hand_off(&self) {
+        let me = self.config.node_id as u64;
+        let epoch = self.broker_epoch.load(Ordering::Acquire);
+        let others = self
+            .meta
+            .read(|s| s.brokers.iter().any(|(id, b)| *id != me && !b.fenced));
+        if epoch == 0 || !others {
+            return;
+        }
+        if let Err(e) = self.meta.fence_broker(me, epoch).await {
+            tracing::warn!(error = %e, "controlled shutdown: cannot hand partitions off");
+            return;
+        }
+        let owns_any = |s: &shale_meta::ClusterState| {
+            s.topics
+                .values()
+                .any(|t| t.partitions.iter().any(|p| p.owner == me))
+        };
+        let deadline = tokio::time::Instant::now() + HAND_OFF_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            if self.meta.read_barrier().await.is_ok() && !self.meta.read(owns_any) {
+                tracing::info!("controlled shutdown: partitions handed off");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tracing::warn!("controlled shutdown: partitions not all moved in time");
     }
 }
 

@@ -429,7 +429,9 @@ impl MetaNode {
                 .with_raft_state(|st| st.membership_state.effective().voter_ids().collect())
                 .await
                 .map_err(|e| anyhow::anyhow!("raft: {e}"))?;
-            if !stored.contains(&self.node_id) {
+            // Empty: a voter that heard a vote request before the first membership entry
+            // reached it (openraft counts a vote as initialized); it waits like a fresh one.
+            if !stored.is_empty() && !stored.contains(&self.node_id) {
                 anyhow::bail!(
                     "node {} is not a voter of the metadata quorum stored in {} \
                      (voters {stored:?}): wrong node_id or data_dir?",

@@ -10,7 +10,8 @@
 //!   (`FenceBroker`, a Raft write at that epoch), and the partitions of fenced brokers move
 //!   to live ones, least loaded first (`MovePartitions`, compare-and-set on the old owner).
 //!   [`Liveness::plan`] decides both; it is a pure function of the state, the deadlines and
-//!   the time, so it is tested without a cluster.
+//!   the time, so it is tested without a cluster. It never fences every live broker at once
+//!   (a lone node, or a controller that stalled): nobody would be left to take over.
 //! - A new leader knows no deadlines: it gives every registered broker a full session from
 //!   the moment it leads, so a metadata failover never fences a healthy broker (KAFKA-15019).
 //! - The broker side ([`MetaNode::start_heartbeats`]) reports [`BrokerStatus::Expired`]
@@ -74,7 +75,10 @@ impl Liveness {
     /// registered, or this node just started leading) gets a full session from now.
     pub(crate) fn plan(&mut self, state: &ClusterState, now: Instant) -> Vec<Command> {
         let mut out = Vec::new();
+        let mut live = 0;
+        let mut expired = Vec::new();
         for (&id, b) in state.brokers.iter().filter(|(_, b)| !b.fenced) {
+            live += 1;
             let deadline = match self.deadlines.get(&id) {
                 Some(&(epoch, d)) if epoch == b.epoch => d,
                 _ => {
@@ -84,8 +88,14 @@ impl Liveness {
                 }
             };
             if deadline <= now {
-                out.push(Command::FenceBroker { id, epoch: b.epoch });
+                expired.push(Command::FenceBroker { id, epoch: b.epoch });
             }
+        }
+        // Every live broker expired at once: far likelier that this controller stalled
+        // (or is alone, one node) than that all of them died, and fencing them all would
+        // leave nobody to take the partitions. Wait for their heartbeats instead.
+        if expired.len() < live {
+            out.extend(expired);
         }
         let moves = moves_off_fenced(state);
         if !moves.is_empty() {
@@ -216,6 +226,15 @@ impl MetaNode {
             ))),
             Err(e) => Err(crate::MetaError::Unavailable(e)),
         }
+    }
+
+    /// Fences broker `id` at `epoch` now (a controlled shutdown fences itself so the
+    /// controller moves its partitions without waiting for the session to expire).
+    pub async fn fence_broker(&self, id: u64, epoch: u64) -> Result<(), crate::MetaError> {
+        self.submit(Command::FenceBroker { id, epoch })
+            .await
+            .map(|_| ())
+            .map_err(crate::MetaError::Unavailable)
     }
 
     /// Heartbeats broker `id` at `epoch` to the metadata leader every `interval`.
@@ -388,7 +407,7 @@ mod tests {
 
     #[test]
     fn a_broker_is_fenced_only_once_its_session_has_passed_without_a_heartbeat() {
-        let st = state(&[(1, 5, false), (2, 6, false)], &[]);
+        let st = state(&[(1, 5, false), (2, 6, false), (3, 7, false)], &[]);
         let mut l = Liveness::new(SESSION);
         let t0 = Instant::now();
         // First sight: everyone gets a full session, nobody is fenced.
@@ -397,6 +416,9 @@ mod tests {
             l.heartbeat(&st, 1, 5, t0 + SESSION / 2),
             HeartbeatReply::Live
         );
+        // Broker 3 keeps heartbeating throughout.
+        l.heartbeat(&st, 3, 7, t0 + SESSION);
+        l.heartbeat(&st, 3, 7, t0 + SESSION * 3 / 2);
         // Broker 2 never heartbeated: fenced at its epoch once the session is over.
         let cmds = l.plan(&st, t0 + SESSION);
         assert_eq!(fences(&cmds), vec![(2, 6)]);
@@ -404,6 +426,27 @@ mod tests {
         let just_before = t0 + SESSION * 3 / 2 - Duration::from_millis(1);
         assert!(!fences(&l.plan(&st, just_before)).contains(&(1, 5)));
         assert!(fences(&l.plan(&st, t0 + SESSION * 3 / 2)).contains(&(1, 5)));
+    }
+
+    #[test]
+    fn the_last_live_broker_is_never_fenced_nor_all_of_them_at_once() {
+        let mut l = Liveness::new(SESSION);
+        let t0 = Instant::now();
+        // One node alone: nobody could take its partitions over.
+        let alone = state(&[(1, 1, false)], &[1]);
+        l.plan(&alone, t0);
+        assert!(l.plan(&alone, t0 + SESSION * 5).is_empty());
+        // Everyone silent at once (the controller itself stalled): nobody is fenced.
+        let three = state(&[(1, 1, false), (2, 2, false), (3, 3, false)], &[]);
+        let mut l = Liveness::new(SESSION);
+        l.plan(&three, t0);
+        assert!(fences(&l.plan(&three, t0 + SESSION * 2)).is_empty());
+        // Two of three silent: those two are fenced.
+        l.heartbeat(&three, 1, 1, t0 + SESSION * 2);
+        assert_eq!(
+            fences(&l.plan(&three, t0 + SESSION * 2)),
+            vec![(2, 2), (3, 3)]
+        );
     }
 
     #[test]
