@@ -35,6 +35,7 @@ fn node() -> &'static Node {
                 node_id: 1,
                 data_dir: dir.path().join("meta"),
                 rpc_addr: "127.0.0.1:0".into(),
+                voters: Default::default(),
             })
             .await
             .expect("metadata quorum");

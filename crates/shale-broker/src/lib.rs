@@ -45,6 +45,8 @@ pub struct Broker {
     serving: std::sync::atomic::AtomicBool,
     /// This process's broker epoch (0 before it registered).
     broker_epoch: std::sync::atomic::AtomicU64,
+    /// Owned partitions whose open failed, and when (the reconciler backs off).
+    failed_opens: Mutex<std::collections::HashMap<shale_stream::StreamId, std::time::Instant>>,
 }
 
 impl Broker {
@@ -69,6 +71,7 @@ impl Broker {
             tasks: Mutex::new(Vec::new()),
             serving: std::sync::atomic::AtomicBool::new(true),
             broker_epoch: std::sync::atomic::AtomicU64::new(0),
+            failed_opens: Mutex::new(Default::default()),
         });
         let heartbeats = broker.register().await?;
         broker.open_owned_partitions().await?;

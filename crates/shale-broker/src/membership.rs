@@ -188,10 +188,26 @@ pub(crate) async fn reconcile(broker: Arc<Broker>) {
         tracing::info!(stream = id, "partition moved to another node: closing");
         broker.close_stream(id).await;
     }
+    let now = std::time::Instant::now();
+    broker
+        .failed_opens
+        .lock()
+        .retain(|_, at| now.duration_since(*at) < OPEN_RETRY);
     for id in owned.into_iter().filter(|id| !open.contains(id)) {
+        if broker.failed_opens.lock().contains_key(&id) {
+            continue;
+        }
         if let Err(e) = broker.open_owned(id).await {
-            // Retried on the next change or timer tick, or on first use.
+            // Retried after OPEN_RETRY (every metadata change would be far too often while
+            // the store is out), or on first use.
             tracing::debug!(stream = id, error = %e, "cannot open an owned partition yet");
+            broker
+                .failed_opens
+                .lock()
+                .insert(id, std::time::Instant::now());
         }
     }
 }
+
+/// How long the reconciler leaves a partition whose open failed before trying again.
+const OPEN_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
