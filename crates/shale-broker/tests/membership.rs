@@ -1,0 +1,134 @@
+//! A broker as a member of a cluster: two brokers on one metadata quorum and one bucket, in
+//! one process. When the controller fences one, its partitions move to the other, which
+//! opens them at once (no client has to ask) and continues their offsets; the fenced one
+//! answers NOT_LEADER_OR_FOLLOWER for them and registers again with a new broker epoch.
+
+mod common;
+
+use bytes::{Bytes, BytesMut};
+use common::{create_topic_with, produce};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
+use shale_broker::{Broker, BrokerConfig};
+use shale_meta::{MetaConfig, MetaNode};
+use shale_stream::{StreamConfig, StreamStore};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+fn one_record(value: &str) -> Bytes {
+    let record = Record {
+        transactional: false,
+        control: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp: common::now_ms(),
+        key: None,
+        value: Some(Bytes::from(value.to_string())),
+        headers: Default::default(),
+        delete_horizon: false,
+    };
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &[record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
+    buf.freeze()
+}
+
+async fn start(
+    meta: &Arc<MetaNode>,
+    store: &Arc<dyn object_store::ObjectStore>,
+    node_id: i32,
+) -> (Arc<Broker>, TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams = StreamStore::start(
+        store.clone(),
+        meta.catalog(),
+        StreamConfig {
+            node_id: node_id as u64,
+            wal_batch_interval: Duration::from_millis(5),
+            ..StreamConfig::default()
+        },
+    );
+    let broker = Broker::start(
+        BrokerConfig {
+            node_id,
+            advertised_port: addr.port(),
+            offsets_topic_num_partitions: 1,
+            transaction_state_num_partitions: 1,
+            ..BrokerConfig::default()
+        },
+        meta.clone(),
+        streams,
+    )
+    .await
+    .unwrap();
+    let b = broker.clone();
+    tokio::spawn(async move { b.serve(listener).await });
+    (broker, TcpStream::connect(addr).await.unwrap())
+}
+
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_brokers_partitions_are_opened_by_their_new_owner_which_continues_their_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = MetaNode::start(MetaConfig {
+        node_id: 1,
+        data_dir: dir.path().join("meta"),
+        rpc_addr: "127.0.0.1:0".into(),
+        voters: Default::default(),
+    })
+    .await
+    .unwrap();
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    let (b1, mut c1) = start(&meta, &store, 1).await;
+    let (b2, mut c2) = start(&meta, &store, 2).await;
+    assert_eq!(create_topic_with(&mut c1, "moving", 1, &[]).await, 0);
+    let r = produce(&mut c1, "moving", one_record("before")).await;
+    assert_eq!((r.error_code, r.base_offset), (0, 0));
+    assert!(b2.producer_state_loaded_from("moving", 0).is_none());
+
+    let epoch = meta.read(|s| s.brokers[&1].epoch);
+    meta.fence_broker(1, epoch).await.unwrap();
+    let owner = || meta.read(|s| s.topics["moving"].partitions[0].owner);
+    eventually("the partition moves to broker 2", || owner() == 2).await;
+    // Broker 2 opens it without any request for it.
+    eventually("broker 2 opens the partition", || {
+        b2.producer_state_loaded_from("moving", 0).is_some()
+    })
+    .await;
+    let r = produce(&mut c2, "moving", one_record("after")).await;
+    assert_eq!((r.error_code, r.base_offset), (0, 1), "offsets continue");
+    let r = produce(&mut c1, "moving", one_record("zombie")).await;
+    assert_eq!(r.error_code, ResponseError::NotLeaderOrFollower.code());
+    // Broker 1 heard it was fenced and registered again, at a higher epoch.
+    eventually("broker 1 registered again", || {
+        meta.read(|s| !s.brokers[&1].fenced && s.brokers[&1].epoch > epoch)
+    })
+    .await;
+    assert_eq!(owner(), 2, "its partitions stay where they moved");
+    b1.shutdown().await;
+    b2.shutdown().await;
+}
