@@ -47,6 +47,8 @@ pub struct Broker {
     broker_epoch: std::sync::atomic::AtomicU64,
     /// Owned partitions whose open failed, and when (the reconciler backs off).
     failed_opens: Mutex<std::collections::HashMap<shale_stream::StreamId, std::time::Instant>>,
+    /// The topics map the reconciler last acted on.
+    reconciled_topics: Mutex<Option<shale_meta::StateMap<String, shale_meta::TopicMeta>>>,
 }
 
 impl Broker {
@@ -72,6 +74,7 @@ impl Broker {
             serving: std::sync::atomic::AtomicBool::new(true),
             broker_epoch: std::sync::atomic::AtomicU64::new(0),
             failed_opens: Mutex::new(Default::default()),
+            reconciled_topics: Mutex::new(None),
         });
         let heartbeats = broker.register().await?;
         broker.open_owned_partitions().await?;

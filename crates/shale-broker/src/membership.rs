@@ -101,6 +101,8 @@ pub(crate) async fn run(broker: Arc<Broker>, mut heartbeats: shale_meta::Heartbe
                     }
                 }
                 broker.serving.store(true, Ordering::Release);
+                // Everything was closed: a full pass, whatever the topics look like.
+                *broker.reconciled_topics.lock() = None;
                 reconcile(broker.clone()).await;
                 continue;
             }
@@ -164,12 +166,23 @@ pub(crate) async fn reconcile(broker: Arc<Broker>) {
     if !broker.serving() || broker.is_shutting_down() {
         return;
     }
+    // Most metadata changes are WAL commits, which leave the topics map untouched: skip the
+    // O(partitions) scan unless ownership could have changed or an open waits for a retry.
+    // The map is a persistent one, so the copy is O(1) and `ptr_eq` tells "unchanged".
+    let topics = broker.meta.read(|s| s.topics.clone());
+    {
+        let mut last = broker.reconciled_topics.lock();
+        let unchanged = last.as_ref().is_some_and(|t| t.ptr_eq(&topics));
+        if unchanged && broker.failed_opens.lock().is_empty() {
+            return;
+        }
+        *last = Some(topics.clone());
+    }
     let me = broker.config.node_id as u64;
-    let (owned, not_owned): (Vec<_>, Vec<_>) = broker.meta.read(|s| {
+    let (owned, not_owned): (Vec<_>, Vec<_>) = {
         let mut owned = Vec::new();
         let mut not_owned = Vec::new();
-        for t in s
-            .topics
+        for t in topics
             .values()
             .filter(|t| !crate::handlers::topics::is_internal(&t.name))
         {
@@ -182,7 +195,7 @@ pub(crate) async fn reconcile(broker: Arc<Broker>) {
             }
         }
         (owned, not_owned)
-    });
+    };
     let open: std::collections::HashSet<_> = broker.open_stream_ids().into_iter().collect();
     for id in not_owned.into_iter().filter(|id| open.contains(id)) {
         tracing::info!(stream = id, "partition moved to another node: closing");

@@ -5,47 +5,14 @@
 
 mod common;
 
-use bytes::{Bytes, BytesMut};
-use common::{create_topic_with, produce};
+use common::{create_topic_with, plain_record, produce};
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 use shale_broker::{Broker, BrokerConfig};
 use shale_meta::{MetaConfig, MetaNode};
 use shale_stream::{StreamConfig, StreamStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-
-fn one_record(value: &str) -> Bytes {
-    let record = Record {
-        transactional: false,
-        control: false,
-        partition_leader_epoch: 0,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: common::now_ms(),
-        key: None,
-        value: Some(Bytes::from(value.to_string())),
-        headers: Default::default(),
-        delete_horizon: false,
-    };
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &[record],
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
-}
 
 async fn start(
     meta: &Arc<MetaNode>,
@@ -106,7 +73,7 @@ async fn a_fenced_brokers_partitions_are_opened_by_their_new_owner_which_continu
     let (b1, mut c1) = start(&meta, &store, 1).await;
     let (b2, mut c2) = start(&meta, &store, 2).await;
     assert_eq!(create_topic_with(&mut c1, "moving", 1, &[]).await, 0);
-    let r = produce(&mut c1, "moving", one_record("before")).await;
+    let r = produce(&mut c1, "moving", plain_record("before")).await;
     assert_eq!((r.error_code, r.base_offset), (0, 0));
     assert!(b2.producer_state_loaded_from("moving", 0).is_none());
 
@@ -119,9 +86,9 @@ async fn a_fenced_brokers_partitions_are_opened_by_their_new_owner_which_continu
         b2.producer_state_loaded_from("moving", 0).is_some()
     })
     .await;
-    let r = produce(&mut c2, "moving", one_record("after")).await;
+    let r = produce(&mut c2, "moving", plain_record("after")).await;
     assert_eq!((r.error_code, r.base_offset), (0, 1), "offsets continue");
-    let r = produce(&mut c1, "moving", one_record("zombie")).await;
+    let r = produce(&mut c1, "moving", plain_record("zombie")).await;
     assert_eq!(r.error_code, ResponseError::NotLeaderOrFollower.code());
     // Broker 1 heard it was fenced and registered again, at a higher epoch.
     eventually("broker 1 registered again", || {
