@@ -147,6 +147,7 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
     };
     let version = head.api_version;
     let correlation_id = header.correlation_id;
+    let timer = RequestTimer::start(api);
     // The header's strings are slices of the frame; dropping them lets Produce reclaim the
     // frame for in-place patching.
     drop(header);
@@ -165,11 +166,17 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
         Started::Close => return None,
         Started::Done(resp) => {
             let frame = encode(resp);
+            timer.finish();
             tokio::spawn(async move { frame })
         }
-        Started::Later(fut) => tokio::spawn(async move { encode(fut.await) }),
+        Started::Later(fut) => tokio::spawn(async move {
+            let resp = fut.await;
+            timer.finish();
+            encode(resp)
+        }),
         Started::Fetch(fut) => tokio::spawn(async move {
             let reply = fut.await;
+            timer.finish();
             fetch_frame::encode_fetch_response(
                 correlation_id,
                 version,
@@ -206,5 +213,27 @@ impl Broker {
                 None
             }
         }
+    }
+}
+
+/// Request count and latency per API (`shale_requests_total`, `shale_request_seconds`),
+/// from the decoded request to the response being ready (a fetch's long poll included).
+struct RequestTimer {
+    api: &'static str,
+    started: std::time::Instant,
+}
+
+impl RequestTimer {
+    fn start(api: ApiKey) -> RequestTimer {
+        RequestTimer {
+            api: dispatch::api_name(api),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn finish(self) {
+        metrics::counter!("shale_requests_total", "api" => self.api).increment(1);
+        metrics::histogram!("shale_request_seconds", "api" => self.api)
+            .record(self.started.elapsed().as_secs_f64());
     }
 }

@@ -271,3 +271,19 @@ pub(crate) async fn start(
         }
     }
 }
+
+/// The API's name as a metric label ("Produce", "Fetch", ...): names are made once per
+/// supported API, so labelling a request costs no allocation.
+pub(crate) fn api_name(api: ApiKey) -> &'static str {
+    static NAMES: std::sync::LazyLock<Vec<(ApiKey, &'static str)>> =
+        std::sync::LazyLock::new(|| {
+            SUPPORTED
+                .iter()
+                .map(|&(k, _, _)| (k, &*Box::leak(format!("{k:?}").into_boxed_str())))
+                .collect()
+        });
+    NAMES
+        .iter()
+        .find(|(k, _)| *k == api)
+        .map_or("other", |(_, n)| n)
+}

@@ -62,6 +62,46 @@ impl Broker {
     }
 }
 
+/// Whether the node is ready (the admin HTTP `/ready`): registered, not fenced nor in doubt,
+/// and every data partition it owns open. `Err` says what is missing.
+impl Broker {
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.is_shutting_down() {
+            return Err("shutting down".into());
+        }
+        let epoch = self.broker_epoch.load(Ordering::Acquire);
+        if epoch == 0 {
+            return Err("not registered with the metadata quorum".into());
+        }
+        if !self.serving() {
+            return Err("session in doubt or fenced: not serving".into());
+        }
+        let me = self.config.node_id as u64;
+        let fenced = self.meta.read(|s| {
+            s.brokers
+                .get(&me)
+                .is_none_or(|b| b.fenced || b.epoch != epoch)
+        });
+        if fenced {
+            return Err(format!("registration (broker epoch {epoch}) is fenced"));
+        }
+        let open: std::collections::HashSet<_> = self.open_stream_ids().into_iter().collect();
+        let closed = self.meta.read(|s| {
+            s.topics
+                .values()
+                .filter(|t| !crate::handlers::topics::is_internal(&t.name))
+                .flat_map(|t| t.partitions.iter())
+                .filter(|p| p.owner == me && !open.contains(&p.stream_id))
+                .count()
+        });
+        metrics::gauge!("shale_owned_partitions_closed").set(closed as f64);
+        if closed > 0 {
+            return Err(format!("{closed} owned partitions not open yet"));
+        }
+        Ok(())
+    }
+}
+
 /// Follows the broker's heartbeat status until shutdown (see the module docs).
 pub(crate) async fn run(broker: Arc<Broker>, mut heartbeats: shale_meta::Heartbeats) {
     let mut stop = broker.shutdown_signal();
@@ -199,6 +239,7 @@ pub(crate) async fn reconcile(broker: Arc<Broker>) {
     let open: std::collections::HashSet<_> = broker.open_stream_ids().into_iter().collect();
     for id in not_owned.into_iter().filter(|id| open.contains(id)) {
         tracing::info!(stream = id, "partition moved to another node: closing");
+        metrics::counter!("shale_ownership_changes_total", "change" => "lost").increment(1);
         broker.close_stream(id).await;
     }
     let now = std::time::Instant::now();
@@ -210,7 +251,11 @@ pub(crate) async fn reconcile(broker: Arc<Broker>) {
         if broker.failed_opens.lock().contains_key(&id) {
             continue;
         }
-        if let Err(e) = broker.open_owned(id).await {
+        let opened = broker.open_owned(id).await;
+        if opened.is_ok() {
+            metrics::counter!("shale_ownership_changes_total", "change" => "gained").increment(1);
+        }
+        if let Err(e) = opened {
             // Retried after OPEN_RETRY (every metadata change would be far too often while
             // the store is out), or on first use.
             tracing::debug!(stream = id, error = %e, "cannot open an owned partition yet");

@@ -169,8 +169,47 @@ impl MetaNode {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
         let id = m.current_leader?;
-        let addr = m.membership_config.get_node(&id)?.addr.clone();
+        let addr = self.address_of(id, &m.membership_config.get_node(&id)?.addr);
         Some((id, addr))
+    }
+
+    /// Whether a quorum acknowledged this leader within [`crate::liveness::LEADER_LEASE`] (a single voter
+    /// always holds it).
+    pub(crate) fn holds_leader_lease(&self) -> bool {
+        if self.single_voter {
+            return true;
+        }
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.last_quorum_acked.as_ref().is_some_and(|acked| {
+            openraft::Instant::elapsed(&acked.into_inner()) < crate::liveness::LEADER_LEASE
+        })
+    }
+
+    /// Gauges of this node's view of the quorum (the controller tick refreshes them).
+    pub(crate) fn record_gauges(&self) {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let leader = m.current_leader;
+        metrics::gauge!("shale_metadata_leader_id").set(leader.map_or(-1.0, |l| l as f64));
+        metrics::gauge!("shale_metadata_is_leader").set(if leader == Some(self.node_id) {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("shale_metadata_term").set(m.current_term as f64);
+        metrics::gauge!("shale_metadata_applied_index")
+            .set(m.last_applied.map_or(0.0, |l| l.index() as f64));
+    }
+
+    /// Where this node reaches peer `id`: its own `controller.quorum.voters` entry when it
+    /// has one (as in Kafka, each node's configuration says how it reaches the voters, so a
+    /// node behind NAT or a proxy can differ), else the address the membership records.
+    pub(crate) fn address_of(&self, id: u64, recorded: &str) -> String {
+        self.addresses
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| recorded.to_string())
     }
 
     pub(crate) fn peer(&self, addr: &str) -> Arc<Peer> {
@@ -184,13 +223,23 @@ impl MetaNode {
     /// Where to send the next attempt: here, a hinted leader, or the known leader.
     fn next_target(&self, hint: Option<(Option<u64>, Option<String>)>) -> Option<(u64, String)> {
         match hint {
-            Some((Some(id), Some(addr))) => Some((id, addr)),
+            Some((Some(id), Some(addr))) => Some((id, self.address_of(id, &addr))),
             _ => self.known_leader(),
         }
     }
 
     /// Proposes `cmd` and waits until it is applied, wherever the leader is.
     pub(crate) async fn submit(&self, cmd: Command) -> Result<Response, String> {
+        let started = Instant::now();
+        let r = self.submit_inner(cmd).await;
+        metrics::histogram!("shale_metadata_write_seconds").record(started.elapsed().as_secs_f64());
+        if r.is_err() {
+            metrics::counter!("shale_metadata_write_errors_total").increment(1);
+        }
+        r
+    }
+
+    async fn submit_inner(&self, cmd: Command) -> Result<Response, String> {
         if self.single_voter {
             return match self.write_here(cmd).await {
                 WriteReply::Applied(r) => Ok(r),

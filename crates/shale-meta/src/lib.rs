@@ -282,6 +282,9 @@ pub struct MetaNode {
     shared: Arc<Shared>,
     /// No other voters: writes and reads need no forwarding or barrier.
     single_voter: bool,
+    /// How this node reaches each voter (`MetaConfig::voters`), over what the membership
+    /// records: see `address_of`.
+    addresses: Arc<BTreeMap<u64, String>>,
     /// Connections to other nodes for forwarded writes and read barriers, by address.
     peers: parking_lot::Mutex<std::collections::HashMap<String, Arc<rpc::Peer>>>,
     /// The RPC server task (multi-voter quorums only).
@@ -350,11 +353,13 @@ impl MetaNode {
         .validate()
         .context("raft config")?;
 
+        let addresses = Arc::new(config.voters.clone());
         let raft = Raft::new(
             config.node_id,
             Arc::new(raft_config),
             NetworkFactory {
                 node_id: config.node_id,
+                addresses: Arc::clone(&addresses),
             },
             log_store,
             sm,
@@ -366,6 +371,7 @@ impl MetaNode {
             raft,
             shared,
             single_voter,
+            addresses,
             peers: parking_lot::Mutex::new(Default::default()),
             server: parking_lot::Mutex::new(None),
             liveness: parking_lot::Mutex::new(liveness::Liveness::new(options.session_timeout)),

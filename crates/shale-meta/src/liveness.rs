@@ -158,6 +158,7 @@ pub(crate) async fn run(node: Weak<MetaNode>) {
         let Some(node) = node.upgrade() else {
             return;
         };
+        node.record_gauges();
         if node.leader() != Some(node.node_id) {
             if leading {
                 node.liveness.lock().clear();
@@ -169,6 +170,15 @@ pub(crate) async fn run(node: Weak<MetaNode>) {
         let now = Instant::now();
         let commands = node.read(|st| node.liveness.lock().plan(st, now));
         for cmd in commands {
+            match &cmd {
+                Command::FenceBroker { .. } => {
+                    metrics::counter!("shale_brokers_fenced_total").increment(1)
+                }
+                Command::MovePartitions { moves } => {
+                    metrics::counter!("shale_partitions_moved_total").increment(moves.len() as u64)
+                }
+                _ => {}
+            }
             if let Err(e) = node.submit(cmd).await {
                 tracing::warn!(error = %e, "controller write failed; retried next tick");
                 break;
@@ -260,10 +270,25 @@ impl MetaNode {
                 leader_addr: hint.map(|h| h.1),
             };
         }
+        if !self.holds_leader_lease() {
+            // Cut off from its quorum, this leader may already have been replaced, and the
+            // new one may fence this broker: saying "live" would keep it serving.
+            return HeartbeatReply::NotLeader {
+                leader_id: None,
+                leader_addr: None,
+            };
+        }
         let now = Instant::now();
         self.read(|st| self.liveness.lock().heartbeat(st, req.id, req.epoch, now))
     }
 }
+
+/// How recent a quorum's acknowledgement must be for the leader to answer heartbeats. Raft
+/// heartbeats go out every 100 ms, so a connected leader is always well inside it. It is the
+/// shortest election timeout: a leader partitioned away stops answering before a new leader
+/// can exist, and its brokers expire (session minus two intervals after their last answer)
+/// before that new leader fences anyone (a full session after it is elected).
+pub(crate) const LEADER_LEASE: Duration = Duration::from_millis(300);
 
 async fn heartbeat_loop(
     node: Weak<MetaNode>,

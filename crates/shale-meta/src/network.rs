@@ -21,6 +21,8 @@ use std::future::Future;
 pub(crate) struct NetworkFactory {
     /// This node's id (for openraft's timeout errors).
     pub node_id: u64,
+    /// This node's own addresses for peers (`MetaNode::address_of`).
+    pub addresses: std::sync::Arc<std::collections::BTreeMap<u64, String>>,
 }
 
 /// A client for one peer, with its own connection.
@@ -37,7 +39,12 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         NetworkClient {
             node_id: self.node_id,
             target,
-            peer: Peer::new(node.addr.clone()),
+            peer: Peer::new(
+                self.addresses
+                    .get(&target)
+                    .cloned()
+                    .unwrap_or_else(|| node.addr.clone()),
+            ),
         }
     }
 }

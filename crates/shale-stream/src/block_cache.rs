@@ -112,8 +112,10 @@ impl BlockCache {
     ) -> Result<Arc<Block>, StreamError> {
         let key = (loc.object_id, loc.range.position);
         if let Some(b) = self.lookup(&key) {
+            metrics::counter!("shale_block_cache_hits_total").increment(1);
             return Ok(b);
         }
+        metrics::counter!("shale_block_cache_misses_total").increment(1);
         self.fetch(store, loc).await.map_err(|e| dup_error(&e))
     }
 

@@ -16,6 +16,7 @@
 pub mod catalog;
 pub mod local;
 pub mod memory;
+pub mod metered;
 pub mod object;
 
 mod attachments;

@@ -37,10 +37,12 @@ pub(crate) async fn read(
         };
         match cached {
             CacheRead::Served { pos: p } => {
+                metrics::counter!("shale_log_cache_reads_total", "result" => "hit").increment(1);
                 pos = p;
                 break;
             }
             CacheRead::Below(cache_start) => {
+                metrics::counter!("shale_log_cache_reads_total", "result" => "miss").increment(1);
                 let limit = cache_start.map_or(end, |c| c.min(end));
                 let (p, full) = read_objects(
                     stream, pos, limit, end, max_bytes, sequential, &mut out, &mut bytes,

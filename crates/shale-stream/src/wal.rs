@@ -57,6 +57,8 @@ pub(crate) struct Wal {
 struct Job {
     upload: JoinHandle<Result<(ObjectId, String), StreamError>>,
     size: u64,
+    /// When the buffer was taken: the flush's latency runs from here to the acks.
+    taken_at: Instant,
     batches: Vec<(PendingBatch, ObjectRange)>,
     _permit: OwnedSemaphorePermit,
 }
@@ -236,9 +238,11 @@ fn build_job(
         inner.tuning.clone(),
         reserved,
     ));
+    metrics::histogram!("shale_wal_flush_bytes").record(size as f64);
     Job {
         upload,
         size,
+        taken_at: Instant::now(),
         batches: batches.into_iter().zip(ranges).collect(),
         _permit: permit,
     }
@@ -340,6 +344,7 @@ async fn process(inner: &Inner, job: Job, mut stop: watch::Receiver<bool>) {
     let (id, key) = match uploaded {
         Ok(v) => v,
         Err(e) => {
+            metrics::counter!("shale_wal_flush_failures_total").increment(1);
             tracing::error!(error = %e, "WAL object could not be written; failing its appends");
             for (b, _) in live {
                 fail_batch(&inner.log_cache, b, &e);
@@ -377,8 +382,13 @@ async fn process(inner: &Inner, job: Job, mut stop: watch::Receiver<bool>) {
             }
         }
         let attempt = inner.catalog.commit_object(meta.clone(), commits);
+        let commit_started = Instant::now();
         let err = match with_timeout(inner.tuning.catalog_timeout, "commit_object", attempt).await {
             Ok(()) => {
+                metrics::histogram!("shale_wal_commit_seconds")
+                    .record(commit_started.elapsed().as_secs_f64());
+                metrics::histogram!("shale_wal_flush_seconds")
+                    .record(job.taken_at.elapsed().as_secs_f64());
                 complete(inner, live);
                 return;
             }

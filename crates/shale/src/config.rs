@@ -16,6 +16,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("controller.listener.names", "CONTROLLER"),
     ("broker.heartbeat.interval.ms", "250"),
     ("broker.session.timeout.ms", "1500"),
+    ("admin.http.listener", ""),
     ("data.dir", "./shale-data"),
     ("object.store", "local"),
     ("object.store.local.path", ""),

@@ -1,5 +1,6 @@
 //! The `shale` binary: `shale dev` (zero configuration) and `shale serve --config FILE`.
 
+mod admin_http;
 mod config;
 
 use anyhow::Context;
@@ -161,13 +162,23 @@ fn object_store(s: &Settings) -> anyhow::Result<Arc<dyn ObjectStore>> {
 }
 
 async fn run(s: Settings) -> anyhow::Result<()> {
+    // Recording starts before anything else does, so start-up is counted too.
+    let admin = match s.opt("admin.http.listener") {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding admin.http.listener {addr}"))?;
+            Some((listener, admin_http::install_recorder()?))
+        }
+        None => None,
+    };
     let node_id: u64 = s.parse("node.id")?;
     let data_dir = s.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let (host, port) = s.listener()?;
     let (adv_host, adv_port) = s.advertised()?;
-    let store = object_store(&s)?;
+    let store: Arc<dyn ObjectStore> = shale_stream::metered::MeteredStore::new(object_store(&s)?);
 
     // The metadata quorum: this node alone, or the voters of controller.quorum.voters
     // (each one's RPC on its CONTROLLER listener).
@@ -296,6 +307,9 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         banner(&s, &format!("{adv_host}:{adv_port}"), &cluster)
     );
 
+    if let Some((listener, handle)) = admin {
+        tokio::spawn(admin_http::serve(listener, handle, broker.clone()));
+    }
     let serving = {
         let broker = broker.clone();
         tokio::spawn(async move { broker.serve(listener).await })
