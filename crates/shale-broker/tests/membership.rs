@@ -90,6 +90,33 @@ async fn a_fenced_brokers_partitions_are_opened_by_their_new_owner_which_continu
     assert_eq!((r.error_code, r.base_offset), (0, 1), "offsets continue");
     let r = produce(&mut c1, "moving", plain_record("zombie")).await;
     assert_eq!(r.error_code, ResponseError::NotLeaderOrFollower.code());
+    // KIP-951: from Produce v10 and Fetch v12 (endpoints from v16) the refusal names the
+    // new leader, at the epoch its open gave the partition, and where to reach it.
+    let epoch_now = meta.read(|s| {
+        let sid = s.topics["moving"].partitions[0].stream_id;
+        s.streams[&sid].epoch as i32
+    });
+    let (leader, endpoints) = produce_v11(&mut c1, "moving").await;
+    assert_eq!((leader.leader_id.0, leader.leader_epoch), (2, epoch_now));
+    assert_eq!(
+        endpoints,
+        vec![(
+            2,
+            b2.config.advertised_host.clone(),
+            i32::from(b2.config.advertised_port)
+        )]
+    );
+    let (code, leader, endpoints) = fetch_v16(&mut c1, &meta, "moving").await;
+    assert_eq!(code, ResponseError::NotLeaderOrFollower.code());
+    assert_eq!((leader.leader_id.0, leader.leader_epoch), (2, epoch_now));
+    assert_eq!(
+        endpoints,
+        vec![(
+            2,
+            b2.config.advertised_host.clone(),
+            i32::from(b2.config.advertised_port)
+        )]
+    );
     // Broker 1 heard it was fenced and registered again, at a higher epoch.
     eventually("broker 1 registered again", || {
         meta.read(|s| !s.brokers[&1].fenced && s.brokers[&1].epoch > epoch)
@@ -98,4 +125,83 @@ async fn a_fenced_brokers_partitions_are_opened_by_their_new_owner_which_continu
     assert_eq!(owner(), 2, "its partitions stay where they moved");
     b1.shutdown().await;
     b2.shutdown().await;
+}
+
+/// A Produce v11 of one record to partition 0: the partition's current leader and the
+/// response's node endpoints (id, host, port).
+async fn produce_v11(
+    conn: &mut TcpStream,
+    topic: &str,
+) -> (
+    kafka_protocol::messages::produce_response::LeaderIdAndEpoch,
+    Vec<(i32, String, i32)>,
+) {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestKind, ResponseKind, TopicName};
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(common::name(topic)))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(plain_record("zombie"))),
+                ]),
+        ]);
+    let ResponseKind::Produce(r) =
+        common::call(conn, ApiKey::Produce, 11, RequestKind::Produce(req)).await
+    else {
+        panic!("not a Produce response");
+    };
+    let p = &r.responses[0].partition_responses[0];
+    assert_eq!(p.error_code, ResponseError::NotLeaderOrFollower.code());
+    let endpoints = r
+        .node_endpoints
+        .iter()
+        .map(|e| (e.node_id.0, e.host.to_string(), e.port))
+        .collect();
+    (p.current_leader.clone(), endpoints)
+}
+
+/// A Fetch v16 (topics by id) of partition 0: its error, current leader and the response's
+/// node endpoints.
+async fn fetch_v16(
+    conn: &mut TcpStream,
+    meta: &MetaNode,
+    topic: &str,
+) -> (
+    i16,
+    kafka_protocol::messages::fetch_response::LeaderIdAndEpoch,
+    Vec<(i32, String, i32)>,
+) {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{ApiKey, FetchRequest, RequestKind, ResponseKind};
+    let id = meta.read(|s| s.topics[topic].id);
+    let req = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic_id(uuid::Uuid::from_bytes(id))
+                .with_partitions(vec![
+                    FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    let ResponseKind::Fetch(r) =
+        common::call(conn, ApiKey::Fetch, 16, RequestKind::Fetch(req)).await
+    else {
+        panic!("not a Fetch response");
+    };
+    let p = &r.responses[0].partitions[0];
+    let endpoints = r
+        .node_endpoints
+        .iter()
+        .map(|e| (e.node_id.0, e.host.to_string(), e.port))
+        .collect();
+    (p.error_code, p.current_leader.clone(), endpoints)
 }

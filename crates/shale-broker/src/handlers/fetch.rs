@@ -9,9 +9,10 @@ use bytes::Bytes;
 use futures::StreamExt;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::fetch_response::{
-    AbortedTransaction, FetchableTopicResponse, PartitionData,
+    AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
 };
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ProducerId};
+use kafka_protocol::protocol::StrBytes;
 use shale_stream::StreamRecord;
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,10 +80,21 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, req: FetchRequest) -> Fe
             read_pass(broker, version, &topics, max_bytes, read_committed).await;
         let now = Instant::now();
         if total >= min_bytes || any_error || now >= deadline || broker.is_shutting_down() {
+            let mut responses = responses;
+            let node_endpoints = if version >= 12 && any_error {
+                add_leader_hints(broker, &topics, &mut responses)
+            } else {
+                Vec::new()
+            };
             return FetchReply {
                 response: FetchResponse::default()
                     .with_session_id(0)
-                    .with_responses(responses),
+                    .with_responses(responses)
+                    .with_node_endpoints(if version >= 16 {
+                        node_endpoints
+                    } else {
+                        Vec::new()
+                    }),
                 records,
             };
         }
@@ -92,6 +104,42 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, req: FetchRequest) -> Fe
             _ = tokio::time::sleep_until(deadline) => {}
         }
     }
+}
+
+/// KIP-951 (Fetch v12+ for the leader, v16+ for its endpoint): each NOT_LEADER_OR_FOLLOWER
+/// partition names its current leader, so the consumer fetches there without waiting for
+/// metadata. `topics` is the request's, in the order of `responses`.
+fn add_leader_hints(
+    broker: &Broker,
+    topics: &Topics<'_>,
+    responses: &mut [FetchableTopicResponse],
+) -> Vec<NodeEndpoint> {
+    let mut endpoints: Vec<NodeEndpoint> = Vec::new();
+    for ((name, _), t) in topics.iter().zip(responses.iter_mut()) {
+        let Some(name) = name else { continue };
+        for p in &mut t.partitions {
+            if p.error_code != ResponseError::NotLeaderOrFollower.code() {
+                continue;
+            }
+            let Some(h) = crate::handlers::metadata::leader_hint(broker, name, p.partition_index)
+            else {
+                continue;
+            };
+            p.current_leader = LeaderIdAndEpoch::default()
+                .with_leader_id(BrokerId(h.id))
+                .with_leader_epoch(h.epoch);
+            if !endpoints.iter().any(|e| e.node_id.0 == h.id) {
+                endpoints.push(
+                    NodeEndpoint::default()
+                        .with_node_id(BrokerId(h.id))
+                        .with_host(StrBytes::from_string(h.host))
+                        .with_port(i32::from(h.port))
+                        .with_rack(h.rack.map(StrBytes::from_string)),
+                );
+            }
+        }
+    }
+    endpoints
 }
 
 /// Partitions read at once by one fetch: catch-up reads wait on object storage, so they

@@ -182,3 +182,53 @@ pub(crate) fn check_leader_epoch(requested: i32, current: i32) -> Result<(), Res
 pub(crate) fn leader_epoch(stream_epoch: u64) -> i32 {
     i32::try_from(stream_epoch).unwrap_or(i32::MAX)
 }
+
+/// KIP-951: where a partition this node refused with NOT_LEADER_OR_FOLLOWER is served now,
+/// so a client can go there without a metadata round trip.
+pub(crate) struct LeaderHint {
+    pub id: i32,
+    pub epoch: i32,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+}
+
+/// The owner of `topic`-`partition` with its leader epoch and endpoint, unless that is this
+/// node (nothing better to say) or a broker not live now (a client should wait for metadata
+/// rather than try it).
+pub(crate) fn leader_hint(broker: &Broker, topic: &str, partition: i32) -> Option<LeaderHint> {
+    let me = broker.config.node_id as u64;
+    broker.meta.read(|s| {
+        let p = s
+            .topics
+            .get(topic)?
+            .partitions
+            .get(usize::try_from(partition).ok()?)?;
+        if p.owner == me || s.brokers.get(&p.owner).is_none_or(|b| b.fenced) {
+            return None;
+        }
+        let node = s.nodes.get(&p.owner)?;
+        let epoch = s.streams.get(&p.stream_id).map_or(0, |m| m.epoch);
+        Some(LeaderHint {
+            id: i32::try_from(p.owner).ok()?,
+            epoch: leader_epoch(epoch),
+            host: node.host.clone(),
+            port: node.port,
+            rack: node.rack.clone(),
+        })
+    })
+}
+
+/// The leader epoch Metadata reports for `topic`-`partition` now.
+pub(crate) fn leader_epoch_of(broker: &Broker, topic: &str, partition: i32) -> Option<i32> {
+    broker.meta.read(|s| {
+        let p = s
+            .topics
+            .get(topic)?
+            .partitions
+            .get(usize::try_from(partition).ok()?)?;
+        Some(leader_epoch(
+            s.streams.get(&p.stream_id).map_or(0, |m| m.epoch),
+        ))
+    })
+}

@@ -12,9 +12,12 @@ use crate::txn::producers::{Admit, ProducerError};
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::produce_response::{
-    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+    BatchIndexAndErrorMessage, LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse,
+    TopicProduceResponse,
 };
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
+use kafka_protocol::messages::{
+    BrokerId, ProduceRequest, ProduceResponse, ResponseKind, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use shale_protocol::batch::{self, BatchError, BatchHeader};
 use shale_protocol::{decompress, records};
@@ -195,6 +198,7 @@ pub(crate) async fn start(
         }
         return Started::Done(None);
     }
+    let broker = broker.clone();
     Started::Later(Box::pin(async move {
         let mut responses = Vec::with_capacity(results.len());
         for (name, parts) in results {
@@ -236,10 +240,89 @@ pub(crate) async fn start(
                     .with_partition_responses(partition_responses),
             );
         }
+        let node_endpoints = if version >= 10 {
+            if broker.is_shutting_down() {
+                await_hand_off(&broker, &responses).await;
+            }
+            add_leader_hints(&broker, &mut responses)
+        } else {
+            Vec::new()
+        };
         Some(ResponseKind::Produce(
-            ProduceResponse::default().with_responses(responses),
+            ProduceResponse::default()
+                .with_responses(responses)
+                .with_node_endpoints(node_endpoints),
         ))
     }))
+}
+
+/// Longest a refusal waits for the controlled shutdown's hand-off to name a new leader.
+const HAND_OFF_WAIT: Duration = Duration::from_secs(1);
+
+/// During a controlled shutdown, holds the refusals until their partitions have moved (the
+/// hand-off takes one controller tick and a commit), so that the answer can name the new
+/// leader and the producer goes straight there instead of backing off and asking for
+/// metadata.
+async fn await_hand_off(broker: &Broker, responses: &[TopicProduceResponse]) {
+    use crate::handlers::metadata::{leader_epoch_of, leader_hint};
+    // With the epoch each had here: clients take a hint only at a newer leader epoch, which
+    // the new owner's open gives the partition.
+    let refused: Vec<(&str, i32, i32)> = responses
+        .iter()
+        .flat_map(|t| {
+            t.partition_responses
+                .iter()
+                .filter(|p| p.error_code == ResponseError::NotLeaderOrFollower.code())
+                .map(move |p| (&*t.name.0, p.index))
+        })
+        .map(|(t, p)| (t, p, leader_epoch_of(broker, t, p).unwrap_or(-1)))
+        .collect();
+    if refused.is_empty() {
+        return;
+    }
+    let mut changes = broker.meta.changes();
+    let moved = || {
+        refused
+            .iter()
+            .all(|(t, p, e)| leader_hint(broker, t, *p).is_some_and(|h| h.epoch > *e))
+    };
+    let _ = tokio::time::timeout(HAND_OFF_WAIT, async {
+        while !moved() {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+/// KIP-951 (Produce v10+): each NOT_LEADER_OR_FOLLOWER partition names its current leader,
+/// and the response carries those leaders' endpoints, so the producer retries there at once.
+fn add_leader_hints(broker: &Broker, responses: &mut [TopicProduceResponse]) -> Vec<NodeEndpoint> {
+    let mut endpoints: Vec<NodeEndpoint> = Vec::new();
+    for t in responses.iter_mut() {
+        for p in &mut t.partition_responses {
+            if p.error_code != ResponseError::NotLeaderOrFollower.code() {
+                continue;
+            }
+            let Some(h) = crate::handlers::metadata::leader_hint(broker, &t.name.0, p.index) else {
+                continue;
+            };
+            p.current_leader = LeaderIdAndEpoch::default()
+                .with_leader_id(BrokerId(h.id))
+                .with_leader_epoch(h.epoch);
+            if !endpoints.iter().any(|e| e.node_id.0 == h.id) {
+                endpoints.push(
+                    NodeEndpoint::default()
+                        .with_node_id(BrokerId(h.id))
+                        .with_host(StrBytes::from_string(h.host))
+                        .with_port(i32::from(h.port))
+                        .with_rack(h.rack.map(StrBytes::from_string)),
+                );
+            }
+        }
+    }
+    endpoints
 }
 
 /// Waits until every batch is durable; `deadline` (acks=all only, one for the whole request,
