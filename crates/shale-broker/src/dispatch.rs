@@ -224,6 +224,14 @@ pub(crate) async fn start(
                 ))
             }))
         }
+        RequestKind::WriteTxnMarkers(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::WriteTxnMarkers(
+                    handlers::txn::write_txn_markers(&broker, req).await,
+                ))
+            }))
+        }
         RequestKind::EndTxn(req) => {
             let broker = broker.clone();
             Started::Later(Box::pin(async move {

@@ -10,6 +10,7 @@ pub mod handlers;
 mod internal_topics;
 mod membership;
 mod partitions;
+mod peers;
 mod retention;
 pub mod topic_config;
 #[doc(hidden)]
@@ -49,6 +50,8 @@ pub struct Broker {
     failed_opens: Mutex<std::collections::HashMap<shale_stream::StreamId, std::time::Instant>>,
     /// The topics map the reconciler last acted on.
     reconciled_topics: Mutex<Option<shale_meta::StateMap<String, shale_meta::TopicMeta>>>,
+    /// Connections to the other brokers, for the requests brokers send each other.
+    peers: peers::Peers,
 }
 
 impl Broker {
@@ -75,6 +78,7 @@ impl Broker {
             broker_epoch: std::sync::atomic::AtomicU64::new(0),
             failed_opens: Mutex::new(Default::default()),
             reconciled_topics: Mutex::new(None),
+            peers: Default::default(),
         });
         let heartbeats = broker.register().await?;
         broker.open_owned_partitions().await?;

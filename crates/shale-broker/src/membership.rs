@@ -269,3 +269,21 @@ pub(crate) async fn reconcile(broker: Arc<Broker>) {
 
 /// How long the reconciler leaves a partition whose open failed before trying again.
 const OPEN_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Broker {
+    /// Whether opening (or loading) `id` failed less than [`OPEN_RETRY`] ago: the
+    /// coordinators' loaders wait that long before trying again, as the reconciler does, so
+    /// a store or quorum outage is not retried at the rate of metadata changes.
+    pub(crate) fn open_failed_recently(&self, id: shale_stream::StreamId) -> bool {
+        self.failed_opens
+            .lock()
+            .get(&id)
+            .is_some_and(|at| at.elapsed() < OPEN_RETRY)
+    }
+
+    pub(crate) fn note_open_failed(&self, id: shale_stream::StreamId) {
+        self.failed_opens
+            .lock()
+            .insert(id, std::time::Instant::now());
+    }
+}

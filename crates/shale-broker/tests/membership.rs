@@ -5,48 +5,12 @@
 
 mod common;
 
-use common::{create_topic_with, plain_record, produce};
+use common::{create_topic_with, plain_record, produce, start_member};
 use kafka_protocol::error::ResponseError;
-use shale_broker::{Broker, BrokerConfig};
 use shale_meta::{MetaConfig, MetaNode};
-use shale_stream::{StreamConfig, StreamStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-
-async fn start(
-    meta: &Arc<MetaNode>,
-    store: &Arc<dyn object_store::ObjectStore>,
-    node_id: i32,
-) -> (Arc<Broker>, TcpStream) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let streams = StreamStore::start(
-        store.clone(),
-        meta.catalog(),
-        StreamConfig {
-            node_id: node_id as u64,
-            wal_batch_interval: Duration::from_millis(5),
-            ..StreamConfig::default()
-        },
-    );
-    let broker = Broker::start(
-        BrokerConfig {
-            node_id,
-            advertised_port: addr.port(),
-            offsets_topic_num_partitions: 1,
-            transaction_state_num_partitions: 1,
-            ..BrokerConfig::default()
-        },
-        meta.clone(),
-        streams,
-    )
-    .await
-    .unwrap();
-    let b = broker.clone();
-    tokio::spawn(async move { b.serve(listener).await });
-    (broker, TcpStream::connect(addr).await.unwrap())
-}
 
 async fn eventually(what: &str, f: impl Fn() -> bool) {
     for _ in 0..200 {
@@ -70,8 +34,10 @@ async fn a_fenced_brokers_partitions_are_opened_by_their_new_owner_which_continu
     .await
     .unwrap();
     let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    let (b1, mut c1) = start(&meta, &store, 1).await;
-    let (b2, mut c2) = start(&meta, &store, 2).await;
+    let (b1, a1) = start_member(&meta, &store, 1).await;
+    let (b2, a2) = start_member(&meta, &store, 2).await;
+    let mut c1 = TcpStream::connect(a1).await.unwrap();
+    let mut c2 = TcpStream::connect(a2).await.unwrap();
     assert_eq!(create_topic_with(&mut c1, "moving", 1, &[]).await, 0);
     let r = produce(&mut c1, "moving", plain_record("before")).await;
     assert_eq!((r.error_code, r.base_offset), (0, 0));

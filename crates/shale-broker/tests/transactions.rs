@@ -947,3 +947,89 @@ async fn a_commit_prepared_but_not_marked_before_a_stop_is_completed_by_the_next
     }
     panic!("the prepared commit was never completed after the restart");
 }
+
+/// Two brokers of one cluster: the transaction coordinator on broker 1 (it owns
+/// `__transaction_state`), the data partition on broker 2. As in Kafka, the partition's
+/// owner asks the coordinator over the network (KIP-890: verify-only AddPartitionsToTxn for
+/// Produce ≤ v11, an add for v12) and the coordinator sends the markers to the owner
+/// (WriteTxnMarkers), so a transaction commits and aborts across nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_spans_nodes_the_owner_asks_the_coordinator_and_gets_its_markers() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = shale_meta::MetaNode::start(shale_meta::MetaConfig {
+        node_id: 1,
+        data_dir: dir.path().join("meta"),
+        rpc_addr: "127.0.0.1:0".into(),
+        voters: Default::default(),
+    })
+    .await
+    .unwrap();
+    let store = memory();
+    let (b1, coordinator) = start_member(&meta, &store, 1).await;
+    let (b2, owner) = start_member(&meta, &store, 2).await;
+    let mut c2 = TcpStream::connect(owner).await.unwrap();
+    assert_eq!(create_topic_with(&mut c2, TOPIC, 1, &[]).await, 0);
+    let owner_of = |t: &str| meta.read(|s| s.topics[t].partitions[0].owner);
+    assert_eq!((owner_of("__transaction_state"), owner_of(TOPIC)), (1, 2));
+
+    // Transaction version 1: AddPartitionsToTxn at the coordinator, the batch at the owner,
+    // which verifies it with the coordinator; then a commit.
+    let mut coord = Client::connect(coordinator, "tx-across").await;
+    let mut data = Client::connect(owner, "tx-across").await;
+    let init = coord.init(60_000).await;
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    assert_eq!(coord.add_partition(pid, epoch).await, 0);
+    let r = data.produce(txn_batch(pid, epoch, 0, &["a", "b"])).await;
+    assert_eq!((r.error_code, r.base_offset), (0, 0));
+
+    // A producer whose coordinator never heard of this partition is refused by the owner.
+    let mut stray_coord = Client::connect(coordinator, "tx-stray").await;
+    let mut stray = Client::connect(owner, "tx-stray").await;
+    let s = stray_coord.init(60_000).await;
+    let r = stray
+        .produce(txn_batch(s.producer_id.0, s.producer_epoch, 0, &["stray"]))
+        .await;
+    assert_eq!(r.error_code, ResponseError::InvalidTxnState.code());
+
+    assert_eq!(coord.end(pid, epoch, true).await, 0);
+    let mut reader = TcpStream::connect(owner).await.unwrap();
+    let mut committed = None;
+    for _ in 0..200 {
+        let (values, _, lso) = fetch(&mut reader, 1).await;
+        if lso == 3 {
+            committed = Some(values);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        committed.expect("the commit marker reaches the owner"),
+        vec![(0, "a".to_string()), (1, "b".to_string())]
+    );
+
+    // Transaction version 2: Produce v12 adds the partition through the coordinator on the
+    // other node; an abort's marker reaches the owner too.
+    let mut coord = Client::connect(coordinator, "tx-across-v2").await;
+    let mut data = Client::connect(owner, "tx-across-v2").await;
+    let init = coord.init(60_000).await;
+    let (pid, epoch) = (init.producer_id.0, init.producer_epoch);
+    let r = data.produce_v(txn_batch(pid, epoch, 0, &["c"]), 12).await;
+    assert_eq!((r.error_code, r.base_offset), (0, 3));
+    let end = coord.end_v(pid, epoch, false, 5).await;
+    assert_eq!(end.error_code, 0);
+    let mut aborted = None;
+    for _ in 0..200 {
+        let (values, listed, lso) = fetch(&mut reader, 1).await;
+        if lso == 5 {
+            aborted = Some((values, listed));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Listed as aborted from offset 3, so a read_committed consumer drops "c".
+    let (values, listed) = aborted.expect("the abort marker reaches the owner");
+    assert_eq!(listed, vec![3]);
+    assert!(values.contains(&(3, "c".to_string())));
+    b1.shutdown().await;
+    b2.shutdown().await;
+}

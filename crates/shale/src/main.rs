@@ -251,6 +251,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         },
     );
 
+    // Bound before the broker registers: a node that cannot listen must not join the
+    // cluster (and be given partitions) first.
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+        .await
+        .with_context(|| format!("binding {host}:{port}"))?;
     let broker = Broker::start(
         BrokerConfig {
             node_id: i32::try_from(node_id).context("node.id must fit in an int32")?,
@@ -297,9 +302,6 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     )
     .await?;
 
-    let listener = tokio::net::TcpListener::bind((host.as_str(), port))
-        .await
-        .with_context(|| format!("binding {host}:{port}"))?;
     tracing::debug!(%host, port, data_dir = %data_dir.display(), "shale is serving");
     let cluster = broker.meta.read(|st| st.cluster_id.clone());
     println!(

@@ -321,6 +321,10 @@ async fn sync_ownership(broker: &Arc<Broker>) {
             coord.unload_partition(p);
         }
     }
+    if !broker.serving() {
+        // Loaded again once the session is confirmed (the next change after it).
+        return;
+    }
     let mut to_load: Vec<i32> = owned
         .into_iter()
         .filter(|p| !coord.is_tracked(*p))
@@ -336,11 +340,27 @@ async fn sync_ownership(broker: &Arc<Broker>) {
 
 async fn load_one(broker: &Arc<Broker>, p: i32) {
     let coord = &broker.groups;
+    let stream_id = broker.meta.read(|s| {
+        s.topics
+            .get(OFFSETS_TOPIC)
+            .and_then(|t| t.partitions.get(usize::try_from(p).ok()?))
+            .map(|part| part.stream_id)
+    });
+    if stream_id.is_some_and(|id| broker.open_failed_recently(id)) {
+        coord.unload_partition(p);
+        return;
+    }
+    let failed = || {
+        if let Some(id) = stream_id {
+            broker.note_open_failed(id);
+        }
+    };
     let part = match broker.partition(OFFSETS_TOPIC, p).await {
         Ok(part) => part,
         Err(e) => {
             tracing::warn!(partition = p, error = ?e, "cannot open coordinator partition");
             coord.unload_partition(p);
+            failed();
             return;
         }
     };
@@ -356,9 +376,10 @@ async fn load_one(broker: &Arc<Broker>, p: i32) {
             coord.load_partition(p, log, recs);
         }
         Err(e) => {
-            // Left untracked so the next metadata change retries.
+            // Left untracked so a metadata change after the back-off retries.
             tracing::warn!(partition = p, error = %e, "cannot read coordinator partition");
             coord.unload_partition(p);
+            failed();
         }
     }
 }

@@ -403,7 +403,7 @@ async fn add_to_transaction(
                 partitions: vec![crate::txn::metadata::TopicPartition::new(topic, index)],
                 client_version: TransactionVersion::V2,
             };
-            match crate::txn::glue::add_partitions(broker, req).await {
+            match crate::txn::glue::add_partitions_from_owner(broker, req).await {
                 Err(TxnError::ConcurrentTransactions)
                     if tokio::time::Instant::now() + BACKOFF < deadline =>
                 {
@@ -451,39 +451,78 @@ fn verify_transactional(
             continue;
         };
         let tp = crate::txn::metadata::TopicPartition::new(topic, index);
-        match crate::txn::glue::verify(broker, txn_id, h.producer_id, h.producer_epoch, &tp) {
-            Verified::InTransaction | Verified::Unknown => {}
-            Verified::Loading => {
-                return Err((
-                    ResponseError::NotEnoughReplicas,
-                    format!("the transaction coordinator of {txn_id} is loading; retry"),
-                ));
-            }
-            Verified::NotInTransaction => {
-                // Produce v11 clients handle TRANSACTION_ABORTABLE (KIP-890's abortable
-                // error); older ones know INVALID_TXN_STATE, as Kafka answers them.
-                let code = if version == 11 {
-                    ResponseError::TransactionAbortable
-                } else {
-                    ResponseError::InvalidTxnState
-                };
-                return Err((
-                    code,
-                    format!("{topic}-{index} is not in the transaction of {txn_id}"),
-                ));
-            }
-            Verified::Fenced => {
-                return Err((
-                    ResponseError::InvalidProducerEpoch,
-                    format!(
-                        "producer {} epoch {} is fenced",
-                        h.producer_id, h.producer_epoch
-                    ),
-                ));
-            }
-        }
+        let verified =
+            crate::txn::glue::verify(broker, txn_id, h.producer_id, h.producer_epoch, &tp);
+        check_verified(verified, version, h, txn_id, topic, index)?;
     }
     Ok(())
+}
+
+/// Produce up to v11 when the producer's coordinator is on another node: its answer to the
+/// KIP-890 check is asked before the append (over the network, so not under the append
+/// lock), as Kafka's partition leaders verify before appending. Under the lock, a coordinator
+/// elsewhere is then taken as having said yes.
+async fn verify_at_remote_coordinator(
+    broker: &Arc<Broker>,
+    version: i16,
+    owned: &crate::partitions::Owned,
+    headers: &[BatchHeader],
+    transactional_id: Option<&str>,
+    topic: &str,
+    index: i32,
+) -> Result<(), (ResponseError, String)> {
+    for h in headers.iter().filter(|h| h.is_transactional()) {
+        let Some(txn_id) = needs_coordinator(&owned.producers.lock(), h, transactional_id)? else {
+            continue;
+        };
+        if crate::txn::glue::remote_coordinator(broker, txn_id).is_none() {
+            continue;
+        }
+        let tp = crate::txn::metadata::TopicPartition::new(topic, index);
+        let verified =
+            crate::txn::glue::verify_anywhere(broker, txn_id, h.producer_id, h.producer_epoch, &tp)
+                .await;
+        check_verified(verified, version, h, txn_id, topic, index)?;
+    }
+    Ok(())
+}
+
+/// The answer to a producer whose transactional batch its coordinator was asked about.
+fn check_verified(
+    verified: Verified,
+    version: i16,
+    h: &BatchHeader,
+    txn_id: &str,
+    topic: &str,
+    index: i32,
+) -> Result<(), (ResponseError, String)> {
+    match verified {
+        Verified::InTransaction | Verified::Unknown => Ok(()),
+        Verified::Loading => Err((
+            ResponseError::NotEnoughReplicas,
+            format!("the transaction coordinator of {txn_id} is loading; retry"),
+        )),
+        Verified::NotInTransaction => {
+            // Produce v11 clients handle TRANSACTION_ABORTABLE (KIP-890's abortable
+            // error); older ones know INVALID_TXN_STATE, as Kafka answers them.
+            let code = if version == 11 {
+                ResponseError::TransactionAbortable
+            } else {
+                ResponseError::InvalidTxnState
+            };
+            Err((
+                code,
+                format!("{topic}-{index} is not in the transaction of {txn_id}"),
+            ))
+        }
+        Verified::Fenced => Err((
+            ResponseError::InvalidProducerEpoch,
+            format!(
+                "producer {} epoch {} is fenced",
+                h.producer_id, h.producer_epoch
+            ),
+        )),
+    }
 }
 
 /// Resolves once the stream is durable through `last_offset` (a duplicate's original
@@ -615,6 +654,17 @@ async fn append_partition(
     if version >= 12 {
         add_to_transaction(
             broker,
+            &part.owned,
+            &headers,
+            transactional_id,
+            topic,
+            index,
+        )
+        .await?;
+    } else {
+        verify_at_remote_coordinator(
+            broker,
+            version,
             &part.owned,
             &headers,
             transactional_id,

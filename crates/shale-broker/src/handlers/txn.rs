@@ -1,5 +1,5 @@
 //! Transactions: AddPartitionsToTxn, AddOffsetsToTxn, EndTxn, TxnOffsetCommit,
-//! DescribeTransactions, ListTransactions and DescribeProducers (InitProducerId is in
+//! WriteTxnMarkers (between brokers), DescribeTransactions, ListTransactions and DescribeProducers (InitProducerId is in
 //! `producers`). The coordinator is in `crate::txn`; this module translates requests and
 //! responses per version.
 
@@ -223,7 +223,7 @@ pub async fn txn_offset_commit(
             partitions: vec![tp.clone()],
             client_version: TransactionVersion::V2,
         };
-        match glue::add_partitions(broker, add).await {
+        match glue::add_partitions_from_owner(broker, add).await {
             Ok(()) => {}
             Err(TxnError::ProducerFenced) => return all(ResponseError::InvalidProducerEpoch),
             Err(e) => return all(e.response_error()),
@@ -231,7 +231,7 @@ pub async fn txn_offset_commit(
     }
     // KIP-890 part 1: the group's partition must be in the producer's open transaction
     // (AddOffsetsToTxn), or these offsets could never be committed or aborted.
-    match glue::verify(broker, &txn_id, req.producer_id.0, req.producer_epoch, &tp) {
+    match glue::verify_anywhere(broker, &txn_id, req.producer_id.0, req.producer_epoch, &tp).await {
         glue::Verified::InTransaction | glue::Verified::Unknown => {}
         // v4 clients handle KIP-890's abortable error; older ones know INVALID_TXN_STATE.
         glue::Verified::NotInTransaction if version >= 4 => {
@@ -422,4 +422,65 @@ pub async fn describe_producers(
         );
     }
     DescribeProducersResponse::default().with_topics(topics)
+}
+
+/// WriteTxnMarkers (from a transaction coordinator on another node): each marker is appended
+/// to the partitions this node owns; others are NOT_LEADER_OR_FOLLOWER and the coordinator
+/// retries at the new owner. A marker older than the partition's producer epoch (a retry of
+/// one already written) is INVALID_PRODUCER_EPOCH, a newer coordinator's partition
+/// TRANSACTION_COORDINATOR_FENCED, as Kafka's partition leaders answer.
+pub async fn write_txn_markers(
+    broker: &Arc<Broker>,
+    req: WriteTxnMarkersRequest,
+) -> WriteTxnMarkersResponse {
+    use kafka_protocol::messages::write_txn_markers_response::{
+        WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+    };
+    use shale_protocol::control::EndTxnMarker;
+    let mut markers = Vec::with_capacity(req.markers.len());
+    for m in &req.markers {
+        let marker = EndTxnMarker {
+            commit: m.transaction_result,
+            coordinator_epoch: m.coordinator_epoch,
+        };
+        let mut topics = Vec::with_capacity(m.topics.len());
+        for t in &m.topics {
+            let writes = t.partition_indexes.iter().map(|&p| {
+                let tp = TopicPartition::new(t.name.0.to_string(), p);
+                async move {
+                    let code = match glue::write_local_marker(
+                        broker,
+                        &tp,
+                        m.producer_id.0,
+                        m.producer_epoch,
+                        marker,
+                    )
+                    .await
+                    {
+                        glue::MarkerOutcome::Written => 0,
+                        glue::MarkerOutcome::Stale => ResponseError::InvalidProducerEpoch.code(),
+                        glue::MarkerOutcome::Gone => ResponseError::UnknownTopicOrPartition.code(),
+                        glue::MarkerOutcome::Fenced => {
+                            ResponseError::TransactionCoordinatorFenced.code()
+                        }
+                        glue::MarkerOutcome::Retry(e, _) => e.code(),
+                    };
+                    WritableTxnMarkerPartitionResult::default()
+                        .with_partition_index(p)
+                        .with_error_code(code)
+                }
+            });
+            topics.push(
+                WritableTxnMarkerTopicResult::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(futures::future::join_all(writes).await),
+            );
+        }
+        markers.push(
+            WritableTxnMarkerResult::default()
+                .with_producer_id(m.producer_id)
+                .with_topics(topics),
+        );
+    }
+    WriteTxnMarkersResponse::default().with_markers(markers)
 }

@@ -102,6 +102,24 @@ impl TxnError {
         }
     }
 
+    /// The error a coordinator on another node answered with (`code` is not 0).
+    pub(crate) fn from_code(code: i16) -> TxnError {
+        match ResponseError::try_from_code(code) {
+            Some(ResponseError::InvalidRequest) => TxnError::InvalidRequest,
+            Some(ResponseError::ConcurrentTransactions) => TxnError::ConcurrentTransactions,
+            Some(ResponseError::ProducerFenced | ResponseError::InvalidProducerEpoch) => {
+                TxnError::ProducerFenced
+            }
+            Some(ResponseError::InvalidProducerIdMapping) => TxnError::InvalidProducerIdMapping,
+            Some(ResponseError::InvalidTxnState) => TxnError::InvalidTxnState,
+            Some(ResponseError::TransactionAbortable) => TxnError::TransactionAbortable,
+            Some(ResponseError::CoordinatorLoadInProgress) => TxnError::CoordinatorLoadInProgress,
+            Some(ResponseError::NotCoordinator) => TxnError::NotCoordinator,
+            Some(ResponseError::CoordinatorNotAvailable) => TxnError::CoordinatorNotAvailable,
+            _ => TxnError::UnknownServerError,
+        }
+    }
+
     /// The code for a response of `api` at `version`: clients older than PRODUCER_FENCED get
     /// INVALID_PRODUCER_EPOCH, which they handle the same way (Kafka's `KafkaApis`:
     /// InitProducerId < v4, AddPartitionsToTxn / AddOffsetsToTxn / EndTxn < v2).

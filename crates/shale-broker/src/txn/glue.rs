@@ -307,6 +307,163 @@ pub(crate) fn verify(
     }
 }
 
+/// The node coordinating `transactional_id` when that is another node (its
+/// `__transaction_state` partition's owner).
+pub(crate) fn remote_coordinator(broker: &Broker, transactional_id: &str) -> Option<u64> {
+    let tp = TopicPartition::new(TXN_TOPIC, broker.txn.partition_of(transactional_id));
+    owner_of(broker, &tp).filter(|&o| o != broker.config.node_id as u64)
+}
+
+/// A partition owner's AddPartitionsToTxn (Produce v12's implicit add): to the coordinator
+/// here, or over the network to the node that has it, as Kafka's AddPartitionsToTxnManager
+/// sends it (v5, not verify-only).
+pub(crate) async fn add_partitions_from_owner(
+    broker: &Arc<Broker>,
+    req: AddPartitionsRequest,
+) -> Result<(), TxnError> {
+    match remote_coordinator(broker, &req.transactional_id) {
+        None => add_partitions(broker, req).await,
+        Some(node) => {
+            let codes = call_coordinator(broker, node, 5, false, &req).await?;
+            match codes.into_iter().find(|&c| c != 0) {
+                None => Ok(()),
+                Some(c) => Err(TxnError::from_code(c)),
+            }
+        }
+    }
+}
+
+/// KIP-890 part 1's check when the coordinator is on another node: AddPartitionsToTxn v4
+/// with `verify_only`, as Kafka's partition leaders ask it.
+async fn verify_remote(
+    broker: &Arc<Broker>,
+    node: u64,
+    transactional_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+    tp: &TopicPartition,
+) -> Verified {
+    let req = AddPartitionsRequest {
+        transactional_id: transactional_id.to_owned(),
+        producer_id,
+        producer_epoch,
+        partitions: vec![tp.clone()],
+        client_version: super::metadata::TransactionVersion::V1,
+    };
+    let codes = match call_coordinator(broker, node, 4, true, &req).await {
+        Ok(c) => c,
+        Err(_) => return Verified::Loading,
+    };
+    match codes
+        .first()
+        .copied()
+        .and_then(ResponseError::try_from_code)
+    {
+        None if !codes.is_empty() => Verified::InTransaction,
+        None => Verified::Loading,
+        Some(ResponseError::ProducerFenced | ResponseError::InvalidProducerEpoch) => {
+            Verified::Fenced
+        }
+        Some(ResponseError::TransactionAbortable | ResponseError::InvalidTxnState) => {
+            Verified::NotInTransaction
+        }
+        Some(_) => Verified::Loading,
+    }
+}
+
+/// [`verify`] here, or at the coordinator's node when it is another one.
+pub(crate) async fn verify_anywhere(
+    broker: &Arc<Broker>,
+    transactional_id: &str,
+    producer_id: i64,
+    producer_epoch: i16,
+    tp: &TopicPartition,
+) -> Verified {
+    match verify(broker, transactional_id, producer_id, producer_epoch, tp) {
+        Verified::Unknown => match remote_coordinator(broker, transactional_id) {
+            Some(node) => {
+                verify_remote(
+                    broker,
+                    node,
+                    transactional_id,
+                    producer_id,
+                    producer_epoch,
+                    tp,
+                )
+                .await
+            }
+            None => Verified::Loading,
+        },
+        v => v,
+    }
+}
+
+/// One transaction's AddPartitionsToTxn (v4+ form) to the coordinator on `node`: the
+/// per-partition codes, or the error that kept it from answering.
+async fn call_coordinator(
+    broker: &Arc<Broker>,
+    node: u64,
+    version: i16,
+    verify_only: bool,
+    req: &AddPartitionsRequest,
+) -> Result<Vec<i16>, TxnError> {
+    use kafka_protocol::messages::add_partitions_to_txn_request::{
+        AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+    };
+    use kafka_protocol::messages::{
+        AddPartitionsToTxnRequest, ApiKey, ProducerId, RequestKind, ResponseKind, TopicName,
+        TransactionalId,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let mut topics: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for tp in &req.partitions {
+        topics.entry(&tp.topic).or_default().push(tp.partition);
+    }
+    let body = AddPartitionsToTxnRequest::default().with_transactions(vec![
+        AddPartitionsToTxnTransaction::default()
+            .with_transactional_id(TransactionalId(StrBytes::from_string(
+                req.transactional_id.clone(),
+            )))
+            .with_producer_id(ProducerId(req.producer_id))
+            .with_producer_epoch(req.producer_epoch)
+            .with_verify_only(verify_only)
+            .with_topics(
+                topics
+                    .into_iter()
+                    .map(|(t, parts)| {
+                        AddPartitionsToTxnTopic::default()
+                            .with_name(TopicName(StrBytes::from_string(t.to_owned())))
+                            .with_partitions(parts)
+                    })
+                    .collect(),
+            ),
+    ]);
+    let answer = broker
+        .call_peer(
+            node,
+            ApiKey::AddPartitionsToTxn,
+            version,
+            RequestKind::AddPartitionsToTxn(body),
+        )
+        .await
+        .map_err(|e| {
+            tracing::debug!(error = %e, "transaction coordinator unreachable");
+            TxnError::CoordinatorNotAvailable
+        })?;
+    let ResponseKind::AddPartitionsToTxn(r) = answer else {
+        return Err(TxnError::CoordinatorNotAvailable);
+    };
+    if r.error_code != 0 {
+        return Err(TxnError::from_code(r.error_code));
+    }
+    Ok(r.results_by_transaction
+        .iter()
+        .flat_map(|t| &t.topic_results)
+        .flat_map(|t| &t.results_by_partition)
+        .map(|p| p.partition_error_code)
+        .collect())
+}
+
 pub(crate) fn describe(
     broker: &Broker,
     transactional_id: &str,
@@ -422,13 +579,17 @@ fn append_record(
 }
 
 /// What writing one marker came to.
-enum MarkerOutcome {
+pub(crate) enum MarkerOutcome {
     Written,
+    /// The partition has seen a newer epoch of the producer than the marker's: the
+    /// transaction there was already ended (a retried marker), so nothing is left to write.
+    Stale,
     /// The partition is gone (topic deleted): nothing to end there.
     Gone,
     /// A newer coordinator wrote to the partition: this one must stop.
     Fenced,
-    Retry(String),
+    /// Not written now; worth another try. The code is what WriteTxnMarkers answers.
+    Retry(ResponseError, String),
 }
 
 /// Writes the markers of a transaction to every partition, retrying each until it is written
@@ -450,8 +611,12 @@ async fn write_markers(broker: &Arc<Broker>, m: &Markers) -> bool {
         loop {
             match write_marker(broker, tp, m, marker).await {
                 MarkerOutcome::Written | MarkerOutcome::Gone => return true,
+                MarkerOutcome::Stale => {
+                    tracing::info!(topic = %tp.topic, partition = tp.partition, producer = m.producer_id, epoch = m.producer_epoch, "marker older than the partition's producer epoch: skipped");
+                    return true;
+                }
                 MarkerOutcome::Fenced => return false,
-                MarkerOutcome::Retry(why) => {
+                MarkerOutcome::Retry(_, why) => {
                     if broker.is_shutting_down() {
                         return false;
                     }
@@ -468,55 +633,143 @@ async fn write_markers(broker: &Arc<Broker>, m: &Markers) -> bool {
         .all(|ok| ok)
 }
 
+/// The node owning `tp` now, `None` when the partition does not exist.
+fn owner_of(broker: &Broker, tp: &TopicPartition) -> Option<u64> {
+    broker.meta.read(|s| {
+        s.topics
+            .get(&tp.topic)?
+            .partitions
+            .get(usize::try_from(tp.partition).ok()?)
+            .map(|p| p.owner)
+    })
+}
+
+/// One marker: appended here when this node owns the partition, else sent to its owner
+/// (WriteTxnMarkers), as Kafka's coordinator sends markers to each partition's leader.
 async fn write_marker(
     broker: &Arc<Broker>,
     tp: &TopicPartition,
     m: &Markers,
     marker: EndTxnMarker,
 ) -> MarkerOutcome {
+    match owner_of(broker, tp) {
+        None => MarkerOutcome::Gone,
+        Some(owner) if owner == broker.config.node_id as u64 => {
+            write_local_marker(broker, tp, m.producer_id, m.producer_epoch, marker).await
+        }
+        Some(owner) => write_remote_marker(broker, owner, tp, m, marker).await,
+    }
+}
+
+async fn write_remote_marker(
+    broker: &Arc<Broker>,
+    owner: u64,
+    tp: &TopicPartition,
+    m: &Markers,
+    marker: EndTxnMarker,
+) -> MarkerOutcome {
+    use kafka_protocol::messages::write_txn_markers_request::{
+        WritableTxnMarker, WritableTxnMarkerTopic,
+    };
+    use kafka_protocol::messages::{
+        ApiKey, ProducerId, RequestKind, ResponseKind, TopicName, WriteTxnMarkersRequest,
+    };
+    let req = WriteTxnMarkersRequest::default().with_markers(vec![
+        WritableTxnMarker::default()
+            .with_producer_id(ProducerId(m.producer_id))
+            .with_producer_epoch(m.producer_epoch)
+            .with_transaction_result(marker.commit)
+            .with_coordinator_epoch(marker.coordinator_epoch)
+            .with_topics(vec![
+                WritableTxnMarkerTopic::default()
+                    .with_name(TopicName(kafka_protocol::protocol::StrBytes::from_string(
+                        tp.topic.clone(),
+                    )))
+                    .with_partition_indexes(vec![tp.partition]),
+            ]),
+    ]);
+    let answer = broker
+        .call_peer(
+            owner,
+            ApiKey::WriteTxnMarkers,
+            1,
+            RequestKind::WriteTxnMarkers(req),
+        )
+        .await;
+    let code = match answer {
+        Ok(ResponseKind::WriteTxnMarkers(r)) => r
+            .markers
+            .iter()
+            .flat_map(|m| &m.topics)
+            .flat_map(|t| &t.partitions)
+            .find(|p| p.partition_index == tp.partition)
+            .map(|p| p.error_code),
+        Ok(_) => None,
+        Err(e) => {
+            return MarkerOutcome::Retry(ResponseError::NotLeaderOrFollower, e.to_string());
+        }
+    };
+    match code.map(ResponseError::try_from_code) {
+        Some(None) => MarkerOutcome::Written,
+        Some(Some(ResponseError::TransactionCoordinatorFenced)) => MarkerOutcome::Fenced,
+        Some(Some(ResponseError::InvalidProducerEpoch)) => MarkerOutcome::Stale,
+        Some(Some(e)) => MarkerOutcome::Retry(e, format!("node {owner} answered {e:?}")),
+        None => MarkerOutcome::Retry(
+            ResponseError::UnknownServerError,
+            format!("node {owner} answered without the partition"),
+        ),
+    }
+}
+
+/// Appends a marker to a partition this node owns (`__consumer_offsets` ends the group's
+/// pending offsets instead): the coordinator's own writes, and WriteTxnMarkers.
+pub(crate) async fn write_local_marker(
+    broker: &Arc<Broker>,
+    tp: &TopicPartition,
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: EndTxnMarker,
+) -> MarkerOutcome {
     if tp.topic == OFFSETS_TOPIC {
         return match broker
             .groups
-            .end_txn(tp.partition, m.producer_id, m.producer_epoch, marker)
+            .end_txn(tp.partition, producer_id, producer_epoch, marker)
             .await
         {
             Ok(()) => MarkerOutcome::Written,
             Err(ResponseError::TransactionCoordinatorFenced) => MarkerOutcome::Fenced,
-            Err(ResponseError::InvalidProducerEpoch) => stale_marker(tp, m),
-            Err(e) => MarkerOutcome::Retry(format!("{e:?}")),
+            Err(ResponseError::InvalidProducerEpoch) => MarkerOutcome::Stale,
+            Err(e) => MarkerOutcome::Retry(e, format!("{e:?}")),
         };
     }
     let part = match broker.partition(&tp.topic, tp.partition).await {
         Ok(p) => p,
         Err(ResponseError::UnknownTopicOrPartition) => return MarkerOutcome::Gone,
-        Err(e) => return MarkerOutcome::Retry(format!("{e:?}")),
+        Err(e) => return MarkerOutcome::Retry(e, format!("{e:?}")),
     };
     let appended = super::append::append_marker(
         &part.owned,
-        m.producer_id,
-        m.producer_epoch,
+        producer_id,
+        producer_epoch,
         marker,
         crate::now_ms(),
     );
     match appended {
         Ok((_, durable)) => match durable.await {
             Ok(Ok(())) => MarkerOutcome::Written,
-            Ok(Err(e)) => MarkerOutcome::Retry(e.to_string()),
-            Err(_) => MarkerOutcome::Retry("append dropped".into()),
+            Ok(Err(e)) => {
+                MarkerOutcome::Retry(crate::partitions::stream_error_code(&e), e.to_string())
+            }
+            Err(_) => {
+                MarkerOutcome::Retry(ResponseError::NotLeaderOrFollower, "append dropped".into())
+            }
         },
         Err(super::append::AppendError::Producer(e)) => match e {
             super::producers::ProducerError::CoordinatorFenced(_) => MarkerOutcome::Fenced,
-            _ => stale_marker(tp, m),
+            _ => MarkerOutcome::Stale,
         },
-        Err(e) => MarkerOutcome::Retry(e.to_string()),
+        Err(e) => MarkerOutcome::Retry(ResponseError::NotLeaderOrFollower, e.to_string()),
     }
-}
-
-/// The partition has seen a newer epoch of the producer than the marker's: the transaction
-/// there was already ended (a retried marker), so there is nothing left to write.
-fn stale_marker(tp: &TopicPartition, m: &Markers) -> MarkerOutcome {
-    tracing::info!(topic = %tp.topic, partition = tp.partition, producer = m.producer_id, epoch = m.producer_epoch, "marker older than the partition's producer epoch: skipped");
-    MarkerOutcome::Written
 }
 
 // ---- loading and ownership ----
@@ -597,6 +850,10 @@ async fn sync_ownership(broker: &Arc<Broker>) {
     for p in gone {
         unload(broker, p);
     }
+    if !broker.serving() {
+        // Loaded again once the session is confirmed (the next change after it).
+        return;
+    }
     let mut to_load: Vec<i32> = {
         let loaded = broker.txn.loaded.read();
         owned
@@ -634,10 +891,14 @@ async fn load_one(broker: &Arc<Broker>, p: i32) {
             .map(|part| part.stream_id)
     });
     let Some(stream_id) = stream_id else { return };
+    if broker.open_failed_recently(stream_id) {
+        return;
+    }
     let owned = match broker.open_owned(stream_id).await {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(partition = p, error = %e, "cannot open transaction coordinator partition");
+            broker.note_open_failed(stream_id);
             return;
         }
     };
@@ -645,6 +906,7 @@ async fn load_one(broker: &Arc<Broker>, p: i32) {
         Ok(pairs) => pairs,
         Err(e) => {
             tracing::warn!(partition = p, error = %e, "cannot read transaction coordinator partition");
+            broker.note_open_failed(stream_id);
             return;
         }
     };

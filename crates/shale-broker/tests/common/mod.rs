@@ -207,3 +207,40 @@ pub fn plain_record(value: &str) -> Bytes {
     .unwrap();
     buf.freeze()
 }
+
+/// Broker `node_id` of a cluster in one process: it shares `meta` (one metadata quorum) and
+/// `store` (one bucket) with the other members, one `__consumer_offsets` and one
+/// `__transaction_state` partition, which the first member to start owns.
+pub async fn start_member(
+    meta: &Arc<shale_meta::MetaNode>,
+    store: &Arc<dyn object_store::ObjectStore>,
+    node_id: i32,
+) -> (Arc<shale_broker::Broker>, std::net::SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams = shale_stream::StreamStore::start(
+        store.clone(),
+        meta.catalog(),
+        shale_stream::StreamConfig {
+            node_id: node_id as u64,
+            wal_batch_interval: Duration::from_millis(5),
+            ..shale_stream::StreamConfig::default()
+        },
+    );
+    let broker = shale_broker::Broker::start(
+        shale_broker::BrokerConfig {
+            node_id,
+            advertised_port: addr.port(),
+            offsets_topic_num_partitions: 1,
+            transaction_state_num_partitions: 1,
+            ..shale_broker::BrokerConfig::default()
+        },
+        meta.clone(),
+        streams,
+    )
+    .await
+    .unwrap();
+    let b = broker.clone();
+    tokio::spawn(async move { b.serve(listener).await });
+    (broker, addr)
+}
