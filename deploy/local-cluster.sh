@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# A Shale cluster on this machine, without docker: N `shale serve` nodes (every one a
-# metadata-quorum voter) and a moto S3 server (in memory, from PyPI), all in the background.
+# A Shale cluster on this machine, without docker: N `shale serve` nodes (the first V are
+# metadata-quorum voters, the others learners with process.roles=broker) and a moto S3
+# server (in memory, from PyPI), all in the background.
 #
-#   deploy/local-cluster.sh up [--nodes 1|3|5] [--base-port 9092] [--s3-port 9000]
-#                              [--single-host] [--dir DIR]
+#   deploy/local-cluster.sh up [--nodes N] [--voters 1|3|5] [--base-port 9092]
+#                              [--s3-port 9000] [--single-host] [--dir DIR]
 #       Starts from empty data dirs and an empty bucket; returns once every node answers
 #       and lists all N brokers. The last line of stdout is `bootstrap: HOST:PORT,...`.
 #   deploy/local-cluster.sh down [--dir DIR]      SIGTERM every node (SIGKILL after 15 s),
@@ -15,9 +16,10 @@
 #       stop = SIGTERM and wait for the exit, pause/resume = SIGSTOP/SIGCONT, start = run it
 #       again with the same config, port and data dir (returns once it answers).
 #
-# Addresses: node i listens on 127.0.0.i, Kafka on the base port and its controller on
-# base+1, when this machine can bind 127.0.0.2 (Linux can); otherwise (or with
-# --single-host) every node is on 127.0.0.1, Kafka on base+2(i-1), controller on the next.
+# Voters: 3 by default (1 when N < 3). Addresses: node i listens on 127.0.0.i, Kafka on the
+# base port, its controller on base+1 and its admin HTTP port (/metrics, /health, /ready) on
+# base+2, when this machine can bind 127.0.0.2 (Linux can); otherwise (or with
+# --single-host) every node is on 127.0.0.1, Kafka on base+3(i-1), then controller and admin.
 # DIR (default $ROOT/.local-cluster) holds nI/{shale.toml,data,shale.log,pid}, moto.log,
 # moto.pid and cluster.env. Needs python3, moto[server] and boto3
 # (scripts/install-test-deps.sh) and the binary ($ROOT/target/release/shale, or SHALE_BIN).
@@ -42,6 +44,7 @@ CMD="$1"; shift
 case "$CMD" in -h|--help|help) usage; exit 0 ;; esac
 DIR="$ROOT/.local-cluster"
 NODES=3
+VOTERS=""
 BASE_PORT=9092
 S3_PORT=""
 SINGLE_HOST=0
@@ -50,6 +53,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --dir) DIR="${2:?--dir needs a value}"; shift 2 ;;
         --nodes) NODES="${2:?--nodes needs a value}"; shift 2 ;;
+        --voters) VOTERS="${2:?--voters needs a value}"; shift 2 ;;
         --base-port) BASE_PORT="${2:?--base-port needs a value}"; shift 2 ;;
         --s3-port) S3_PORT="${2:?--s3-port needs a value}"; shift 2 ;;
         --single-host) SINGLE_HOST=1; shift ;;
@@ -137,6 +141,8 @@ load_state() {
 node_host() { local v="HOST_$1"; echo "${!v}"; }
 node_port() { local v="PORT_$1"; echo "${!v}"; }
 node_cport() { local v="CPORT_$1"; echo "${!v}"; }
+node_aport() { local v="APORT_$1"; echo "${!v}"; }
+node_role() { if [ "$1" -le "$VOTERS" ]; then echo voter; else echo learner; fi; }
 
 check_id() {
     [ -n "$ID" ] || die "$CMD needs a node id (1..$NODES)"
@@ -226,10 +232,12 @@ wait_ready() {
 # ---- subcommands ----------------------------------------------------------------------
 
 cmd_up() {
-    case "$NODES" in 1|3|5) ;; *)
-        die "--nodes must be 1, 3 or 5: every node is a metadata-quorum voter, and nodes outside" \
-            "the voter set need process.roles=broker (not supported by this binary yet)" ;;
-    esac
+    [[ "$NODES" =~ ^[0-9]+$ ]] && [ "$NODES" -ge 1 ] || die "--nodes must be a number from 1"
+    if [ -z "$VOTERS" ]; then
+        if [ "$NODES" -ge 3 ]; then VOTERS=3; else VOTERS=1; fi
+    fi
+    case "$VOTERS" in 1|3|5) ;; *) die "--voters must be 1, 3 or 5" ;; esac
+    [ "$VOTERS" -le "$NODES" ] || die "--voters $VOTERS needs at least $VOTERS nodes"
     [[ "$BASE_PORT" =~ ^[0-9]+$ ]] || die "--base-port must be a number"
     if [ -f "$STATE" ]; then
         (   # a subshell: the old layout must not leak into the new one
@@ -252,20 +260,24 @@ cmd_up() {
     if [ "$SINGLE_HOST" = 0 ] && [ "$NODES" -gt 1 ] && can_bind 127.0.0.2 0; then per_node=1; fi
     lo="$(ephemeral_low)"
     local top=$((BASE_PORT + 1))
-    [ "$per_node" = 1 ] || top=$((BASE_PORT + 2 * NODES - 1))
+    [ "$per_node" = 1 ] && top=$((BASE_PORT + 2))
+    [ "$per_node" = 1 ] || top=$((BASE_PORT + 3 * NODES - 1))
     [ "$top" -lt "$lo" ] || say "warning: ports up to $top reach the ephemeral range (from $lo):" \
         "a client connection can take one of them"
 
     {
         echo "NODES=$NODES"
+        echo "VOTERS=$VOTERS"
         echo "BIN='$BIN'"
         local i voters=""
         for i in $(seq "$NODES"); do
             if [ "$per_node" = 1 ]; then
                 echo "HOST_$i=127.0.0.$i"; echo "PORT_$i=$BASE_PORT"; echo "CPORT_$i=$((BASE_PORT + 1))"
+                echo "APORT_$i=$((BASE_PORT + 2))"
             else
-                echo "HOST_$i=127.0.0.1"; echo "PORT_$i=$((BASE_PORT + 2 * (i - 1)))"
-                echo "CPORT_$i=$((BASE_PORT + 2 * (i - 1) + 1))"
+                echo "HOST_$i=127.0.0.1"; echo "PORT_$i=$((BASE_PORT + 3 * (i - 1)))"
+                echo "CPORT_$i=$((BASE_PORT + 3 * (i - 1) + 1))"
+                echo "APORT_$i=$((BASE_PORT + 3 * (i - 1) + 2))"
             fi
         done
     } >"$STATE.new"
@@ -276,7 +288,9 @@ cmd_up() {
             || die "$(node_host "$i"):$(node_port "$i") is in use (another cluster? try --base-port)"
         can_bind "$(node_host "$i")" "$(node_cport "$i")" \
             || die "$(node_host "$i"):$(node_cport "$i") is in use (another cluster? try --base-port)"
-        voters+="${voters:+,}$i@$(node_host "$i"):$(node_cport "$i")"
+        can_bind "$(node_host "$i")" "$(node_aport "$i")" \
+            || die "$(node_host "$i"):$(node_aport "$i") is in use (another cluster? try --base-port)"
+        [ "$i" -gt "$VOTERS" ] || voters+="${voters:+,}$i@$(node_host "$i"):$(node_cport "$i")"
     done
     if [ -z "$S3_PORT" ]; then
         if can_bind 127.0.0.1 9000; then S3_PORT=9000; else S3_PORT="$(free_port_below_ephemeral)"; fi
@@ -318,6 +332,8 @@ PY
 "node.id" = $i
 "listeners" = "PLAINTEXT://$(node_host "$i"):$(node_port "$i"),CONTROLLER://$(node_host "$i"):$(node_cport "$i")"
 "controller.quorum.voters" = "$voters"
+"process.roles" = "$(if [ "$i" -le "$VOTERS" ]; then echo broker,controller; else echo broker; fi)"
+"admin.http.listener" = "$(node_host "$i"):$(node_aport "$i")"
 "data.dir" = "$DIR/n$i/data"
 "object.store" = "s3"
 "s3.endpoint" = "$endpoint"
@@ -388,7 +404,7 @@ cmd_down() {
 cmd_status() {
     load_state
     local i pid st state
-    printf '%-5s %-8s %-8s %-6s %-22s %-22s %s\n' NODE PID STATE ROLE KAFKA CONTROLLER LOG
+    printf '%-5s %-8s %-8s %-8s %-22s %-22s %-22s %s\n' NODE PID STATE ROLE KAFKA CONTROLLER ADMIN LOG
     for i in $(seq "$NODES"); do
         pid="$(node_pid "$i")"
         if [ -z "$pid" ]; then
@@ -397,14 +413,14 @@ cmd_status() {
             st="$(proc_state "$pid")"
             case "$st" in T|t) state=paused ;; *) state=running ;; esac
         fi
-        printf '%-5s %-8s %-8s %-6s %-22s %-22s %s\n' "$i" "$pid" "$state" voter \
+        printf '%-5s %-8s %-8s %-8s %-22s %-22s %-22s %s\n' "$i" "$pid" "$state" "$(node_role "$i")" \
             "$(node_host "$i"):$(node_port "$i")" "$(node_host "$i"):$(node_cport "$i")" \
-            "$DIR/n$i/shale.log"
+            "http://$(node_host "$i"):$(node_aport "$i")" "$DIR/n$i/shale.log"
     done
     pid="$(moto_pid)"
     if [ -n "$pid" ]; then state=running; else state=stopped; pid=-; fi
-    printf '%-5s %-8s %-8s %-6s %-22s %-22s %s\n' s3 "$pid" "$state" moto \
-        "http://127.0.0.1:$S3_PORT" "bucket $BUCKET" "$DIR/moto.log"
+    printf '%-5s %-8s %-8s %-8s %-22s %-22s %-22s %s\n' s3 "$pid" "$state" moto \
+        "http://127.0.0.1:$S3_PORT" "bucket $BUCKET" - "$DIR/moto.log"
 }
 
 cmd_node() {

@@ -176,3 +176,29 @@ def test_sigterm_of_the_owner_hands_its_partitions_off_before_it_exits(cluster):
           f"the signal {w.first_ack_after(stopped_at):.2f} s, after the exit "
           f"{w.first_ack_after(exited_at):.2f} s, longest gap between acks {w.longest_gap():.2f} s")
     assert_read_back_once(cluster, "handoff", 4, values)
+
+
+def test_a_broker_outside_the_voters_joins_as_a_learner_serves_clients_and_fails_over(cluster, tmp_path, moto):
+    """process.roles=broker: node 4 is not in controller.quorum.voters; it joins the quorum
+    as a learner (a full replica, no vote), registers as a broker, owns what is created
+    through it, and when it is killed its partitions move to the voters' brokers."""
+    voters = cluster[0].settings["controller.quorum.voters"]
+    n4 = harness.Shale(tmp_path / "n4", moto=moto, bucket=cluster[0].bucket, name="shale4",
+                       settings={"node.id": 4, "controller.quorum.voters": voters,
+                                 "process.roles": "broker"})
+    n4.settings["listeners"] = (f"PLAINTEXT://127.0.0.1:{n4.port},"
+                                f"CONTROLLER://127.0.0.1:{harness.free_port()}")
+    n4.start(timeout=90)
+    nodes = cluster + [n4]
+    md = AdminClient({"bootstrap.servers": cluster[0].bootstrap}).list_topics(timeout=10)
+    assert sorted(md.brokers) == [1, 2, 3, 4]
+    create(nodes, n4, "on-learner", 2)
+    assert set(owners(nodes, "on-learner").values()) == {4}
+    w = Workload(nodes, "on-learner", 2)
+    w.wait_acks_after(0, 300)
+    killed_at = time.monotonic()
+    n4.kill9()
+    w.wait_acks_after(killed_at + 0.05, 200)
+    values = w.finish()
+    assert set(owners(nodes, "on-learner").values()) <= {1, 2, 3}
+    assert_read_back_once(nodes, "on-learner", 2, values)

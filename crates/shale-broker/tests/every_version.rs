@@ -362,8 +362,8 @@ fn sample(api: ApiKey, version: i16, topic_id: uuid::Uuid) -> RequestKind {
         ApiKey::ListTransactions => RequestKind::ListTransactions(
             ListTransactionsRequest::default().with_duration_filter(-1),
         ),
-        ApiKey::WriteTxnMarkers => RequestKind::WriteTxnMarkers(
-            WriteTxnMarkersRequest::default().with_markers(vec![
+        ApiKey::WriteTxnMarkers => {
+            RequestKind::WriteTxnMarkers(WriteTxnMarkersRequest::default().with_markers(vec![
                 write_txn_markers_request::WritableTxnMarker::default()
                     .with_producer_id(ProducerId(1))
                     .with_producer_epoch(0)
@@ -373,8 +373,8 @@ fn sample(api: ApiKey, version: i16, topic_id: uuid::Uuid) -> RequestKind {
                             .with_name(t)
                             .with_partition_indexes(vec![0]),
                     ]),
-            ]),
-        ),
+            ]))
+        }
         other => panic!("no sample request for {other:?}: add one when advertising it"),
     }
 }

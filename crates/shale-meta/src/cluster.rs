@@ -106,6 +106,10 @@ impl MetaNode {
                 PbReply::new(&self.write_here(w.command).await)
             }
             Some(Kind::ReadIndex) => PbReply::new(&self.read_index_here().await),
+            Some(Kind::ChangeMembership) => {
+                let change: crate::quorum::MembershipChange = req.decode_body()?;
+                PbReply::new(&self.change_membership_here(change).await)
+            }
             Some(Kind::Heartbeat) => {
                 let hb: crate::rpc::HeartbeatRequest = req.decode_body()?;
                 PbReply::new(&self.heartbeat_here(&hb))

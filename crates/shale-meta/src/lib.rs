@@ -24,6 +24,7 @@ mod fsutil;
 mod liveness;
 mod log_store;
 mod network;
+mod quorum;
 mod rpc;
 mod sm_store;
 
@@ -398,25 +399,26 @@ impl MetaNode {
             .is_initialized()
             .await
             .map_err(|e| anyhow::anyhow!("raft: {e}"))?;
-        let voters: BTreeMap<u64, BasicNode> = if config.voters.is_empty() {
-            BTreeMap::from([(self.node_id, BasicNode::new(&config.rpc_addr))])
-        } else {
-            config
-                .voters
-                .iter()
-                .map(|(id, addr)| (*id, BasicNode::new(addr)))
-                .collect()
-        };
-        if !voters.contains_key(&self.node_id) {
-            anyhow::bail!(
-                "node {} is not among the configured metadata voters {:?}",
-                self.node_id,
-                voters.keys().collect::<Vec<_>>()
-            );
-        }
-        if !initialized {
+        let is_voter = config.voters.is_empty() || config.voters.contains_key(&self.node_id);
+        if !is_voter {
+            // Outside the voters (process.roles=broker): a learner, added by the leader at
+            // its first start; afterwards the stored membership names it.
+            if !initialized {
+                self.join_as_learner(&config.rpc_addr, options.startup_timeout)
+                    .await?;
+            }
+        } else if !initialized {
+            let voters: BTreeMap<u64, BasicNode> = if config.voters.is_empty() {
+                BTreeMap::from([(self.node_id, BasicNode::new(&config.rpc_addr))])
+            } else {
+                config
+                    .voters
+                    .iter()
+                    .map(|(id, addr)| (*id, BasicNode::new(addr)))
+                    .collect()
+            };
             // The lowest voter id initializes a fresh quorum; the others learn the membership
-            // from its first AppendEntries. Learners join later through change_membership.
+            // from its first AppendEntries.
             if voters.keys().next() == Some(&self.node_id) {
                 self.raft
                     .initialize(voters.clone())
@@ -430,17 +432,22 @@ impl MetaNode {
             }
         } else {
             // Fail fast instead of timing out when the dir belongs to another node id.
-            let stored: Vec<u64> = self
+            let (voters, learners): (Vec<u64>, Vec<u64>) = self
                 .raft
-                .with_raft_state(|st| st.membership_state.effective().voter_ids().collect())
+                .with_raft_state(|st| {
+                    let m = st.membership_state.effective().membership();
+                    (m.voter_ids().collect(), m.learner_ids().collect())
+                })
                 .await
                 .map_err(|e| anyhow::anyhow!("raft: {e}"))?;
             // Empty: a voter that heard a vote request before the first membership entry
             // reached it (openraft counts a vote as initialized); it waits like a fresh one.
-            if !stored.is_empty() && !stored.contains(&self.node_id) {
+            // A voter demoted at run time is a learner now, and still a member.
+            let member = voters.contains(&self.node_id) || learners.contains(&self.node_id);
+            if !voters.is_empty() && !member {
                 anyhow::bail!(
-                    "node {} is not a voter of the metadata quorum stored in {} \
-                     (voters {stored:?}): wrong node_id or data_dir?",
+                    "node {} is not a member of the metadata quorum stored in {} \
+                     (voters {voters:?}, learners {learners:?}): wrong node_id or data_dir?",
                     self.node_id,
                     config.data_dir.display()
                 );

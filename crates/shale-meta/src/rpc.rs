@@ -38,6 +38,8 @@ pub(crate) enum Kind {
     ReadIndex = 5,
     /// A broker's heartbeat to the leader (not a Raft write).
     Heartbeat = 6,
+    /// A change of the quorum's voters or learners, for the leader to make.
+    ChangeMembership = 7,
 }
 
 impl Kind {
@@ -49,6 +51,7 @@ impl Kind {
             4 => Kind::ClientWrite,
             5 => Kind::ReadIndex,
             6 => Kind::Heartbeat,
+            7 => Kind::ChangeMembership,
             _ => return None,
         })
     }

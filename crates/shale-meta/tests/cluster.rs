@@ -336,3 +336,81 @@ async fn the_metadata_leader_stopping_fences_no_broker_that_keeps_heartbeating()
         assert!(!brokers[&id].fenced, "healthy broker {id} fenced");
     }
 }
+
+/// A node outside the voters (Kafka's `process.roles=broker`): it joins as a learner.
+async fn start_learner(c: &Cluster, id: u64) -> (tempfile::TempDir, Arc<MetaNode>) {
+    let dir = tempfile::tempdir().unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cfg = MetaConfig {
+        node_id: id,
+        data_dir: dir.path().to_path_buf(),
+        rpc_addr: l.local_addr().unwrap().to_string(),
+        voters: c.voters.clone(),
+    };
+    let node = MetaNode::start_with_listener(cfg, c.options.clone(), Some(l))
+        .await
+        .expect("start learner");
+    (dir, node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_outside_the_voters_joins_as_a_learner_with_a_full_replica_but_no_vote() {
+    let mut c = Cluster::start(3, quick()).await;
+    c.node(1).write(create_topic("early", 1)).await.unwrap();
+    let (_dir, learner) = start_learner(&c, 4).await;
+    assert_eq!(learner.learner_ids(), [4].into());
+    assert_eq!(learner.voter_ids(), [1, 2, 3].into());
+    // A full replica: what was written before it joined, and its own forwarded writes.
+    assert!(has_topic(&learner, "early"));
+    learner
+        .write(create_topic("from-learner", 1))
+        .await
+        .unwrap();
+    for n in c.running() {
+        n.read_barrier().await.unwrap();
+        assert!(has_topic(n, "from-learner"));
+    }
+    assert_eq!(
+        learner.read(|s| s.cluster_id.clone()),
+        c.node(1).read(|s| s.cluster_id.clone())
+    );
+    // No vote: with two of the three voters gone, the learner does not make a majority.
+    let leader = c.leader().await;
+    for id in (1..=3).filter(|id| *id != leader) {
+        c.stop(id).await;
+    }
+    let e = c
+        .node(leader)
+        .write(create_topic("no-quorum", 1))
+        .await
+        .expect_err("a learner does not count towards the quorum");
+    assert!(e.to_string().contains("not committed"), "{e}");
+    learner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn voters_change_at_run_time_a_learner_is_promoted_and_a_voter_demoted() {
+    let mut c = Cluster::start(3, quick()).await;
+    let (_dir, learner) = start_learner(&c, 4).await;
+    // Asked on any node: the change is forwarded to the leader.
+    learner.add_voter(4).await.unwrap();
+    c.node(2).remove_voter(3).await.unwrap();
+    for n in c.running().chain([&learner]) {
+        n.read_barrier().await.unwrap();
+    }
+    assert_eq!(c.node(1).voter_ids(), [1, 2, 4].into());
+    assert_eq!(c.node(1).learner_ids(), [3].into());
+    // The quorum is {1, 2, 4} now: node 3 can stop and writes still commit, on any node.
+    c.stop(3).await;
+    learner
+        .write(create_topic("after-change", 1))
+        .await
+        .unwrap();
+    c.node(1).read_barrier().await.unwrap();
+    assert!(has_topic(c.node(1), "after-change"));
+    // The demoted voter restarts as a member (a learner) and catches up.
+    c.restart(3).await;
+    c.node(3).read_barrier().await.unwrap();
+    assert!(has_topic(c.node(3), "after-change"));
+    learner.shutdown().await;
+}

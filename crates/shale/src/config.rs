@@ -9,6 +9,7 @@ use std::time::Duration;
 /// Every key Shale understands, with its default ("" means unset).
 pub const KEYS: &[(&str, &str)] = &[
     ("node.id", "1"),
+    ("process.roles", "broker,controller"),
     ("listeners", "PLAINTEXT://127.0.0.1:9092"),
     ("advertised.listeners", ""),
     ("broker.rack", ""),
@@ -166,6 +167,25 @@ impl Settings {
 
     pub fn data_dir(&self) -> PathBuf {
         PathBuf::from(self.str("data.dir"))
+    }
+
+    /// Kafka's `process.roles`: (broker, controller). A broker outside
+    /// `controller.quorum.voters` is a learner of the metadata quorum; a controller without
+    /// the broker role serves only the quorum.
+    pub fn roles(&self) -> anyhow::Result<(bool, bool)> {
+        let (mut broker, mut controller) = (false, false);
+        for r in self.str("process.roles").split(',').map(str::trim) {
+            match r {
+                "broker" => broker = true,
+                "controller" => controller = true,
+                "" => {}
+                other => bail!("process.roles: unknown role {other:?} (broker, controller)"),
+            }
+        }
+        if !broker && !controller {
+            bail!("process.roles names no role (broker, controller)");
+        }
+        Ok((broker, controller))
     }
 
     /// Host and port of the first listener that is not a controller listener.

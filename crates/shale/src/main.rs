@@ -181,18 +181,45 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let store: Arc<dyn ObjectStore> = shale_stream::metered::MeteredStore::new(object_store(&s)?);
 
     // The metadata quorum: this node alone, or the voters of controller.quorum.voters
-    // (each one's RPC on its CONTROLLER listener).
+    // (each one's RPC on its CONTROLLER listener), with every other node a learner.
+    let (is_broker, is_controller) = s.roles()?;
     let voters = s.voters()?;
     let (rpc_addr, rpc_listener) = if voters.is_empty() {
+        anyhow::ensure!(
+            is_broker && is_controller,
+            "a node without controller.quorum.voters runs alone and needs \
+             process.roles=broker,controller"
+        );
         (format!("{host}:{port}"), None)
     } else {
-        let Some(addr) = voters.get(&node_id).cloned() else {
-            anyhow::bail!(
-                "node.id {node_id} is not in controller.quorum.voters: nodes outside the \
-                 quorum (process.roles=broker) are not supported yet"
-            );
+        let controller = s.controller_listener()?;
+        let addr = match voters.get(&node_id) {
+            Some(addr) => {
+                anyhow::ensure!(
+                    is_controller,
+                    "node.id {node_id} is in controller.quorum.voters: its process.roles \
+                     must include controller"
+                );
+                addr.clone()
+            }
+            None => {
+                anyhow::ensure!(
+                    !is_controller,
+                    "node.id {node_id} has process.roles=controller but is not in \
+                     controller.quorum.voters"
+                );
+                // A learner receives the metadata log on its controller listener.
+                let Some((h, p)) = &controller else {
+                    anyhow::bail!(
+                        "node.id {node_id} is outside controller.quorum.voters (a learner of \
+                         the metadata quorum) and needs a CONTROLLER listener in listeners \
+                         to receive the metadata log"
+                    );
+                };
+                format!("{h}:{p}")
+            }
         };
-        let bind = match s.controller_listener()? {
+        let bind = match controller {
             Some((h, p)) => format!("{h}:{p}"),
             None => addr.clone(),
         };
@@ -227,6 +254,17 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         !cluster_id.is_empty(),
         "the metadata quorum has no cluster id"
     );
+    if !is_broker {
+        // A controller only: it serves the metadata quorum (and, leading it, the
+        // controller's liveness decisions) and no Kafka clients.
+        println!("shale controller {node_id} of cluster {cluster_id}: serving the metadata quorum");
+        shutdown_signal().await;
+        if let Some((_, handle)) = admin {
+            drop(handle);
+        }
+        meta.shutdown().await;
+        return Ok(());
+    }
     let streams = StreamStore::start(
         store,
         meta.catalog(),
