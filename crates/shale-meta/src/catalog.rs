@@ -103,9 +103,15 @@ impl ObjectCatalog for MetaCatalog {
         .await
     }
 
-    async fn trim_stream(&self, stream_id: StreamId, new_start: u64) -> Result<(), CatalogError> {
+    async fn trim_stream(
+        &self,
+        stream_id: StreamId,
+        epoch: Option<u64>,
+        new_start: u64,
+    ) -> Result<(), CatalogError> {
         self.submit_unit(Command::TrimStream {
             stream_id,
+            epoch,
             new_start,
             now_ms: crate::now_ms(),
         })

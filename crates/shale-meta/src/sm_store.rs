@@ -445,6 +445,7 @@ mod tests {
         {
             let mut d = shared.data.write();
             let r = d.meta.apply(Command::TrimStream {
+                epoch: None,
                 stream_id: 1,
                 new_start: 1_000,
                 now_ms: 7,
@@ -555,6 +556,7 @@ mod tests {
                     // Retention on an old part of the tree.
                     let start = d.meta.state.streams.get(&sid).unwrap().start_offset;
                     d.meta.apply(Command::TrimStream {
+                        epoch: None,
                         stream_id: sid,
                         new_start: start + 10,
                         now_ms: 1,

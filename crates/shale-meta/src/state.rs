@@ -204,10 +204,11 @@ impl MetaState {
                 .map(|()| Response::Ok),
             Command::TrimStream {
                 stream_id,
+                epoch,
                 new_start,
                 now_ms,
             } => self
-                .trim_stream(stream_id, new_start, now_ms)
+                .trim_stream(stream_id, epoch, new_start, now_ms)
                 .map(|()| Response::Ok),
             Command::DeleteStream { stream_id, now_ms } => {
                 if self.delete_stream(stream_id, now_ms) {
@@ -696,12 +697,22 @@ impl MetaState {
     fn trim_stream(
         &mut self,
         stream_id: StreamId,
+        epoch: Option<u64>,
         new_start: u64,
         now_ms: i64,
     ) -> Result<(), ApplyError> {
         let Some(s) = self.state.streams.get_mut(&stream_id) else {
             return Err(ApplyError::UnknownStream(stream_id));
         };
+        if let Some(epoch) = epoch
+            && epoch != s.epoch
+        {
+            return Err(ApplyError::Fenced {
+                stream_id,
+                epoch,
+                current: s.epoch,
+            });
+        }
         // Never lowers the start, never passes the end: clamp rather than reject.
         let target = new_start.min(s.end_offset);
         if target <= s.start_offset {

@@ -58,6 +58,10 @@ pub enum Command {
     },
     TrimStream {
         stream_id: StreamId,
+        /// The trimming handle's epoch: only the current holder may trim. Absent in entries
+        /// from before the check.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
         new_start: u64,
         now_ms: i64,
     },

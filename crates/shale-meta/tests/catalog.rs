@@ -171,7 +171,7 @@ async fn ranges_trim_dead_and_forget() {
     assert_eq!(loc.range, range(1, 10, 20));
 
     // Trim inside o2: o1 dies, o2 stays (partially live).
-    cat.trim_stream(1, 12).await.unwrap();
+    cat.trim_stream(1, None, 12).await.unwrap();
     assert_eq!(cat.stream(1).unwrap().start_offset, 12);
     assert_eq!(ids(&cat.all_ranges(1)), vec![(o2, 10, 20), (o3, 20, 30)]);
     assert_eq!(
@@ -183,18 +183,27 @@ async fn ranges_trim_dead_and_forget() {
     assert_eq!(dead[0].0.id, o1);
     assert!(dead[0].1 > 1_600_000_000_000, "dead time is wall clock ms");
 
+    // Only the holder of the current epoch may trim: a deposed owner's retention is fenced
+    // and changes nothing.
+    assert!(matches!(
+        cat.trim_stream(1, Some(e + 1), 20).await,
+        Err(CatalogError::Fenced { stream_id: 1, .. })
+    ));
+    assert_eq!(cat.stream(1).unwrap().start_offset, 12);
+    cat.trim_stream(1, Some(e), 12).await.unwrap();
+
     // Never lowers the start.
-    cat.trim_stream(1, 5).await.unwrap();
+    cat.trim_stream(1, None, 5).await.unwrap();
     assert_eq!(cat.stream(1).unwrap().start_offset, 12);
 
     // Trimming past o2's stream-1 range keeps o2 alive through stream 2.
-    cat.trim_stream(1, 25).await.unwrap();
+    cat.trim_stream(1, None, 25).await.unwrap();
     assert_eq!(ids(&cat.all_ranges(1)), vec![(o3, 20, 30)]);
     assert_eq!(cat.dead_objects().len(), 1);
     assert!(cat.live_objects().iter().any(|o| o.id == o2));
 
     // Never passes the end offset.
-    cat.trim_stream(1, 1_000).await.unwrap();
+    cat.trim_stream(1, None, 1_000).await.unwrap();
     let s = cat.stream(1).unwrap();
     assert_eq!((s.start_offset, s.end_offset), (30, 30));
     assert!(cat.all_ranges(1).is_empty());
@@ -219,7 +228,7 @@ async fn ranges_trim_dead_and_forget() {
         Err(CatalogError::UnknownStream(2))
     ));
     assert!(matches!(
-        cat.trim_stream(2, 1).await,
+        cat.trim_stream(2, None, 1).await,
         Err(CatalogError::UnknownStream(2))
     ));
 
@@ -309,7 +318,7 @@ async fn compaction_swaps_atomically() {
     assert_eq!(cat.stream(1).unwrap().end_offset, 20);
 
     // Splitting into per-stream objects after a trim: the part below the start may be dropped.
-    cat.trim_stream(1, 3).await.unwrap();
+    cat.trim_stream(1, None, 3).await.unwrap();
     let s1 = cat.prepare_object().await.unwrap();
     cat.compact_objects(Some(object(s1, vec![range(1, 3, 20)])), vec![n, c])
         .await
@@ -324,7 +333,7 @@ async fn compaction_swaps_atomically() {
     assert_eq!(ids(&cat.all_ranges(1)), vec![(n, 0, 15), (s2, 15, 20)]);
 
     // Replaced objects that already died (retention raced the compaction) are skipped.
-    cat.trim_stream(1, 20).await.unwrap();
+    cat.trim_stream(1, None, 20).await.unwrap();
     assert!(cat.all_ranges(1).is_empty());
     let s3 = cat.prepare_object().await.unwrap();
     cat.compact_objects(Some(object(s3, vec![range(2, 0, 8)])), vec![n, s2])
@@ -427,7 +436,7 @@ async fn replace_rules(cat: Arc<dyn ObjectCatalog>) -> Vec<String> {
     seen.push(format!("dead {dead:?}"));
     assert!(dead.contains(&o2) && !dead.contains(&o1));
     // Trimming stream 2 now retires object 1 as well.
-    cat.trim_stream(2, 5).await.unwrap();
+    cat.trim_stream(2, None, 5).await.unwrap();
     let dead: Vec<u64> = cat.dead_objects().iter().map(|(o, _)| o.id).collect();
     assert!(dead.contains(&o1));
     // Object ids handed out later stay unique; the object can be compacted like any other.

@@ -60,7 +60,7 @@ async fn workload(node: &Arc<MetaNode>, round: u32) {
     )
     .await
     .unwrap();
-    cat.trim_stream(streams[0], 35).await.unwrap();
+    cat.trim_stream(streams[0], None, 35).await.unwrap();
     let dead: Vec<u64> = cat.dead_objects().iter().map(|(o, _)| o.id).collect();
     cat.forget_objects(dead.into_iter().take(1).collect())
         .await
@@ -271,7 +271,7 @@ async fn data_dir_is_exclusive_and_bound_to_node_id() {
     let Err(err) = MetaNode::start(other).await else {
         panic!("another node id must not adopt this dir");
     };
-    assert!(format!("{err:#}").contains("not a voter"), "{err:#}");
+    assert!(format!("{err:#}").contains("not a member"), "{err:#}");
     assert!(started.elapsed() < Duration::from_secs(10));
 
     let node = start(dir.path()).await;

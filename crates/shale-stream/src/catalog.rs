@@ -169,7 +169,14 @@ pub trait ObjectCatalog: Send + Sync + 'static {
 
     /// Raises a stream's start offset (retention, DeleteRecords). Never lowers it and never
     /// moves it past the end offset. Objects left without live ranges become deletable.
-    async fn trim_stream(&self, stream_id: StreamId, new_start: u64) -> Result<(), CatalogError>;
+    /// With an `epoch`, only the holder of the stream's current epoch may trim (a deposed
+    /// owner's retention is `Fenced`).
+    async fn trim_stream(
+        &self,
+        stream_id: StreamId,
+        epoch: Option<u64>,
+        new_start: u64,
+    ) -> Result<(), CatalogError>;
 
     /// Removes a stream entirely (topic deletion); its objects' ranges become dead.
     async fn delete_stream(&self, stream_id: StreamId) -> Result<(), CatalogError>;

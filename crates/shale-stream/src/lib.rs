@@ -819,7 +819,10 @@ impl Stream {
         if target <= self.start_offset() {
             return Ok(());
         }
-        self.inner.catalog.trim_stream(self.id(), target).await?;
+        self.inner
+            .catalog
+            .trim_stream(self.id(), Some(self.epoch()), target)
+            .await?;
         self.shared.start.fetch_max(target, Ordering::AcqRel);
         self.inner.commits.send_modify(|v| *v = v.wrapping_add(1));
         Ok(())

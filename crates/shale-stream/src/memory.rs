@@ -335,6 +335,7 @@ impl State {
     fn trim_stream(
         &mut self,
         stream_id: StreamId,
+        epoch: Option<u64>,
         new_start: u64,
         now: i64,
     ) -> Result<(), CatalogError> {
@@ -342,6 +343,15 @@ impl State {
             .streams
             .get_mut(&stream_id)
             .ok_or(CatalogError::UnknownStream(stream_id))?;
+        if let Some(epoch) = epoch
+            && epoch != s.epoch
+        {
+            return Err(CatalogError::Fenced {
+                stream_id,
+                epoch,
+                current: s.epoch,
+            });
+        }
         let target = new_start.min(s.end_offset);
         if target <= s.start_offset {
             return Ok(());
@@ -523,10 +533,15 @@ impl ObjectCatalog for MemoryCatalog {
             .replace_stream_ranges(stream_id, epoch, start, end, new_object, now_ms())
     }
 
-    async fn trim_stream(&self, stream_id: StreamId, new_start: u64) -> Result<(), CatalogError> {
+    async fn trim_stream(
+        &self,
+        stream_id: StreamId,
+        epoch: Option<u64>,
+        new_start: u64,
+    ) -> Result<(), CatalogError> {
         self.state
             .lock()
-            .trim_stream(stream_id, new_start, now_ms())
+            .trim_stream(stream_id, epoch, new_start, now_ms())
     }
 
     async fn delete_stream(&self, stream_id: StreamId) -> Result<(), CatalogError> {
@@ -699,13 +714,13 @@ mod tests {
             .await
             .unwrap();
         // Trim clamps and never lowers.
-        c.trim_stream(1, 15).await.unwrap();
-        c.trim_stream(1, 3).await.unwrap();
+        c.trim_stream(1, None, 15).await.unwrap();
+        c.trim_stream(1, None, 3).await.unwrap();
         assert_eq!(c.stream(1).unwrap().start_offset, 15);
         assert_eq!(c.all_ranges(1).len(), 2);
         // Object 1 still has stream 2 live.
         assert_eq!(c.live_objects().len(), 3);
-        c.trim_stream(2, 100).await.unwrap();
+        c.trim_stream(2, None, 100).await.unwrap();
         assert_eq!(c.stream(2).unwrap().start_offset, 5);
         assert_eq!(c.live_objects().len(), 2);
         assert_eq!(c.dead_objects().len(), 1);
@@ -726,7 +741,7 @@ mod tests {
         c.delete_stream(1).await.unwrap();
         assert!(c.delete_stream(1).await.is_err());
         assert!(c.live_objects().is_empty());
-        assert!(c.trim_stream(1, 1).await.is_err());
+        assert!(c.trim_stream(1, None, 1).await.is_err());
     }
 
     #[tokio::test]

@@ -71,7 +71,9 @@ pub(crate) async fn apply(
     if target <= start {
         return Ok(None);
     }
-    inner.catalog.trim_stream(stream_id, target).await?;
+    // An open handle trims at its epoch, so a deposed owner's stale view cannot.
+    let epoch = open.as_ref().map(|s| s.epoch());
+    inner.catalog.trim_stream(stream_id, epoch, target).await?;
     if let Some(s) = open {
         s.shared.start.fetch_max(target, Ordering::AcqRel);
     }
