@@ -2,24 +2,30 @@
 """A fault harness for a Shale cluster, modelled on Jepsen's Kafka workload and checkers.
 
     chaos.py --nodes 3 --seconds N --faults kill,pause,partition,store,leader
-             [--seed S] [--dir DIR] [--keep] [--rate R]
+             [--seed S] [--dir DIR] [--keep] [--rate R] [--txn/--no-txn]
 
 Starts a moto S3 server, the fault proxies (proxy.py, a process of their own) and a cluster
 (cluster.py), runs the workload (workload.py: two idempotent acks=all producers, an assigned
-consumer, a consumer group of two) while the nemesis (nemesis.py) injects faults for N
+consumer, a consumer group of two, and, unless --no-txn, two exactly-once read-process-write
+processors: a read_committed group of its own on topic chaos-1, transactions writing to
+chaos-txn-out with the consumed offsets) while the nemesis (nemesis.py) injects faults for N
 seconds, heals everything, lets the consumers catch up, reads every partition back and
 checks the history (checker.py). Prints one verdict line
 
     chaos: PASS seconds=N seed=S faults=... acked=N lost=0 duplicated=0 offset_anomalies=0
-           skipped=0 stuck=0 crashed=0 fatal=0 injected=kill:4,pause:3,...
+           skipped=0 stuck=0 crashed=0 fatal=0 txn_lost=0 txn_duplicated=0 txn_phantom=0
+           txn_aborted_read=0 injected=kill:4,pause:3,...
 
 (on one line) and a few lines of figures; exit status 0 on PASS, 1 on FAIL, 2 when the
 harness itself failed. The run's artifacts (node logs, proxy and moto logs, chaos.log, the
 history as history.json, verdict.txt) are in --dir (default: a temporary directory, removed
 on PASS unless --keep).
 
-Transactions are not exercised yet. TODO transactional read-process-write: once
-WriteTxnMarkers is served (cross-node transaction markers), see workload.py.
+The transactional stage (workload.TxnProcessor, checker.check_txn): the output topic is
+created through another node than its input (the transaction coordinator, the input's and the
+output's owners are spread; markers cross nodes); its committed output must hold every input
+record below the EOS group's final committed offsets exactly once, nothing else, nothing of
+an attempt that aborted, and the group must reach the input's end after the heal.
 """
 
 from __future__ import annotations
@@ -44,11 +50,17 @@ import harness  # noqa: E402
 from checker import check, pk  # noqa: E402
 from cluster import Cluster  # noqa: E402
 from nemesis import ALL_FAULTS, Nemesis  # noqa: E402
+from checker import check_txn  # noqa: E402
 from workload import (AssignedConsumer, GroupConsumer, OwnershipSampler, Producer,  # noqa: E402
-                      CLIENT_LOG, committed_offsets, final_read, log_clients_to)
+                      TxnProcessor, CLIENT_LOG, committed_offsets, final_read, log_clients_to,
+                      read_to_end, watermarks)
 
 VERDICT_KINDS = ("lost", "duplicated", "offset_anomalies", "skipped", "stuck", "crashed", "fatal")
+TXN_KINDS = ("txn_lost", "txn_duplicated", "txn_phantom", "txn_aborted_read")
 GROUP = "chaos-group"
+TXN_GROUP = "chaos-eos-group"
+TXN_IN = "chaos-1"
+TXN_OUT = "chaos-txn-out"
 
 
 @dataclass
@@ -65,6 +77,15 @@ class Options:
     post_heal_acks: int = 20     # acks of post-heal sends each producer must get
     examples: int = 5
     producer_debug: str = "eos,topic"  # librdkafka debug contexts of the producers (clients.log)
+    txn: bool = True             # the transactional read-process-write stage
+    txn_processors: int = 2
+    txn_out_partitions: int = 4
+    txn_timeout_ms: int = 10000
+    txn_debug: str = "eos"       # librdkafka debug contexts of the transactional producers
+    # The transactional stage's deadline after the producers stop: it works through the
+    # backlog an outage left at ~100 records per transaction, so it may need longer than the
+    # consumers.
+    txn_catch_up: float = 60.0
 
 
 @dataclass
@@ -150,14 +171,24 @@ def run(opts: Options, workdir: Path | None = None, moto: harness.MotoServer | N
             admin.create_topics([NewTopic(name, opts.partitions_per_topic, 1)])[name].result(30)
             topics.append(name)
             parts += [(name, p) for p in range(opts.partitions_per_topic)]
-        log(f"chaos: topics {topics} ({len(parts)} partitions)")
+        txn_in_parts = [p for p in parts if p[0] == TXN_IN] if opts.txn else []
+        if opts.txn:
+            # The output through another node than the input's (chaos-1: node 1).
+            admin = AdminClient({"bootstrap.servers": cluster.nodes[1].bootstrap, "logger": CLIENT_LOG})
+            admin.create_topics([NewTopic(TXN_OUT, opts.txn_out_partitions, 1)])[TXN_OUT].result(30)
+        log(f"chaos: topics {topics} ({len(parts)} partitions)"
+            + (f"; transactional stage {TXN_IN} -> {TXN_OUT} ({opts.txn_out_partitions} partitions), "
+               f"{opts.txn_processors} processors" if opts.txn else ""))
 
         bootstrap = cluster.bootstrap
         producers = [Producer(k + 1, bootstrap, parts, opts.rate, t0, opts.producer_debug) for k in range(opts.producers)]
         assigned = AssignedConsumer(bootstrap, parts, t0)
         group = [GroupConsumer(k + 1, bootstrap, GROUP, topics, t0) for k in range(opts.group_members)]
-        sampler = OwnershipSampler(bootstrap, topics, t0)
-        threads = [*producers, assigned, *group, sampler]
+        sampler = OwnershipSampler(bootstrap, topics + ([TXN_OUT] if opts.txn else []), t0)
+        processors = [TxnProcessor(k + 1, bootstrap, TXN_GROUP, [TXN_IN], TXN_OUT, opts.txn_out_partitions,
+                                   t0, opts.txn_timeout_ms, opts.txn_debug)
+                      for k in range(opts.txn_processors if opts.txn else 0)]
+        threads = [*producers, assigned, *group, sampler, *processors]
         for t in threads:
             t.start()
         # Let the workload get going before the first fault.
@@ -167,6 +198,12 @@ def run(opts: Options, workdir: Path | None = None, moto: harness.MotoServer | N
         if any(p.acks_of_sends_after(0) < 50 for p in producers):
             raise RuntimeError("the workload did not get going before any fault: "
                                f"{[p.acks_of_sends_after(0) for p in producers]} acks")
+        while time.monotonic() < deadline and processors and sum(x.counts["commits"] for x in processors) < 2:
+            time.sleep(0.2)
+        if processors and sum(x.counts["commits"] for x in processors) < 2:
+            raise RuntimeError("the transactional stage did not get going before any fault: "
+                               f"commits {[x.counts['commits'] for x in processors]}, errors "
+                               f"{[x.errors[-3:] for x in processors]}, failures {[x.failure for x in processors]}")
 
         t_faults = time.monotonic() - t0
         # The nemesis's clock is the run's (t0); it stops injecting at t_faults + seconds.
@@ -213,28 +250,92 @@ def run(opts: Options, workdir: Path | None = None, moto: harness.MotoServer | N
         acked = {v: h for v, h in hist.items() if h[1] is not None and h[5] is None}
         log(f"chaos: producers stopped at t={t_stop:.2f}s, {len(acked)} acked of {len(hist)}")
 
-        # Consumers catch up with every acknowledged record (or the deadline passes).
+        # Consumers catch up with every acknowledged record (or the deadline passes); the
+        # transactional stage's committed offsets with the input's end.
+        txn_in_end = watermarks(bootstrap, txn_in_parts) if processors else {}
         deadline = time.monotonic() + opts.catch_up
+        txn_deadline = time.monotonic() + max(opts.txn_catch_up, opts.catch_up)
         caught_up_at = None
+        txn_caught_up_at = None if processors else 0.0
+
+        def txn_committed():
+            c = {}
+            for x in processors:
+                for p, o in list(x.committed.items()):
+                    c[p] = max(c.get(p, -1), o)
+            return c
+
+        consumers_judged = False  # the consumers' deadline passed: what they miss is final
         while True:
-            unseen_a = set(acked) - assigned.seen_values()
-            g = set()
-            for c in group:
-                g |= c.seen_values()
-            unseen_g = set(acked) - g
-            if not unseen_a and not unseen_g:
-                caught_up_at = time.monotonic() - t0
+            if caught_up_at is None and not consumers_judged:
+                unseen_a = set(acked) - assigned.seen_values()
+                g = set()
+                for c in group:
+                    g |= c.seen_values()
+                unseen_g = set(acked) - g
+                if not unseen_a and not unseen_g:
+                    caught_up_at = time.monotonic() - t0
+                consumers_judged = time.monotonic() > deadline
+            if txn_caught_up_at is None:
+                tc = txn_committed()
+                if len(txn_in_end) == len(txn_in_parts) and all(tc.get(p, -1) >= e for p, e in txn_in_end.items()):
+                    txn_caught_up_at = time.monotonic() - t0
+            if caught_up_at is not None and txn_caught_up_at is not None:
                 break
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline and (txn_caught_up_at is not None or time.monotonic() > txn_deadline):
                 break
             time.sleep(0.5)
         log(f"chaos: consumers {'caught up at t=%.2fs' % caught_up_at if caught_up_at else 'did not catch up'}"
             f" (assigned missing {len(unseen_a)}, group missing {len(unseen_g)})")
-        for t in [assigned, *group, sampler]:
+        txn_stuck = []
+        if processors:
+            tc = txn_committed()
+            log(f"chaos: transactional stage {'caught up at t=%.2fs' % txn_caught_up_at if txn_caught_up_at else 'did not catch up'}"
+                f" (committed { {pk(p): tc.get(p) for p in txn_in_parts} }, input end { {pk(p): e for p, e in txn_in_end.items()} })")
+            if txn_caught_up_at is None:
+                txn_stuck.append(f"transactional stage: committed offsets { {pk(p): tc.get(p) for p in txn_in_parts} } "
+                                 f"not at the input's end { {pk(p): e for p, e in txn_in_end.items()} } "
+                                 f"{max(opts.txn_catch_up, opts.catch_up):g} s after the producers stopped; processors in: "
+                                 f"{[x.hung() for x in processors]}")
+        for t in [assigned, *group, sampler, *processors]:
             t.stop_event.set()
         for t in [assigned, *group, sampler]:
             t.join(30)
+        for x in processors:
+            x.join(45)
+            if x.is_alive():
+                txn_stuck.append(f"processor {x.idx} still running 45 s after it was told to stop: in {x.hung()}")
+            if x.failure:
+                raise RuntimeError(f"processor {x.idx} failed (harness):\n{x.failure}")
         final_committed = committed_offsets(bootstrap, GROUP, parts)
+        txn_out = {}
+        if processors:
+            eos_committed = committed_offsets(bootstrap, TXN_GROUP, txn_in_parts)
+            out_parts = [(TXN_OUT, p) for p in range(opts.txn_out_partitions)]
+            # Every transaction ends (commit, abort, or the coordinator's timeout abort):
+            # the last stable offset of each output partition reaches its high watermark.
+            lso_deadline = time.monotonic() + opts.txn_timeout_ms / 1000 + 20
+            while True:
+                hw = watermarks(bootstrap, out_parts)
+                lso = watermarks(bootstrap, out_parts, "read_committed")
+                if all(lso.get(p, -1) >= hw.get(p, 0) for p in out_parts) or time.monotonic() > lso_deadline:
+                    break
+                time.sleep(1)
+            for p in out_parts:
+                if lso.get(p, -1) < hw.get(p, 0):
+                    txn_stuck.append(f"{pk(p)}: last stable offset {lso.get(p)} below the high watermark "
+                                     f"{hw.get(p)} {opts.txn_timeout_ms / 1000 + 20:g} s after the processors "
+                                     f"stopped (a transaction left open)")
+            c_out, c_end, c_short, c_err = read_to_end(bootstrap, TXN_OUT, opts.txn_out_partitions, "read_committed")
+            u_out, u_end, u_short, u_err = read_to_end(bootstrap, TXN_OUT, opts.txn_out_partitions, "read_uncommitted")
+            for p in c_short:
+                txn_stuck.append(f"read_committed read of {TXN_OUT}/{p} did not reach its end {c_end.get(p)}")
+            txn_out = {"eos_committed": eos_committed, "committed": c_out, "uncommitted": u_out,
+                       "lso": lso, "hw": hw, "errors": (c_err + u_err)[:100]}
+            log(f"chaos: transactional output: {sum(len(v) for v in c_out.values())} committed records, "
+                f"{sum(len(v) for v in u_out.values())} read_uncommitted; last stable offsets "
+                f"{ {pk(p): o for p, o in lso.items()} }, high watermarks { {pk(p): o for p, o in hw.items()} }; "
+                f"EOS group committed { {pk(p): o for p, o in eos_committed.items()} }")
         final, high, short, read_errors = final_read(bootstrap, parts)
         log(f"chaos: final read: {sum(len(v) for v in final.values())} records, high watermarks "
             f"{ {pk(p): h for p, h in high.items()} }" + (f", short: {[pk(p) for p in short]}" if short else ""))
@@ -250,6 +351,33 @@ def run(opts: Options, workdir: Path | None = None, moto: harness.MotoServer | N
             group_commits=group_commits, final_committed=final_committed, final=final,
             final_short=short, stuck_producers=stuck_producers, unseen_assigned=unseen_a,
             unseen_group=unseen_g, crashed=crashed_nodes, fatal=fatal)
+        if processors:
+            figs.update(check_txn(
+                anomalies, in_parts=txn_in_parts, final=final, committed_out=txn_out["committed"],
+                uncommitted_out=txn_out["uncommitted"], eos_committed=txn_out["eos_committed"],
+                attempts={x.idx: x.attempts for x in processors}, stuck=txn_stuck))
+            tsum = Counter()
+            for x in processors:
+                tsum.update(x.counts)
+            lat = [v for x in processors for v in x.commit_latency]
+            ctimes = sorted(t for x in processors for t in x.commit_times)
+            errs, client_errors = Counter(), 0
+            for x in processors:
+                for t, call, e in x.errors:
+                    if call == "error_cb":  # librdkafka's connection noise: only counted
+                        client_errors += 1
+                    else:
+                        errs[f"{call}: {e[:160]}"] += 1
+            figs["txn"] = {
+                **dict(tsum), "attempts": sum(len(x.attempts) for x in processors),
+                "rebalances": sum(1 for x in processors for e in x.events if e[1] == "assign"),
+                "input_committed": sum(max(o, 0) for o in txn_out["eos_committed"].values()),
+                "caught_up_s_after_stop": round(txn_caught_up_at - t_stop, 2) if txn_caught_up_at else None,
+                "commit_latency_s": {"mean": round(sum(lat) / len(lat), 3) if lat else None,
+                                     "max": round(max(lat), 2) if lat else None},
+                "max_commit_gap_faults_s": round(_ack_gaps(ctimes, t_faults, t_heal), 2),
+                "errors": dict(errs.most_common(8)), "client_errors": client_errors,
+            }
 
         # Figures.
         fault_window = (t_faults, t_heal)
@@ -322,12 +450,13 @@ def run(opts: Options, workdir: Path | None = None, moto: harness.MotoServer | N
                     tot[f"{group_name}_{k}"] += s.get(k, 0)
         figs["proxy"] = {k: v for k, v in tot.items() if v}
 
-        counts = {k: anomalies.count(k) for k in VERDICT_KINDS}
+        counts = {k: anomalies.count(k) for k in VERDICT_KINDS + (TXN_KINDS if processors else ())}
         passed = all(v == 0 for v in counts.values())
         injected = ",".join(f"{k}:{nemesis.injected.get(k, 0)}" for k in opts.faults)
         verdict = (f"chaos: {'PASS' if passed else 'FAIL'} seconds={opts.seconds:g} seed={seed} "
                    f"faults={','.join(opts.faults)} acked={figs['acked']} "
-                   + " ".join(f"{k}={v}" for k, v in counts.items()) + f" injected={injected}")
+                   + " ".join(f"{k}={v}" for k, v in counts.items()) + ("" if processors else " txn=off")
+                   + f" injected={injected}")
         lines = [verdict]
         lines.append("  faults: " + ", ".join(f"{k}={v}" for k, v in sorted(nemesis.detail.items()))
                      + f" (skipped while busy: {nemesis.busy_skips}); subsets: "
@@ -351,8 +480,21 @@ def run(opts: Options, workdir: Path | None = None, moto: harness.MotoServer | N
                      f"commit errors={figs['group_commit_errors']} assigned-consumer errors="
                      f"{figs['assigned_consumer_errors']}; proxies: {figs['proxy']}; leader via "
                      f"{figs['leader_detection']}")
+        if processors:
+            tx = figs["txn"]
+            lines.append(f"  transactions: commits={tx['commits']} aborts={tx['aborts']} retries={tx['retries']} "
+                         f"fatal(recreated producers)={tx['fatal']} abort_failures={tx['abort_failures']} "
+                         f"rewinds={tx['rewinds']} consumer_recreations={tx['consumer_recreations']} "
+                         f"rebalances={tx['rebalances']} attempts={tx['attempts']}; input committed="
+                         f"{tx['input_committed']} output committed={figs['txn_output_committed']} "
+                         f"(+{figs['txn_output_aborted_visible_uncommitted']} aborted, read_uncommitted); "
+                         f"caught up {tx['caught_up_s_after_stop']} s after the producers stopped; longest "
+                         f"commit gap during faults {tx['max_commit_gap_faults_s']} s; commit latency "
+                         f"mean {tx['commit_latency_s']['mean']} max {tx['commit_latency_s']['max']} s")
+            if tx["errors"]:
+                lines.append("  transaction call errors: " + "; ".join(f"{k} x{v}" for k, v in tx["errors"].items()))
         examples = {}
-        for k in VERDICT_KINDS:
+        for k in counts:
             if anomalies.count(k):
                 examples[k] = anomalies.items[k][:opts.examples]
                 lines.append(f"  {k} ({anomalies.count(k)}), e.g.:")
@@ -377,6 +519,10 @@ def run(opts: Options, workdir: Path | None = None, moto: harness.MotoServer | N
                 "final": {pk(p): r for p, r in final.items()},
                 "high_watermarks": {pk(p): h for p, h in high.items()},
                 "final_read_errors": read_errors[:100],
+                "txn": {x.idx: {"attempts": x.attempts, "events": x.events, "errors": x.errors,
+                                "counts": x.counts, "commit_times": x.commit_times} for x in processors},
+                "txn_output": {k: ({pk(p) if isinstance(p, tuple) else p: v for p, v in d.items()}
+                                   if isinstance(d, dict) else d) for k, d in txn_out.items()},
             }, f)
         (workdir / "verdict.txt").write_text(summary + "\n")
         log(summary, echo=False)
@@ -414,6 +560,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=200.0, help="messages/s per producer")
     ap.add_argument("--producer-debug", default="eos,topic",
                     help="librdkafka debug contexts of the producers, logged to clients.log")
+    ap.add_argument("--txn", action=argparse.BooleanOptionalAction, default=True,
+                    help="the transactional read-process-write stage (default on)")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     a = ap.parse_args(argv)
     faults = [] if a.faults in ("", "none") else [f.strip() for f in a.faults.split(",") if f.strip()]
@@ -423,7 +571,7 @@ def main(argv=None) -> int:
     if a.nodes < 3:
         ap.error("--nodes must be at least 3 (a majority must survive one node down)")
     opts = Options(nodes=a.nodes, seconds=a.seconds, faults=faults, seed=a.seed, rate=a.rate,
-                   producer_debug=a.producer_debug)
+                   producer_debug=a.producer_debug, txn=a.txn)
     workdir = a.dir
     temp = workdir is None
     if temp:

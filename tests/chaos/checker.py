@@ -18,6 +18,23 @@ recorded history (after Jepsen's Kafka workload checkers):
 - crashed: a node process that exited without being killed by the harness, or could not be
   restarted.
 - fatal: fatal errors of an idempotent producer (e.g. OutOfOrderSequence after a failover).
+
+The transactional read-process-write stage (`check_txn`; workload.TxnProcessor), on the
+output topic read to its end under read_committed (up to the last stable offset) and the
+EOS group's final committed offsets C of the input partitions:
+- txn_lost: an input record below C (of the final read of the input) with no record in the
+  committed output.
+- txn_duplicated: an input record below C with more than one record in the committed output.
+- txn_phantom: a committed output record whose input record does not exist, whose value is
+  not the input's, or whose input is at or past C (output committed without its offsets).
+- txn_aborted_read: a committed output record written by an attempt whose abort_transaction
+  succeeded, or that failed fatally before commit_transaction was called (fenced: the new
+  producer's init_transactions aborts it). (A read_uncommitted read showing aborted records
+  is fine: not checked, only counted.)
+- stuck (also): the EOS group's committed offsets not at the input's end by the catch-up
+  deadline; a processor still inside a transactional call when stopped; a last stable
+  offset of the output staying below its high watermark after every processor stopped
+  (a transaction left open); the committed output not read to its end.
 """
 
 from __future__ import annotations
@@ -150,3 +167,84 @@ def check(*, parts, producers_hist, assigned_seen, group_seen, group_commits, fi
         "group_commits": len(group_commits),
     }
     return a, figures
+
+
+def _parse_out(key: str, value: str):
+    """(topic, partition), offset, input value, (processor, attempt) of an output record, or None."""
+    try:
+        src, off = key.rsplit("@", 1)
+        topic, part = src.rsplit("/", 1)
+        assert value.startswith("T:")
+        inval, tag = value[2:].rsplit("|", 1)
+        proc, att = tag.split(".")
+        return (topic, int(part)), int(off), inval, (int(proc), int(att))
+    except (ValueError, AssertionError):
+        return None
+
+
+def check_txn(a: Anomalies, *, in_parts, final, committed_out, uncommitted_out, eos_committed,
+              attempts, stuck):
+    """Adds the transactional stage's anomalies to `a`; returns figures. final: the input's
+    final read {part: [(offset, value)]}; *_out: {output partition: [(offset, key, value)]};
+    eos_committed: {input part: offset}; attempts: {processor: [attempt dicts]}."""
+    in_at = {(part, off): v for part in in_parts for off, v in final.get(part, [])}
+    outcome = {(proc, att["n"]): att["outcome"] for proc, atts in attempts.items() for att in atts}
+
+    def tried(part, off):
+        """The attempts whose batch held that input record: [(processor, attempt, outcome)]."""
+        k = pk(part)
+        return [(proc, att["n"], att["outcome"]) for proc, atts in attempts.items() for att in atts
+                if k in att["parts"] and att["parts"][k][0] <= off <= att["parts"][k][1]]
+
+    outs = defaultdict(list)  # (input part, offset) -> [(output partition, offset, (proc, attempt))]
+    for op, recs in committed_out.items():
+        for off, key, value in recs:
+            parsed = _parse_out(key, value)
+            if parsed is None:
+                a.add("txn_phantom", f"output {op}@{off}: unparsable record key={key!r} value={value!r}")
+                continue
+            part, ioff, inval, tag = parsed
+            if (part, ioff) not in in_at:
+                a.add("txn_phantom", f"output {op}@{off}: from {pk(part)}@{ioff}, which the input does not have")
+                continue
+            if inval != in_at[(part, ioff)]:
+                a.add("txn_phantom", f"output {op}@{off}: value {inval!r} from {pk(part)}@{ioff}, "
+                                     f"which holds {in_at[(part, ioff)]!r}")
+            if outcome.get(tag) in ("aborted", "fenced"):
+                a.add("txn_aborted_read", f"output {op}@{off} ({pk(part)}@{ioff}) written by processor "
+                                          f"{tag[0]} attempt {tag[1]} ({outcome[tag]}: "
+                                          + ("its abort_transaction succeeded" if outcome[tag] == "aborted" else
+                                             "fenced before commit_transaction was called") + ")")
+            outs[(part, ioff)].append((op, off, tag))
+    below = 0
+    for part in in_parts:
+        c = eos_committed.get(part)
+        if c is None or c < 0:
+            c = 0
+        for off, v in final.get(part, []):
+            if off >= c:
+                break
+            below += 1
+            got = outs.get((part, off), [])
+            if not got:
+                ex = (f"{pk(part)}@{off} ({v}) below the EOS group's committed offset {c}: not in the "
+                      f"committed output; attempts with it: {tried(part, off)[:6]}"
+                      if a.count("txn_lost") < a.EXAMPLES else "")
+                a.add("txn_lost", ex)
+            elif len(got) > 1:
+                a.add("txn_duplicated", f"{pk(part)}@{off} ({v}) {len(got)} times in the committed output: "
+                      + ", ".join(f"out {op}@{o} by processor {t[0]} attempt {t[1]} ({outcome.get(t)})"
+                                  for op, o, t in got))
+        for (p2, ioff), got in outs.items():
+            if p2 == part and ioff >= c:
+                a.add("txn_phantom", f"{pk(part)}@{ioff} in the committed output ("
+                      + ", ".join(f"out {op}@{o} by processor {t[0]} attempt {t[1]} ({outcome.get(t)})"
+                                  for op, o, t in got)
+                      + f") but at or past the EOS group's committed offset {c}")
+    for what in stuck:
+        a.add("stuck", what)
+    n_committed = sum(len(r) for r in committed_out.values())
+    n_uncommitted = sum(len(r) for r in uncommitted_out.values())
+    return {"txn_input_below_committed": below, "txn_output_committed": n_committed,
+            "txn_output_read_uncommitted": n_uncommitted,
+            "txn_output_aborted_visible_uncommitted": n_uncommitted - n_committed}

@@ -90,7 +90,7 @@ class Nemesis(threading.Thread):
             self._heal_due()
             now = time.monotonic()
             if now >= next_switch:
-                if self.rng.random() < 0.15:
+                if self.rng.random() < 0.15 or not self.faults:  # (--faults none)
                     subset = []
                 else:
                     k = self.rng.randint(1, len(self.faults))

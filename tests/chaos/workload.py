@@ -9,11 +9,21 @@
   positions about every second (and on revoke); record every record seen, every commit the
   broker acknowledged, and every assignment / revocation.
 - `final_read`: a fresh consumer reading every partition from 0 up to its high watermark.
-
-TODO transactional read-process-write: once WriteTxnMarkers is served (cross-node
-transaction markers), add a transactional producer that consumes a source topic and
-produces + commits offsets in one transaction, and check no aborted record is visible under
-read_committed and that every committed input record is reflected exactly once.
+- `TxnProcessor`s: the exactly-once read-process-write loop (confluent-kafka's canonical
+  one), two of them in one group of their own sharing an input topic: a read_committed
+  consumer (auto commit off) and a transactional producer with a fixed transactional.id per
+  processor; poll a batch (<= 100 records or 200 ms), begin_transaction, produce one output
+  record per input record (key: `topic/partition@offset` of the input, value: `T:` + input
+  value + `|processor.attempt`) spread over the output topic's partitions,
+  send_offsets_to_transaction(position of the assignment, group metadata),
+  commit_transaction. Errors as confluent-kafka documents them: retriable -> retry the
+  call; txn_requires_abort -> abort_transaction and rewind the consumer to the group's
+  committed offsets; fatal (fenced, ...) -> a new producer with the same transactional.id
+  (init_transactions fences the old one) and rewind. Every attempt is recorded (which
+  input offsets, the offsets sent, committed / aborted / unknown) for the checker.
+- `read_to_end`: every partition of a topic from 0 to its end under an isolation level
+  (read_committed: up to the last stable offset), by partition EOF (a partition may end in
+  control records).
 """
 
 from __future__ import annotations
@@ -22,7 +32,8 @@ import logging
 import threading
 import time
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer as KProducer, TopicPartition
+from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer as KProducer,
+                             TopicPartition)
 
 Part = tuple  # (topic, partition)
 
@@ -340,5 +351,327 @@ def final_read(bootstrap: str, parts: list[Part], timeout: float = 90):
                 pos[k] = max(pos[k], m.offset() + 1)
         short = [p for p in parts if p not in high or pos[p] < high[p]]
         return out, high, short, errors
+    finally:
+        c.close()
+
+
+class TxnProcessor(threading.Thread):
+    """One exactly-once read-process-write application (see the module docstring). The
+    processors of a run share `group` (so they rebalance against each other) and each has
+    its own fixed transactional.id. librdkafka requires message.timeout.ms <=
+    transaction.timeout.ms: both are `txn_timeout_ms`."""
+
+    BATCH = 100
+    BATCH_WAIT = 0.2
+    CALL_TIMEOUT = 30.0   # s, the timeout given to each transactional call
+    RETRY_FOR = 60.0      # s of retrying one retriable call before treating it as failed
+
+    def __init__(self, idx: int, bootstrap: str, group: str, src_topics: list[str], out_topic: str,
+                 out_partitions: int, t0: float, txn_timeout_ms: int = 10000, debug: str = ""):
+        super().__init__(name=f"txn-processor-{idx}", daemon=True)
+        self.idx, self.bootstrap, self.group = idx, bootstrap, group
+        self.src_topics, self.out_topic, self.out_partitions = src_topics, out_topic, out_partitions
+        self.t0, self.txn_timeout_ms, self.debug = t0, txn_timeout_ms, debug
+        self.txn_id = f"chaos-txn-{idx}"
+        self.stop_event = threading.Event()
+        # Every transaction attempt: {"n", "t", "t_end", "parts": {"topic/p": [first, last, count]},
+        # "offsets": {"topic/p": offset sent}, "gap": {...}, "outcome": "committed" | "aborted" |
+        # "fenced" (a fatal error before commit_transaction was called: the new producer's
+        # init_transactions aborts it) | "unknown" (a fatal error after commit_transaction was
+        # called: the broker may have committed it), "commit_called", "error": str}
+        self.attempts: list[dict] = []
+        self.committed: dict[Part, int] = {}  # offsets of the last transaction committed, per partition
+        self.commit_times: list[float] = []
+        self.commit_latency: list[float] = []
+        self.counts = {"commits": 0, "aborts": 0, "retries": 0, "fatal": 0, "rewinds": 0,
+                       "consumer_recreations": 0, "abort_failures": 0, "records_committed": 0}
+        self.errors: list[tuple[float, str, str]] = []  # (t, call, error)
+        self.events: list[tuple] = []  # (t, "assign"|"revoke"|"lost", [parts])
+        self.op: tuple[str, float] | None = None  # the call in progress, since t
+        self.next: dict[Part, int | None] = {}  # where the consumer should continue, when known
+        self.abandoned = []  # producers replaced after a fatal error (not destroyed: that can block)
+        self.p = None
+        self.c = None
+        self.failure = None  # a harness exception that ended the thread
+
+    def now(self):
+        return time.monotonic() - self.t0
+
+    # -- clients ---------------------------------------------------------------------
+
+    def _on_error(self, err):
+        self.errors.append((self.now(), "error_cb", str(err)))
+
+    def _new_producer(self):
+        while True:
+            p = KProducer({**_base(self.bootstrap), "transactional.id": self.txn_id,
+                           "transaction.timeout.ms": self.txn_timeout_ms,
+                           "message.timeout.ms": self.txn_timeout_ms, "linger.ms": 5,
+                           "client.id": f"chaos-txn-producer-{self.idx}", "error_cb": self._on_error,
+                           **({"debug": self.debug} if self.debug else {})})
+            while True:
+                try:
+                    self._call("init_transactions", lambda: p.init_transactions(self.CALL_TIMEOUT))
+                    return p
+                except KafkaException as e:
+                    err = e.args[0]
+                    self.errors.append((self.now(), "init_transactions", str(err)))
+                    if self.stop_event.is_set():
+                        self.abandoned.append(p)
+                        return None
+                    if not err.fatal() and not err.txn_requires_abort():
+                        time.sleep(0.5)
+                        continue  # e.g. timed out in vain: again on this producer
+                    self.abandoned.append(p)
+                    time.sleep(0.5)
+                    break  # a fresh producer
+
+    def _new_consumer(self):
+        c = Consumer({**_base(self.bootstrap), "group.id": self.group,
+                      "isolation.level": "read_committed", "enable.auto.commit": False,
+                      "auto.offset.reset": "earliest", "session.timeout.ms": 10000,
+                      "heartbeat.interval.ms": 1000, "client.id": f"chaos-txn-consumer-{self.idx}",
+                      "error_cb": self._on_error})
+        c.subscribe(self.src_topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                    on_lost=self._on_lost)
+        return c
+
+    def _on_assign(self, c, parts):
+        self.events.append((self.now(), "assign", [(p.topic, p.partition) for p in parts]))
+        for p in parts:
+            self.next[(p.topic, p.partition)] = None
+
+    def _on_revoke(self, c, parts):
+        self.events.append((self.now(), "revoke", [(p.topic, p.partition) for p in parts]))
+        for p in parts:
+            self.next.pop((p.topic, p.partition), None)
+
+    def _on_lost(self, c, parts):
+        self.events.append((self.now(), "lost", [(p.topic, p.partition) for p in parts]))
+        for p in parts:
+            self.next.pop((p.topic, p.partition), None)
+
+    # -- calls -----------------------------------------------------------------------
+
+    def _call(self, name, fn):
+        """fn(), retried while it fails retriably (up to RETRY_FOR s; less once stopping)."""
+        start = time.monotonic()
+        while True:
+            self.op = (name, self.now())
+            try:
+                return fn()
+            except KafkaException as e:
+                err = e.args[0]
+                if not isinstance(err, KafkaError) or err.fatal() or err.txn_requires_abort() \
+                        or not err.retriable():
+                    raise
+                spent = time.monotonic() - start
+                if spent > self.RETRY_FOR or (self.stop_event.is_set() and spent > 10):
+                    raise
+                self.counts["retries"] += 1
+                self.errors.append((self.now(), f"{name} (retried)", str(err)))
+                time.sleep(0.1)
+            finally:
+                self.op = None
+
+    def _rewind(self):
+        """Back to the group's committed offsets of the assignment (seek), else a new consumer."""
+        self.counts["rewinds"] += 1
+        try:
+            asg = self.c.assignment()
+            if asg:
+                com = self.c.committed(asg, timeout=15)
+                for tp in com:
+                    if tp.error is not None:
+                        raise KafkaException(tp.error)
+                for tp in com:
+                    off = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                    self.c.seek(TopicPartition(tp.topic, tp.partition, off))
+                    self.next[(tp.topic, tp.partition)] = max(tp.offset, 0)
+        except KafkaException as e:
+            self.errors.append((self.now(), "rewind", str(e)))
+            self._recreate_consumer()
+
+    def _recreate_consumer(self):
+        self.counts["consumer_recreations"] += 1
+        try:
+            self.c.close()
+        except Exception as e:
+            self.errors.append((self.now(), "consumer close", str(e)))
+        self.next = {}
+        self.c = self._new_consumer()
+
+    def _start_over(self, att, failed_call):
+        """A fatal error: a new producer with the same transactional.id (fences this one,
+        aborts its open transaction), and the consumer back at the committed offsets."""
+        self.counts["fatal"] += 1
+        att["outcome"] = "unknown" if att.get("commit_called") else "fenced"
+        try:
+            self.p.purge()
+        except Exception:
+            pass
+        self.abandoned.append(self.p)
+        self.p = self._new_producer()
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run(self):
+        try:
+            self.p = self._new_producer()
+            self.c = self._new_consumer()
+            while not self.stop_event.is_set() and self.p is not None:
+                msgs = self.c.consume(self.BATCH, self.BATCH_WAIT)
+                data = []
+                for m in msgs:
+                    if m.error():
+                        if m.error().code() != KafkaError._PARTITION_EOF:
+                            self.errors.append((self.now(), "consume", str(m.error())))
+                        continue
+                    data.append(m)
+                if data:
+                    self._transaction(data)
+        except Exception:
+            import traceback
+            self.failure = traceback.format_exc()
+        finally:
+            try:
+                if self.c is not None:
+                    self.c.close()
+            except Exception as e:
+                self.errors.append((self.now(), "consumer close", str(e)))
+
+    def _transaction(self, data):
+        att = {"n": len(self.attempts) + 1, "t": round(self.now(), 3), "parts": {}, "offsets": {},
+               "gap": {}, "outcome": None}
+        self.attempts.append(att)
+        for m in data:
+            k = f"{m.topic()}/{m.partition()}"
+            r = att["parts"].get(k)
+            if r is None:
+                att["parts"][k] = [m.offset(), m.offset(), 1]
+                exp = self.next.get((m.topic(), m.partition()))
+                if exp is not None and exp != m.offset():
+                    att["gap"][k] = [exp, m.offset()]
+            else:
+                r[0], r[1], r[2] = min(r[0], m.offset()), max(r[1], m.offset()), r[2] + 1
+        call = "begin_transaction"
+        started = time.monotonic()
+        try:
+            self._call(call, self.p.begin_transaction)
+            call = "produce"
+            for m in data:
+                key = f"{m.topic()}/{m.partition()}@{m.offset()}".encode()
+                value = b"T:" + m.value() + b"|%d.%d" % (self.idx, att["n"])
+                part = (m.offset() + m.partition()) % self.out_partitions
+                while True:
+                    try:
+                        self.p.produce(self.out_topic, key=key, value=value, partition=part)
+                        break
+                    except BufferError:
+                        self.p.poll(0.1)
+            self.p.poll(0)
+            call = "send_offsets_to_transaction"
+            pos = [tp for tp in self.c.position(self.c.assignment()) if tp.offset >= 0]
+            att["offsets"] = {f"{tp.topic}/{tp.partition}": tp.offset for tp in pos}
+            for k, (first, last, n) in att["parts"].items():
+                if att["offsets"].get(k, -1) < last + 1:  # position behind what it returned
+                    att["gap"][k + " position"] = [att["offsets"].get(k), last + 1]
+            meta = self.c.consumer_group_metadata()
+            self._call(call, lambda: self.p.send_offsets_to_transaction(pos, meta, self.CALL_TIMEOUT))
+            call = "commit_transaction"
+            att["commit_called"] = True
+            self._call(call, lambda: self.p.commit_transaction(self.CALL_TIMEOUT))
+        except KafkaException as e:
+            err = e.args[0]
+            att["error"] = f"{call}: {err}"
+            att["t_end"] = round(self.now(), 3)
+            self.errors.append((self.now(), call, str(err)))
+            if isinstance(err, KafkaError) and err.fatal():
+                self._start_over(att, call)
+            else:
+                # txn_requires_abort, or a retriable error retried in vain
+                try:
+                    self._call("abort_transaction", lambda: self.p.abort_transaction(self.CALL_TIMEOUT))
+                    self.counts["aborts"] += 1
+                    att["outcome"] = "aborted"
+                except KafkaException as e2:
+                    self.counts["abort_failures"] += 1
+                    self.errors.append((self.now(), "abort_transaction", str(e2.args[0])))
+                    self._start_over(att, "abort_transaction")
+            if self.p is not None:
+                self._rewind()
+            return
+        att["outcome"] = "committed"
+        att["t_end"] = round(self.now(), 3)
+        self.counts["commits"] += 1
+        self.counts["records_committed"] += len(data)
+        self.commit_times.append(self.now())
+        self.commit_latency.append(time.monotonic() - started)
+        for tp in pos:
+            self.committed[(tp.topic, tp.partition)] = tp.offset
+            self.next[(tp.topic, tp.partition)] = tp.offset
+
+    def hung(self) -> str | None:
+        op = self.op
+        if op is not None:
+            return f"{op[0]} since t={op[1]:.2f}s"
+        return None
+
+
+def read_to_end(bootstrap: str, topic: str, partitions: int, isolation: str, timeout: float = 90):
+    """Every record of the topic's partitions from 0 to their end as `isolation` sees it (the
+    last stable offset under read_committed), by partition EOF at or past the end the broker
+    reports (ListOffsets under that isolation level): ({p: [(offset, key, value)]}, {p: end},
+    [partitions not read to the end], errors)."""
+    c = Consumer({**_base(bootstrap), "group.id": f"chaos-read-to-end-{isolation}",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                  "isolation.level": isolation, "enable.partition.eof": True,
+                  "fetch.wait.max.ms": 100})
+    out = {p: [] for p in range(partitions)}
+    errors = []
+    try:
+        end = {}
+        for p in range(partitions):
+            for attempt in range(5):
+                try:
+                    end[p] = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                    break
+                except KafkaException as e:
+                    errors.append(str(e))
+                    time.sleep(1)
+        c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        eof = {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(p in eof and eof[p] >= end.get(p, 0) for p in range(partitions)):
+                break
+            for m in c.consume(1000, 0.5):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        eof[m.partition()] = max(eof.get(m.partition(), 0), m.offset())
+                    else:
+                        errors.append(str(m.error()))
+                    continue
+                out[m.partition()].append((m.offset(), (m.key() or b"").decode(errors="replace"),
+                                           (m.value() or b"").decode(errors="replace")))
+        short = [p for p in range(partitions) if p not in eof or eof[p] < end.get(p, 0)]
+        return out, end, short, errors
+    finally:
+        c.close()
+
+
+def watermarks(bootstrap: str, parts: list[Part], isolation: str = "read_uncommitted") -> dict[Part, int]:
+    """The high watermark (read_committed: the last stable offset) of each partition."""
+    c = Consumer({**_base(bootstrap), "group.id": "chaos-watermarks-unused", "isolation.level": isolation})
+    out = {}
+    try:
+        for t, p in parts:
+            for attempt in range(5):
+                try:
+                    out[(t, p)] = c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+                    break
+                except KafkaException:
+                    time.sleep(1)
+        return out
     finally:
         c.close()

@@ -1,12 +1,16 @@
 """A short run of the chaos harness (tests/chaos, scripts/chaos.sh): three nodes through fault
 proxies, idempotent producers and consumers, about 100 s of kills, pauses, partitions,
-object-store faults and kills of the metadata leader; then the verdict must pass: no
-acknowledged record lost, none duplicated, no offset anomaly, no record skipped by the
-group, nothing stuck after the heal, no node crashed, no fatal producer error.
+object-store faults and kills of the metadata leader, with the transactional
+read-process-write stage (two exactly-once processors, chaos-1 -> chaos-txn-out); then the
+verdict must pass: no acknowledged record lost, none duplicated, no offset anomaly, no record
+skipped by the group, nothing stuck after the heal, no node crashed, no fatal producer error,
+and every input record below the EOS group's committed offsets exactly once in the committed
+output (txn_lost / txn_duplicated / txn_phantom / txn_aborted_read all 0).
 
 SHALE_CHAOS_SECONDS / SHALE_CHAOS_SEED override the length and the seed (the seed is printed,
 and is in the failure message, to replay a failing schedule with
-`scripts/chaos.sh --seed S --seconds N`)."""
+`scripts/chaos.sh --seed S --seconds N`); SHALE_CHAOS_TXN=0 leaves the transactional stage
+out (`--no-txn`)."""
 
 from __future__ import annotations
 
@@ -32,7 +36,9 @@ def test_faults_lose_duplicate_skip_and_strand_nothing(request, moto, tmp_path):
     seed = int(os.environ.get("SHALE_CHAOS_SEED") or random.randrange(1 << 31))
     procs: list = []
     request.node._shale_procs = procs  # conftest attaches their log tails on failure
-    opts = chaos.Options(seconds=seconds, seed=seed, rate=100.0, catch_up=30.0)
+    txn = os.environ.get("SHALE_CHAOS_TXN", "1") not in ("0", "", "no", "false")
+    opts = chaos.Options(seconds=seconds, seed=seed, rate=100.0, catch_up=30.0, txn=txn)
     res = chaos.run(opts, tmp_path / "chaos", moto=moto, echo=False, procs=procs)
     print(res.summary)
-    assert res.passed, f"{res.summary}\n(replay: scripts/chaos.sh --seed {seed} --seconds {seconds:g})"
+    assert res.passed, (f"{res.summary}\n(replay: scripts/chaos.sh --seed {seed} --seconds {seconds:g}"
+                        f"{'' if txn else ' --no-txn'})")

@@ -14,6 +14,10 @@ pub(crate) struct MetaCatalog {
     pub(crate) node: Arc<MetaNode>,
 }
 
+/// Object ids leased at once: one Raft write per this many WAL and compaction objects.
+/// Unused ids of a block are simply never used (a restart leases a new one).
+const OBJECT_ID_BLOCK: u64 = 256;
+
 fn unexpected(r: Response) -> CatalogError {
     CatalogError::Unavailable(format!("unexpected state machine response {r:?}"))
 }
@@ -38,8 +42,21 @@ impl MetaCatalog {
 #[async_trait]
 impl ObjectCatalog for MetaCatalog {
     async fn prepare_object(&self) -> Result<ObjectId, CatalogError> {
-        match self.submit(Command::PrepareObject).await? {
-            Response::ObjectId(id) => Ok(id),
+        if let Some(id) = self.node.object_ids.lock().next() {
+            return Ok(id);
+        }
+        match self
+            .submit(Command::LeaseObjectIds {
+                count: OBJECT_ID_BLOCK,
+            })
+            .await?
+        {
+            Response::ObjectIds { start, count } => {
+                let mut block = self.node.object_ids.lock();
+                // Two leases racing: keep the newer block, lose nothing but ids.
+                *block = start..start.saturating_add(count);
+                block.next().ok_or_else(|| unexpected(Response::Ok))
+            }
             other => Err(unexpected(other)),
         }
     }

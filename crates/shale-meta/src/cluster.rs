@@ -190,6 +190,13 @@ impl MetaNode {
         })
     }
 
+    /// The last metadata log index applied here.
+    pub fn applied_index(&self) -> u64 {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.last_applied.map_or(0, |l| l.index())
+    }
+
     /// Gauges of this node's view of the quorum (the controller tick refreshes them).
     pub(crate) fn record_gauges(&self) {
         let m = self.raft.metrics();

@@ -286,6 +286,8 @@ pub struct MetaNode {
     /// How this node reaches each voter (`MetaConfig::voters`), over what the membership
     /// records: see `address_of`.
     addresses: Arc<BTreeMap<u64, String>>,
+    /// Object ids leased to this node and not used yet (`LeaseObjectIds`).
+    object_ids: parking_lot::Mutex<std::ops::Range<u64>>,
     /// Connections to other nodes for forwarded writes and read barriers, by address.
     peers: parking_lot::Mutex<std::collections::HashMap<String, Arc<rpc::Peer>>>,
     /// The RPC server task (multi-voter quorums only).
@@ -373,6 +375,7 @@ impl MetaNode {
             shared,
             single_voter,
             addresses,
+            object_ids: parking_lot::Mutex::new(0..0),
             peers: parking_lot::Mutex::new(Default::default()),
             server: parking_lot::Mutex::new(None),
             liveness: parking_lot::Mutex::new(liveness::Liveness::new(options.session_timeout)),

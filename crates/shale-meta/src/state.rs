@@ -188,6 +188,12 @@ impl MetaState {
                 self.state.next_object_id = id + 1;
                 Ok(Response::ObjectId(id))
             }
+            Command::LeaseObjectIds { count } => {
+                let start = self.state.next_object_id.max(1);
+                let count = count.clamp(1, 1 << 20);
+                self.state.next_object_id = start.saturating_add(count);
+                Ok(Response::ObjectIds { start, count })
+            }
             Command::OpenStream { stream_id, claim } => self
                 .check_claim(stream_id, claim)
                 .and_then(|()| self.open_stream(stream_id))

@@ -105,6 +105,11 @@ pub enum Command {
     MovePartitions {
         moves: Vec<PartitionMove>,
     },
+    /// Leases the next `count` object ids to a node, so its WAL objects cost one Raft write
+    /// each (the commit), not two.
+    LeaseObjectIds {
+        count: u64,
+    },
 }
 
 /// One partition's new owner.
@@ -176,6 +181,7 @@ impl fmt::Display for Command {
                 "ReplaceStreamRanges(stream {stream_id} [{start}, {end}) -> object {})",
                 new_object.id
             ),
+            Command::LeaseObjectIds { count } => write!(f, "LeaseObjectIds({count})"),
         }
     }
 }
@@ -197,6 +203,11 @@ pub enum Response {
     BrokerEpoch(u64),
     /// How many partition moves applied.
     Moved(u32),
+    /// A leased block of object ids: `[start, start + count)`.
+    ObjectIds {
+        start: u64,
+        count: u64,
+    },
 }
 
 /// A deterministic rejection by the state machine (serializable, unlike the public errors).

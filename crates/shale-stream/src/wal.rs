@@ -143,8 +143,9 @@ async fn flusher(
 ) {
     let wal = &inner.wal;
     let interval = inner.config.wal_batch_interval;
-    // The id of the next object is reserved (a Raft write) while its batch fills, so the
-    // reservation is off the produce latency path. An unused reservation is harmless.
+    // The id of the next object is reserved while its batch fills, so the reservation is
+    // off the produce latency path (the metadata catalog hands ids from a leased block and
+    // writes to Raft once per block). An unused reservation is harmless.
     let mut next_id: Option<JoinHandle<Result<ObjectId, CatalogError>>> = None;
     loop {
         if *stop.borrow() {

@@ -215,6 +215,12 @@ impl GroupCoordinator {
         }
     }
 
+    /// Whether this node coordinates `group_id` now: NOT_COORDINATOR (the client looks the
+    /// coordinator up again) or COORDINATOR_LOAD_IN_PROGRESS otherwise.
+    pub(crate) fn coordinates(&self, group_id: &str) -> Result<(), ResponseError> {
+        self.partition_log(self.partition_of(group_id)).map(|_| ())
+    }
+
     /// The group if this node coordinates it (None: no such group yet).
     pub(crate) fn lookup(&self, group_id: &str) -> Result<Option<Arc<GroupHandle>>, ResponseError> {
         self.partition_log(self.partition_of(group_id))?;

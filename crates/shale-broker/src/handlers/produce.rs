@@ -498,9 +498,9 @@ fn check_verified(
 ) -> Result<(), (ResponseError, String)> {
     match verified {
         Verified::InTransaction | Verified::Unknown => Ok(()),
-        Verified::Loading => Err((
+        Verified::Loading | Verified::Unreachable => Err((
             ResponseError::NotEnoughReplicas,
-            format!("the transaction coordinator of {txn_id} is loading; retry"),
+            format!("the transaction coordinator of {txn_id} is loading or unreachable; retry"),
         )),
         Verified::NotInTransaction => {
             // Produce v11 clients handle TRANSACTION_ABORTABLE (KIP-890's abortable

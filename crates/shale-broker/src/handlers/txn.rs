@@ -211,6 +211,11 @@ pub async fn txn_offset_commit(
         crate::groups::OFFSETS_TOPIC,
         broker.groups.partition_of(&group),
     );
+    // Asked of the group's coordinator: a node that lost (or has not loaded) the group says
+    // so before anything else, so the client finds the right one instead of retrying here.
+    if let Err(code) = broker.groups.coordinates(&group) {
+        return all(code);
+    }
     if version >= 5 {
         // KIP-890 part 2: clients of transaction version 2 send no AddOffsetsToTxn; the
         // group's partition joins the transaction here, as Kafka's group coordinator adds
@@ -239,6 +244,9 @@ pub async fn txn_offset_commit(
         }
         glue::Verified::NotInTransaction => return all(ResponseError::InvalidTxnState),
         glue::Verified::Loading => return all(ResponseError::CoordinatorLoadInProgress),
+        // The transaction coordinator on another node did not answer: retriable, and the
+        // client looks its coordinators up again.
+        glue::Verified::Unreachable => return all(ResponseError::CoordinatorNotAvailable),
         // PRODUCER_FENCED exists from TxnOffsetCommit v3; older clients know
         // INVALID_PRODUCER_EPOCH (as Kafka's KafkaApis maps it).
         glue::Verified::Fenced if version >= 3 => return all(ResponseError::ProducerFenced),

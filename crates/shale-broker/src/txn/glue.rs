@@ -254,9 +254,11 @@ pub(crate) enum Verified {
     Fenced,
     /// The coordinator's partition is this node's but not loaded yet: retry.
     Loading,
-    /// The coordinator is not on this node: it cannot be asked yet (Kafka asks it over the
-    /// network).
+    /// The coordinator is not on this node ([`verify_anywhere`] asks it over the network).
     Unknown,
+    /// The coordinator on another node did not answer, or answered with an error that is
+    /// not about this producer: retry.
+    Unreachable,
 }
 
 /// KIP-890 part 1's check before a producer's first transactional batch in a partition
@@ -352,7 +354,8 @@ async fn verify_remote(
     };
     let codes = match call_coordinator(broker, node, 4, true, &req).await {
         Ok(c) => c,
-        Err(_) => return Verified::Loading,
+        Err(TxnError::CoordinatorLoadInProgress) => return Verified::Loading,
+        Err(_) => return Verified::Unreachable,
     };
     match codes
         .first()
@@ -360,14 +363,15 @@ async fn verify_remote(
         .and_then(ResponseError::try_from_code)
     {
         None if !codes.is_empty() => Verified::InTransaction,
-        None => Verified::Loading,
+        None => Verified::Unreachable,
         Some(ResponseError::ProducerFenced | ResponseError::InvalidProducerEpoch) => {
             Verified::Fenced
         }
         Some(ResponseError::TransactionAbortable | ResponseError::InvalidTxnState) => {
             Verified::NotInTransaction
         }
-        Some(_) => Verified::Loading,
+        Some(ResponseError::CoordinatorLoadInProgress) => Verified::Loading,
+        Some(_) => Verified::Unreachable,
     }
 }
 
@@ -392,7 +396,7 @@ pub(crate) async fn verify_anywhere(
                 )
                 .await
             }
-            None => Verified::Loading,
+            None => Verified::Unreachable,
         },
         v => v,
     }
