@@ -247,25 +247,34 @@ pub(crate) async fn reconcile(broker: Arc<Broker>) {
         .failed_opens
         .lock()
         .retain(|_, at| now.duration_since(*at) < OPEN_RETRY);
-    for id in owned.into_iter().filter(|id| !open.contains(id)) {
-        if broker.failed_opens.lock().contains_key(&id) {
-            continue;
-        }
-        let opened = broker.open_owned(id).await;
-        if opened.is_ok() {
-            metrics::counter!("shale_ownership_changes_total", "change" => "gained").increment(1);
-        }
-        if let Err(e) = opened {
-            // Retried after OPEN_RETRY (every metadata change would be far too often while
-            // the store is out), or on first use.
-            tracing::debug!(stream = id, error = %e, "cannot open an owned partition yet");
-            broker
-                .failed_opens
-                .lock()
-                .insert(id, std::time::Instant::now());
-        }
-    }
+    let to_open: Vec<_> = owned
+        .into_iter()
+        .filter(|id| !open.contains(id) && !broker.failed_opens.lock().contains_key(id))
+        .collect();
+    // Concurrently: each open is a metadata write and a read of the producer state, and a
+    // failover hands a node many partitions at once.
+    use futures::StreamExt;
+    futures::stream::iter(to_open)
+        .for_each_concurrent(CONCURRENT_OPENS, |id| {
+            let broker = &broker;
+            async move {
+                match broker.open_owned(id).await {
+                    Ok(_) => metrics::counter!("shale_ownership_changes_total", "change" => "gained")
+                        .increment(1),
+                    Err(e) => {
+                        // Retried after OPEN_RETRY (every metadata change would be far too
+                        // often while the store is out), or on first use.
+                        tracing::debug!(stream = id, error = %e, "cannot open an owned partition yet");
+                        broker.note_open_failed(id);
+                    }
+                }
+            }
+        })
+        .await;
 }
+
+/// Partitions opened (or coordinator partitions loaded) at once after an ownership change.
+pub(crate) const CONCURRENT_OPENS: usize = 8;
 
 /// How long the reconciler leaves a partition whose open failed before trying again.
 const OPEN_RETRY: std::time::Duration = std::time::Duration::from_secs(2);

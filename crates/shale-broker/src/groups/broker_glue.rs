@@ -333,9 +333,12 @@ async fn sync_ownership(broker: &Arc<Broker>) {
     for &p in &to_load {
         coord.mark_loading(p);
     }
-    for p in to_load {
-        load_one(broker, p).await;
-    }
+    // Each load waits on the store (an open, a read of the partition): a failover moving
+    // dozens of them is a few rounds, not dozens in a row.
+    use futures::StreamExt;
+    futures::stream::iter(to_load)
+        .for_each_concurrent(crate::membership::CONCURRENT_OPENS, |p| load_one(broker, p))
+        .await;
 }
 
 async fn load_one(broker: &Arc<Broker>, p: i32) {

@@ -867,10 +867,14 @@ async fn sync_ownership(broker: &Arc<Broker>) {
     };
     to_load.sort_unstable();
     broker.txn.loading.lock().extend(to_load.iter().copied());
-    for p in to_load {
-        load_one(broker, p).await;
-        broker.txn.loading.lock().remove(&p);
-    }
+    // Concurrently, as the group coordinator loads (a failover moves many at once).
+    use futures::StreamExt;
+    futures::stream::iter(to_load)
+        .for_each_concurrent(crate::membership::CONCURRENT_OPENS, |p| async move {
+            load_one(broker, p).await;
+            broker.txn.loading.lock().remove(&p);
+        })
+        .await;
 }
 
 fn unload(broker: &Arc<Broker>, p: i32) {
