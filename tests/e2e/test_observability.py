@@ -14,6 +14,7 @@ import urllib.request
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 import harness
+import kproto
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -109,6 +110,10 @@ def test_ready_turns_503_while_the_session_is_in_doubt(tmp_path, moto):
         assert leader in (1, 2, 3)
         assert sum(series(get(p, "/metrics")[1])["shale_metadata_is_leader"] for p in admin_ports) == 1
 
+        # A group node 1 coordinates: its offsets are answered there.
+        group = next(g for g in (f"g{i}" for i in range(500)) if find_coordinator(nodes[0], g) == 1)
+        assert offset_fetch_error(nodes[0], group) == 0
+
         # Node 1 alone: no heartbeat can be answered.
         nodes[1].kill9()
         nodes[2].kill9()
@@ -116,6 +121,8 @@ def test_ready_turns_503_while_the_session_is_in_doubt(tmp_path, moto):
         status, body = get(admin_ports[0], "/ready")
         assert status == 503 and body.startswith("not ready:"), body
         assert get(admin_ports[0], "/health")[0] == 200
+        # Its coordinator stops answering from a state another node may be taking over.
+        assert offset_fetch_error(nodes[0], group) == NOT_COORDINATOR
 
         nodes[1].start(wait=False)
         nodes[2].start(wait=False)
@@ -124,6 +131,28 @@ def test_ready_turns_503_while_the_session_is_in_doubt(tmp_path, moto):
         for n in nodes:
             if n.running():
                 n.kill9()
+
+
+NOT_COORDINATOR = 16
+
+
+def find_coordinator(node, group: str) -> int:
+    """FindCoordinator v0: the coordinator's node id."""
+    with kproto.Conn("127.0.0.1", node.port, timeout=10) as c:
+        r = c.request(10, 0, kproto.string(group))
+        assert r.i16() == 0
+        return r.i32()
+
+
+def offset_fetch_error(node, group: str) -> int:
+    """OffsetFetch v1 of one partition: its error code."""
+    body = kproto.string(group) + kproto.array(
+        [("t", [0])], lambda t: kproto.string(t[0]) + kproto.array(t[1], kproto.i32))
+    with kproto.Conn("127.0.0.1", node.port, timeout=10) as c:
+        r = c.request(9, 1, body)
+        topics = r.array(lambda r: (r.string(), r.array(
+            lambda r: (r.i32(), r.i64(), r.string(), r.i16()))))
+        return topics[0][1][0][3]
 
 
 def wait_for(cond, timeout: float):

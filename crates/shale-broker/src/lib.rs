@@ -43,7 +43,7 @@ pub struct Broker {
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Cleared while the broker's session is in doubt or fenced (see `membership`).
-    serving: std::sync::atomic::AtomicBool,
+    serving: Arc<std::sync::atomic::AtomicBool>,
     /// This process's broker epoch (0 before it registered).
     broker_epoch: std::sync::atomic::AtomicU64,
     /// Owned partitions whose open failed, and when (the reconciler backs off).
@@ -62,7 +62,11 @@ impl Broker {
         streams: Arc<StreamStore>,
     ) -> anyhow::Result<Arc<Broker>> {
         let (shutdown, _) = watch::channel(false);
-        let coordinator = groups::GroupCoordinator::new(groups::GroupConfig::from_broker(&config));
+        let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let coordinator = groups::GroupCoordinator::with_serving_flag(
+            groups::GroupConfig::from_broker(&config),
+            serving.clone(),
+        );
         let broker = Arc::new(Broker {
             config,
             meta,
@@ -74,12 +78,13 @@ impl Broker {
             txn: Default::default(),
             shutdown,
             tasks: Mutex::new(Vec::new()),
-            serving: std::sync::atomic::AtomicBool::new(true),
+            serving,
             broker_epoch: std::sync::atomic::AtomicU64::new(0),
             failed_opens: Mutex::new(Default::default()),
             reconciled_topics: Mutex::new(None),
             peers: Default::default(),
         });
+        let _ = broker.txn.serving.set(broker.serving.clone());
         let heartbeats = broker.register().await?;
         broker.open_owned_partitions().await?;
         let membership = tokio::spawn(membership::run(broker.clone(), heartbeats));

@@ -141,6 +141,11 @@ pub(crate) struct GroupCoordinator {
     /// Offsets committed inside open transactions, by coordinator partition and producer id:
     /// they count once the producer's commit marker is written (see `txn_offsets`).
     txn_offsets: Mutex<HashMap<i32, HashMap<i64, Vec<txn_offsets::PendingOffset>>>>,
+    /// The broker's "may serve what it owns" flag (`membership`): while its session is in
+    /// doubt or fenced, the coordinator answers NOT_COORDINATOR rather than from a state
+    /// another node may be taking over (a stale OffsetFetch, a heartbeat of a group that
+    /// rebalanced elsewhere).
+    serving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn now() -> Now {
@@ -184,7 +189,15 @@ pub(crate) fn subscription_topics(metadata: &[u8]) -> Option<Vec<String>> {
 }
 
 impl GroupCoordinator {
+    #[cfg(test)]
     pub(crate) fn new(cfg: GroupConfig) -> Arc<Self> {
+        Self::with_serving_flag(cfg, Arc::new(std::sync::atomic::AtomicBool::new(true)))
+    }
+
+    pub(crate) fn with_serving_flag(
+        cfg: GroupConfig,
+        serving: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Arc<Self> {
         let count = cfg.offsets_partitions;
         Arc::new(Self {
             cfg,
@@ -192,6 +205,7 @@ impl GroupCoordinator {
             groups: RwLock::new(HashMap::new()),
             partition_count: AtomicI32::new(count),
             txn_offsets: Mutex::new(HashMap::new()),
+            serving,
         })
     }
 
@@ -208,6 +222,9 @@ impl GroupCoordinator {
     }
 
     fn partition_log(&self, p: i32) -> Result<Arc<dyn PartitionLog>, ResponseError> {
+        if !self.serving.load(Ordering::Acquire) {
+            return Err(ResponseError::NotCoordinator);
+        }
         match self.partitions.read().get(&p) {
             Some(PartState::Loaded(log)) => Ok(log.clone()),
             Some(PartState::Loading) => Err(ResponseError::CoordinatorLoadInProgress),

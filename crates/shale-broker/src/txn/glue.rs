@@ -52,6 +52,8 @@ pub(crate) struct TxnCoordinators {
     /// Test seam: markers wait while set, so a test can stop the node between a durable
     /// PrepareCommit/PrepareAbort and its markers (the window a crash recovery must cover).
     hold_markers: std::sync::atomic::AtomicBool,
+    /// The broker's serving flag, set when the broker starts.
+    pub(crate) serving: std::sync::OnceLock<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl crate::Broker {
@@ -73,6 +75,15 @@ impl TxnCoordinators {
     }
 
     fn get(&self, transactional_id: &str) -> Result<Arc<Partition>, TxnError> {
+        // Not while the broker's session is in doubt or fenced (see GroupCoordinator's
+        // `serving`): another node may be taking the partition over.
+        if self
+            .serving
+            .get()
+            .is_some_and(|s| !s.load(Ordering::Acquire))
+        {
+            return Err(TxnError::NotCoordinator);
+        }
         let p = self.partition_of(transactional_id);
         if let Some(part) = self.loaded.read().get(&p) {
             return Ok(part.clone());
