@@ -259,8 +259,11 @@ pub(crate) async fn reconcile(broker: Arc<Broker>) {
             let broker = &broker;
             async move {
                 match broker.open_owned(id).await {
-                    Ok(_) => metrics::counter!("shale_ownership_changes_total", "change" => "gained")
-                        .increment(1),
+                    Ok(_) => {
+                        metrics::counter!("shale_ownership_changes_total", "change" => "gained")
+                            .increment(1);
+                        tracing::info!(stream = id, "partition gained: opened");
+                    }
                     Err(e) => {
                         // Retried after OPEN_RETRY (every metadata change would be far too
                         // often while the store is out), or on first use.

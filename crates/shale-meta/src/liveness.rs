@@ -170,12 +170,22 @@ pub(crate) async fn run(node: Weak<MetaNode>) {
         let now = Instant::now();
         let commands = node.read(|st| node.liveness.lock().plan(st, now));
         for cmd in commands {
+            // An operator's record of every ownership decision (and the failover's timeline).
             match &cmd {
-                Command::FenceBroker { .. } => {
-                    metrics::counter!("shale_brokers_fenced_total").increment(1)
+                Command::FenceBroker { id, epoch } => {
+                    metrics::counter!("shale_brokers_fenced_total").increment(1);
+                    tracing::info!(
+                        broker = id,
+                        broker_epoch = epoch,
+                        "controller: fencing a broker whose session expired"
+                    );
                 }
                 Command::MovePartitions { moves } => {
-                    metrics::counter!("shale_partitions_moved_total").increment(moves.len() as u64)
+                    metrics::counter!("shale_partitions_moved_total").increment(moves.len() as u64);
+                    tracing::info!(
+                        partitions = moves.len(),
+                        "controller: moving partitions off fenced brokers"
+                    );
                 }
                 _ => {}
             }
