@@ -114,32 +114,31 @@ fn add_leader_hints(
     topics: &Topics<'_>,
     responses: &mut [FetchableTopicResponse],
 ) -> Vec<NodeEndpoint> {
-    let mut endpoints: Vec<NodeEndpoint> = Vec::new();
+    let mut hints = crate::handlers::metadata::LeaderHints::default();
     for ((name, _), t) in topics.iter().zip(responses.iter_mut()) {
         let Some(name) = name else { continue };
         for p in &mut t.partitions {
             if p.error_code != ResponseError::NotLeaderOrFollower.code() {
                 continue;
             }
-            let Some(h) = crate::handlers::metadata::leader_hint(broker, name, p.partition_index)
-            else {
-                continue;
-            };
-            p.current_leader = LeaderIdAndEpoch::default()
-                .with_leader_id(BrokerId(h.id))
-                .with_leader_epoch(h.epoch);
-            if !endpoints.iter().any(|e| e.node_id.0 == h.id) {
-                endpoints.push(
-                    NodeEndpoint::default()
-                        .with_node_id(BrokerId(h.id))
-                        .with_host(StrBytes::from_string(h.host))
-                        .with_port(i32::from(h.port))
-                        .with_rack(h.rack.map(StrBytes::from_string)),
-                );
+            if let Some((id, epoch)) = hints.of(broker, name, p.partition_index) {
+                p.current_leader = LeaderIdAndEpoch::default()
+                    .with_leader_id(BrokerId(id))
+                    .with_leader_epoch(epoch);
             }
         }
     }
-    endpoints
+    hints
+        .endpoints
+        .into_iter()
+        .map(|h| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(h.id))
+                .with_host(StrBytes::from_string(h.host))
+                .with_port(i32::from(h.port))
+                .with_rack(h.rack.map(StrBytes::from_string))
+        })
+        .collect()
 }
 
 /// Partitions read at once by one fetch: catch-up reads wait on object storage, so they

@@ -219,6 +219,30 @@ pub(crate) fn leader_hint(broker: &Broker, topic: &str, partition: i32) -> Optio
     })
 }
 
+/// The KIP-951 hints of one response: each refused partition's leader, and the endpoints of
+/// those leaders, once each (Produce and Fetch carry the same fields in their own types).
+#[derive(Default)]
+pub(crate) struct LeaderHints {
+    pub endpoints: Vec<LeaderHint>,
+}
+
+impl LeaderHints {
+    /// (leader id, leader epoch) of a refused partition, noting the leader's endpoint.
+    pub(crate) fn of(
+        &mut self,
+        broker: &Broker,
+        topic: &str,
+        partition: i32,
+    ) -> Option<(i32, i32)> {
+        let h = leader_hint(broker, topic, partition)?;
+        let leader = (h.id, h.epoch);
+        if !self.endpoints.iter().any(|e| e.id == h.id) {
+            self.endpoints.push(h);
+        }
+        Some(leader)
+    }
+}
+
 /// The leader epoch Metadata reports for `topic`-`partition` now.
 pub(crate) fn leader_epoch_of(broker: &Broker, topic: &str, partition: i32) -> Option<i32> {
     broker.meta.read(|s| {

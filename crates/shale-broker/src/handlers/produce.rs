@@ -299,30 +299,30 @@ async fn await_hand_off(broker: &Broker, responses: &[TopicProduceResponse]) {
 /// KIP-951 (Produce v10+): each NOT_LEADER_OR_FOLLOWER partition names its current leader,
 /// and the response carries those leaders' endpoints, so the producer retries there at once.
 fn add_leader_hints(broker: &Broker, responses: &mut [TopicProduceResponse]) -> Vec<NodeEndpoint> {
-    let mut endpoints: Vec<NodeEndpoint> = Vec::new();
+    let mut hints = crate::handlers::metadata::LeaderHints::default();
     for t in responses.iter_mut() {
         for p in &mut t.partition_responses {
             if p.error_code != ResponseError::NotLeaderOrFollower.code() {
                 continue;
             }
-            let Some(h) = crate::handlers::metadata::leader_hint(broker, &t.name.0, p.index) else {
-                continue;
-            };
-            p.current_leader = LeaderIdAndEpoch::default()
-                .with_leader_id(BrokerId(h.id))
-                .with_leader_epoch(h.epoch);
-            if !endpoints.iter().any(|e| e.node_id.0 == h.id) {
-                endpoints.push(
-                    NodeEndpoint::default()
-                        .with_node_id(BrokerId(h.id))
-                        .with_host(StrBytes::from_string(h.host))
-                        .with_port(i32::from(h.port))
-                        .with_rack(h.rack.map(StrBytes::from_string)),
-                );
+            if let Some((id, epoch)) = hints.of(broker, &t.name.0, p.index) {
+                p.current_leader = LeaderIdAndEpoch::default()
+                    .with_leader_id(BrokerId(id))
+                    .with_leader_epoch(epoch);
             }
         }
     }
-    endpoints
+    hints
+        .endpoints
+        .into_iter()
+        .map(|h| {
+            NodeEndpoint::default()
+                .with_node_id(BrokerId(h.id))
+                .with_host(StrBytes::from_string(h.host))
+                .with_port(i32::from(h.port))
+                .with_rack(h.rack.map(StrBytes::from_string))
+        })
+        .collect()
 }
 
 /// Waits until every batch is durable; `deadline` (acks=all only, one for the whole request,
