@@ -147,7 +147,7 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
     };
     let version = head.api_version;
     let correlation_id = header.correlation_id;
-    let timer = RequestTimer::start(api);
+    let timer = RequestTimer::start(api, version, correlation_id, peer);
     // The header's strings are slices of the frame; dropping them lets Produce reclaim the
     // frame for in-place patching.
     drop(header);
@@ -218,22 +218,39 @@ impl Broker {
 
 /// Request count and latency per API (`shale_requests_total`, `shale_request_seconds`),
 /// from the decoded request to the response being ready (a fetch's long poll included).
+/// At debug level it also logs each request as it is answered, so a request that hangs (or
+/// a client that never got its answer) can be told apart from one that was never sent.
 struct RequestTimer {
     api: &'static str,
+    version: i16,
+    correlation_id: i32,
+    peer: SocketAddr,
     started: std::time::Instant,
 }
 
 impl RequestTimer {
-    fn start(api: ApiKey) -> RequestTimer {
+    fn start(api: ApiKey, version: i16, correlation_id: i32, peer: SocketAddr) -> RequestTimer {
         RequestTimer {
             api: dispatch::api_name(api),
+            version,
+            correlation_id,
+            peer,
             started: std::time::Instant::now(),
         }
     }
 
     fn finish(self) {
+        let elapsed = self.started.elapsed();
         metrics::counter!("shale_requests_total", "api" => self.api).increment(1);
         metrics::histogram!("shale_request_seconds", "api" => self.api)
-            .record(self.started.elapsed().as_secs_f64());
+            .record(elapsed.as_secs_f64());
+        tracing::debug!(
+            api = self.api,
+            version = self.version,
+            correlation_id = self.correlation_id,
+            peer = %self.peer,
+            ms = elapsed.as_millis() as u64,
+            "request answered"
+        );
     }
 }

@@ -14,6 +14,11 @@
 //!   (a lone node, or a controller that stalled): nobody would be left to take over.
 //! - A new leader knows no deadlines: it gives every registered broker a full session from
 //!   the moment it leads, so a metadata failover never fences a healthy broker (KAFKA-15019).
+//! - A crashed process is told apart from a slow one without waiting out its session: a
+//!   broker silent for [`PROBE_AFTER`] is probed with a TCP connect to its advertised
+//!   listener, and one whose port *refuses* the connection (nothing listens there: the
+//!   process is gone) is fenced at once. A paused or cut-off node does not refuse (its
+//!   kernel still accepts, or nothing answers at all), so it keeps its full session.
 //! - The broker side ([`MetaNode::start_heartbeats`]) reports [`BrokerStatus::Expired`]
 //!   once no heartbeat has been answered for the session minus two intervals: it stops
 //!   serving before the leader can have given its partitions away.
@@ -21,8 +26,8 @@
 use crate::rpc::{CallError, HeartbeatReply, HeartbeatRequest, Kind, PbRequest};
 use crate::types::{Command, PartitionMove};
 use crate::{ClusterState, MetaNode};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Weak;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -30,12 +35,23 @@ use tokio::time::Instant;
 /// How often the leader's controller looks for expired sessions.
 pub(crate) const TICK: Duration = Duration::from_millis(100);
 
+/// How long a broker is silent before the controller probes its listener (two heartbeat
+/// intervals at the defaults: one late heartbeat is not enough).
+pub(crate) const PROBE_AFTER: Duration = Duration::from_millis(500);
+
+/// How long a probe's connect may take; no answer in time proves nothing.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// The leader's view of broker sessions.
 #[derive(Debug)]
 pub(crate) struct Liveness {
     session: Duration,
     /// Broker id -> (epoch the deadline is for, deadline).
     deadlines: HashMap<u64, (u64, Instant)>,
+    /// Brokers whose listener refused a probe while they were silent -> that epoch.
+    refused: HashMap<u64, u64>,
+    /// Brokers with a probe in flight.
+    probing: HashSet<u64>,
 }
 
 impl Liveness {
@@ -43,12 +59,55 @@ impl Liveness {
         Liveness {
             session,
             deadlines: HashMap::new(),
+            refused: HashMap::new(),
+            probing: HashSet::new(),
         }
     }
 
     /// Forgets every deadline (this node stopped leading).
     pub(crate) fn clear(&mut self) {
         self.deadlines.clear();
+        self.refused.clear();
+        self.probing.clear();
+    }
+
+    /// The live brokers (other than `me`) silent for [`PROBE_AFTER`] and not probed yet, with
+    /// their epoch and advertised address; each is marked as being probed.
+    pub(crate) fn to_probe(
+        &mut self,
+        state: &ClusterState,
+        me: u64,
+        now: Instant,
+    ) -> Vec<(u64, u64, String, u16)> {
+        let mut out = Vec::new();
+        for (&id, b) in state.brokers.iter().filter(|(_, b)| !b.fenced) {
+            let Some(&(epoch, deadline)) = self.deadlines.get(&id) else {
+                continue;
+            };
+            let silent_since = deadline.checked_sub(self.session).unwrap_or(deadline);
+            if id == me
+                || epoch != b.epoch
+                || now < silent_since + PROBE_AFTER
+                || self.probing.contains(&id)
+                || self.refused.get(&id) == Some(&epoch)
+            {
+                continue;
+            }
+            let Some(n) = state.nodes.get(&id) else {
+                continue;
+            };
+            self.probing.insert(id);
+            out.push((id, epoch, n.host.clone(), n.port));
+        }
+        out
+    }
+
+    /// A probe's outcome: `refused` means nothing listens on the broker's port.
+    pub(crate) fn probed(&mut self, id: u64, epoch: u64, refused: bool) {
+        self.probing.remove(&id);
+        if refused {
+            self.refused.insert(id, epoch);
+        }
     }
 
     /// A broker's heartbeat, answered from the replicated registration.
@@ -63,6 +122,8 @@ impl Liveness {
             Some(b) if b.epoch == epoch && b.fenced => HeartbeatReply::Fenced,
             Some(b) if b.epoch == epoch => {
                 self.deadlines.insert(id, (epoch, now + self.session));
+                // It answered after all: whatever a probe saw is stale.
+                self.refused.remove(&id);
                 HeartbeatReply::Live
             }
             // Unknown, or an older (or, not applied here yet, newer) registration.
@@ -87,7 +148,8 @@ impl Liveness {
                     d
                 }
             };
-            if deadline <= now {
+            let crashed = self.refused.get(&id) == Some(&b.epoch);
+            if deadline <= now || crashed {
                 expired.push(Command::FenceBroker { id, epoch: b.epoch });
             }
         }
@@ -168,33 +230,70 @@ pub(crate) async fn run(node: Weak<MetaNode>) {
         }
         leading = true;
         let now = Instant::now();
-        let commands = node.read(|st| node.liveness.lock().plan(st, now));
-        for cmd in commands {
-            // An operator's record of every ownership decision (and the failover's timeline).
-            match &cmd {
-                Command::FenceBroker { id, epoch } => {
-                    metrics::counter!("shale_brokers_fenced_total").increment(1);
-                    tracing::info!(
-                        broker = id,
-                        broker_epoch = epoch,
-                        "controller: fencing a broker whose session expired"
-                    );
+        let probes = node.read(|st| node.liveness.lock().to_probe(st, node.node_id, now));
+        for (id, epoch, host, port) in probes {
+            let weak = Arc::downgrade(&node);
+            tokio::spawn(async move {
+                let refused = connection_refused(&host, port).await;
+                if refused {
+                    tracing::info!(broker = id, %host, port, "controller: a silent broker's listener refuses connections");
                 }
-                Command::MovePartitions { moves } => {
-                    metrics::counter!("shale_partitions_moved_total").increment(moves.len() as u64);
-                    tracing::info!(
-                        partitions = moves.len(),
-                        "controller: moving partitions off fenced brokers"
-                    );
+                if let Some(n) = weak.upgrade() {
+                    n.liveness.lock().probed(id, epoch, refused);
                 }
-                _ => {}
-            }
-            if let Err(e) = node.submit(cmd).await {
-                tracing::warn!(error = %e, "controller write failed; retried next tick");
+            });
+        }
+        // A fence is planned, and applied, before the moves off the broker it fenced can be:
+        // plan again at once rather than a tick later.
+        for _ in 0..2 {
+            let commands = node.read(|st| node.liveness.lock().plan(st, now));
+            let fenced = commands
+                .iter()
+                .any(|c| matches!(c, Command::FenceBroker { .. }));
+            if !submit_all(&node, commands).await || !fenced {
                 break;
             }
         }
     }
+}
+
+/// Submits the controller's commands in order, logging each ownership decision (an
+/// operator's record of the failover's timeline); false once one failed.
+async fn submit_all(node: &MetaNode, commands: Vec<Command>) -> bool {
+    for cmd in commands {
+        match &cmd {
+            Command::FenceBroker { id, epoch } => {
+                metrics::counter!("shale_brokers_fenced_total").increment(1);
+                tracing::info!(
+                    broker = id,
+                    broker_epoch = epoch,
+                    "controller: fencing a broker (session expired, or its process is gone)"
+                );
+            }
+            Command::MovePartitions { moves } => {
+                metrics::counter!("shale_partitions_moved_total").increment(moves.len() as u64);
+                tracing::info!(
+                    partitions = moves.len(),
+                    "controller: moving partitions off fenced brokers"
+                );
+            }
+            _ => {}
+        }
+        if let Err(e) = node.submit(cmd).await {
+            tracing::warn!(error = %e, "controller write failed; retried next tick");
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether a TCP connect to `host:port` is refused: nothing listens there. A timeout, an
+/// unreachable network or a failed lookup prove nothing and count as not refused.
+async fn connection_refused(host: &str, port: u16) -> bool {
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect((host, port))).await,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// What a broker knows of its own session.
@@ -501,6 +600,67 @@ mod tests {
             l.plan(&st, later + SESSION - Duration::from_millis(1))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_silent_broker_whose_port_refuses_is_fenced_before_its_session_ends() {
+        let mut st = state(&[(1, 1, false), (2, 2, false), (3, 3, false)], &[]);
+        for id in 1..=3 {
+            st.nodes.insert(
+                id,
+                crate::NodeMeta {
+                    id,
+                    host: "127.0.0.1".into(),
+                    port: 9000 + id as u16,
+                    rack: None,
+                },
+            );
+        }
+        let mut l = Liveness::new(SESSION);
+        let t0 = Instant::now();
+        l.plan(&st, t0);
+        // Nobody has been silent long enough to be probed, and the controller never probes
+        // its own broker.
+        assert!(l.to_probe(&st, 1, t0 + PROBE_AFTER / 2).is_empty());
+        let later = t0 + PROBE_AFTER;
+        l.heartbeat(&st, 3, 3, later);
+        let probes = l.to_probe(&st, 1, later);
+        assert_eq!(probes, vec![(2, 2, "127.0.0.1".to_string(), 9002)]);
+        // One probe at a time per broker.
+        assert!(l.to_probe(&st, 1, later).is_empty());
+        // The connect was refused: fenced at the next tick, long before the session is over.
+        l.probed(2, 2, true);
+        assert_eq!(fences(&l.plan(&st, later)), vec![(2, 2)]);
+    }
+
+    #[test]
+    fn a_probe_that_is_answered_or_about_an_older_process_fences_nobody() {
+        let mut st = state(&[(1, 1, false), (2, 5, false)], &[]);
+        st.nodes.insert(
+            2,
+            crate::NodeMeta {
+                id: 2,
+                host: "127.0.0.1".into(),
+                port: 9002,
+                rack: None,
+            },
+        );
+        let mut l = Liveness::new(SESSION);
+        let t0 = Instant::now();
+        l.plan(&st, t0);
+        let t = t0 + PROBE_AFTER;
+        assert_eq!(l.to_probe(&st, 1, t).len(), 1);
+        // Accepted (or timed out): a paused or cut-off node keeps its session.
+        l.probed(2, 5, false);
+        assert!(l.plan(&st, t).is_empty());
+        // Refused, but the broker heartbeats after all: the heartbeat wins.
+        assert_eq!(l.to_probe(&st, 1, t).len(), 1);
+        l.probed(2, 5, true);
+        l.heartbeat(&st, 2, 5, t);
+        assert!(l.plan(&st, t).is_empty());
+        // A refusal recorded for an older process of the broker does not fence the new one.
+        l.probed(2, 4, true);
+        assert!(l.plan(&st, t + Duration::from_millis(1)).is_empty());
     }
 
     #[test]

@@ -209,28 +209,36 @@ pub(crate) enum CallError {
     Timeout(Duration),
 }
 
-/// One peer: a cached connection, used by one caller at a time.
+/// One peer: its idle connections, each used by one call at a time. Calls never wait for
+/// each other: one without an idle connection opens its own, so a heartbeat is not queued
+/// behind a forwarded write to a node that stopped answering (that head-of-line wait once
+/// let a new leader fence its own broker).
 pub(crate) struct Peer {
     addr: String,
-    conn: tokio::sync::Mutex<Option<TcpStream>>,
+    idle: parking_lot::Mutex<Vec<TcpStream>>,
 }
+
+/// Idle connections kept per peer; more concurrent calls open (and then drop) their own.
+const MAX_IDLE: usize = 4;
 
 impl Peer {
     pub(crate) fn new(addr: impl Into<String>) -> Peer {
         Peer {
             addr: addr.into(),
-            conn: tokio::sync::Mutex::new(None),
+            idle: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
-    /// Sends `req` and waits for its reply, for at most `timeout`.
+    /// Sends `req` and waits for its reply, for at most `timeout` in all (connecting
+    /// included).
     pub(crate) async fn call(
         &self,
         req: &PbRequest,
         timeout: Duration,
     ) -> Result<PbReply, CallError> {
-        let mut conn = self.conn.lock().await;
-        let stream = match conn.take() {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let cached = self.idle.lock().pop();
+        let mut stream = match cached {
             Some(s) => s,
             None => match tokio::time::timeout(
                 CONNECT_TIMEOUT.min(timeout),
@@ -251,15 +259,17 @@ impl Peer {
                 }
             },
         };
-        let mut stream = stream;
         let exchange = async {
             write_frame(&mut stream, req).await?;
             read_frame::<_, PbReply>(&mut stream).await
         };
-        match tokio::time::timeout(timeout, exchange).await {
+        match tokio::time::timeout_at(deadline, exchange).await {
             Ok(Ok(reply)) => {
                 // Only a connection that completed its exchange is reused.
-                *conn = Some(stream);
+                let mut idle = self.idle.lock();
+                if idle.len() < MAX_IDLE {
+                    idle.push(stream);
+                }
                 Ok(reply)
             }
             Ok(Err(e)) => Err(CallError::Network(e)),
@@ -325,6 +335,34 @@ pub(crate) enum ReadIndexReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_call_never_waits_behind_another_to_a_peer_that_stopped_answering() {
+        // A peer whose kernel accepts connections but whose process never answers (SIGSTOP).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let peer = Arc::new(Peer::new(addr));
+        let req = PbRequest::new(Kind::Heartbeat, &()).unwrap();
+        let slow = {
+            let (peer, req) = (peer.clone(), req.clone());
+            tokio::spawn(async move { peer.call(&req, Duration::from_secs(30)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A heartbeat with its own short timeout gets its own answer (a timeout) while the
+        // forwarded write before it still waits.
+        let quick = peer.call(&req, Duration::from_millis(100)).await;
+        assert!(matches!(quick, Err(CallError::Timeout(_))), "{quick:?}");
+        assert!(!slow.is_finished());
+        slow.abort();
+        accepted.abort();
+    }
 
     #[tokio::test]
     async fn a_frame_round_trips() {

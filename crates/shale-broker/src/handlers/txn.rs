@@ -89,9 +89,13 @@ async fn add_one(
                 Err(e) => partitions.iter().map(|tp| (tp.clone(), code(e))).collect(),
             }
         } else {
+            let txn_id = req.transactional_id.clone();
             let c = match glue::add_partitions(broker, req).await {
                 Ok(()) => 0,
-                Err(e) => code(e),
+                Err(e) => {
+                    tracing::debug!(transactional_id = %txn_id, error = ?e, "AddPartitionsToTxn refused");
+                    code(e)
+                }
             };
             partitions.iter().map(|tp| (tp.clone(), c)).collect()
         }
@@ -167,6 +171,9 @@ pub async fn add_offsets_to_txn(
         &req.group_id.0,
     )
     .await;
+    if let Err(e) = &r {
+        tracing::debug!(transactional_id = %req.transactional_id.0, error = ?e, "AddOffsetsToTxn refused");
+    }
     AddOffsetsToTxnResponse::default().with_error_code(match r {
         Ok(()) => 0,
         Err(e) => e.for_api(TxnApi::AddOffsetsToTxn, version).code(),
@@ -189,10 +196,13 @@ pub async fn end_txn(broker: &Arc<Broker>, version: i16, req: EndTxnRequest_) ->
         Ok(id) => EndTxnResponse::default()
             .with_producer_id(ProducerId(if version >= 5 { id.producer_id } else { -1 }))
             .with_producer_epoch(if version >= 5 { id.epoch } else { -1 }),
-        Err(e) => EndTxnResponse::default()
-            .with_error_code(e.for_api(TxnApi::EndTxn, version).code())
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1),
+        Err(e) => {
+            tracing::debug!(transactional_id = %req.transactional_id.0, error = ?e, "EndTxn refused");
+            EndTxnResponse::default()
+                .with_error_code(e.for_api(TxnApi::EndTxn, version).code())
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1)
+        }
     }
 }
 
@@ -204,7 +214,10 @@ pub async fn txn_offset_commit(
     version: i16,
     req: TxnOffsetCommitRequest,
 ) -> TxnOffsetCommitResponse {
-    let all = |code: ResponseError| respond(&req, |_, _| code.code());
+    let all = |code: ResponseError| {
+        tracing::debug!(transactional_id = %req.transactional_id.0, error = ?code, "TxnOffsetCommit refused");
+        respond(&req, |_, _| code.code())
+    };
     let txn_id = req.transactional_id.0.to_string();
     let group = req.group_id.0.to_string();
     let tp = TopicPartition::new(

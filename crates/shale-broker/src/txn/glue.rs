@@ -537,7 +537,18 @@ fn run_effects(broker: &Arc<Broker>, part: &Arc<Partition>, effects: Vec<Effect>
                     let _ = tx.send(reply);
                 }
             }
-            Effect::Append { id, key, value, .. } => {
+            Effect::Append {
+                id,
+                key,
+                value,
+                record,
+            } => {
+                tracing::debug!(
+                    ?id,
+                    transactional_id = %record.transactional_id,
+                    state = ?record.value.as_ref().map(|v| v.state),
+                    "__transaction_state append"
+                );
                 let appended = append_record(part, key, value);
                 let (broker, part) = (broker.clone(), part.clone());
                 tokio::spawn(async move {
@@ -551,6 +562,8 @@ fn run_effects(broker: &Arc<Broker>, part: &Arc<Partition>, effects: Vec<Effect>
                     };
                     if let Err(e) = &result {
                         tracing::warn!(error = ?e, "__transaction_state append failed");
+                    } else {
+                        tracing::debug!(?id, "__transaction_state append durable");
                     }
                     let more = part
                         .state
@@ -563,7 +576,9 @@ fn run_effects(broker: &Arc<Broker>, part: &Arc<Partition>, effects: Vec<Effect>
             Effect::WriteMarkers(markers) => {
                 let (broker, part) = (broker.clone(), part.clone());
                 tokio::spawn(async move {
-                    if write_markers(&broker, &markers).await {
+                    let written = write_markers(&broker, &markers).await;
+                    tracing::debug!(transactional_id = %markers.transactional_id, written, "markers done");
+                    if written {
                         let more = part
                             .state
                             .lock()
