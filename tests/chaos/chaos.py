@@ -483,7 +483,8 @@ def run(opts: Options, workdir: Path | None = None, moto: harness.MotoServer | N
         if processors:
             tx = figs["txn"]
             lines.append(f"  transactions: commits={tx['commits']} aborts={tx['aborts']} retries={tx['retries']} "
-                         f"fatal(recreated producers)={tx['fatal']} abort_failures={tx['abort_failures']} "
+                         f"fatal(recreated producers)={tx['fatal']} client_hangs={tx.get('client_hangs', 0)} "
+                         f"abort_failures={tx['abort_failures']} "
                          f"rewinds={tx['rewinds']} consumer_recreations={tx['consumer_recreations']} "
                          f"rebalances={tx['rebalances']} attempts={tx['attempts']}; input committed="
                          f"{tx['input_committed']} output committed={figs['txn_output_committed']} "

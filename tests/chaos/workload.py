@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -56,7 +57,20 @@ def _base(bootstrap: str) -> dict:
     # librdkafka backs off reconnecting to a broker up to 10 s by default: after a node was
     # down a while, the client would take that long to notice it is back, and the figures
     # would measure the client's backoff rather than the broker's failover.
-    return {"bootstrap.servers": bootstrap, "logger": CLIENT_LOG, "reconnect.backoff.max.ms": 1000}
+    conf = {"bootstrap.servers": bootstrap, "reconnect.backoff.max.ms": 1000}
+    # confluent-kafka hands a Python logger librdkafka's lines only from poll(): nothing is
+    # logged while a call such as send_offsets_to_transaction blocks. CHAOS_CLIENT_STDERR=1
+    # leaves librdkafka to print them itself, as they happen, on stderr.
+    if not os.environ.get("CHAOS_CLIENT_STDERR"):
+        conf["logger"] = CLIENT_LOG
+    return conf
+
+
+class ClientHang(Exception):
+    """A librdkafka call that did not return within its own timeout plus a grace period."""
+
+    def __str__(self):
+        return f"{self.args[0]} did not return within its timeout (librdkafka #5456/#5511)"
 
 
 class Producer(threading.Thread):
@@ -365,6 +379,7 @@ class TxnProcessor(threading.Thread):
     BATCH_WAIT = 0.2
     CALL_TIMEOUT = 30.0   # s, the timeout given to each transactional call
     RETRY_FOR = 60.0      # s of retrying one retriable call before treating it as failed
+    HANG_GRACE = 15.0     # s past CALL_TIMEOUT before a call counts as hung (see _bounded)
 
     def __init__(self, idx: int, bootstrap: str, group: str, src_topics: list[str], out_topic: str,
                  out_partitions: int, t0: float, txn_timeout_ms: int = 10000, debug: str = ""):
@@ -384,7 +399,8 @@ class TxnProcessor(threading.Thread):
         self.commit_times: list[float] = []
         self.commit_latency: list[float] = []
         self.counts = {"commits": 0, "aborts": 0, "retries": 0, "fatal": 0, "rewinds": 0,
-                       "consumer_recreations": 0, "abort_failures": 0, "records_committed": 0}
+                       "consumer_recreations": 0, "abort_failures": 0, "records_committed": 0,
+                       "client_hangs": 0}
         self.errors: list[tuple[float, str, str]] = []  # (t, call, error)
         self.events: list[tuple] = []  # (t, "assign"|"revoke"|"lost", [parts])
         self.op: tuple[str, float] | None = None  # the call in progress, since t
@@ -413,6 +429,10 @@ class TxnProcessor(threading.Thread):
                 try:
                     self._call("init_transactions", lambda: p.init_transactions(self.CALL_TIMEOUT))
                     return p
+                except ClientHang as e:
+                    self._hung(str(e))
+                    self.abandoned.append(p)
+                    break  # a fresh producer
                 except KafkaException as e:
                     err = e.args[0]
                     self.errors.append((self.now(), "init_transactions", str(err)))
@@ -453,13 +473,37 @@ class TxnProcessor(threading.Thread):
 
     # -- calls -----------------------------------------------------------------------
 
+    def _bounded(self, name, fn):
+        """fn() in a thread of its own, given CALL_TIMEOUT + HANG_GRACE s to return: librdkafka's
+        send_offsets_to_transaction can block past its timeout, for good, when the group
+        coordinator it cached left the cluster's metadata (librdkafka issues #5456, #5511;
+        Apache Kafka drops fenced brokers from Metadata as Shale does). Raises ClientHang then,
+        as an application's watchdog would, so the processor replaces that producer (its
+        transactional.id fences the stuck one) instead of hanging the run."""
+        out = {}
+
+        def target():
+            try:
+                out["value"] = fn()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                out["error"] = e
+
+        t = threading.Thread(target=target, name=f"{self.name}-{name}", daemon=True)
+        t.start()
+        t.join(self.CALL_TIMEOUT + self.HANG_GRACE)
+        if t.is_alive():
+            raise ClientHang(name)
+        if "error" in out:
+            raise out["error"]
+        return out.get("value")
+
     def _call(self, name, fn):
         """fn(), retried while it fails retriably (up to RETRY_FOR s; less once stopping)."""
         start = time.monotonic()
         while True:
             self.op = (name, self.now())
             try:
-                return fn()
+                return self._bounded(name, fn)
             except KafkaException as e:
                 err = e.args[0]
                 if not isinstance(err, KafkaError) or err.fatal() or err.txn_requires_abort() \
@@ -501,15 +545,20 @@ class TxnProcessor(threading.Thread):
         self.next = {}
         self.c = self._new_consumer()
 
+    def _hung(self, what):
+        self.counts["client_hangs"] += 1
+        self.errors.append((self.now(), "client hang", what))
+
     def _start_over(self, att, failed_call):
         """A fatal error: a new producer with the same transactional.id (fences this one,
         aborts its open transaction), and the consumer back at the committed offsets."""
         self.counts["fatal"] += 1
         att["outcome"] = "unknown" if att.get("commit_called") else "fenced"
-        try:
-            self.p.purge()
-        except Exception:
-            pass
+        if failed_call != "hung":  # a hung handle is left alone: any call on it may block too
+            try:
+                self.p.purge()
+            except Exception:
+                pass
         self.abandoned.append(self.p)
         self.p = self._new_producer()
 
@@ -581,6 +630,14 @@ class TxnProcessor(threading.Thread):
             call = "commit_transaction"
             att["commit_called"] = True
             self._call(call, lambda: self.p.commit_transaction(self.CALL_TIMEOUT))
+        except ClientHang as e:
+            att["error"] = f"{call}: {e}"
+            att["t_end"] = round(self.now(), 3)
+            self._hung(str(e))
+            self._start_over(att, "hung")
+            if self.p is not None:
+                self._rewind()
+            return
         except KafkaException as e:
             err = e.args[0]
             att["error"] = f"{call}: {err}"
