@@ -7,6 +7,8 @@
   mode="dev"), waits until ApiVersions + Metadata are answered; returns a harness.Shale with
   kill9() / terminate() / restart() / objects() / log_tail().
 - `broker`: one default serve broker; `dev_broker`: one `shale dev`.
+- `cluster`: three `shale serve` nodes sharing one bucket, a three-voter metadata quorum
+  (harness.cluster_nodes / start_cluster), as a list of harness.Shale (node ids 1, 2, 3).
 - `java_cli`: the Java clients of tests/java (kafka-clients, kafka-streams), or a skip when
   that jar is not built (scripts/install-test-deps.sh builds it).
 
@@ -67,6 +69,20 @@ def shale_factory(request, moto, tmp_path):
 
 
 @pytest.fixture
+def cluster(request, tmp_path, moto) -> list[harness.Shale]:
+    """Three `shale serve` nodes sharing one bucket, all voters of one metadata quorum
+    (harness.cluster_nodes), started together; whatever is still running is killed -9 on
+    teardown."""
+    nodes = harness.cluster_nodes(tmp_path, moto, 3)
+    request.node._cluster_procs = nodes
+    try:
+        yield harness.start_cluster(nodes)
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+@pytest.fixture
 def broker(shale_factory) -> harness.Shale:
     return shale_factory()
 
@@ -91,5 +107,5 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if report.failed:
-        for node in getattr(item, "_shale_procs", []):
+        for node in getattr(item, "_shale_procs", []) + getattr(item, "_cluster_procs", []):
             report.sections.append((f"{node.name} log (last 150 lines of {node.log})", node.log_tail(150)))

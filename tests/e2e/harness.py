@@ -341,6 +341,34 @@ class Shale:
         return self.moto.objects(self.bucket)
 
 
+def cluster_nodes(workdir: Path, moto: MotoServer, count: int = 3, settings: dict | None = None) -> list[Shale]:
+    """`count` `shale serve` nodes (not started) sharing one new bucket, node ids 1..count,
+    every one a voter of the metadata quorum (a PLAINTEXT and a CONTROLLER listener each;
+    `controller.quorum.voters` lists them all), plus `settings` on every node. Node i works
+    under workdir/n{i}, named shale{i}."""
+    bucket = moto.create_bucket()
+    controllers = [free_port() for _ in range(count)]
+    voters = ",".join(f"{i + 1}@127.0.0.1:{p}" for i, p in enumerate(controllers))
+    nodes = []
+    for i in range(count):
+        n = Shale(Path(workdir) / f"n{i + 1}", moto=moto, bucket=bucket, name=f"shale{i + 1}",
+                  settings={"node.id": i + 1, "controller.quorum.voters": voters, **(settings or {})})
+        n.settings["listeners"] = (f"PLAINTEXT://127.0.0.1:{n.port},"
+                                   f"CONTROLLER://127.0.0.1:{controllers[i]}")
+        nodes.append(n)
+    return nodes
+
+
+def start_cluster(nodes: list[Shale], timeout: float = 90.0) -> list[Shale]:
+    """Starts the nodes together (the lowest id initializes the quorum, the others wait to
+    hear from it) and waits until each answers Metadata listing itself."""
+    for n in nodes:
+        n.start(wait=False)
+    for n in nodes:
+        n.wait_ready(timeout)
+    return nodes
+
+
 # ---------------------------------------------------------------------------------------
 
 

@@ -24,7 +24,9 @@ MAIN = "shale.javatests.Main"
 
 
 class JavaProcess:
-    """One running subcommand: its JSON lines as they come (events), kill9(), wait()."""
+    """One running subcommand: its JSON lines as they come (events), kill9(), wait().
+    Any client printing JSON lines the same way runs in it too (the kafkajs clients of
+    tests/js/clients.js: test_cluster_clients.py)."""
 
     def __init__(self, args: list[str], log: Path):
         self.args = args
@@ -85,8 +87,9 @@ class JavaProcess:
                 raise AssertionError(f"no {what} within {timeout}s from {self.args[-6:]}; "
                                      f"last lines {self.lines[-3:]}\n{self.log_tail()}")
 
-    def wait(self, timeout: float = 180.0) -> dict:
-        """Until the process exits 0; returns its last line (the summary)."""
+    def finish(self, timeout: float = 180.0) -> tuple[int, dict | None]:
+        """Until the process exits: its exit status and its last line (the summary), or None
+        when it printed nothing. Kills it and raises when it does not exit within timeout."""
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -95,9 +98,14 @@ class JavaProcess:
         harness._LIVE.discard(self.proc)
         while self._drain(1.0):
             pass
+        return rc, (self.lines[-1] if self.lines else None)
+
+    def wait(self, timeout: float = 180.0) -> dict:
+        """Until the process exits 0; returns its last line (the summary)."""
+        rc, last = self.finish(timeout)
         assert rc == 0, f"{self.args[-6:]} exited {rc}; last lines {self.lines[-3:]}\n{self.log_tail()}"
-        assert self.lines, f"{self.args[-6:]} printed nothing\n{self.log_tail()}"
-        return self.lines[-1]
+        assert last is not None, f"{self.args[-6:]} printed nothing\n{self.log_tail()}"
+        return last
 
     def kill9(self):
         if self.proc.poll() is None:

@@ -8,34 +8,10 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import harness
-
-
-@pytest.fixture
-def cluster(tmp_path, moto):
-    bucket = moto.create_bucket()
-    nodes = []
-    controllers = [harness.free_port() for _ in range(3)]
-    voters = ",".join(f"{i + 1}@127.0.0.1:{p}" for i, p in enumerate(controllers))
-    for i in range(3):
-        n = harness.Shale(tmp_path / f"n{i + 1}", moto=moto, bucket=bucket, name=f"shale{i + 1}",
-                          settings={"node.id": i + 1, "controller.quorum.voters": voters})
-        n.settings["listeners"] = (f"PLAINTEXT://127.0.0.1:{n.port},"
-                                   f"CONTROLLER://127.0.0.1:{controllers[i]}")
-        nodes.append(n)
-    # Together: the lowest id initializes the quorum, the others wait to hear from it.
-    for n in nodes:
-        n.start(wait=False)
-    for n in nodes:
-        n.wait_ready(90)
-    yield nodes
-    for n in nodes:
-        if n.running():
-            n.kill9()
 
 
 def bootstrap(nodes) -> str:

@@ -46,6 +46,13 @@ import org.apache.kafka.streams.kstream.Produced;
  *       a KafkaProducer with the default configuration (enable.idempotence=true, acks=all),
  *       sends N records key "k{i}" value "v{i}", DELAY_MS between sends, flushes, prints
  *       {"event":"acked","acked":n} every 100 acknowledgements and a summary last.
+ *   produce-idempotent BOOTSTRAP TOPIC N DELAY_MS
+ *       a KafkaProducer with enable.idempotence=true and acks=all set explicitly (the client
+ *       retries retriable errors until delivery.timeout.ms, 120 s by default), sends N
+ *       records key "k{i}" value "v{i}" round-robin over the topic's partitions, DELAY_MS
+ *       between sends; prints {"event":"acked","acked":n,"sent":s} every 100
+ *       acknowledgements and a summary last with every acknowledged record
+ *       ({"p","o","v"}) and every error a send callback saw. Exits 1 when any send failed.
  *   consume BOOTSTRAP TOPIC N [read_committed|read_uncommitted] [TIMEOUT_MS] [string|long]
  *       assigns every partition from the beginning (no group), reads until it holds N
  *       records and its position reached the end offsets (the last stable offsets under
@@ -71,6 +78,7 @@ public final class Main {
         String[] rest = Arrays.copyOfRange(args, 1, args.length);
         switch (args[0]) {
             case "produce-default" -> produceDefault(rest);
+            case "produce-idempotent" -> produceIdempotent(rest);
             case "consume" -> consume(rest);
             case "txn" -> txn(rest);
             case "txn-open" -> txnOpen(rest);
@@ -80,7 +88,7 @@ public final class Main {
     }
 
     private static void usage() {
-        System.err.println("usage: Main produce-default|consume|txn|txn-open|wordcount ... (see Main.java)");
+        System.err.println("usage: Main produce-default|produce-idempotent|consume|txn|txn-open|wordcount ... (see Main.java)");
         System.exit(2);
     }
 
@@ -127,6 +135,57 @@ public final class Main {
                     "acks", effective.getString(ProducerConfig.ACKS_CONFIG),
                     "last_offsets", lastOffset,
                     "seconds", (System.nanoTime() - t0) / 1e9));
+        }
+    }
+
+    // ---- produce-idempotent ----------------------------------------------------------------
+
+    static void produceIdempotent(String[] a) throws Exception {
+        String bootstrap = a[0], topic = a[1];
+        int n = Integer.parseInt(a[2]);
+        long delayMs = Long.parseLong(a[3]);
+        Properties props = new Properties();
+        props.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        props.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        props.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        props.put(ProducerConfig.ENABLE_IDEMPOTENCE_CONFIG, "true");
+        props.put(ProducerConfig.ACKS_CONFIG, "all");
+        props.put(ProducerConfig.LINGER_MS_CONFIG, "5");
+        List<Map<String, Object>> acked = new ArrayList<>();
+        List<String> errors = new ArrayList<>();
+        AtomicInteger sent = new AtomicInteger();
+        long t0 = System.nanoTime();
+        try (KafkaProducer<String, String> p = new KafkaProducer<>(props)) {
+            int partitions = p.partitionsFor(topic).size();
+            for (int i = 0; i < n; i++) {
+                String v = "v" + i;
+                p.send(new ProducerRecord<>(topic, i % partitions, "k" + i, v), (md, e) -> {
+                    int c;
+                    synchronized (acked) {
+                        if (e != null) {
+                            errors.add(v + ": " + e);
+                            return;
+                        }
+                        acked.add(obj("p", md.partition(), "o", md.offset(), "v", v));
+                        c = acked.size();
+                    }
+                    if (c % 100 == 0) {
+                        emit(obj("event", "acked", "acked", c, "sent", sent.get()));
+                    }
+                });
+                sent.incrementAndGet();
+                if (delayMs > 0) {
+                    Thread.sleep(delayMs);
+                }
+            }
+            p.flush();
+        }
+        synchronized (acked) {
+            emit(obj("sent", sent.get(), "acked", acked.size(), "errors", errors,
+                    "seconds", (System.nanoTime() - t0) / 1e9, "records", acked));
+            if (!errors.isEmpty()) {
+                System.exit(1);
+            }
         }
     }
 
