@@ -76,7 +76,7 @@ pub(crate) async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAd
         let _ = writer.shutdown().await;
     });
 
-    let mut stop = broker.shutdown_signal();
+    let mut stop = broker.closing_signal();
     let limit = broker.config.socket_request_max_bytes;
     loop {
         let frame = tokio::select! {

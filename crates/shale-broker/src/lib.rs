@@ -41,6 +41,10 @@ pub struct Broker {
     /// Transaction coordinator for the `__transaction_state` partitions this node owns.
     txn: txn::glue::TxnCoordinators,
     shutdown: watch::Sender<bool>,
+    /// Set once a controlled shutdown has handed its partitions off: connections stop
+    /// reading then, not at `shutdown`, so that requests sent meanwhile are answered
+    /// (NOT_LEADER_OR_FOLLOWER naming the new owner) instead of cut off unanswered.
+    closing: watch::Sender<bool>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Cleared while the broker's session is in doubt or fenced (see `membership`).
     serving: Arc<std::sync::atomic::AtomicBool>,
@@ -62,6 +66,7 @@ impl Broker {
         streams: Arc<StreamStore>,
     ) -> anyhow::Result<Arc<Broker>> {
         let (shutdown, _) = watch::channel(false);
+        let (closing, _) = watch::channel(false);
         let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let coordinator = groups::GroupCoordinator::with_serving_flag(
             groups::GroupConfig::from_broker(&config),
@@ -77,6 +82,7 @@ impl Broker {
             producer_ids: Default::default(),
             txn: Default::default(),
             shutdown,
+            closing,
             tasks: Mutex::new(Vec::new()),
             serving,
             broker_epoch: std::sync::atomic::AtomicU64::new(0),
@@ -145,7 +151,9 @@ impl Broker {
         // Everything acknowledged is durable now: give the partitions away rather than make
         // clients wait out the session timeout.
         self.hand_off().await;
-        // Let connection writers send the responses the drain just completed.
+        // Requests that came in meanwhile were answered, naming the new owners; stop
+        // reading, and let connection writers send what is left.
+        self.closing.send_replace(true);
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         self.meta.shutdown().await;
     }
@@ -156,6 +164,11 @@ impl Broker {
 
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    /// Fires when connections should stop reading requests (after the hand-off).
+    pub(crate) fn closing_signal(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 }
 

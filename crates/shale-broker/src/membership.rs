@@ -182,12 +182,15 @@ impl Broker {
                 .any(|t| t.partitions.iter().any(|p| p.owner == me))
         };
         let deadline = tokio::time::Instant::now() + HAND_OFF_TIMEOUT;
+        let mut changes = self.meta.changes();
         while tokio::time::Instant::now() < deadline {
             if self.meta.read_barrier().await.is_ok() && !self.meta.read(owns_any) {
                 tracing::info!("controlled shutdown: partitions handed off");
                 return;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            // The moves arrive as a metadata change; the timeout covers a barrier that failed.
+            let _ =
+                tokio::time::timeout(std::time::Duration::from_millis(50), changes.changed()).await;
         }
         tracing::warn!("controlled shutdown: partitions not all moved in time");
     }

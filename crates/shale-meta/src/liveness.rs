@@ -215,8 +215,16 @@ fn moves_off_fenced(state: &ClusterState) -> Vec<PartitionMove> {
 /// The leader's controller loop; runs on every node, acts only while it leads.
 pub(crate) async fn run(node: Weak<MetaNode>) {
     let mut leading = false;
+    // Woken early by a fence or registration being applied, or a probe finding a crashed
+    // process (`Shared::controller_wake`).
+    let Some(shared) = node.upgrade().map(|n| n.shared.clone()) else {
+        return;
+    };
     loop {
-        tokio::time::sleep(TICK).await;
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = shared.controller_wake.notified() => {}
+        }
         let Some(node) = node.upgrade() else {
             return;
         };
@@ -240,6 +248,9 @@ pub(crate) async fn run(node: Weak<MetaNode>) {
                 }
                 if let Some(n) = weak.upgrade() {
                     n.liveness.lock().probed(id, epoch, refused);
+                    if refused {
+                        n.shared.controller_wake.notify_one();
+                    }
                 }
             });
         }

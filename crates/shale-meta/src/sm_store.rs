@@ -19,7 +19,7 @@ use crate::fsutil::{invalid_data, write_atomic};
 use crate::snapshot_format;
 use crate::state::MetaState;
 use crate::types::{
-    LogId, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
+    Command, LogId, Response, Snapshot, SnapshotData, SnapshotMeta, StoredMembership, TypeConfig,
 };
 use futures::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -48,6 +48,9 @@ pub(crate) struct Shared {
     pub data: RwLock<SmData>,
     /// Bumped after every applied entry and snapshot install.
     pub changes: watch::Sender<u64>,
+    /// Wakes the leader's controller when a broker was fenced or registered, so the moves
+    /// that follow are planned at once rather than at its next tick.
+    pub controller_wake: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -56,6 +59,7 @@ impl Shared {
         Arc::new(Shared {
             data: RwLock::new(SmData::default()),
             changes,
+            controller_wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -239,6 +243,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
             let log_id = entry.log_id;
+            let wake = matches!(
+                entry.payload,
+                EntryPayload::Normal(Command::FenceBroker { .. } | Command::RegisterBroker { .. })
+            );
             let response = {
                 // One entry per lock so local readers never wait for a whole batch.
                 let mut d = self.shared.data.write();
@@ -260,6 +268,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 r
             };
             self.shared.bump();
+            if wake {
+                self.shared.controller_wake.notify_one();
+            }
             if let Some(responder) = responder {
                 responder.send(response);
             }
