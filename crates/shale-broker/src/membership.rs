@@ -261,11 +261,18 @@ pub(crate) async fn reconcile(broker: Arc<Broker>) {
         .for_each_concurrent(CONCURRENT_OPENS, |id| {
             let broker = &broker;
             async move {
+                let started = std::time::Instant::now();
                 match broker.open_owned(id).await {
-                    Ok(_) => {
+                    Ok(owned) => {
                         metrics::counter!("shale_ownership_changes_total", "change" => "gained")
                             .increment(1);
-                        tracing::info!(stream = id, "partition gained: opened");
+                        tracing::info!(
+                            stream = id,
+                            ms = started.elapsed().as_millis() as u64,
+                            scanned_from = owned.loaded_from,
+                            end = owned.stream.end_offset(),
+                            "partition gained: opened"
+                        );
                     }
                     Err(e) => {
                         // Retried after OPEN_RETRY (every metadata change would be far too
