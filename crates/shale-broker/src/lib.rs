@@ -54,6 +54,10 @@ pub struct Broker {
     failed_opens: Mutex<std::collections::HashMap<shale_stream::StreamId, std::time::Instant>>,
     /// The topics map the reconciler last acted on.
     reconciled_topics: Mutex<Option<shale_meta::StateMap<String, shale_meta::TopicMeta>>>,
+    /// Owned partitions the reconciler is opening now (each open is a task of its own).
+    reconcile_opening: Mutex<std::collections::HashSet<shale_stream::StreamId>>,
+    /// Bounds the reconciler's concurrent opens (`membership::CONCURRENT_OPENS`).
+    open_slots: Arc<tokio::sync::Semaphore>,
     /// Connections to the other brokers, for the requests brokers send each other.
     peers: peers::Peers,
 }
@@ -88,6 +92,8 @@ impl Broker {
             broker_epoch: std::sync::atomic::AtomicU64::new(0),
             failed_opens: Mutex::new(Default::default()),
             reconciled_topics: Mutex::new(None),
+            reconcile_opening: Mutex::new(Default::default()),
+            open_slots: Arc::new(tokio::sync::Semaphore::new(membership::CONCURRENT_OPENS)),
             peers: Default::default(),
         });
         let _ = broker.txn.serving.set(broker.serving.clone());

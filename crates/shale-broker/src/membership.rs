@@ -254,36 +254,41 @@ pub(crate) async fn reconcile(broker: Arc<Broker>) {
         .into_iter()
         .filter(|id| !open.contains(id) && !broker.failed_opens.lock().contains_key(id))
         .collect();
-    // Concurrently: each open is a metadata write and a read of the producer state, and a
-    // failover hands a node many partitions at once.
-    use futures::StreamExt;
-    futures::stream::iter(to_open)
-        .for_each_concurrent(CONCURRENT_OPENS, |id| {
-            let broker = &broker;
-            async move {
-                let started = std::time::Instant::now();
-                match broker.open_owned(id).await {
-                    Ok(owned) => {
-                        metrics::counter!("shale_ownership_changes_total", "change" => "gained")
-                            .increment(1);
-                        tracing::info!(
-                            stream = id,
-                            ms = started.elapsed().as_millis() as u64,
-                            scanned_from = owned.loaded_from,
-                            end = owned.stream.end_offset(),
-                            "partition gained: opened"
-                        );
-                    }
-                    Err(e) => {
-                        // Retried after OPEN_RETRY (every metadata change would be far too
-                        // often while the store is out), or on first use.
-                        tracing::debug!(stream = id, error = %e, "cannot open an owned partition yet");
-                        broker.note_open_failed(id);
-                    }
+    // Each open is a task of its own, at most CONCURRENT_OPENS at once: each is a metadata
+    // write and a read of the producer state, and a failover hands a node many partitions at
+    // once, sometimes in several moves; awaiting them here would hold the next move's opens
+    // until the previous batch is done (two nodes killed at once opened in two rounds).
+    for id in to_open {
+        if !broker.reconcile_opening.lock().insert(id) {
+            continue;
+        }
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let slot = broker.open_slots.clone().acquire_owned().await;
+            let started = std::time::Instant::now();
+            match broker.open_owned(id).await {
+                Ok(owned) => {
+                    metrics::counter!("shale_ownership_changes_total", "change" => "gained")
+                        .increment(1);
+                    tracing::info!(
+                        stream = id,
+                        ms = started.elapsed().as_millis() as u64,
+                        scanned_from = owned.loaded_from,
+                        end = owned.stream.end_offset(),
+                        "partition gained: opened"
+                    );
+                }
+                Err(e) => {
+                    // Retried after OPEN_RETRY (every metadata change would be far too
+                    // often while the store is out), or on first use.
+                    tracing::debug!(stream = id, error = %e, "cannot open an owned partition yet");
+                    broker.note_open_failed(id);
                 }
             }
-        })
-        .await;
+            drop(slot);
+            broker.reconcile_opening.lock().remove(&id);
+        });
+    }
 }
 
 /// Partitions opened (or coordinator partitions loaded) at once after an ownership change.

@@ -168,8 +168,12 @@ impl Liveness {
 }
 
 /// The partitions of fenced brokers, each to the live broker owning the fewest partitions
-/// (counting the moves already planned), ties to the lowest id. Nothing moves while no
-/// broker is live. Owners that never registered as brokers are left alone.
+/// of that topic, then the fewest in all (counting the moves already planned), ties to the
+/// lowest id: a dead owner's topic spreads over the survivors, as Kafka spreads a topic's
+/// leaders, instead of piling onto whichever node happens to own the fewest partitions
+/// overall (a node without the 50-partition internal topics took all of a failover's data
+/// partitions, and opened them in two rounds). Nothing moves while no broker is live.
+/// Owners that never registered as brokers are left alone.
 fn moves_off_fenced(state: &ClusterState) -> Vec<PartitionMove> {
     let live: Vec<u64> = state
         .brokers
@@ -180,26 +184,38 @@ fn moves_off_fenced(state: &ClusterState) -> Vec<PartitionMove> {
     if live.is_empty() {
         return Vec::new();
     }
-    let mut load: BTreeMap<u64, usize> = live.iter().map(|id| (*id, 0)).collect();
+    let mut total: BTreeMap<u64, usize> = live.iter().map(|id| (*id, 0)).collect();
     for t in state.topics.values() {
         for p in &t.partitions {
-            if let Some(n) = load.get_mut(&p.owner) {
+            if let Some(n) = total.get_mut(&p.owner) {
                 *n += 1;
             }
         }
     }
     let mut moves = Vec::new();
     for t in state.topics.values() {
+        let mut in_topic: BTreeMap<u64, usize> = live.iter().map(|id| (*id, 0)).collect();
+        for p in &t.partitions {
+            if let Some(n) = in_topic.get_mut(&p.owner) {
+                *n += 1;
+            }
+        }
         for (i, p) in t.partitions.iter().enumerate() {
             let fenced = state.brokers.get(&p.owner).is_some_and(|b| b.fenced);
             if !fenced {
                 continue;
             }
-            let Some((&to, _)) = load.iter().min_by_key(|(id, n)| (**n, **id)) else {
+            let Some(to) = live
+                .iter()
+                .copied()
+                .min_by_key(|id| (in_topic.get(id), total.get(id), *id))
+            else {
                 continue;
             };
-            if let Some(n) = load.get_mut(&to) {
-                *n += 1;
+            for load in [&mut in_topic, &mut total] {
+                if let Some(n) = load.get_mut(&to) {
+                    *n += 1;
+                }
             }
             moves.push(PartitionMove {
                 topic: t.name.clone(),
@@ -700,5 +716,31 @@ mod tests {
         // nothing moves while no broker is live.
         let st = state(&[(3, 3, true)], &[3, 9]);
         assert!(moves(&l.plan(&st, Instant::now())).is_empty());
+    }
+
+    #[test]
+    fn a_dead_owners_topic_spreads_over_the_survivors_whatever_else_they_own() {
+        // Broker 1 owns a 50-partition internal topic, broker 2 nothing; fenced broker 3 owned
+        // the 4 partitions of "t". By total alone, broker 2 would take all four.
+        let mut st = state(&[(1, 1, false), (2, 2, false), (3, 3, true)], &[3, 3, 3, 3]);
+        st.topics.insert(
+            "__big".into(),
+            TopicMeta {
+                name: "__big".into(),
+                id: [2; 16],
+                configs: Default::default(),
+                partitions: (0..50)
+                    .map(|i| PartitionMeta {
+                        stream_id: 100 + i,
+                        owner: 1,
+                    })
+                    .collect(),
+                created_at_ms: 0,
+            },
+        );
+        let mut l = Liveness::new(SESSION);
+        let m = moves(&l.plan(&st, Instant::now()));
+        let to = |b: u64| m.iter().filter(|(_, _, to)| *to == b).count();
+        assert_eq!((to(1), to(2)), (2, 2), "{m:?}");
     }
 }
