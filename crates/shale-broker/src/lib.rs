@@ -140,6 +140,9 @@ impl Broker {
     /// its partitions to the other live brokers (a controlled shutdown) and stops.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+        // A metadata leader hands leadership over first: the drain's WAL commits and the
+        // hand-off's moves then go to a leader that stays, not through an election.
+        self.meta.step_down().await;
         // A fresh producer-state snapshot spares the next start its scan; bounded, so a
         // failing store cannot hold the shutdown.
         if !self.config.producer_state_snapshot_interval.is_zero() {

@@ -27,7 +27,7 @@ impl MetaCatalog {
         match self.node.submit(cmd).await {
             Ok(Response::Rejected(e)) => Err(e.into()),
             Ok(r) => Ok(r),
-            Err(e) => Err(CatalogError::Unavailable(e)),
+            Err(e) => Err(CatalogError::Unavailable(e.to_string())),
         }
     }
 

@@ -17,7 +17,7 @@ use crate::rpc::{
     WriteRequest, read_frame, write_frame,
 };
 use crate::types::{Command, Response, Snapshot, TypeConfig};
-use crate::{MetaError, MetaNode};
+use crate::{MetaError, MetaNode, WriteError};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, ReadPolicy, VoteRequest};
@@ -240,7 +240,7 @@ impl MetaNode {
     }
 
     /// Proposes `cmd` and waits until it is applied, wherever the leader is.
-    pub(crate) async fn submit(&self, cmd: Command) -> Result<Response, String> {
+    pub(crate) async fn submit(&self, cmd: Command) -> Result<Response, WriteError> {
         let started = Instant::now();
         let r = self.submit_inner(cmd).await;
         metrics::histogram!("shale_metadata_write_seconds").record(started.elapsed().as_secs_f64());
@@ -250,14 +250,14 @@ impl MetaNode {
         r
     }
 
-    async fn submit_inner(&self, cmd: Command) -> Result<Response, String> {
+    async fn submit_inner(&self, cmd: Command) -> Result<Response, WriteError> {
         if self.single_voter {
             return match self.write_here(cmd).await {
                 WriteReply::Applied(r) => Ok(r),
-                WriteReply::NotLeader { .. } => {
-                    Err("this node does not lead the metadata quorum".into())
-                }
-                WriteReply::MayHaveApplied(e) | WriteReply::Failed(e) => Err(e),
+                WriteReply::NotLeader { .. } => Err(WriteError::Unavailable(
+                    "this node does not lead the metadata quorum".into(),
+                )),
+                other => Err(write_error(other)),
             };
         }
         let deadline = Instant::now() + FORWARD_DEADLINE;
@@ -271,20 +271,20 @@ impl MetaNode {
                             command: cmd.clone(),
                         },
                     )
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| WriteError::Unavailable(e.to_string()))?;
                     match self.peer(addr).call(&req, CALL_TIMEOUT).await {
                         Ok(reply) => reply
                             .decode_body::<WriteReply>()
-                            .map_err(|e| e.to_string())?,
+                            .map_err(|e| WriteError::Indeterminate(e.to_string()))?,
                         // Never sent: safe to try again once a leader is known.
                         Err(CallError::Unreachable(_)) => WriteReply::NotLeader {
                             leader_id: None,
                             leader_addr: None,
                         },
                         Err(e) => {
-                            return Err(format!(
+                            return Err(WriteError::Indeterminate(format!(
                                 "forwarded metadata write to node {id}: {e}; it may have been applied"
-                            ));
+                            )));
                         }
                     }
                 }
@@ -292,13 +292,17 @@ impl MetaNode {
             };
             match reply {
                 WriteReply::Applied(r) => return Ok(r),
-                WriteReply::MayHaveApplied(e) | WriteReply::Failed(e) => return Err(e),
+                e @ (WriteReply::MayHaveApplied(_) | WriteReply::Failed(_)) => {
+                    return Err(write_error(e));
+                }
                 WriteReply::NotLeader {
                     leader_id,
                     leader_addr,
                 } => {
                     if Instant::now() >= deadline {
-                        return Err("no metadata leader reachable".into());
+                        return Err(WriteError::Unavailable(
+                            "no metadata leader reachable".into(),
+                        ));
                     }
                     let next = self.next_target(Some((leader_id, leader_addr)));
                     if next.is_none() || next == target {
@@ -375,5 +379,17 @@ impl MetaNode {
     /// The id of the node currently leading the metadata quorum, as this node knows it.
     pub fn leader(&self) -> Option<u64> {
         self.raft.metrics().borrow_watched().current_leader
+    }
+}
+
+/// The error a failed [`WriteReply`] stands for (`Applied` and `NotLeader` are not errors).
+pub(crate) fn write_error(reply: WriteReply) -> WriteError {
+    match reply {
+        WriteReply::MayHaveApplied(e) => WriteError::Indeterminate(e),
+        WriteReply::Failed(e) => WriteError::Unavailable(e),
+        WriteReply::Applied(r) => WriteError::Indeterminate(format!("unexpected answer {r:?}")),
+        WriteReply::NotLeader { leader_id, .. } => {
+            WriteError::Unavailable(format!("not the leader (leader {leader_id:?})"))
+        }
     }
 }

@@ -46,7 +46,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use shale_stream::{ObjectCatalog, ObjectMeta, StreamId, StreamMeta};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -196,6 +196,32 @@ pub enum MetaError {
     },
     #[error("metadata unavailable: {0}")]
     Unavailable(String),
+    /// The write left this node and no answer came back: it may or may not be applied.
+    #[error("metadata write outcome unknown: {0}")]
+    Indeterminate(String),
+}
+
+/// Why a metadata write returned no result. The two cases call for different handling: an
+/// `Unavailable` write was not applied and can be retried as it is; an `Indeterminate` one
+/// may have been, so only an idempotent write (or one whose effect can be checked, as the
+/// WAL checks its commits) may simply be sent again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// Not applied: no leader took it in time, or the leader refused it before appending.
+    #[error("metadata unavailable: {0}")]
+    Unavailable(String),
+    /// Sent, answer lost: the leader may have committed it.
+    #[error("metadata write outcome unknown: {0}")]
+    Indeterminate(String),
+}
+
+impl From<WriteError> for MetaError {
+    fn from(e: WriteError) -> MetaError {
+        match e {
+            WriteError::Unavailable(e) => MetaError::Unavailable(e),
+            WriteError::Indeterminate(e) => MetaError::Indeterminate(e),
+        }
+    }
 }
 
 /// Tuning of a metadata node; `Default` is the production setting.
@@ -346,9 +372,11 @@ impl MetaNode {
 
         let raft_config = Config {
             cluster_name: "shale-meta".to_string(),
+            // Followers also refuse votes for election_timeout_max after the last heartbeat
+            // (openraft's leader lease): a dead leader is replaced 0.5-1 s later.
             heartbeat_interval: 100,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            election_timeout_min: 250,
+            election_timeout_max: 500,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_logs.max(1)),
             max_in_snapshot_log_to_keep: options.keep_logs,
             ..Default::default()
@@ -543,7 +571,7 @@ impl MetaNode {
         {
             Ok(Response::Rejected(e)) => Err(e.into()),
             Ok(_) => Ok(()),
-            Err(e) => Err(MetaError::Unavailable(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -559,7 +587,7 @@ impl MetaNode {
             Ok(other) => Err(MetaError::Unavailable(format!(
                 "unexpected response {other:?}"
             ))),
-            Err(e) => Err(MetaError::Unavailable(e)),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -571,6 +599,7 @@ impl MetaNode {
     /// Stops Raft cleanly. Writes fail with `Unavailable` afterwards; the data dir can then be
     /// opened again (also in this process).
     pub async fn shutdown(&self) {
+        self.step_down().await;
         if let Some(server) = self.server.lock().take() {
             server.abort();
         }
@@ -581,6 +610,46 @@ impl MetaNode {
             tracing::warn!(error = %e, "metadata raft shutdown");
         }
         self.dir_lock.lock().take();
+    }
+
+    /// A leader that is about to stop hands leadership to the voter most caught up, so the
+    /// quorum does not sit out an election timeout (and its followers' lease) with writes
+    /// stalled on every node; waits up to a second for someone else to lead. No-op
+    /// elsewhere.
+    pub async fn step_down(&self) {
+        if self.single_voter || !self.raft.is_leader() {
+            return;
+        }
+        let target = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            let voters: BTreeSet<u64> = m.membership_config.membership().voter_ids().collect();
+            m.replication.as_ref().and_then(|r| {
+                r.iter()
+                    .filter(|(id, _)| **id != self.node_id && voters.contains(id))
+                    .max_by_key(|(id, matched)| {
+                        (matched.map(|l| l.index()), std::cmp::Reverse(**id))
+                    })
+                    .map(|(id, _)| *id)
+            })
+        };
+        let Some(to) = target else { return };
+        if self.raft.trigger().transfer_leader(to).await.is_err() {
+            return;
+        }
+        let me = self.node_id;
+        let moved = self
+            .raft
+            .wait(Some(Duration::from_secs(1)))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != me),
+                "leadership handed over",
+            )
+            .await;
+        match moved {
+            Ok(_) => tracing::info!(to, "metadata leadership handed over before stopping"),
+            Err(e) => tracing::warn!(to, error = %e, "metadata leadership not handed over"),
+        }
     }
 
     /// This node's id.

@@ -58,18 +58,21 @@ impl MetaNode {
     pub async fn add_voter(&self, id: u64) -> Result<(), crate::MetaError> {
         self.change_membership(MembershipChange::AddVoter { id })
             .await
-            .map_err(crate::MetaError::Unavailable)
+            .map_err(crate::MetaError::from)
     }
 
     /// Demotes voter `id` to learner. The last voter cannot be removed.
     pub async fn remove_voter(&self, id: u64) -> Result<(), crate::MetaError> {
         self.change_membership(MembershipChange::RemoveVoter { id })
             .await
-            .map_err(crate::MetaError::Unavailable)
+            .map_err(crate::MetaError::from)
     }
 
     /// Applies `change` at the leader, wherever it is.
-    pub(crate) async fn change_membership(&self, change: MembershipChange) -> Result<(), String> {
+    pub(crate) async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<(), crate::WriteError> {
         let deadline = Instant::now() + FORWARD_DEADLINE;
         let mut target = self.known_leader();
         loop {
@@ -83,13 +86,17 @@ impl MetaNode {
             };
             match reply {
                 WriteReply::Applied(_) => return Ok(()),
-                WriteReply::MayHaveApplied(e) | WriteReply::Failed(e) => return Err(e),
+                e @ (WriteReply::MayHaveApplied(_) | WriteReply::Failed(_)) => {
+                    return Err(crate::cluster::write_error(e));
+                }
                 WriteReply::NotLeader {
                     leader_id,
                     leader_addr,
                 } => {
                     if Instant::now() >= deadline {
-                        return Err("no metadata leader reachable".into());
+                        return Err(crate::WriteError::Unavailable(
+                            "no metadata leader reachable".into(),
+                        ));
                     }
                     let next = match (leader_id, leader_addr) {
                         (Some(id), Some(addr)) => Some((id, self.address_of(id, &addr))),
@@ -108,10 +115,13 @@ impl MetaNode {
         &self,
         addr: &str,
         change: &MembershipChange,
-    ) -> Result<WriteReply, String> {
-        let req = PbRequest::new(Kind::ChangeMembership, change).map_err(|e| e.to_string())?;
+    ) -> Result<WriteReply, crate::WriteError> {
+        let req = PbRequest::new(Kind::ChangeMembership, change)
+            .map_err(|e| crate::WriteError::Unavailable(e.to_string()))?;
         match self.peer(addr).call(&req, CALL_TIMEOUT).await {
-            Ok(reply) => reply.decode_body::<WriteReply>().map_err(|e| e.to_string()),
+            Ok(reply) => reply
+                .decode_body::<WriteReply>()
+                .map_err(|e| crate::WriteError::Indeterminate(e.to_string())),
             Err(CallError::Unreachable(_)) => Ok(WriteReply::NotLeader {
                 leader_id: None,
                 leader_addr: None,

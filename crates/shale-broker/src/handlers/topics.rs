@@ -78,7 +78,9 @@ pub(crate) fn meta_error(e: MetaError) -> (ResponseError, String) {
         MetaError::TopicExists(_) => ResponseError::TopicAlreadyExists,
         MetaError::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
         MetaError::InvalidPartitions { .. } => ResponseError::InvalidPartitions,
-        MetaError::Unavailable(_) => ResponseError::RequestTimedOut,
+        // Kafka's controller answers a write it could not confirm in time the same way; the
+        // client retries (a create that did happen then reads TOPIC_ALREADY_EXISTS).
+        MetaError::Unavailable(_) | MetaError::Indeterminate(_) => ResponseError::RequestTimedOut,
     };
     (code, e.to_string())
 }
