@@ -93,6 +93,16 @@ impl MetaNode {
                 let rpc: VoteRequest<TypeConfig> = req.decode_body()?;
                 PbReply::new(&self.raft.vote(rpc).await)
             }
+            Some(Kind::TransferLeader) => {
+                let rpc: openraft::raft::TransferLeaderRequest<TypeConfig> = req.decode_body()?;
+                // In the form every Raft answer takes on the wire (`raft_call` reads it).
+                let answer = self
+                    .raft
+                    .handle_transfer_leader(rpc)
+                    .await
+                    .map_err(RaftError::<TypeConfig>::Fatal);
+                PbReply::new(&answer)
+            }
             Some(Kind::InstallSnapshot) => {
                 let head: SnapshotHead = req.decode_body()?;
                 let snapshot = Snapshot {

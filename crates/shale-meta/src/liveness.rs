@@ -52,9 +52,6 @@ pub(crate) struct Liveness {
     refused: HashMap<u64, u64>,
     /// Brokers with a probe in flight.
     probing: HashSet<u64>,
-    /// Brokers this leader has not heard from since it started leading: probed at once (the
-    /// old leader's own broker is the likeliest to be dead after an election).
-    unheard: HashSet<u64>,
 }
 
 impl Liveness {
@@ -64,7 +61,6 @@ impl Liveness {
             deadlines: HashMap::new(),
             refused: HashMap::new(),
             probing: HashSet::new(),
-            unheard: HashSet::new(),
         }
     }
 
@@ -73,7 +69,6 @@ impl Liveness {
         self.deadlines.clear();
         self.refused.clear();
         self.probing.clear();
-        self.unheard.clear();
     }
 
     /// The live brokers (other than `me`) silent for [`PROBE_AFTER`] and not probed yet, with
@@ -92,7 +87,7 @@ impl Liveness {
             let silent_since = deadline.checked_sub(self.session).unwrap_or(deadline);
             if id == me
                 || epoch != b.epoch
-                || (now < silent_since + PROBE_AFTER && !self.unheard.contains(&id))
+                || now < silent_since + PROBE_AFTER
                 || self.probing.contains(&id)
                 || self.refused.get(&id) == Some(&epoch)
             {
@@ -102,7 +97,6 @@ impl Liveness {
                 continue;
             };
             self.probing.insert(id);
-            self.unheard.remove(&id);
             out.push((id, epoch, n.host.clone(), n.port));
         }
         out
@@ -130,7 +124,6 @@ impl Liveness {
                 self.deadlines.insert(id, (epoch, now + self.session));
                 // It answered after all: whatever a probe saw is stale.
                 self.refused.remove(&id);
-                self.unheard.remove(&id);
                 HeartbeatReply::Live
             }
             // Unknown, or an older (or, not applied here yet, newer) registration.
@@ -152,7 +145,6 @@ impl Liveness {
                 _ => {
                     let d = now + self.session;
                     self.deadlines.insert(id, (b.epoch, d));
-                    self.unheard.insert(id);
                     d
                 }
             };
@@ -668,34 +660,6 @@ mod tests {
         // The connect was refused: fenced at the next tick, long before the session is over.
         l.probed(2, 2, true);
         assert_eq!(fences(&l.plan(&st, later)), vec![(2, 2)]);
-    }
-
-    #[test]
-    fn a_new_leader_probes_the_brokers_it_has_not_heard_from_at_once() {
-        let mut st = state(&[(1, 1, false), (2, 2, false), (3, 3, false)], &[]);
-        for id in 1..=3 {
-            st.nodes.insert(
-                id,
-                crate::NodeMeta {
-                    id,
-                    host: "127.0.0.1".into(),
-                    port: 9000 + id as u16,
-                    rack: None,
-                },
-            );
-        }
-        let mut l = Liveness::new(SESSION);
-        let t0 = Instant::now();
-        l.plan(&st, t0);
-        // Broker 3 heartbeats before the first probe round; broker 2 (the old leader) is
-        // probed without waiting PROBE_AFTER, and only once.
-        l.heartbeat(&st, 3, 3, t0);
-        let ids: Vec<u64> = l.to_probe(&st, 1, t0).iter().map(|p| p.0).collect();
-        assert_eq!(ids, vec![2]);
-        l.probed(2, 2, false);
-        assert!(l.to_probe(&st, 1, t0).is_empty());
-        // Accepted, so it keeps its full session.
-        assert!(l.plan(&st, t0 + SESSION / 2).is_empty());
     }
 
     #[test]

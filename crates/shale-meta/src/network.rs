@@ -99,6 +99,18 @@ impl RaftNetworkV2<TypeConfig> for NetworkClient {
         self.raft_call(req, &option, openraft::RPCTypes::Vote).await
     }
 
+    /// Without it openraft's default answers Unreachable, and a stopping leader's successor
+    /// waits out the followers' lease and an election timeout instead of taking over at once.
+    async fn transfer_leader(
+        &mut self,
+        req: openraft::raft::TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<openraft::raft::TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let req = PbRequest::new(Kind::TransferLeader, &req);
+        self.raft_call(req, &option, openraft::RPCTypes::TransferLeader)
+            .await
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,

@@ -40,6 +40,8 @@ pub(crate) enum Kind {
     Heartbeat = 6,
     /// A change of the quorum's voters or learners, for the leader to make.
     ChangeMembership = 7,
+    /// openraft's TransferLeader: a stopping leader names its successor.
+    TransferLeader = 8,
 }
 
 impl Kind {
@@ -52,6 +54,7 @@ impl Kind {
             5 => Kind::ReadIndex,
             6 => Kind::Heartbeat,
             7 => Kind::ChangeMembership,
+            8 => Kind::TransferLeader,
             _ => return None,
         })
     }

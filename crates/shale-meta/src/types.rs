@@ -213,7 +213,9 @@ pub enum Response {
 /// A deterministic rejection by the state machine (serializable, unlike the public errors).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum ApplyError {
-    #[error("stream {stream_id} fenced: epoch {epoch} is older than {current}")]
+    #[error(
+        "stream {stream_id} fenced: asked at epoch {epoch} by a handle or owner that is not current (stream epoch {current})"
+    )]
     Fenced {
         stream_id: StreamId,
         epoch: u64,
@@ -221,7 +223,9 @@ pub enum ApplyError {
     },
     #[error("unknown stream {0}")]
     UnknownStream(StreamId),
-    #[error("stream {stream_id}: range starts at {start}, expected {expected}")]
+    #[error(
+        "stream {stream_id}: offsets do not line up (a range at {start} where {expected} was expected, or live offsets not covered)"
+    )]
     OffsetGap {
         stream_id: StreamId,
         start: u64,

@@ -221,11 +221,20 @@ async fn without_a_quorum_a_write_fails_instead_of_hanging() {
     assert!(e.to_string().contains("not committed"), "{e}");
 }
 
+/// A broker's registration, with a port that accepts connections as a live broker's Kafka
+/// listener does: the leader's crash probe (a refused connect fences at once) must see a
+/// live process here, so these tests exercise the session. The listeners live as long as
+/// the test process.
 fn broker(id: u64) -> shale_meta::NodeMeta {
+    static LISTENERS: std::sync::Mutex<Vec<std::net::TcpListener>> =
+        std::sync::Mutex::new(Vec::new());
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    LISTENERS.lock().unwrap().push(l);
     shale_meta::NodeMeta {
         id,
         host: "127.0.0.1".into(),
-        port: 9000 + id as u16,
+        port,
         rack: None,
     }
 }

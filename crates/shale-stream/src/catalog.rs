@@ -88,7 +88,9 @@ pub struct StreamCommit {
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     /// The stream was opened again under a newer epoch (another owner): the caller is a zombie.
-    #[error("stream {stream_id} fenced: epoch {epoch} is older than {current}")]
+    #[error(
+        "stream {stream_id} fenced: asked at epoch {epoch} by a handle or owner that is not current (stream epoch {current})"
+    )]
     Fenced {
         stream_id: StreamId,
         epoch: u64,
@@ -97,7 +99,9 @@ pub enum CatalogError {
     #[error("unknown stream {0}")]
     UnknownStream(StreamId),
     /// A range does not continue the stream at its committed end offset.
-    #[error("stream {stream_id}: range starts at {start}, expected {expected}")]
+    #[error(
+        "stream {stream_id}: offsets do not line up (a range at {start} where {expected} was expected, or live offsets not covered)"
+    )]
     OffsetGap {
         stream_id: StreamId,
         start: u64,
