@@ -240,6 +240,14 @@ pub(crate) async fn reconcile(broker: Arc<Broker>) {
         (owned, not_owned)
     };
     let open: std::collections::HashSet<_> = broker.open_stream_ids().into_iter().collect();
+    // A handle left from before another node opened the stream (ownership went away and
+    // came back while this node's open was slow) is stale: open it again.
+    let current: std::collections::HashSet<_> = broker
+        .open_partitions()
+        .into_iter()
+        .filter(|o| o.stream.is_current())
+        .map(|o| o.stream.id())
+        .collect();
     for id in not_owned.into_iter().filter(|id| open.contains(id)) {
         tracing::info!(stream = id, "partition moved to another node: closing");
         metrics::counter!("shale_ownership_changes_total", "change" => "lost").increment(1);
@@ -252,7 +260,7 @@ pub(crate) async fn reconcile(broker: Arc<Broker>) {
         .retain(|_, at| now.duration_since(*at) < OPEN_RETRY);
     let to_open: Vec<_> = owned
         .into_iter()
-        .filter(|id| !open.contains(id) && !broker.failed_opens.lock().contains_key(id))
+        .filter(|id| !current.contains(id) && !broker.failed_opens.lock().contains_key(id))
         .collect();
     // Each open is a task of its own, at most CONCURRENT_OPENS at once: each is a metadata
     // write and a read of the producer state, and a failover hands a node many partitions at
@@ -267,6 +275,12 @@ pub(crate) async fn reconcile(broker: Arc<Broker>) {
             let slot = broker.open_slots.clone().acquire_owned().await;
             let started = std::time::Instant::now();
             match broker.open_owned(id).await {
+                Ok(_) if !broker.owns_stream(id) => {
+                    // Ownership moved on while the open was in progress (a slow scan): the
+                    // reconciler that saw the move could not close what was not open yet.
+                    tracing::info!(stream = id, "partition moved away while opening: closing");
+                    broker.close_stream(id).await;
+                }
                 Ok(owned) => {
                     metrics::counter!("shale_ownership_changes_total", "change" => "gained")
                         .increment(1);
@@ -288,6 +302,19 @@ pub(crate) async fn reconcile(broker: Arc<Broker>) {
             drop(slot);
             broker.reconcile_opening.lock().remove(&id);
         });
+    }
+}
+
+impl Broker {
+    /// Whether this node owns the data partition of stream `id` now (local replica).
+    fn owns_stream(&self, id: shale_stream::StreamId) -> bool {
+        let me = self.config.node_id as u64;
+        self.meta.read(|s| {
+            s.topics
+                .values()
+                .flat_map(|t| &t.partitions)
+                .any(|p| p.stream_id == id && p.owner == me)
+        })
     }
 }
 

@@ -71,7 +71,7 @@ impl Broker {
     /// when the handle is (re)opened.
     pub(crate) async fn open_owned(&self, id: StreamId) -> Result<Arc<Owned>, StreamError> {
         if let Some(o) = self.partitions.open.read().get(&id)
-            && o.stream.is_writable()
+            && o.stream.is_current()
         {
             return Ok(o.clone());
         }
@@ -96,7 +96,7 @@ impl Broker {
 
     async fn open_locked(&self, id: StreamId) -> Result<Arc<Owned>, StreamError> {
         if let Some(o) = self.partitions.open.read().get(&id)
-            && o.stream.is_writable()
+            && o.stream.is_current()
         {
             return Ok(o.clone());
         }
@@ -118,7 +118,7 @@ impl Broker {
             .open
             .read()
             .get(&id)
-            .filter(|o| o.stream.is_writable())
+            .filter(|o| o.stream.is_current())
             .cloned()
     }
 

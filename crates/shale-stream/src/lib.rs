@@ -684,6 +684,19 @@ impl Stream {
         self.shared.usable()
     }
 
+    /// Writable, and no newer open of the stream is known to the local catalog replica. A
+    /// handle whose open finished after another node opened the stream at a newer epoch is
+    /// writable until its first commit is refused, yet its view (the end offset, and what the
+    /// caller loaded with it) is stale: callers that cache handles reopen when this is false.
+    pub fn is_current(&self) -> bool {
+        self.is_writable()
+            && self
+                .inner
+                .catalog
+                .stream(self.id())
+                .is_none_or(|m| m.epoch <= self.epoch())
+    }
+
     /// Appends an entry covering `count` offsets. `build` receives the base offset and returns
     /// the payload (the broker patches the batch header there). Entries of one stream become
     /// durable, and visible to readers, in offset order.

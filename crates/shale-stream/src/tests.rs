@@ -256,6 +256,24 @@ async fn permanent_put_failure_fails_appends_and_fences() {
 }
 
 #[tokio::test]
+async fn a_handle_is_not_current_once_another_node_opened_the_stream() {
+    // A node whose open finished after another node's must not keep serving from it: the
+    // handle is still writable (nothing told it yet) but not current.
+    let env = Env::new(config());
+    let a1 = env.store.open(1).await.unwrap();
+    append_n(&a1, 3, 1, 10).await;
+    assert!(a1.is_current());
+    let mut cfg = config();
+    cfg.node_id = 2;
+    let peer = env.peer(cfg);
+    let b1 = peer.open(1).await.unwrap();
+    assert!(a1.is_writable(), "no commit has been refused yet");
+    assert!(!a1.is_current());
+    assert!(b1.is_current());
+    peer.shutdown().await;
+}
+
+#[tokio::test]
 async fn fenced_by_another_node() {
     let env = Env::new(config());
     let a1 = env.store.open(1).await.unwrap();

@@ -874,7 +874,7 @@ async fn sync_ownership(broker: &Arc<Broker>) {
         .loaded
         .read()
         .iter()
-        .filter(|(p, part)| !owned.contains(p) || !part.owned.stream.is_writable())
+        .filter(|(p, part)| !owned.contains(p) || !part.owned.stream.is_current())
         .map(|(p, _)| *p)
         .collect();
     for p in gone {
