@@ -113,6 +113,10 @@ impl StreamLog {
 }
 
 impl PartitionLog for StreamLog {
+    fn is_current(&self) -> bool {
+        self.stream.is_current()
+    }
+
     fn append_txn(
         &self,
         records: Vec<(Bytes, Option<Bytes>)>,
@@ -316,8 +320,10 @@ async fn sync_ownership(broker: &Arc<Broker>) {
         return;
     };
     coord.set_partition_count(count);
+    let stale = coord.stale_partitions();
     for p in coord.tracked_partitions() {
-        if !owned.contains(&p) {
+        // Stale: ownership went away and came back while this node's state stayed loaded.
+        if !owned.contains(&p) || stale.contains(&p) {
             coord.unload_partition(p);
         }
     }

@@ -39,6 +39,12 @@ pub(crate) type Durable = BoxFuture<'static, Result<(), ResponseError>>;
 /// Where a coordinator partition's records go: the partition's stream in the broker, memory
 /// in tests.
 pub(crate) trait PartitionLog: Send + Sync {
+    /// False once another node opened the partition's stream after this log was loaded:
+    /// the state built from it is stale and the partition must be loaded again.
+    fn is_current(&self) -> bool {
+        true
+    }
+
     /// Appends the records as one batch; returns the offset of the first one.
     fn append(&self, records: Vec<(Bytes, Option<Bytes>)>)
     -> Result<(u64, Durable), ResponseError>;
@@ -900,6 +906,16 @@ impl GroupCoordinator {
 
     pub(crate) fn tracked_partitions(&self) -> Vec<i32> {
         self.partitions.read().keys().copied().collect()
+    }
+
+    /// Loaded partitions whose log is no longer current (see [`PartitionLog::is_current`]).
+    pub(crate) fn stale_partitions(&self) -> Vec<i32> {
+        self.partitions
+            .read()
+            .iter()
+            .filter(|(_, st)| matches!(st, PartState::Loaded(log) if !log.is_current()))
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     /// Group requests of `p` answer COORDINATOR_LOAD_IN_PROGRESS from now on.
