@@ -504,28 +504,10 @@ def trial(args, cl: Cluster, bootstrap: str, s3, k: int, mode: str) -> dict:
     r["part_gaps"] = {p: longest_gap(per_part[p])[0] for p in sorted(per_part)}
     r["part_gap"] = max(r["part_gaps"].values(), default=0.0)
 
-    acked = {v for _, _, v in w.acks}
-    r["acked"] = len(acked)
-    r["failed"] = len(w.failed)
-    if w.failed:
-        r["notes"].append(f"{len(w.failed)} deliveries failed, e.g. {w.failed[0][1]}")
-    if w.unflushed:
-        r["notes"].append(f"{w.unflushed} records still queued after flush(70)")
-    if w.errors:
-        r["notes"].append(f"{len(w.errors)} producer errors, first: {w.errors[0]}")
-    r["transport_errors"] = w.transport_errors
     r["leaders_after"] = leaders(bootstrap, topic)
     if owner in r["leaders_after"].values():
         r["notes"].append(f"partitions still on the stopped node: {r['leaders_after']}")
-
-    seen = read_back(bootstrap, topic, args.partitions)
-    r["lost"] = len(acked - set(seen))
-    r["dup"] = sum(1 for v in acked if seen[v] > 1)
-    r["dup_unacked"] = sum(1 for v, n in seen.items() if n > 1 and v not in acked)
-    r["unacked_present"] = sum(1 for v in seen if v not in acked)
-    if r["lost"]:
-        lost = sorted(acked - set(seen))
-        r["notes"].append(f"lost e.g. {[x[:16] for x in lost[:3]]}")
+    check_records(r, w, bootstrap, topic, args.partitions)
 
     # The bucket.
     new_keys = {k_: s for k_, s in after.items() if k_ not in before}
@@ -727,8 +709,8 @@ def wait_serving(w: Workload, keys: list, t_fault: float, extra: list | None = N
     return w.first_acks_after_mark()
 
 
-def check_records(r: dict, w: Workload, bootstrap: str, topics: list[str], partitions: int):
-    """acked / lost / dup (as the kill and term modes count them) into r."""
+def check_records(r: dict, w: Workload, bootstrap: str, topics: str | list[str], partitions: int):
+    """acked / failed / lost / dup / duplicates of unacked records into r, with notes."""
     acked = {v for _, _, v in w.acks}
     r["acked"] = len(acked)
     r["failed"] = len(w.failed)
@@ -742,6 +724,7 @@ def check_records(r: dict, w: Workload, bootstrap: str, topics: list[str], parti
     seen = read_back(bootstrap, topics, partitions)
     r["lost"] = len(acked - set(seen))
     r["dup"] = sum(1 for v in acked if seen[v] > 1)
+    r["dup_unacked"] = sum(1 for v, n in seen.items() if n > 1 and v not in acked)
     r["unacked_present"] = sum(1 for v in seen if v not in acked)
     if r["lost"]:
         r["notes"].append(f"lost e.g. {[x[:20] for x in sorted(acked - set(seen))[:3]]}")
