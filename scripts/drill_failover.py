@@ -833,8 +833,8 @@ def trial_owners(args, cl: Cluster, bootstrap: str, k: int, mode: str, pair: tup
         watch.finish()
 
 
-def _trial_owners(args, cl, bootstrap, r, topics, w, watch, victims, survivors) -> dict:
-    ids, leader = cl.ids(), r["leader"]
+def start_steady(args, w: Workload, topics: list[str]) -> float:
+    """Prefills the topics, starts the producer and waits for its first ack; the start time."""
     nxt = w.prefill(args.prefill_bytes * len(topics))
     t_start = time.monotonic()
     w.start(nxt)
@@ -843,6 +843,12 @@ def _trial_owners(args, cl, bootstrap, r, topics, w, watch, victims, survivors) 
         if time.monotonic() > deadline:
             raise RuntimeError("no acknowledgement within 30 s of starting")
         time.sleep(0.01)
+    return t_start
+
+
+def _trial_owners(args, cl, bootstrap, r, topics, w, watch, victims, survivors) -> dict:
+    ids, leader = cl.ids(), r["leader"]
+    t_start = start_steady(args, w, topics)
     watch.start()
     time.sleep(2.0)  # 2 s of steady acks
 
@@ -1068,14 +1074,7 @@ def trial_leader(args, cl: Cluster, bootstrap: str, k: int) -> dict:
 
 def _trial_leader(args, cl, bootstrap, r, topics, w, watch, writer) -> dict:
     ids, leader, healthy, k = cl.ids(), r["leader"], r["healthy"], r["k"]
-    nxt = w.prefill(args.prefill_bytes * len(topics))
-    t_start = time.monotonic()
-    w.start(nxt)
-    deadline = t_start + 30
-    while w.first_ack_of_produced_after(t_start) is None:
-        if time.monotonic() > deadline:
-            raise RuntimeError("no acknowledgement within 30 s of starting")
-        time.sleep(0.01)
+    t_start = start_steady(args, w, topics)
     watch.start()
     writer.start()
     time.sleep(2.0)  # 2 s of steady acks and metadata writes
