@@ -8,8 +8,8 @@ order), the run:
   1. starts a cluster with deploy/local-cluster.sh (moto S3, the script's settings:
      wal.batch.interval.ms 20; 1 node = 1 voter, 3 nodes = 3 voters);
   2. creates --topics topics (default 3) of --partitions partitions (default 4) each, the
-     t-th through node 1 + t mod N: on 3 nodes every node owns one topic (ownership goes to
-     the node the CreateTopics went to), on 1 node the same partitions all on node 1;
+     t-th assigned to node 1 + t mod N (a manual assignment, through that node): on 3 nodes
+     every node owns one topic, on 1 node the same partitions all on node 1;
   3. produces --rate records/s (default 1000) of --value-bytes (default 100) round-robin
      over every partition with one confluent-kafka producer (acks=all, linger.ms
      --linger-ms (5, librdkafka's default), no idempotence, bootstrap = every node), first
@@ -111,9 +111,10 @@ def measure(args, cl: Cluster, bootstrap: str, size: int, rnd: int) -> dict:
         via = ids[t % len(ids)]
         name = f"lat-r{rnd}-n{size}-t{t}"
         admin = AdminClient({"bootstrap.servers": cl.addr(via), "log_level": 2})  # held: the future needs it
-        admin.create_topics([NewTopic(name, args.partitions, 1)])[name].result(30)
+        owned = NewTopic(name, args.partitions, replica_assignment=[[via]] * args.partitions)
+        admin.create_topics([owned])[name].result(30)
         owners[name] = via
-    # Every partition has its leader (the creating node) before the clock starts.
+    # Every partition has its leader (the assigned node) before the clock starts.
     deadline = time.monotonic() + 20
     while True:
         md = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2}).list_topics(timeout=10)

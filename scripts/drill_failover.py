@@ -32,13 +32,13 @@ Mode two-of-five (5 nodes, 5 voters by default: a 5-voter quorum survives any tw
 nodes; with --voters 3 only pairs that keep two voters are picked). Per trial number j
 two nodes A and B that are not the metadata leader (read from /metrics, see below) are
 picked, rotating over the pairs; by default only among the nodes owning the fewest
-partitions beforehand, so that no victim also holds an internal topic (__consumer_offsets
-and __transaction_state, 50 partitions each, belong to the node that created them) and one
-and two victims move P and 2P like partitions (--any-victims: every pair). The trial's
+partitions beforehand, so that one and two victims move P and 2P like partitions
+(__consumer_offsets and __transaction_state, 50 partitions each, spread over the nodes
+that were registered when they were created; --any-victims: every pair). The trial's
 topics are deleted at its end. Two trials run in the same cluster, alternating which goes
 first: "single" kills -9 A alone, "double" kills -9 A and B back to back (microseconds
-apart). Both use the same workload: one topic of P partitions created through A and one
-through B (each prefilled with --prefill-bytes), one producer as above over all 2P
+apart). Both use the same workload: one topic of P partitions assigned to A and one
+to B (each prefilled with --prefill-bytes), one producer as above over all 2P
 partitions; the fault after 2 s of acks, production until every partition acked a record
 produced after the fault, plus 3 s. Figures:
   all partitions back  the fault to the moment the LAST of the killed owners' partitions
@@ -60,7 +60,7 @@ partitions back" (p50, p99, mean, and per pair), against the target of 1.2x.
 
 Mode leader (3 nodes, 3 voters by default). The metadata leader L is the node every node's
 /metrics names in shale_metadata_leader_id (Metadata's controller_id is no help: each node
-answers its own id there). The workload covers one topic of P partitions created through
+answers its own id there). The workload covers one topic of P partitions assigned to
 each other node (none on L). After 2 s of acks, and while a thread issues a CreateTopics of
 a new one-partition topic every 0.1 s through the other nodes (the node that answers
 forwards the Raft write to the leader), L is killed -9 alone. Production goes on until
@@ -431,7 +431,7 @@ def trial(args, cl: Cluster, bootstrap: str, s3, k: int, mode: str) -> dict:
     topic = f"drill-{k:02d}-{mode}"
     r: dict = {"k": k, "mode": mode, "topic": topic, "notes": []}
     admin = AdminClient({"bootstrap.servers": cl.addr(via), "log_level": 2})  # held: the future needs it
-    admin.create_topics([NewTopic(topic, args.partitions, 1)])[topic].result(30)
+    admin.create_topics([owned_by(topic, args.partitions, via)])[topic].result(30)
     deadline = time.monotonic() + 20
     while True:
         lead = leaders(bootstrap, topic)
@@ -537,11 +537,17 @@ sys.path.insert(0, str(ROOT / "deploy"))
 from cluster_probe import probe as metadata_probe  # noqa: E402
 
 
+def owned_by(topic: str, partitions: int, owner: int) -> NewTopic:
+    """`topic` with every partition assigned to node `owner` (a manual assignment's first
+    replica owns the partition; without one, partitions spread over the nodes)."""
+    return NewTopic(topic, partitions, replica_assignment=[[owner]] * partitions)
+
+
 def create_owned_topic(cl: Cluster, bootstrap: str, topic: str, partitions: int, via: int):
-    """Creates `topic` through node `via` (which then owns every partition) and waits until
-    Metadata names a leader for each; fails if any partition is not on `via`."""
+    """Creates `topic` through node `via`, all its partitions assigned to `via`, and waits
+    until Metadata names a leader for each; fails if any partition is not on `via`."""
     admin = AdminClient({"bootstrap.servers": cl.addr(via), "log_level": 2})
-    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
+    admin.create_topics([owned_by(topic, partitions, via)])[topic].result(30)
     deadline = time.monotonic() + 20
     while True:
         lead = leaders(bootstrap, topic)
@@ -556,7 +562,7 @@ def create_owned_topic(cl: Cluster, bootstrap: str, topic: str, partitions: int,
 
 def ownership(bootstrap: str) -> Counter:
     """node -> partitions it leads, over every topic Metadata lists (internal ones too:
-    __consumer_offsets and __transaction_state belong to the node that created them)."""
+    __consumer_offsets and __transaction_state, spread when they were created)."""
     md = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2}).list_topics(timeout=10)
     return Counter(p.leader for t in md.topics.values() for p in t.partitions.values())
 

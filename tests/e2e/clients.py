@@ -36,11 +36,15 @@ def admin(bootstrap: str, **conf) -> AdminClient:
 
 
 def create_topic(bootstrap: str, name: str | None = None, partitions: int = 1,
-                 config: dict | None = None) -> str:
+                 config: dict | None = None, owner: int | None = None) -> str:
+    """A new topic; its partitions spread over the live brokers, or all on broker `owner`
+    (a manual assignment: the first replica owns a partition, as Kafka's preferred leader)."""
     name = name or unique()
-    fs = admin(bootstrap).create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})],
-        operation_timeout=30, request_timeout=30)
+    if owner is None:
+        topic = NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})
+    else:
+        topic = NewTopic(name, partitions, replica_assignment=[[owner]] * partitions, config=config or {})
+    fs = admin(bootstrap).create_topics([topic], operation_timeout=30, request_timeout=30)
     fs[name].result(TIMEOUT)
     return name
 

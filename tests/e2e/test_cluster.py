@@ -1,6 +1,7 @@
 """A cluster of three `shale serve` processes sharing one bucket, with a three-voter
-metadata quorum: every node lists the others, a topic is served by its owner whichever node
-a client bootstraps from, and when the owner is killed with -9 its partitions move to the
+metadata quorum: every node lists the others, a new topic's partitions spread over the nodes
+as Kafka spreads leaders (or go where a manual assignment puts them), each is served by its
+owner whichever node a client bootstraps from, and when the owner is killed with -9 its partitions move to the
 live nodes (fenced after `broker.session.timeout.ms`) with no acknowledged record lost."""
 
 from __future__ import annotations
@@ -25,9 +26,15 @@ def owners(nodes, topic: str) -> dict[int, int]:
     return {p.id: p.leader for p in md.topics[topic].partitions.values()}
 
 
-def create(nodes, via, topic: str, partitions: int):
+def create(nodes, via, topic: str, partitions: int, owner: int | None = None):
+    """Creates `topic` through node `via`: spread over the nodes, or all on `owner` (a
+    manual assignment's first replica owns the partition)."""
     admin = AdminClient({"bootstrap.servers": via.bootstrap})
-    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
+    if owner is None:
+        new = NewTopic(topic, partitions, 1)
+    else:
+        new = NewTopic(topic, partitions, replica_assignment=[[owner]] * partitions)
+    admin.create_topics([new])[topic].result(30)
 
 
 def consume_all(nodes, topic: str, partitions: int, expected: int, timeout: float = 60) -> list[bytes]:
@@ -48,8 +55,9 @@ def test_three_nodes_list_each_other_and_any_node_bootstraps_a_client_to_the_own
     md = AdminClient({"bootstrap.servers": cluster[2].bootstrap}).list_topics(timeout=10)
     assert sorted(md.brokers) == [1, 2, 3]
     create(cluster, cluster[1], "spread", 3)
-    # Created through node 2, which owns it; a client bootstrapped from node 3 finds it.
-    assert set(owners(cluster, "spread").values()) == {2}
+    # Created through node 2, one partition on each node; a client bootstrapped from node 3
+    # finds each owner.
+    assert sorted(owners(cluster, "spread").values()) == [1, 2, 3]
     p = Producer({"bootstrap.servers": cluster[2].bootstrap, "acks": "all"})
     for i in range(300):
         p.produce("spread", value=b"v%d" % i, partition=i % 3)
@@ -119,7 +127,7 @@ class Workload:
 
 
 def test_kill9_of_the_owner_moves_its_partitions_and_loses_no_acknowledged_record(cluster):
-    create(cluster, cluster[1], "failover", 4)
+    create(cluster, cluster[1], "failover", 4, owner=2)
     assert set(owners(cluster, "failover").values()) == {2}
     w = Workload(cluster, "failover", 4)
     w.wait_acks_after(0, 500)
@@ -136,7 +144,7 @@ def test_kill9_of_the_owner_moves_its_partitions_and_loses_no_acknowledged_recor
 
 
 def test_sigterm_of_the_owner_hands_its_partitions_off_before_it_exits(cluster):
-    create(cluster, cluster[2], "handoff", 4)
+    create(cluster, cluster[2], "handoff", 4, owner=3)
     assert set(owners(cluster, "handoff").values()) == {3}
     w = Workload(cluster, "handoff", 4)
     w.wait_acks_after(0, 500)
@@ -156,8 +164,8 @@ def test_sigterm_of_the_owner_hands_its_partitions_off_before_it_exits(cluster):
 
 def test_a_broker_outside_the_voters_joins_as_a_learner_serves_clients_and_fails_over(cluster, tmp_path, moto):
     """process.roles=broker: node 4 is not in controller.quorum.voters; it joins the quorum
-    as a learner (a full replica, no vote), registers as a broker, owns what is created
-    through it, and when it is killed its partitions move to the voters' brokers."""
+    as a learner (a full replica, no vote), registers as a broker, owns what is assigned to
+    it, and when it is killed its partitions move to the voters' brokers."""
     voters = cluster[0].settings["controller.quorum.voters"]
     n4 = harness.Shale(tmp_path / "n4", moto=moto, bucket=cluster[0].bucket, name="shale4",
                        settings={"node.id": 4, "controller.quorum.voters": voters,
@@ -168,7 +176,7 @@ def test_a_broker_outside_the_voters_joins_as_a_learner_serves_clients_and_fails
     nodes = cluster + [n4]
     md = AdminClient({"bootstrap.servers": cluster[0].bootstrap}).list_topics(timeout=10)
     assert sorted(md.brokers) == [1, 2, 3, 4]
-    create(nodes, n4, "on-learner", 2)
+    create(nodes, n4, "on-learner", 2, owner=4)
     assert set(owners(nodes, "on-learner").values()) == {4}
     w = Workload(nodes, "on-learner", 2)
     w.wait_acks_after(0, 300)

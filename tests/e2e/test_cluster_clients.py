@@ -69,8 +69,9 @@ def leaders(nodes, topic: str) -> dict[int, int]:
 
 
 def topic_owned_by(nodes, owner: harness.Shale) -> str:
-    """A new topic of PARTITIONS partitions, created through `owner`, which then leads them all."""
-    topic = clients.create_topic(owner.bootstrap, clients.unique("failover"), PARTITIONS)
+    """A new topic of PARTITIONS partitions, all assigned to `owner`, which then leads them."""
+    topic = clients.create_topic(owner.bootstrap, clients.unique("failover"), PARTITIONS,
+                                 owner=node_id(owner))
     assert set(leaders(nodes, topic).values()) == {node_id(owner)}
     return topic
 

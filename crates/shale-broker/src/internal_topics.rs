@@ -22,7 +22,8 @@ pub(crate) async fn ensure_compacted_topic(
         return Ok(());
     }
     let configs = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
-    match crate::handlers::topics::create_topic(broker, name, partitions, configs).await {
+    let spread = shale_meta::Placement::Spread;
+    match crate::handlers::topics::create_topic(broker, name, partitions, configs, spread).await {
         Ok(()) => tracing::info!(partitions, "created {name}"),
         Err((ResponseError::TopicAlreadyExists, _)) => {}
         Err((code, msg)) => anyhow::bail!("cannot create {name}: {code:?} {msg}"),

@@ -24,6 +24,7 @@ mod fsutil;
 mod liveness;
 mod log_store;
 mod network;
+mod placement;
 mod quorum;
 mod rpc;
 mod sm_store;
@@ -152,27 +153,46 @@ pub struct ClusterState {
     pub last_broker_epoch: u64,
 }
 
+/// Who owns the partitions a topic command adds. Decided when the command is applied, on
+/// the state it lands in, so every replica computes the same owners.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Placement {
+    /// All on the command's `owner` (what commands written before placement existed meant).
+    #[default]
+    Owner,
+    /// Over the live brokers, as Kafka spreads a topic's leaders (`placement` module); on
+    /// `owner` while no broker is live.
+    Spread,
+    /// New partition i on the i-th broker: the first replica of a manual assignment.
+    Listed(Vec<u64>),
+}
+
 /// Commands that change topics and nodes (the catalog commands are internal).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum TopicCommand {
     /// Registers (or updates) a broker node.
     RegisterNode(NodeMeta),
-    /// Creates a topic with `partitions` new streams owned by `owner`.
+    /// Creates a topic with `partitions` new streams, owned as `placement` says.
     CreateTopic {
         name: String,
         id: [u8; 16],
         partitions: u32,
         configs: BTreeMap<String, String>,
+        /// The owner under [`Placement::Owner`], and under `Spread` while no broker is live.
         owner: u64,
+        #[serde(default)]
+        placement: Placement,
         now_ms: i64,
     },
     /// Deletes a topic and its streams (their objects become dead).
     DeleteTopic { name: String },
-    /// Grows a topic to `total` partitions (new streams owned by `owner`).
+    /// Grows a topic to `total` partitions, the new ones owned as `CreateTopic`'s are.
     CreatePartitions {
         name: String,
         total: u32,
         owner: u64,
+        #[serde(default)]
+        placement: Placement,
     },
     /// Replaces a topic's config overrides.
     SetTopicConfigs {

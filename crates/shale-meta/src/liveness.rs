@@ -23,10 +23,11 @@
 //!   once no heartbeat has been answered for the session minus two intervals: it stops
 //!   serving before the leader can have given its partitions away.
 
+use crate::placement::Placer;
 use crate::rpc::{CallError, HeartbeatReply, HeartbeatRequest, Kind, PbRequest};
 use crate::types::{Command, PartitionMove};
 use crate::{ClusterState, MetaNode};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -167,61 +168,27 @@ impl Liveness {
     }
 }
 
-/// The partitions of fenced brokers, each to the live broker owning the fewest partitions
-/// of that topic, then the fewest in all (counting the moves already planned), ties to the
-/// lowest id: a dead owner's topic spreads over the survivors, as Kafka spreads a topic's
-/// leaders, instead of piling onto whichever node happens to own the fewest partitions
-/// overall (a node without the 50-partition internal topics took all of a failover's data
-/// partitions, and opened them in two rounds). Nothing moves while no broker is live.
-/// Owners that never registered as brokers are left alone.
+/// The partitions of fenced brokers, each placed on a live broker by
+/// [`crate::placement`]'s rule (counting the moves already planned), so a dead owner's topic
+/// spreads over the survivors. Nothing moves while no broker is live. Owners that never
+/// registered as brokers are left alone.
 fn moves_off_fenced(state: &ClusterState) -> Vec<PartitionMove> {
-    let live: Vec<u64> = state
-        .brokers
-        .iter()
-        .filter(|(_, b)| !b.fenced)
-        .map(|(id, _)| *id)
-        .collect();
-    if live.is_empty() {
+    let Some(mut placer) = Placer::new(state) else {
         return Vec::new();
-    }
-    let mut total: BTreeMap<u64, usize> = live.iter().map(|id| (*id, 0)).collect();
-    for t in state.topics.values() {
-        for p in &t.partitions {
-            if let Some(n) = total.get_mut(&p.owner) {
-                *n += 1;
-            }
-        }
-    }
+    };
     let mut moves = Vec::new();
     for t in state.topics.values() {
-        let mut in_topic: BTreeMap<u64, usize> = live.iter().map(|id| (*id, 0)).collect();
-        for p in &t.partitions {
-            if let Some(n) = in_topic.get_mut(&p.owner) {
-                *n += 1;
-            }
-        }
+        let mut load = placer.topic(&t.partitions);
         for (i, p) in t.partitions.iter().enumerate() {
             let fenced = state.brokers.get(&p.owner).is_some_and(|b| b.fenced);
             if !fenced {
                 continue;
             }
-            let Some(to) = live
-                .iter()
-                .copied()
-                .min_by_key(|id| (in_topic.get(id), total.get(id), *id))
-            else {
-                continue;
-            };
-            for load in [&mut in_topic, &mut total] {
-                if let Some(n) = load.get_mut(&to) {
-                    *n += 1;
-                }
-            }
             moves.push(PartitionMove {
                 topic: t.name.clone(),
                 partition: i as u32,
                 from: p.owner,
-                to,
+                to: placer.place(&mut load),
             });
         }
     }

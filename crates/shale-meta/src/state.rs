@@ -9,7 +9,9 @@
 //!   compaction must preserve live coverage), so the index can key them by start offset.
 
 use crate::types::{ApplyError, Command, Response};
-use crate::{ClusterState, DeadObject, PartitionMeta, StateMap, TopicCommand, TopicMeta};
+use crate::{
+    ClusterState, DeadObject, PartitionMeta, Placement, StateMap, TopicCommand, TopicMeta,
+};
 use shale_stream::{
     ObjectId, ObjectMeta, ObjectRange, RangeLocation, StreamCommit, StreamId, StreamMeta,
 };
@@ -309,13 +311,16 @@ impl MetaState {
                 partitions,
                 configs,
                 owner,
+                placement,
                 now_ms: created_at_ms,
             } => {
                 if self.state.topics.contains_key(&name) {
                     return Err(ApplyError::TopicExists(name));
                 }
-                let partitions = (0..partitions)
-                    .map(|_| PartitionMeta {
+                let owners = self.owners(&[], partitions, owner, &placement)?;
+                let partitions = owners
+                    .into_iter()
+                    .map(|owner| PartitionMeta {
                         stream_id: self.alloc_stream(),
                         owner,
                     })
@@ -339,11 +344,17 @@ impl MetaState {
                     self.delete_stream(p.stream_id, now_ms);
                 }
             }
-            TopicCommand::CreatePartitions { name, total, owner } => {
-                let current = match self.state.topics.get(&name) {
-                    Some(t) => t.partitions.len() as u32,
-                    None => return Err(ApplyError::UnknownTopic(name)),
+            TopicCommand::CreatePartitions {
+                name,
+                total,
+                owner,
+                placement,
+            } => {
+                let Some(existing) = self.state.topics.get(&name).map(|t| t.partitions.clone())
+                else {
+                    return Err(ApplyError::UnknownTopic(name));
                 };
+                let current = existing.len() as u32;
                 if total <= current {
                     return Err(ApplyError::InvalidPartitions {
                         name,
@@ -351,8 +362,10 @@ impl MetaState {
                         requested: total,
                     });
                 }
-                let new: Vec<PartitionMeta> = (current..total)
-                    .map(|_| PartitionMeta {
+                let new: Vec<PartitionMeta> = self
+                    .owners(&existing, total - current, owner, &placement)?
+                    .into_iter()
+                    .map(|owner| PartitionMeta {
                         stream_id: self.alloc_stream(),
                         owner,
                     })
@@ -369,6 +382,36 @@ impl MetaState {
             }
         }
         Ok(())
+    }
+
+    /// Owners for `count` new partitions of a topic that has `existing`.
+    fn owners(
+        &self,
+        existing: &[PartitionMeta],
+        count: u32,
+        owner: u64,
+        placement: &Placement,
+    ) -> Result<Vec<u64>, ApplyError> {
+        let placer = match placement {
+            Placement::Owner => None,
+            Placement::Spread => crate::placement::Placer::new(&self.state),
+            Placement::Listed(owners) if owners.len() == count as usize => {
+                return Ok(owners.clone());
+            }
+            Placement::Listed(owners) => {
+                return Err(ApplyError::Invalid(format!(
+                    "{} owners listed for {count} new partitions",
+                    owners.len()
+                )));
+            }
+        };
+        Ok(match placer {
+            Some(mut placer) => {
+                let mut load = placer.topic(existing);
+                (0..count).map(|_| placer.place(&mut load)).collect()
+            }
+            None => vec![owner; count as usize],
+        })
     }
 
     /// Leases `[next_producer_id, +count)`. Ids are never handed out twice, whichever node

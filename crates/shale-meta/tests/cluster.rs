@@ -294,6 +294,37 @@ async fn a_broker_whose_heartbeats_stop_is_fenced_and_its_partitions_move_to_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_topic_and_its_added_partitions_spread_over_the_live_brokers() {
+    let c = Cluster::start(3, quick()).await;
+    let _beats: Vec<_> = futures::future::join_all((1..=3).map(|id| register(&c, id))).await;
+    let mut topic = create_topic("spread", 6);
+    if let shale_meta::TopicCommand::CreateTopic { placement, .. } = &mut topic {
+        *placement = shale_meta::Placement::Spread;
+    }
+    // Written through a follower: the owners are decided where the write is applied.
+    c.node(2).write(topic).await.unwrap();
+    c.node(1).read_barrier().await.unwrap();
+    let spread_over = |s: &shale_meta::ClusterState| {
+        let o = owners(s, "spread");
+        (1..=3)
+            .map(|b| o.iter().filter(|x| **x == b).count())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(c.node(1).read(spread_over), [2, 2, 2]);
+    c.node(3)
+        .write(shale_meta::TopicCommand::CreatePartitions {
+            name: "spread".into(),
+            total: 9,
+            owner: 3,
+            placement: shale_meta::Placement::Spread,
+        })
+        .await
+        .unwrap();
+    c.node(1).read_barrier().await.unwrap();
+    assert_eq!(c.node(1).read(spread_over), [3, 3, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fenced_broker_is_told_so_and_registering_again_gives_it_a_new_live_epoch() {
     let c = Cluster::start(3, quick()).await;
     // Brokers 1 and 3 stay live (the last live broker is never fenced).

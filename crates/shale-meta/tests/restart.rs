@@ -69,6 +69,7 @@ async fn workload(node: &Arc<MetaNode>, round: u32) {
         name: topic,
         total: 3,
         owner: 1,
+        placement: shale_meta::Placement::Owner,
     })
     .await
     .unwrap();

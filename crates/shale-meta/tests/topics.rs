@@ -53,6 +53,7 @@ async fn topic_create_delete_partitions_configs() {
         name: "orders".into(),
         total: 5,
         owner: 2,
+        placement: shale_meta::Placement::Owner,
     })
     .await
     .unwrap();
@@ -66,6 +67,7 @@ async fn topic_create_delete_partitions_configs() {
                 name: "orders".into(),
                 total,
                 owner: 1,
+                placement: shale_meta::Placement::Owner,
             })
             .await,
             Err(MetaError::InvalidPartitions { current: 5, requested, .. }) if requested == total
@@ -76,6 +78,7 @@ async fn topic_create_delete_partitions_configs() {
             name: "nope".into(),
             total: 5,
             owner: 1,
+            placement: shale_meta::Placement::Owner,
         })
         .await,
         Err(MetaError::UnknownTopic(_))

@@ -66,7 +66,15 @@ pub async fn handle(broker: &Arc<Broker>, version: i16, req: MetadataRequest) ->
                         continue;
                     }
                     let partitions = broker.config.num_partitions;
-                    match topics::create_topic(broker, &name, partitions, Default::default()).await
+                    let spread = shale_meta::Placement::Spread;
+                    match topics::create_topic(
+                        broker,
+                        &name,
+                        partitions,
+                        Default::default(),
+                        spread,
+                    )
+                    .await
                     {
                         Ok(()) => tracing::info!(topic = name, partitions, "auto-created topic"),
                         Err((ResponseError::TopicAlreadyExists, _)) => {}

@@ -13,8 +13,10 @@
 //! CreateTopics response reports the factor as requested (the default for -1, the replica list
 //! length for manual assignments) so clients that compare it see what they asked for; Metadata
 //! reports the owning node as the single replica. Manual assignments are validated like Kafka
-//! (registered brokers, no duplicates, consistent lengths) but every new partition is owned by
-//! the node that handles the request; the balancer moves ownership later.
+//! (registered brokers, no duplicates, consistent lengths), and each partition is then owned
+//! by its first replica, Kafka's preferred leader. Without one, new partitions spread over the
+//! live brokers as Kafka spreads leaders (`shale_meta::Placement::Spread`, decided when the
+//! metadata write applies).
 
 use crate::Broker;
 use crate::topic_config;
@@ -31,7 +33,7 @@ use kafka_protocol::messages::{
     CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
-use shale_meta::{ClusterState, MetaError, TopicCommand};
+use shale_meta::{ClusterState, MetaError, Placement, TopicCommand};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -85,12 +87,14 @@ pub(crate) fn meta_error(e: MetaError) -> (ResponseError, String) {
     (code, e.to_string())
 }
 
-/// Creates a topic owned by this node and opens its partitions.
+/// Creates a topic, its partitions placed as `placement` says, and opens those this node
+/// owns.
 pub(crate) async fn create_topic(
     broker: &Broker,
     name: &str,
     partitions: i32,
     configs: BTreeMap<String, String>,
+    placement: Placement,
 ) -> Result<(), (ResponseError, String)> {
     validate_name(name).map_err(|m| (ResponseError::InvalidTopicException, m.to_string()))?;
     if partitions < 1 {
@@ -107,6 +111,7 @@ pub(crate) async fn create_topic(
             partitions: partitions as u32,
             configs,
             owner: broker.config.node_id as u64,
+            placement,
             now_ms: crate::now_ms(),
         })
         .await
@@ -220,6 +225,8 @@ fn validate_replicas(
 pub(crate) struct NewTopic {
     pub partitions: i32,
     pub replication_factor: i16,
+    /// Spread over the live brokers, or the first replica of each manual assignment.
+    pub placement: Placement,
     /// Validated overrides in canonical form.
     pub configs: BTreeMap<String, String>,
 }
@@ -291,7 +298,7 @@ pub(crate) fn validate_creation(
     topic_config::validate_combination(&configs, &config.topic_defaults)
         .map_err(|m| (ResponseError::InvalidConfig, m))?;
 
-    let (partitions, replication_factor) = if !t.assignments.is_empty() {
+    let (partitions, replication_factor, placement) = if !t.assignments.is_empty() {
         if t.replication_factor != -1 {
             return Err((
                 ResponseError::InvalidRequest,
@@ -334,7 +341,15 @@ pub(crate) fn validate_creation(
         let rf = replicas_len
             .and_then(|n| i16::try_from(n).ok())
             .unwrap_or(i16::MAX);
-        (partitions, rf)
+        (
+            partitions,
+            rf,
+            first_replicas(
+                t.assignments
+                    .iter()
+                    .map(|a| (a.partition_index, &a.broker_ids[..])),
+            ),
+        )
     } else if t.replication_factor < -1 || t.replication_factor == 0 {
         return Err((
             ResponseError::InvalidReplicationFactor,
@@ -356,7 +371,7 @@ pub(crate) fn validate_creation(
         } else {
             t.replication_factor
         };
-        (partitions, rf)
+        (partitions, rf, Placement::Spread)
     };
     if partitions < 1 {
         // Only a misconfigured num.partitions gets here.
@@ -368,8 +383,19 @@ pub(crate) fn validate_creation(
     Ok(NewTopic {
         partitions,
         replication_factor,
+        placement,
         configs,
     })
+}
+
+/// A validated manual assignment's owners: each partition's first replica, as Kafka makes
+/// the first replica the preferred leader.
+fn first_replicas<'a>(assignments: impl Iterator<Item = (i32, &'a [BrokerId])>) -> Placement {
+    let mut firsts: Vec<(i32, u64)> = assignments
+        .filter_map(|(p, replicas)| Some((p, u64::try_from(replicas.first()?.0).ok()?)))
+        .collect();
+    firsts.sort_unstable();
+    Placement::Listed(firsts.into_iter().map(|(_, b)| b).collect())
 }
 
 fn already_exists(name: &str) -> KafkaError {
@@ -488,7 +514,15 @@ pub async fn create_topics(
             ));
             continue;
         }
-        match create_topic(broker, name, topic.partitions, topic.configs.clone()).await {
+        match create_topic(
+            broker,
+            name,
+            topic.partitions,
+            topic.configs.clone(),
+            topic.placement.clone(),
+        )
+        .await
+        {
             Ok(()) => {
                 tracing::info!(
                     topic = name,
@@ -728,12 +762,13 @@ fn not_an_increase(name: &str, current: u64, requested: i64) -> KafkaError {
     (ResponseError::InvalidPartitions, message)
 }
 
-/// Validates one CreatePartitions entry; returns the new total and the partitions it adds.
+/// Validates one CreatePartitions entry; returns the new total, the partitions it adds and
+/// where they go.
 fn validate_growth(
     t: &CreatePartitionsTopic,
     state: &ClusterState,
     me: i32,
-) -> Result<(u32, u32), KafkaError> {
+) -> Result<(u32, u32, Placement), KafkaError> {
     let name: &str = &t.name.0;
     let Some(topic) = state.topics.get(name) else {
         return Err((
@@ -747,6 +782,7 @@ fn validate_growth(
         return Err(not_an_increase(name, current, requested));
     }
     let additional = requested - current as i64;
+    let mut placement = Placement::Spread;
     if let Some(assignments) = &t.assignments {
         if assignments.len() as i64 != additional {
             return Err(invalid_assignment(format!(
@@ -761,6 +797,7 @@ fn validate_growth(
             validate_replicas(&a.broker_ids, &registered, replicas_len)?;
             replicas_len = Some(a.broker_ids.len());
         }
+        placement = first_replicas((0..).zip(assignments.iter().map(|a| &a.broker_ids[..])));
     }
     let total = u32::try_from(requested).map_err(|_| {
         (
@@ -768,7 +805,7 @@ fn validate_growth(
             format!("Cannot grow topic {name} to {requested} partitions."),
         )
     })?;
-    Ok((total, additional as u32))
+    Ok((total, additional as u32, placement))
 }
 
 fn partitions_result(name: &str, error: Option<KafkaError>) -> CreatePartitionsTopicResult {
@@ -808,7 +845,7 @@ pub async fn create_partitions(
             }
             continue;
         }
-        let (total, additional) = match broker.meta.read(|s| validate_growth(t, s, me)) {
+        let (total, additional, placement) = match broker.meta.read(|s| validate_growth(t, s, me)) {
             Ok(v) => v,
             Err(e) => {
                 results.push(partitions_result(name, Some(e)));
@@ -836,6 +873,7 @@ pub async fn create_partitions(
                 name: name.to_string(),
                 total,
                 owner: me as u64,
+                placement,
             })
             .await;
         match written {
@@ -1038,9 +1076,13 @@ mod tests {
     #[test]
     fn manual_assignments() {
         let s = state(&[], &[1, 2, 3]);
-        let ok = assigned(topic("a", -1, -1), &[(0, &[1, 2]), (1, &[2, 3])]);
+        // Listed out of order: partition 0 goes to broker 3, its first replica.
+        let ok = assigned(topic("a", -1, -1), &[(1, &[2, 3]), (0, &[3, 1])]);
         let t = validate_creation(&ok, &s, &config()).unwrap();
         assert_eq!((t.partitions, t.replication_factor), (2, 2));
+        assert_eq!(t.placement, Placement::Listed(vec![3, 2]));
+        let spread = validate_creation(&topic("a", 2, 1), &s, &config()).unwrap();
+        assert_eq!(spread.placement, Placement::Spread);
 
         let cases: &[(CreatableTopic, ResponseError, &str)] = &[
             (
@@ -1096,6 +1138,7 @@ mod tests {
         let t = NewTopic {
             partitions: 2,
             replication_factor: 3,
+            placement: Placement::Spread,
             configs: BTreeMap::from([("retention.ms".to_string(), "1".to_string())]),
         };
         let broker = BTreeMap::from([("cleanup.policy".to_string(), "compact".to_string())]);
@@ -1182,7 +1225,10 @@ mod tests {
     #[test]
     fn partition_growth() {
         let s = state(&[("bar", 4), ("quux", 2)], &[1, 2]);
-        assert_eq!(validate_growth(&growth("bar", 6, None), &s, 1), Ok((6, 2)));
+        assert_eq!(
+            validate_growth(&growth("bar", 6, None), &s, 1),
+            Ok((6, 2, Placement::Spread))
+        );
         assert_eq!(
             validate_growth(&growth("bar", 3, None), &s, 1),
             Err((
@@ -1220,7 +1266,8 @@ mod tests {
         );
         assert_eq!(
             validate_growth(&growth("quux", 4, Some(&[&[1, 2], &[2, 1]])), &s, 1),
-            Ok((4, 2))
+            // The first replica of each is its owner, as Kafka's preferred leader.
+            Ok((4, 2, Placement::Listed(vec![1, 2])))
         );
         assert_eq!(
             validate_growth(&growth("quux", 3, Some(&[&[5]])), &s, 1)

@@ -55,6 +55,7 @@ pub fn create_topic(name: &str, partitions: u32) -> TopicCommand {
         partitions,
         configs: BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]),
         owner: 1,
+        placement: shale_meta::Placement::Owner,
         now_ms: 42,
     }
 }
