@@ -51,6 +51,10 @@ pub struct BrokerConfig {
     /// `producer.state.snapshot.interval.ms` (Shale's): how often changed partitions store a
     /// producer-state snapshot, so opening them scans only what came after (0: never).
     pub producer_state_snapshot_interval: Duration,
+    /// `producer.state.checkpoint.interval.ms` (Shale's): how often the node writes one
+    /// object with the producer state of every partition it has open, so a new owner after
+    /// a crash scans about one interval of batches (0: never; see `txn::checkpoint`).
+    pub producer_state_checkpoint_interval: Duration,
     /// `transaction.max.timeout.ms`: the longest `transaction.timeout.ms` a producer may ask
     /// for (INVALID_TRANSACTION_TIMEOUT beyond).
     pub transaction_max_timeout_ms: i32,
@@ -92,6 +96,7 @@ impl Default for BrokerConfig {
             producer_id_expiration_ms: 86_400_000,
             producer_id_expiration_check_interval: Duration::from_millis(600_000),
             producer_state_snapshot_interval: Duration::from_millis(60_000),
+            producer_state_checkpoint_interval: Duration::from_millis(1_000),
             transaction_max_timeout_ms: 900_000,
             transactional_id_expiration_ms: 604_800_000,
             transaction_timeout_check_interval: Duration::from_millis(10_000),

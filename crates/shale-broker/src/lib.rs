@@ -60,6 +60,8 @@ pub struct Broker {
     open_slots: Arc<tokio::sync::Semaphore>,
     /// Connections to the other brokers, for the requests brokers send each other.
     peers: peers::Peers,
+    /// Producer-state checkpoints fetched for recent opens (`txn::checkpoint`).
+    checkpoints: txn::checkpoint::Fetched,
 }
 
 impl Broker {
@@ -95,6 +97,7 @@ impl Broker {
             reconcile_opening: Mutex::new(Default::default()),
             open_slots: Arc::new(tokio::sync::Semaphore::new(membership::CONCURRENT_OPENS)),
             peers: Default::default(),
+            checkpoints: Default::default(),
         });
         let _ = broker.txn.serving.set(broker.serving.clone());
         let heartbeats = broker.register().await?;
@@ -113,6 +116,8 @@ impl Broker {
         broker.tasks.lock().push(expiry);
         let snapshots = tokio::spawn(txn::snapshot::run(broker.clone()));
         broker.tasks.lock().push(snapshots);
+        let checkpoints = tokio::spawn(txn::checkpoint::run(broker.clone()));
+        broker.tasks.lock().push(checkpoints);
         Ok(broker)
     }
 

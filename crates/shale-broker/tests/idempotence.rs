@@ -218,9 +218,10 @@ async fn duplicates_are_still_recognised_after_a_restart() {
 async fn a_restart_after_a_producer_state_snapshot_scans_only_what_came_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    // No periodic or shutdown snapshots: only the one taken below.
+    // No periodic or shutdown snapshots, no checkpoints: only the snapshot taken below.
     let config = || BrokerConfig {
         producer_state_snapshot_interval: Duration::ZERO,
+        producer_state_checkpoint_interval: Duration::ZERO,
         ..BrokerConfig::default()
     };
     let (b, addr) = start_broker_on(dir.path(), config(), store.clone(), stream_config()).await;
@@ -253,4 +254,69 @@ async fn a_restart_after_a_producer_state_snapshot_scans_only_what_came_after_it
     let after = produce(&mut c, "snap", batch(pid, 0, 4, 2)).await;
     assert_eq!((after.error_code, after.base_offset), (0, 4));
     assert_eq!(b.producer_state_loaded_from("snap", 0), Some(4));
+}
+
+#[tokio::test]
+async fn after_a_crash_the_node_checkpoint_spares_the_scan_of_what_it_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+    // No partition snapshots at all (a crash leaves none behind); checkpoints are taken
+    // below, by hand, instead of every interval.
+    let config = |checkpoints| BrokerConfig {
+        producer_state_snapshot_interval: Duration::ZERO,
+        producer_state_checkpoint_interval: checkpoints,
+        ..BrokerConfig::default()
+    };
+    let (b, addr) = start_broker_on(
+        dir.path(),
+        config(Duration::from_secs(3600)),
+        store.clone(),
+        stream_config(),
+    )
+    .await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    create_topic(&mut c, "ckpt", &[]).await;
+    let pid = init_producer_id(&mut c, 4).await.producer_id.0;
+    for seq in [0, 2] {
+        let r = produce(&mut c, "ckpt", batch(pid, 0, seq, 2)).await;
+        assert_eq!(r.error_code, 0);
+    }
+    assert!(b.checkpoint_producer_states_now().await);
+    let r = produce(&mut c, "ckpt", batch(pid, 0, 4, 2)).await;
+    assert_eq!(r.error_code, 0);
+    drop(c);
+    b.shutdown().await;
+
+    let (b, addr) = start_broker_on(
+        dir.path(),
+        config(Duration::from_secs(3600)),
+        store.clone(),
+        stream_config(),
+    )
+    .await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    // The state is whole: batches on both sides of the checkpoint are recognised as
+    // duplicates, the next one is in order, a gap is not; and the scan started at it.
+    let before = produce(&mut c, "ckpt", batch(pid, 0, 2, 2)).await;
+    assert_eq!((before.error_code, before.base_offset), (0, 2));
+    let after = produce(&mut c, "ckpt", batch(pid, 0, 4, 2)).await;
+    assert_eq!((after.error_code, after.base_offset), (0, 4));
+    let next = produce(&mut c, "ckpt", batch(pid, 0, 6, 1)).await;
+    assert_eq!((next.error_code, next.base_offset), (0, 6));
+    let gap = produce(&mut c, "ckpt", batch(pid, 0, 9, 1)).await;
+    assert_eq!(
+        gap.error_code,
+        ResponseError::OutOfOrderSequenceNumber.code()
+    );
+    assert_eq!(b.producer_state_loaded_from("ckpt", 0), Some(4));
+    drop(c);
+    b.shutdown().await;
+
+    // With checkpoints off, nothing is read from them: the whole stream is scanned.
+    let (b, addr) =
+        start_broker_on(dir.path(), config(Duration::ZERO), store, stream_config()).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let again = produce(&mut c, "ckpt", batch(pid, 0, 6, 1)).await;
+    assert_eq!((again.error_code, again.base_offset), (0, 6));
+    assert_eq!(b.producer_state_loaded_from("ckpt", 0), Some(0));
 }

@@ -58,6 +58,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("producer.id.expiration.ms", "86400000"),
     ("producer.id.expiration.check.interval.ms", "600000"),
     ("producer.state.snapshot.interval.ms", "60000"),
+    ("producer.state.checkpoint.interval.ms", "1000"),
     ("transaction.max.timeout.ms", "900000"),
     ("transactional.id.expiration.ms", "604800000"),
     (

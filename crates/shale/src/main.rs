@@ -327,6 +327,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             producer_id_expiration_check_interval: s
                 .millis("producer.id.expiration.check.interval.ms")?,
             producer_state_snapshot_interval: s.millis("producer.state.snapshot.interval.ms")?,
+            producer_state_checkpoint_interval: s
+                .millis("producer.state.checkpoint.interval.ms")?,
             transaction_max_timeout_ms: s.parse("transaction.max.timeout.ms")?,
             transactional_id_expiration_ms: s.parse("transactional.id.expiration.ms")?,
             transaction_timeout_check_interval: s

@@ -12,21 +12,26 @@ const SCAN_CHUNK: usize = 4 << 20;
 /// A partition's producer state as loaded.
 pub(crate) struct Loaded {
     pub states: ProducerStates,
-    /// Offset of the snapshot used (0 without one).
+    /// Offset of the snapshot or checkpoint used (0 without one).
     pub snapshot_offset: u64,
     /// Where the scan of stored batches started.
     pub scanned_from: u64,
 }
 
-/// The producer state of `stream` as its stored batches leave it: from its snapshot (see
-/// `snapshot`) and a scan of the batches after it, or a scan of the whole stream.
+/// The producer state of `stream` as its stored batches leave it: from the newest of its
+/// snapshot (see `snapshot`) and the nodes' checkpoints (see `checkpoint`), and a scan of
+/// the batches after it, or a scan of the whole stream.
 pub(crate) async fn producer_states(
     broker: &Broker,
     stream: &Stream,
 ) -> Result<Loaded, StreamError> {
     let end = stream.end_offset();
     let start = stream.start_offset();
-    let snapshot = match stream.get_attachment(super::snapshot::NAME).await {
+    let (attached, checkpointed) = tokio::join!(
+        stream.get_attachment(super::snapshot::NAME),
+        super::checkpoint::newest(broker, stream.id(), end),
+    );
+    let snapshot = match attached {
         Ok(Some(data)) => match super::snapshot::decode(&data) {
             // A snapshot past the end would describe batches the stream does not have.
             Some((states, offset)) if offset <= end => Some((states, offset)),
@@ -50,7 +55,11 @@ pub(crate) async fn producer_states(
         Ok(None) => None,
         Err(e) => return Err(e),
     };
-    let (mut states, snapshot_offset) = snapshot.unwrap_or_default();
+    let newest = match (snapshot, checkpointed) {
+        (Some(s), Some(c)) => Some(if c.1 > s.1 { c } else { s }),
+        (s, c) => s.or(c),
+    };
+    let (mut states, snapshot_offset) = newest.unwrap_or_default();
     let mut pos = snapshot_offset.max(start);
     if pos > snapshot_offset {
         // Retention moved the start past the snapshot: what happened in between is gone.

@@ -14,6 +14,7 @@
 //! - `glue`: the coordinator's I/O: dispatch, placement, loading, appends and markers.
 
 pub(crate) mod append;
+pub(crate) mod checkpoint;
 pub(crate) mod coordinator;
 pub(crate) mod glue;
 pub(crate) mod load;
