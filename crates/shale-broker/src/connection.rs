@@ -32,6 +32,9 @@ enum Frame {
     Chunks(FrameChunks),
 }
 
+/// How long a connection of a closing node waits for the next request before it closes.
+pub(crate) const CLOSING_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Bytes a connection's writer gathers before a write; larger chunks go out directly.
 const WRITE_BUFFER: usize = 64 * 1024;
 
@@ -77,12 +80,25 @@ pub(crate) async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAd
     });
 
     let mut stop = broker.closing_signal();
+    let mut closing = false;
     let limit = broker.config.socket_request_max_bytes;
     loop {
-        let frame = tokio::select! {
-            f = read_frame(&mut reader, limit) => f,
-            _ = stop.changed() => break,
+        // Once the node is closing (a controlled shutdown handed its partitions off), the
+        // connection is still read until it goes idle: a request sent meanwhile is answered
+        // (NOT_LEADER_OR_FOLLOWER naming the new owner) rather than lost with the socket,
+        // which a librdkafka idempotent producer pays for with a second of waiting.
+        let frame = {
+            let read = read_frame(&mut reader, limit);
+            tokio::pin!(read);
+            loop {
+                tokio::select! {
+                    f = &mut read => break Some(f),
+                    _ = stop.changed(), if !closing => closing = true,
+                    _ = tokio::time::sleep(CLOSING_IDLE), if closing => break None,
+                }
+            }
         };
+        let Some(frame) = frame else { break };
         let frame = match frame {
             Ok(Some(f)) => f,
             Ok(None) => break,

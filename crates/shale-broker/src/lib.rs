@@ -162,13 +162,14 @@ impl Broker {
         for task in self.tasks.lock().drain(..) {
             task.abort();
         }
+        self.checkpoint_drained().await;
         // Everything acknowledged is durable now: give the partitions away rather than make
         // clients wait out the session timeout.
         self.hand_off().await;
-        // Requests that came in meanwhile were answered, naming the new owners; stop
-        // reading, and let connection writers send what is left.
+        // Requests that came in meanwhile were answered, naming the new owners; connections
+        // close once idle, and their writers send what is left.
         self.closing.send_replace(true);
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(connection::CLOSING_IDLE * 3).await;
         self.meta.shutdown().await;
     }
 

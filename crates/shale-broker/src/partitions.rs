@@ -31,6 +31,9 @@ pub(crate) struct Owned {
     pub loaded_from: u64,
 }
 
+/// How long a request to a partition being handed off waits for its new owner.
+const HAND_OFF_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What a handler needs to know about a partition it reads or writes.
 pub(crate) struct PartitionRef {
     pub stream: Arc<Stream>,
@@ -100,8 +103,16 @@ impl Broker {
         {
             return Ok(o.clone());
         }
+        let started = std::time::Instant::now();
         let stream = self.streams.open(id).await?;
+        let opened = started.elapsed();
         let loaded = crate::txn::load::producer_states(self, &stream).await?;
+        tracing::debug!(
+            stream = id,
+            open_ms = opened.as_millis() as u64,
+            state_ms = (started.elapsed() - opened).as_millis() as u64,
+            "stream opened and its producer state loaded"
+        );
         let owned = Arc::new(Owned {
             stream,
             producers: Mutex::new(loaded.states),
@@ -177,11 +188,38 @@ impl Broker {
                 owned,
                 topic_configs,
             }),
+            Err(_) if self.is_shutting_down() => {
+                // A controlled shutdown closed the stream and is handing it off: answer once
+                // the new owner is known, so the refusal names it (KIP-951) and the client's
+                // retry goes straight there instead of through a metadata refresh (librdkafka
+                // waits for its next one-second scan).
+                self.wait_owner_change(topic, index, me).await;
+                Err(ResponseError::NotLeaderOrFollower)
+            }
             Err(e) => {
                 tracing::warn!(topic, index, error = %e, "cannot open partition");
                 Err(ResponseError::NotLeaderOrFollower)
             }
         }
+    }
+
+    /// Until `topic`-`index` is owned by a node other than `me` (at most [`HAND_OFF_WAIT`]).
+    async fn wait_owner_change(&self, topic: &str, index: i32, me: u64) {
+        let owned_by_me = |s: &shale_meta::ClusterState| {
+            s.topics
+                .get(topic)
+                .and_then(|t| t.partitions.get(usize::try_from(index).ok()?))
+                .is_some_and(|p| p.owner == me)
+        };
+        let mut changes = self.meta.changes();
+        let _ = tokio::time::timeout(HAND_OFF_WAIT, async {
+            while self.meta.read(owned_by_me) {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 
     /// Name of the topic with this id.

@@ -257,19 +257,21 @@ async fn a_restart_after_a_producer_state_snapshot_scans_only_what_came_after_it
 }
 
 #[tokio::test]
-async fn after_a_crash_the_node_checkpoint_spares_the_scan_of_what_it_covers() {
+async fn a_node_checkpoint_spares_the_scan_after_a_crash_and_a_controlled_shutdown_leaves_none() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-    // No partition snapshots at all (a crash leaves none behind); checkpoints are taken
-    // below, by hand, instead of every interval.
+    // No partition snapshots at all (a crash leaves none behind). The first node takes one
+    // checkpoint by hand and none otherwise (with the interval at 0 its shutdown writes none
+    // either, so it leaves what a kill -9 would).
     let config = |checkpoints| BrokerConfig {
         producer_state_snapshot_interval: Duration::ZERO,
         producer_state_checkpoint_interval: checkpoints,
         ..BrokerConfig::default()
     };
+    let hourly = Duration::from_secs(3600);
     let (b, addr) = start_broker_on(
         dir.path(),
-        config(Duration::from_secs(3600)),
+        config(Duration::ZERO),
         store.clone(),
         stream_config(),
     )
@@ -287,13 +289,8 @@ async fn after_a_crash_the_node_checkpoint_spares_the_scan_of_what_it_covers() {
     drop(c);
     b.shutdown().await;
 
-    let (b, addr) = start_broker_on(
-        dir.path(),
-        config(Duration::from_secs(3600)),
-        store.clone(),
-        stream_config(),
-    )
-    .await;
+    let (b, addr) =
+        start_broker_on(dir.path(), config(hourly), store.clone(), stream_config()).await;
     let mut c = TcpStream::connect(addr).await.unwrap();
     // The state is whole: batches on both sides of the checkpoint are recognised as
     // duplicates, the next one is in order, a gap is not; and the scan started at it.
@@ -309,6 +306,15 @@ async fn after_a_crash_the_node_checkpoint_spares_the_scan_of_what_it_covers() {
         ResponseError::OutOfOrderSequenceNumber.code()
     );
     assert_eq!(b.producer_state_loaded_from("ckpt", 0), Some(4));
+    drop(c);
+    // A controlled shutdown checkpoints once its WAL is drained: the next open scans nothing.
+    b.shutdown().await;
+    let (b, addr) =
+        start_broker_on(dir.path(), config(hourly), store.clone(), stream_config()).await;
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let again = produce(&mut c, "ckpt", batch(pid, 0, 6, 1)).await;
+    assert_eq!((again.error_code, again.base_offset), (0, 6));
+    assert_eq!(b.producer_state_loaded_from("ckpt", 0), Some(7));
     drop(c);
     b.shutdown().await;
 

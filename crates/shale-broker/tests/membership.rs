@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{create_topic_with, plain_record, produce, start_member};
+use common::{create_topic_on, plain_record, produce, start_member};
 use kafka_protocol::error::ResponseError;
 use shale_meta::{MetaConfig, MetaNode};
 use std::sync::Arc;
@@ -38,7 +38,7 @@ async fn a_fenced_brokers_partitions_are_opened_by_their_new_owner_which_continu
     let (b2, a2) = start_member(&meta, &store, 2).await;
     let mut c1 = TcpStream::connect(a1).await.unwrap();
     let mut c2 = TcpStream::connect(a2).await.unwrap();
-    assert_eq!(create_topic_with(&mut c1, "moving", 1, &[]).await, 0);
+    assert_eq!(create_topic_on(&mut c1, "moving", 1).await, 0);
     let r = produce(&mut c1, "moving", plain_record("before")).await;
     assert_eq!((r.error_code, r.base_offset), (0, 0));
     assert!(b2.producer_state_loaded_from("moving", 0).is_none());

@@ -968,7 +968,7 @@ async fn a_transaction_spans_nodes_the_owner_asks_the_coordinator_and_gets_its_m
     let (b1, coordinator) = start_member(&meta, &store, 1).await;
     let (b2, owner) = start_member(&meta, &store, 2).await;
     let mut c2 = TcpStream::connect(owner).await.unwrap();
-    assert_eq!(create_topic_with(&mut c2, TOPIC, 1, &[]).await, 0);
+    assert_eq!(create_topic_on(&mut c2, TOPIC, 2).await, 0);
     let owner_of = |t: &str| meta.read(|s| s.topics[t].partitions[0].owner);
     assert_eq!((owner_of("__transaction_state"), owner_of(TOPIC)), (1, 2));
 

@@ -684,6 +684,13 @@ impl Stream {
         self.shared.usable()
     }
 
+    /// Fenced: a newer open took the stream over, or an append of this handle failed (its
+    /// offsets may have a hole). A handle closed by its owner (or by the store's shutdown) is
+    /// not fenced: its committed end is the stream's.
+    pub fn is_fenced(&self) -> bool {
+        self.shared.fenced.load(Ordering::Acquire)
+    }
+
     /// Writable, and no newer open of the stream is known to the local catalog replica. A
     /// handle whose open finished after another node opened the stream at a newer epoch is
     /// writable until its first commit is refused, yet its view (the end offset, and what the

@@ -115,7 +115,7 @@ pub(crate) async fn run(broker: Arc<Broker>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        writer.pass(&broker).await;
+        writer.pass(&broker, false).await;
     }
 }
 
@@ -131,12 +131,19 @@ pub(crate) struct Writer {
 impl Writer {
     /// Takes every open partition's state, waits for it to be durable and stores the
     /// checkpoint if anything changed (or it is due for a refresh). Returns whether it
-    /// stored one.
-    pub(crate) async fn pass(&mut self, broker: &Broker) -> bool {
+    /// stored one. `drained`: the stream layer has shut down, its handles are closed and
+    /// everything appended through them is committed (a controlled shutdown's last pass).
+    pub(crate) async fn pass(&mut self, broker: &Broker, drained: bool) -> bool {
         let taken: Vec<_> = broker
             .open_partitions()
             .into_iter()
-            .filter(|o| o.stream.is_current())
+            .filter(|o| {
+                if drained {
+                    !o.stream.is_fenced()
+                } else {
+                    o.stream.is_current()
+                }
+            })
             .map(|o| {
                 let id = o.stream.id();
                 let fresh = {
@@ -204,7 +211,25 @@ impl Broker {
     /// Stores this node's producer-state checkpoint now (tests).
     #[doc(hidden)]
     pub async fn checkpoint_producer_states_now(&self) -> bool {
-        Writer::default().pass(self).await
+        Writer::default().pass(self, false).await
+    }
+
+    /// A controlled shutdown's last checkpoint, once the WAL is drained: the new owners then
+    /// load every partition's state as it ends, with no scan and no snapshot GET.
+    pub(crate) async fn checkpoint_drained(&self) {
+        if self.config.producer_state_checkpoint_interval.is_zero() {
+            return;
+        }
+        let mut writer = Writer::default();
+        let pass = writer.pass(self, true);
+        if tokio::time::timeout(Duration::from_secs(2), pass)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "controlled shutdown: last producer-state checkpoint not stored in time"
+            );
+        }
     }
 }
 

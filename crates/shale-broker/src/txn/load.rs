@@ -27,10 +27,14 @@ pub(crate) async fn producer_states(
 ) -> Result<Loaded, StreamError> {
     let end = stream.end_offset();
     let start = stream.start_offset();
-    let (attached, checkpointed) = tokio::join!(
-        stream.get_attachment(super::snapshot::NAME),
-        super::checkpoint::newest(broker, stream.id(), end),
-    );
+    // A checkpoint at the end leaves nothing for the snapshot to improve on (a controlled
+    // shutdown's last one): its GET is spared. Checkpoints of a failover's opens are fetched
+    // once for all of them, so asking them first costs little.
+    let checkpointed = super::checkpoint::newest(broker, stream.id(), end).await;
+    let attached = match &checkpointed {
+        Some((_, offset)) if *offset == end => Ok(None),
+        _ => stream.get_attachment(super::snapshot::NAME).await,
+    };
     let snapshot = match attached {
         Ok(Some(data)) => match super::snapshot::decode(&data) {
             // A snapshot past the end would describe batches the stream does not have.

@@ -151,6 +151,34 @@ pub async fn create_topic_with(
     r.topics[0].error_code
 }
 
+/// Creates `topic` with one partition assigned to broker `owner` (a manual assignment: the
+/// first replica owns it); without one, partitions spread over the live brokers.
+pub async fn create_topic_on(conn: &mut TcpStream, topic: &str, owner: i32) -> i16 {
+    let t = create_topics_request::CreatableTopic::default()
+        .with_name(TopicName(name(topic)))
+        .with_num_partitions(-1)
+        .with_replication_factor(-1)
+        .with_assignments(vec![
+            create_topics_request::CreatableReplicaAssignment::default()
+                .with_partition_index(0)
+                .with_broker_ids(vec![kafka_protocol::messages::BrokerId(owner)]),
+        ]);
+    let req = CreateTopicsRequest::default()
+        .with_topics(vec![t])
+        .with_timeout_ms(5000);
+    let ResponseKind::CreateTopics(r) = call(
+        conn,
+        ApiKey::CreateTopics,
+        5,
+        RequestKind::CreateTopics(req),
+    )
+    .await
+    else {
+        panic!("not a CreateTopics response");
+    };
+    r.topics[0].error_code
+}
+
 pub async fn produce(
     conn: &mut TcpStream,
     topic: &str,
