@@ -55,18 +55,32 @@ pub(crate) async fn serve(listener: TcpListener, node: Weak<MetaNode>) {
 }
 
 async fn serve_connection(mut stream: TcpStream, peer: std::net::SocketAddr, node: Weak<MetaNode>) {
+    // The broker that heartbeats on this connection: when the connection ends, the
+    // controller probes it at once (see `Liveness::suspect`).
+    let mut heartbeats_from = None;
     loop {
         let req: PbRequest = match read_frame(&mut stream).await {
             Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return,
             Err(e) => {
-                tracing::debug!(%peer, error = %e, "metadata rpc connection closed");
+                if e.kind() != io::ErrorKind::UnexpectedEof {
+                    tracing::debug!(%peer, error = %e, "metadata rpc connection closed");
+                }
+                if let (Some(id), Some(node)) = (heartbeats_from, node.upgrade()) {
+                    node.liveness.lock().suspect(id);
+                    node.shared.controller_wake.notify_one();
+                }
                 return;
             }
         };
         let Some(node) = node.upgrade() else {
             return;
         };
+        if heartbeats_from.is_none()
+            && req.kind() == Some(Kind::Heartbeat)
+            && let Ok(hb) = req.decode_body::<crate::rpc::HeartbeatRequest>()
+        {
+            heartbeats_from = Some(hb.id);
+        }
         let reply = node.handle_rpc(req).await;
         drop(node);
         let reply = match reply {

@@ -53,6 +53,9 @@ pub(crate) struct Liveness {
     refused: HashMap<u64, u64>,
     /// Brokers with a probe in flight.
     probing: HashSet<u64>,
+    /// Brokers whose heartbeat connection ended: probed at once, without waiting for
+    /// [`PROBE_AFTER`] of silence (a killed process's sockets close with it).
+    suspects: HashSet<u64>,
 }
 
 impl Liveness {
@@ -62,6 +65,7 @@ impl Liveness {
             deadlines: HashMap::new(),
             refused: HashMap::new(),
             probing: HashSet::new(),
+            suspects: HashSet::new(),
         }
     }
 
@@ -70,10 +74,19 @@ impl Liveness {
         self.deadlines.clear();
         self.refused.clear();
         self.probing.clear();
+        self.suspects.clear();
     }
 
-    /// The live brokers (other than `me`) silent for [`PROBE_AFTER`] and not probed yet, with
-    /// their epoch and advertised address; each is marked as being probed.
+    /// The connection broker `id` heartbeated on ended (closed or reset). A process killed
+    /// with -9 closes its sockets at once, so its probe need not wait for its silence; a
+    /// connection closed for any other reason costs one probe that fences nobody.
+    pub(crate) fn suspect(&mut self, id: u64) {
+        self.suspects.insert(id);
+    }
+
+    /// The live brokers (other than `me`) silent for [`PROBE_AFTER`], or suspected (see
+    /// [`Self::suspect`]), and not probed yet, with their epoch and advertised address; each
+    /// is marked as being probed.
     pub(crate) fn to_probe(
         &mut self,
         state: &ClusterState,
@@ -86,9 +99,10 @@ impl Liveness {
                 continue;
             };
             let silent_since = deadline.checked_sub(self.session).unwrap_or(deadline);
+            let suspected = self.suspects.remove(&id);
             if id == me
                 || epoch != b.epoch
-                || now < silent_since + PROBE_AFTER
+                || (now < silent_since + PROBE_AFTER && !suspected)
                 || self.probing.contains(&id)
                 || self.refused.get(&id) == Some(&epoch)
             {
@@ -227,7 +241,7 @@ pub(crate) async fn run(node: Weak<MetaNode>) {
             tokio::spawn(async move {
                 let refused = connection_refused(&host, port).await;
                 if refused {
-                    tracing::info!(broker = id, %host, port, "controller: a silent broker's listener refuses connections");
+                    tracing::info!(broker = id, %host, port, "controller: a silent (or disconnected) broker's listener refuses connections");
                 }
                 if let Some(n) = weak.upgrade() {
                     n.liveness.lock().probed(id, epoch, refused);
@@ -594,6 +608,36 @@ mod tests {
             l.plan(&st, later + SESSION - Duration::from_millis(1))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_broker_whose_heartbeat_connection_ends_is_probed_at_once() {
+        let mut st = state(&[(1, 1, false), (2, 2, false)], &[]);
+        st.nodes.insert(
+            2,
+            crate::NodeMeta {
+                id: 2,
+                host: "127.0.0.1".into(),
+                port: 9002,
+                rack: None,
+            },
+        );
+        let mut l = Liveness::new(SESSION);
+        let t0 = Instant::now();
+        l.plan(&st, t0);
+        l.heartbeat(&st, 2, 2, t0);
+        assert!(l.to_probe(&st, 1, t0).is_empty());
+        // A killed process's sockets close with it: no need to wait for its silence.
+        l.suspect(2);
+        assert_eq!(
+            l.to_probe(&st, 1, t0),
+            vec![(2, 2, "127.0.0.1".to_string(), 9002)]
+        );
+        // Answered (the connection was merely closed): nobody is fenced, and the suspicion
+        // was used up.
+        l.probed(2, 2, false);
+        assert!(fences(&l.plan(&st, t0)).is_empty());
+        assert!(l.to_probe(&st, 1, t0).is_empty());
     }
 
     #[test]
