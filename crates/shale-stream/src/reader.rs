@@ -11,6 +11,12 @@ use std::time::Duration;
 const CATALOG_LAG_RETRIES: u32 = 5;
 const CATALOG_LAG_DELAY: Duration = Duration::from_millis(20);
 
+/// A read that has entries to return stops fetching blocks after this long: a catch-up read
+/// of a byte budget spread over thousands of small WAL objects would otherwise take longer
+/// than a client waits for its Fetch (librdkafka gives up after `socket.timeout.ms`, 60 s,
+/// and reads nothing). Every caller reads again from where the read ended.
+const READ_TIME_BUDGET: Duration = Duration::from_millis(500);
+
 pub(crate) async fn read(
     stream: &Stream,
     from: u64,
@@ -30,7 +36,11 @@ pub(crate) async fn read(
     let mut out = Vec::new();
     let mut bytes = 0usize;
     let mut pos = from;
+    let started = std::time::Instant::now();
     while pos < end {
+        if !out.is_empty() && started.elapsed() >= READ_TIME_BUDGET {
+            break;
+        }
         let cached = {
             let st = s.state.lock();
             log_cache::read(&st, pos, end, max_bytes, &mut out, &mut bytes)

@@ -372,6 +372,38 @@ async fn read_across_log_cache_and_objects() {
 }
 
 #[tokio::test]
+async fn a_read_over_many_slow_objects_returns_what_it_has_after_its_time_budget() {
+    let mut cfg = config();
+    cfg.log_cache_bytes = 0;
+    cfg.readahead_ranges = 0;
+    let env = Env::new(cfg.clone());
+    let s = env.store.open(1).await.unwrap();
+    // One WAL object per append: 40 ranges to fetch one by one.
+    for _ in 0..40 {
+        append_n(&s, 1, 1, 50).await;
+    }
+    env.store.shutdown().await;
+    env.bucket
+        .inject(Rule::new(Fault::Latency(Duration::from_millis(300))).op(Op::GetRange));
+    let reader = env.peer(cfg);
+    let s = reader.open(1).await.unwrap();
+    let started = std::time::Instant::now();
+    let first = s.read(0, 1 << 20).await.unwrap();
+    // Everything takes three rounds of up to 16 ranges, 300 ms each; the read stops once past
+    // its 500 ms budget with what two rounds brought, and reading on gets the rest.
+    assert!(
+        !first.is_empty() && first.len() < 40,
+        "{} entries",
+        first.len()
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let rest = read_all(&s, first.last().unwrap().end_offset()).await;
+    let mut all = first;
+    all.extend(rest);
+    check_entries(&all, 1, 0, 40, 1);
+}
+
+#[tokio::test]
 async fn log_cache_disabled_still_reads() {
     let mut cfg = config();
     cfg.log_cache_bytes = 0;

@@ -40,6 +40,9 @@ const REFRESH: Duration = Duration::from_secs(30);
 /// How long a pass waits for the batches it covers to become durable (a WAL flush or two);
 /// an entry still waiting keeps its previous durable version.
 const DURABLE_WAIT: Duration = Duration::from_secs(2);
+/// How long an open waits for a node's checkpoint before it does without (the partition's
+/// snapshot and a longer scan then take over).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a fetched checkpoint serves further opens: a failover opens many partitions at
 /// once, and one GET per node serves them all.
 const FETCHED_TTL: Duration = Duration::from_secs(1);
@@ -254,7 +257,15 @@ impl Fetched {
         }
         let streams = streams.clone();
         let f = async move {
-            match streams.get_node_blob(node, NAME).await {
+            // Shared by every open of the next second: a GET stuck on a bad connection must
+            // not hold them all (the object store's own timeout and retries run to minutes).
+            let fetched =
+                tokio::time::timeout(FETCH_TIMEOUT, streams.get_node_blob(node, NAME)).await;
+            let Ok(fetched) = fetched else {
+                tracing::debug!(node, "producer-state checkpoint fetch timed out");
+                return None;
+            };
+            match fetched {
                 Ok(Some(data)) => {
                     let decoded = decode(&data);
                     if decoded.is_none() {
