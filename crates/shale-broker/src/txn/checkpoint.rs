@@ -15,13 +15,13 @@
 //! it and whenever: the loader takes the newest such entry among the partition's snapshot
 //! and every registered node's checkpoint (a deposed owner's older one included).
 //!
-//! Format: a version byte, a protobuf body, a CRC-32C of both; anything that does not decode
-//! is ignored (the partition's snapshot and a longer scan take over).
+//! Format: the snapshot's framing (`snapshot::frame`: a version byte, a protobuf body, a
+//! CRC-32C of both); anything that does not decode is ignored (the partition's snapshot and a longer scan take over).
 
 use super::producers::ProducerStates;
 use super::snapshot;
 use crate::Broker;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
@@ -33,7 +33,6 @@ use std::time::{Duration, Instant};
 
 /// The node blob's name.
 const NAME: &str = "producer-state";
-const FORMAT: u8 = 1;
 /// An unchanged checkpoint is still rewritten this often: the garbage collector deletes a
 /// blob not rewritten for `gc_min_age` (an hour by default).
 const REFRESH: Duration = Duration::from_secs(30);
@@ -75,23 +74,14 @@ fn encode(node: u64, entries: &HashMap<StreamId, (u64, Bytes)>) -> Bytes {
             })
             .collect(),
     };
-    let mut out = BytesMut::with_capacity(1 + pb.encoded_len() + 4);
-    out.put_u8(FORMAT);
-    // `encode_raw` cannot fail: a BytesMut grows as the encoding needs.
-    pb.encode_raw(&mut out);
-    let crc = crc32c::crc32c(&out);
-    out.put_u32_le(crc);
-    out.freeze()
+    snapshot::frame(&pb)
 }
 
 /// Stream id -> its encoded snapshot; `None` for anything that is not a checkpoint.
 fn decode(data: &Bytes) -> Option<HashMap<StreamId, Bytes>> {
-    let body_end = data.len().checked_sub(4)?;
-    let crc = u32::from_le_bytes(data.get(body_end..)?.try_into().ok()?);
-    if crc32c::crc32c(data.get(..body_end)?) != crc || *data.first()? != FORMAT {
-        return None;
-    }
-    let pb = PbCheckpoint::decode(data.slice(1..body_end)).ok()?;
+    let body = snapshot::unframe(data)?;
+    // Entries keep slices of the fetched buffer rather than copies.
+    let pb = PbCheckpoint::decode(data.slice_ref(body)).ok()?;
     Some(
         pb.entries
             .into_iter()

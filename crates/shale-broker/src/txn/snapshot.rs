@@ -112,18 +112,23 @@ pub(crate) fn encode(states: &ProducerStates, offset: u64) -> Bytes {
             })
             .collect(),
     };
-    let mut out = BytesMut::with_capacity(1 + pb.encoded_len() + 4);
+    frame(&pb)
+}
+
+/// `message` framed as snapshots and checkpoints are stored: a version byte, the protobuf
+/// body, a CRC-32C of both (protobuf cut at a field boundary still parses).
+pub(crate) fn frame(message: &impl Message) -> Bytes {
+    let mut out = BytesMut::with_capacity(1 + message.encoded_len() + 4);
     out.put_u8(FORMAT);
     // `encode_raw` cannot fail: a BytesMut grows as the encoding needs.
-    pb.encode_raw(&mut out);
+    message.encode_raw(&mut out);
     let crc = crc32c::crc32c(&out);
     out.put_u32_le(crc);
     out.freeze()
 }
 
-/// The state and the offset it is valid below; `None` for data that is not a snapshot of a
-/// known format (damaged, or from a newer version).
-pub(crate) fn decode(data: &[u8]) -> Option<(ProducerStates, u64)> {
+/// The protobuf body of a [`frame`]; `None` if damaged or of an unknown version.
+pub(crate) fn unframe(data: &[u8]) -> Option<&[u8]> {
     if data.len() < 5 || data[0] != FORMAT {
         return None;
     }
@@ -131,7 +136,13 @@ pub(crate) fn decode(data: &[u8]) -> Option<(ProducerStates, u64)> {
     if crc32c::crc32c(covered).to_le_bytes() != crc {
         return None;
     }
-    let pb = PbSnapshot::decode(&covered[1..]).ok()?;
+    covered.get(1..)
+}
+
+/// The state and the offset it is valid below; `None` for data that is not a snapshot of a
+/// known format (damaged, or from a newer version).
+pub(crate) fn decode(data: &[u8]) -> Option<(ProducerStates, u64)> {
+    let pb = PbSnapshot::decode(unframe(data)?).ok()?;
     let mut states = ProducerStates::default();
     for p in pb.producers {
         let batches: VecDeque<BatchMeta> = p
