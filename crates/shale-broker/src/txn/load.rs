@@ -59,11 +59,11 @@ pub(crate) async fn producer_states(
         Ok(None) => None,
         Err(e) => return Err(e),
     };
-    let newest = match (snapshot, checkpointed) {
-        (Some(s), Some(c)) => Some(if c.1 > s.1 { c } else { s }),
-        (s, c) => s.or(c),
-    };
-    let (mut states, snapshot_offset) = newest.unwrap_or_default();
+    let (mut states, snapshot_offset) = [snapshot, checkpointed]
+        .into_iter()
+        .flatten()
+        .max_by_key(|(_, offset)| *offset)
+        .unwrap_or_default();
     let mut pos = snapshot_offset.max(start);
     if pos > snapshot_offset {
         // Retention moved the start past the snapshot: what happened in between is gone.

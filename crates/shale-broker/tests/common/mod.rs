@@ -135,6 +135,11 @@ pub async fn create_topic_with(
                 })
                 .collect(),
         );
+    create_one(conn, t).await
+}
+
+/// Sends a CreateTopics v5 of `t` alone; its error code.
+async fn create_one(conn: &mut TcpStream, t: create_topics_request::CreatableTopic) -> i16 {
     let req = CreateTopicsRequest::default()
         .with_topics(vec![t])
         .with_timeout_ms(5000);
@@ -163,20 +168,7 @@ pub async fn create_topic_on(conn: &mut TcpStream, topic: &str, owner: i32) -> i
                 .with_partition_index(0)
                 .with_broker_ids(vec![kafka_protocol::messages::BrokerId(owner)]),
         ]);
-    let req = CreateTopicsRequest::default()
-        .with_topics(vec![t])
-        .with_timeout_ms(5000);
-    let ResponseKind::CreateTopics(r) = call(
-        conn,
-        ApiKey::CreateTopics,
-        5,
-        RequestKind::CreateTopics(req),
-    )
-    .await
-    else {
-        panic!("not a CreateTopics response");
-    };
-    r.topics[0].error_code
+    create_one(conn, t).await
 }
 
 pub async fn produce(
