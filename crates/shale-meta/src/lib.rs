@@ -107,6 +107,10 @@ pub struct BrokerRegistration {
     pub incarnation: [u8; 16],
     /// Missed its session: owns nothing, must register again to get partitions.
     pub fenced: bool,
+    /// When it was fenced (ms since the epoch, stamped by the controller's command; 0 when
+    /// not fenced or fenced by an entry that predates the stamp).
+    #[serde(default)]
+    pub fenced_at_ms: i64,
 }
 
 /// An object no live range points into any more, waiting to be deleted from the bucket.

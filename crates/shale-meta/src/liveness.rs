@@ -84,6 +84,11 @@ impl Liveness {
         self.suspects.insert(id);
     }
 
+    /// Every registered broker is a suspect (see [`Self::suspect`]): this node starts leading.
+    pub(crate) fn suspect_all(&mut self, state: &ClusterState) {
+        self.suspects.extend(state.brokers.keys().copied());
+    }
+
     /// The live brokers (other than `me`) silent for [`PROBE_AFTER`], or suspected (see
     /// [`Self::suspect`]), and not probed yet, with their epoch and advertised address; each
     /// is marked as being probed.
@@ -95,16 +100,20 @@ impl Liveness {
     ) -> Vec<(u64, u64, String, u16)> {
         let mut out = Vec::new();
         for (&id, b) in state.brokers.iter().filter(|(_, b)| !b.fenced) {
-            let Some(&(epoch, deadline)) = self.deadlines.get(&id) else {
-                continue;
-            };
-            let silent_since = deadline.checked_sub(self.session).unwrap_or(deadline);
             let suspected = self.suspects.remove(&id);
+            // Silence is counted within a session at this epoch; without one (just
+            // registered, or this node just started leading) only a suspicion probes.
+            let silent = match self.deadlines.get(&id) {
+                Some(&(epoch, deadline)) if epoch == b.epoch => {
+                    let silent_since = deadline.checked_sub(self.session).unwrap_or(deadline);
+                    now >= silent_since + PROBE_AFTER
+                }
+                _ => false,
+            };
             if id == me
-                || epoch != b.epoch
-                || (now < silent_since + PROBE_AFTER && !suspected)
+                || !(silent || suspected)
                 || self.probing.contains(&id)
-                || self.refused.get(&id) == Some(&epoch)
+                || self.refused.get(&id) == Some(&b.epoch)
             {
                 continue;
             }
@@ -112,7 +121,7 @@ impl Liveness {
                 continue;
             };
             self.probing.insert(id);
-            out.push((id, epoch, n.host.clone(), n.port));
+            out.push((id, b.epoch, n.host.clone(), n.port));
         }
         out
     }
@@ -165,7 +174,11 @@ impl Liveness {
             };
             let crashed = self.refused.get(&id) == Some(&b.epoch);
             if deadline <= now || crashed {
-                expired.push(Command::FenceBroker { id, epoch: b.epoch });
+                expired.push(Command::FenceBroker {
+                    id,
+                    epoch: b.epoch,
+                    at_ms: crate::now_ms(),
+                });
             }
         }
         // Every live broker expired at once: far likelier that this controller stalled
@@ -233,6 +246,12 @@ pub(crate) async fn run(node: Weak<MetaNode>) {
             }
             continue;
         }
+        if !leading {
+            // A new leader knows nothing of the brokers' sessions, and the one it replaced
+            // may have died with others (a host lost): probe every broker once now rather
+            // than after PROBE_AFTER of silence. A live one costs a connect.
+            node.read(|st| node.liveness.lock().suspect_all(st));
+        }
         leading = true;
         let now = Instant::now();
         let probes = node.read(|st| node.liveness.lock().to_probe(st, node.node_id, now));
@@ -270,7 +289,7 @@ pub(crate) async fn run(node: Weak<MetaNode>) {
 async fn submit_all(node: &MetaNode, commands: Vec<Command>) -> bool {
     for cmd in commands {
         match &cmd {
-            Command::FenceBroker { id, epoch } => {
+            Command::FenceBroker { id, epoch, .. } => {
                 metrics::counter!("shale_brokers_fenced_total").increment(1);
                 tracing::info!(
                     broker = id,
@@ -358,10 +377,14 @@ impl MetaNode {
     /// Fences broker `id` at `epoch` now (a controlled shutdown fences itself so the
     /// controller moves its partitions without waiting for the session to expire).
     pub async fn fence_broker(&self, id: u64, epoch: u64) -> Result<(), crate::MetaError> {
-        self.submit(Command::FenceBroker { id, epoch })
-            .await
-            .map(|_| ())
-            .map_err(crate::MetaError::from)
+        self.submit(Command::FenceBroker {
+            id,
+            epoch,
+            at_ms: crate::now_ms(),
+        })
+        .await
+        .map(|_| ())
+        .map_err(crate::MetaError::from)
     }
 
     /// Heartbeats broker `id` at `epoch` to the metadata leader every `interval`.
@@ -504,6 +527,7 @@ mod tests {
                     epoch,
                     incarnation: [id as u8; 16],
                     fenced,
+                    fenced_at_ms: 0,
                 },
             );
         }
@@ -530,7 +554,7 @@ mod tests {
     fn fences(cmds: &[Command]) -> Vec<(u64, u64)> {
         cmds.iter()
             .filter_map(|c| match c {
-                Command::FenceBroker { id, epoch } => Some((*id, *epoch)),
+                Command::FenceBroker { id, epoch, .. } => Some((*id, *epoch)),
                 _ => None,
             })
             .collect()
@@ -637,6 +661,41 @@ mod tests {
         // was used up.
         l.probed(2, 2, false);
         assert!(fences(&l.plan(&st, t0)).is_empty());
+        assert!(l.to_probe(&st, 1, t0).is_empty());
+    }
+
+    #[test]
+    fn a_new_leader_probes_every_broker_at_once_and_fences_the_dead_ones() {
+        let mut st = state(&[(1, 1, false), (2, 2, false), (3, 3, false)], &[]);
+        for id in 1..=3 {
+            st.nodes.insert(
+                id,
+                crate::NodeMeta {
+                    id,
+                    host: "127.0.0.1".into(),
+                    port: 9000 + id as u16,
+                    rack: None,
+                },
+            );
+        }
+        // Node 1 just started leading: no sessions, no heartbeats yet. The old leader may
+        // have died with others, so each broker but itself is probed now, not after
+        // PROBE_AFTER of silence.
+        let mut l = Liveness::new(SESSION);
+        let t0 = Instant::now();
+        l.suspect_all(&st);
+        assert_eq!(
+            l.to_probe(&st, 1, t0),
+            vec![
+                (2, 2, "127.0.0.1".to_string(), 9002),
+                (3, 3, "127.0.0.1".to_string(), 9003)
+            ]
+        );
+        l.probed(2, 2, false);
+        l.probed(3, 3, true);
+        // The refused one is fenced at the first plan; the one that answered has a full
+        // session (KAFKA-15019: a metadata failover fences no healthy broker).
+        assert_eq!(fences(&l.plan(&st, t0)), vec![(3, 3)]);
         assert!(l.to_probe(&st, 1, t0).is_empty());
     }
 

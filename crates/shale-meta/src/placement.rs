@@ -88,6 +88,7 @@ mod tests {
                     epoch: id,
                     incarnation: [id as u8; 16],
                     fenced,
+                    fenced_at_ms: 0,
                 },
             );
         }

@@ -62,6 +62,8 @@ pub(crate) struct PbBroker {
     pub incarnation: Vec<u8>,
     #[prost(bool, tag = "4")]
     pub fenced: bool,
+    #[prost(int64, tag = "5")]
+    pub fenced_at_ms: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -263,6 +265,7 @@ pub(crate) fn encode(state: &ClusterState) -> Vec<u8> {
             epoch: b.epoch,
             incarnation: b.incarnation.to_vec(),
             fenced: b.fenced,
+            fenced_at_ms: b.fenced_at_ms,
         };
         message::encode(10, &pb, &mut buf);
     }
@@ -321,6 +324,7 @@ fn from_pb(pb: PbState) -> io::Result<ClusterState> {
                 epoch: b.epoch,
                 incarnation,
                 fenced: b.fenced,
+                fenced_at_ms: b.fenced_at_ms,
             },
         );
     }
@@ -435,6 +439,7 @@ mod tests {
                 epoch: 7,
                 incarnation: [0xfe; 16],
                 fenced: true,
+                fenced_at_ms: 1_700_000_000_456,
             },
         );
         s.nodes.insert(

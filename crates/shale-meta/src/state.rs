@@ -239,11 +239,13 @@ impl MetaState {
             Command::RegisterBroker { node, incarnation } => Ok(Response::BrokerEpoch(
                 self.register_broker(node, incarnation),
             )),
-            Command::FenceBroker { id, epoch } => {
+            Command::FenceBroker { id, epoch, at_ms } => {
                 if let Some(b) = self.state.brokers.get_mut(&id)
                     && b.epoch == epoch
+                    && !b.fenced
                 {
                     b.fenced = true;
+                    b.fenced_at_ms = at_ms;
                 }
                 Ok(Response::Ok)
             }
@@ -278,6 +280,7 @@ impl MetaState {
                 epoch,
                 incarnation,
                 fenced: false,
+                fenced_at_ms: 0,
             },
         );
         epoch

@@ -99,6 +99,11 @@ pub enum Command {
     FenceBroker {
         id: u64,
         epoch: u64,
+        /// When the controller decided (ms since the epoch), so replicas agree on how long
+        /// the broker has been fenced (Metadata keeps listing it briefly; see
+        /// [`crate::BrokerRegistration::fenced_at_ms`]). 0 in entries written before it.
+        #[serde(default)]
+        at_ms: i64,
     },
     /// Ownership moves, each applied only if the partition is still owned by `from`
     /// (compare-and-set, so a stale plan moves nothing).
@@ -168,7 +173,7 @@ impl fmt::Display for Command {
                 write!(f, "AllocateProducerIds({count} for node {node})")
             }
             Command::RegisterBroker { node, .. } => write!(f, "RegisterBroker({})", node.id),
-            Command::FenceBroker { id, epoch } => write!(f, "FenceBroker({id}, epoch {epoch})"),
+            Command::FenceBroker { id, epoch, .. } => write!(f, "FenceBroker({id}, epoch {epoch})"),
             Command::MovePartitions { moves } => write!(f, "MovePartitions({} moves)", moves.len()),
             Command::ReplaceStreamRanges {
                 stream_id,

@@ -46,7 +46,7 @@ pub async fn describe_cluster(
             ))))
             .with_endpoint_type(ENDPOINT_BROKERS);
     }
-    let brokers = metadata::brokers(broker)
+    let brokers = metadata::live_brokers(broker)
         .into_iter()
         .map(|b| {
             DescribeClusterBroker::default()

@@ -10,6 +10,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Reported when the client did not ask for authorized operations.
 const OPERATIONS_OMITTED: i32 = i32::MIN;
@@ -102,13 +103,46 @@ pub(crate) fn cluster_id(broker: &Broker) -> String {
     broker.meta.read(|s| s.cluster_id.clone())
 }
 
+/// How long Metadata keeps listing a broker after it was fenced. Its partitions name their
+/// new owners from the same moment, so clients move them first and drop the broker after:
+/// librdkafka, seeing a broker leave the list in the response that moves its partitions,
+/// decommissions it and parks those partitions on its internal broker until the next
+/// one-second topic scan (a second of unavailability on every failover). Listing a dead
+/// node is harmless: no partition or coordinator points at it, so no client needs it.
+pub(crate) const FENCED_BROKER_LISTED: Duration = Duration::from_secs(10);
+
+/// The brokers Metadata lists: the live ones, and others fenced less than
+/// [`FENCED_BROKER_LISTED`] ago. This node lists itself only while it is live: a restarted
+/// node is not listed by itself until it registered again (readiness probes rely on that).
 pub(crate) fn brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
-    // As Kafka's KRaft brokers: fenced brokers are left out (a partition they owned has
-    // moved, and a client should not try them).
+    let now_ms = crate::now_ms();
+    let me = broker.config.node_id as u64;
+    brokers_where(broker, |id, b| {
+        if id == me {
+            !b.fenced
+        } else {
+            listed(b, now_ms)
+        }
+    })
+}
+
+fn listed(b: &shale_meta::BrokerRegistration, now_ms: i64) -> bool {
+    !b.fenced || now_ms - b.fenced_at_ms < FENCED_BROKER_LISTED.as_millis() as i64
+}
+
+/// The live brokers (DescribeCluster: an operator's view of who serves now).
+pub(crate) fn live_brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
+    brokers_where(broker, |_, b| !b.fenced)
+}
+
+fn brokers_where(
+    broker: &Broker,
+    listed: impl Fn(u64, &shale_meta::BrokerRegistration) -> bool,
+) -> Vec<MetadataResponseBroker> {
     let mut nodes: Vec<MetadataResponseBroker> = broker.meta.read(|s| {
         s.nodes
             .values()
-            .filter(|n| !s.brokers.get(&n.id).is_some_and(|b| b.fenced))
+            .filter(|n| s.brokers.get(&n.id).is_none_or(|b| listed(n.id, b)))
             .map(|n| {
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(n.id as i32))
@@ -263,4 +297,36 @@ pub(crate) fn leader_epoch_of(broker: &Broker, topic: &str, partition: i32) -> O
             s.streams.get(&p.stream_id).map_or(0, |m| m.epoch),
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registration(fenced: bool, fenced_at_ms: i64) -> shale_meta::BrokerRegistration {
+        shale_meta::BrokerRegistration {
+            epoch: 1,
+            incarnation: [1; 16],
+            fenced,
+            fenced_at_ms,
+        }
+    }
+
+    #[test]
+    fn a_fenced_broker_stays_listed_briefly_so_clients_move_its_partitions_first() {
+        let now = 1_800_000_000_000;
+        let grace = FENCED_BROKER_LISTED.as_millis() as i64;
+        assert!(
+            listed(&registration(false, 0), now),
+            "live brokers are listed"
+        );
+        assert!(listed(&registration(true, now), now), "just fenced");
+        assert!(listed(&registration(true, now - grace + 1), now));
+        assert!(
+            !listed(&registration(true, now - grace), now),
+            "gone after the grace"
+        );
+        // Fenced by a log entry from before the stamp: as Kafka, left out.
+        assert!(!listed(&registration(true, 0), now));
+    }
 }
