@@ -121,9 +121,12 @@ impl Broker {
         Ok(broker)
     }
 
-    /// Accepts Kafka connections until shutdown.
+    /// Accepts Kafka connections until a shutdown has handed the partitions off. As Kafka's
+    /// controlled shutdown, the listener stays open meanwhile: a client that reconnects is
+    /// told where its partitions went, and the controller's crash probe (a refused connect
+    /// means the process is gone) does not take a node that is handing off for a dead one.
     pub async fn serve(self: &Arc<Self>, listener: TcpListener) {
-        let mut stop = self.shutdown.subscribe();
+        let mut stop = self.closing.subscribe();
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -141,8 +144,8 @@ impl Broker {
         }
     }
 
-    /// Stops accepting, drains the WAL (in-flight appends are committed and acked), hands
-    /// its partitions to the other live brokers (a controlled shutdown) and stops.
+    /// Drains the WAL (in-flight appends are committed and acked), hands its partitions to
+    /// the other live brokers (a controlled shutdown), stops accepting and stops.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
         // A metadata leader hands leadership over first: the drain's WAL commits and the

@@ -58,7 +58,12 @@ impl Broker {
             .ok_or(PeerError::UnknownNode(node))?;
         let failed = |reason: String| PeerError::Failed { node, reason };
         let request = encode(self.config.node_id, api, version, &body).map_err(failed)?;
-        let pooled = self.peers.idle.lock().get_mut(&addr).and_then(Vec::pop);
+        let pooled = self
+            .peers
+            .idle
+            .lock()
+            .get_mut(&addr)
+            .and_then(shale_meta::take_open_connection);
         let mut conn = match pooled {
             Some(c) => c,
             None => {

@@ -32,6 +32,7 @@ mod sm_store;
 pub use liveness::{BrokerStatus, Heartbeats};
 #[doc(hidden)]
 pub use rpc::fuzz_decode as fuzz_rpc_decode;
+pub use rpc::take_open as take_open_connection;
 pub use types::PartitionMove;
 mod snapshot_format;
 mod state;

@@ -221,6 +221,23 @@ pub(crate) struct Peer {
     idle: parking_lot::Mutex<Vec<TcpStream>>,
 }
 
+/// The newest of `idle` (a pool of connections to one peer) that the peer has not closed;
+/// closed ones are dropped. A restarted or killed peer's old connections end with it (its
+/// kernel closes them): a request sent on one would be lost with its outcome unknown (a
+/// forwarded write "may have been applied") for nothing.
+pub fn take_open(idle: &mut Vec<TcpStream>) -> Option<TcpStream> {
+    while let Some(s) = idle.pop() {
+        let mut probe = [0u8; 1];
+        match s.try_read(&mut probe) {
+            // Nothing to read and not closed: usable.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(s),
+            // Closed (0), an unsolicited byte, or an error: drop it.
+            _ => continue,
+        }
+    }
+    None
+}
+
 /// Idle connections kept per peer; more concurrent calls open (and then drop) their own.
 const MAX_IDLE: usize = 4;
 
@@ -234,13 +251,17 @@ impl Peer {
 
     /// Sends `req` and waits for its reply, for at most `timeout` in all (connecting
     /// included).
+    fn pop_open(&self) -> Option<TcpStream> {
+        take_open(&mut self.idle.lock())
+    }
+
     pub(crate) async fn call(
         &self,
         req: &PbRequest,
         timeout: Duration,
     ) -> Result<PbReply, CallError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let cached = self.idle.lock().pop();
+        let cached = self.pop_open();
         let mut stream = match cached {
             Some(s) => s,
             None => match tokio::time::timeout(
@@ -365,6 +386,31 @@ mod tests {
         assert!(!slow.is_finished());
         slow.abort();
         accepted.abort();
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_peer_closed_while_idle_is_not_used_again() {
+        // A peer that answers one request per connection and then closes it, as a restarted
+        // process's old connections are closed by the kernel.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let _: PbRequest = read_frame(&mut s).await.unwrap();
+                write_frame(&mut s, &PbReply::new(&"ok").unwrap())
+                    .await
+                    .unwrap();
+            }
+        });
+        let peer = Peer::new(addr);
+        let req = PbRequest::new(Kind::Heartbeat, &()).unwrap();
+        peer.call(&req, Duration::from_secs(5)).await.unwrap();
+        // The answered connection went back to the pool; the peer has closed it since.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The next call opens a new one instead of losing its request's outcome on it.
+        let reply = peer.call(&req, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(reply.decode_body::<String>().unwrap(), "ok");
+        server.abort();
     }
 
     #[tokio::test]

@@ -684,6 +684,14 @@ impl Stream {
         self.shared.usable()
     }
 
+    /// An append now would be taken: writable, and the WAL not shut down. Callers that
+    /// check something against the stream's state before appending (a producer's sequence)
+    /// ask this first, so that a request the append would refuse is refused for that reason
+    /// and not judged against a state the refused appends before it never reached.
+    pub fn accepts_appends(&self) -> bool {
+        self.shared.usable() && !self.inner.wal.is_closed()
+    }
+
     /// Fenced: a newer open took the stream over, or an append of this handle failed (its
     /// offsets may have a hole). A handle closed by its owner (or by the store's shutdown) is
     /// not fenced: its committed end is the stream's.

@@ -2217,3 +2217,19 @@ mod exclusive_put {
         assert_eq!(kept, data);
     }
 }
+
+#[tokio::test]
+async fn a_handle_takes_no_appends_once_the_wal_is_shut_down_though_it_is_still_writable() {
+    let env = Env::new(config());
+    let s = env.store.open(1).await.unwrap();
+    assert!(s.accepts_appends());
+    // What a shutdown does first; it closes the handles only after the WAL has drained.
+    env.store.inner.wal.close();
+    assert!(s.is_writable());
+    assert!(!s.accepts_appends(), "an append would be refused now");
+    assert!(matches!(
+        s.append(1, 0, |b| payload(1, b, 10)),
+        Err(StreamError::ShuttingDown)
+    ));
+    env.store.shutdown().await;
+}

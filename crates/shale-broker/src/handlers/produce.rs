@@ -715,6 +715,16 @@ async fn append_partition(
     // The producer-state check and the append it admits are one step under the partition's
     // append lock (header fields only: no per-record work).
     let mut producers = part.owned.producers.lock();
+    // An append refused (the stream fenced, the WAL shut down) left the producer's sequence
+    // where it was, so the pipelined batches after it would now fail the sequence check.
+    // As Kafka, a node that cannot append says NOT_LEADER_OR_FOLLOWER to all of them: an
+    // OUT_OF_ORDER_SEQUENCE_NUMBER makes librdkafka bump its epoch and drain every partition.
+    if !stream.accepts_appends() {
+        return Err((
+            ResponseError::NotLeaderOrFollower,
+            format!("{topic}-{index} takes no appends on this node now"),
+        ));
+    }
     // Under the append lock: a marker cannot close the transaction between this check
     // and the append (Kafka's VerificationGuard).
     verify_transactional(
