@@ -80,7 +80,8 @@ pub(crate) async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAd
     });
 
     let mut stop = broker.closing_signal();
-    let mut closing = false;
+    // A connection accepted as the node started closing would never see the change.
+    let mut closing = *stop.borrow_and_update();
     let limit = broker.config.socket_request_max_bytes;
     loop {
         // Once the node is closing (a controlled shutdown handed its partitions off), the

@@ -129,6 +129,8 @@ impl Broker {
         let mut stop = self.closing.subscribe();
         loop {
             tokio::select! {
+                biased;
+                _ = stop.changed() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((socket, peer)) => {
                         let _ = socket.set_nodelay(true);
@@ -139,7 +141,6 @@ impl Broker {
                         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
                 },
-                _ = stop.changed() => break,
             }
         }
     }

@@ -192,6 +192,15 @@ impl MetaNode {
         }
     }
 
+    /// Where this node reaches node `id`'s metadata RPC listener, if `id` is in the quorum's
+    /// membership (voters and learners: every node).
+    pub(crate) fn rpc_address(&self, id: u64) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let recorded = &m.membership_config.get_node(&id)?.addr;
+        Some(self.address_of(id, recorded))
+    }
+
     /// The leader this node knows of, with its RPC address.
     pub(crate) fn known_leader(&self) -> Option<(u64, String)> {
         let m = self.raft.metrics();

@@ -9,15 +9,17 @@
 //!   (`broker.session.timeout.ms` after its last heartbeat) has passed is fenced
 //!   (`FenceBroker`, a Raft write at that epoch), and the partitions of fenced brokers move
 //!   to live ones, least loaded first (`MovePartitions`, compare-and-set on the old owner).
-//!   [`Liveness::plan`] decides both; it is a pure function of the state, the deadlines and
-//!   the time, so it is tested without a cluster. It never fences every live broker at once
+//!   [`Liveness::plan`] decides both from the state, the deadlines and the time (it only
+//!   stamps each fence with the wall clock), so it is tested without a cluster. It never fences every live broker at once
 //!   (a lone node, or a controller that stalled): nobody would be left to take over.
 //! - A new leader knows no deadlines: it gives every registered broker a full session from
-//!   the moment it leads, so a metadata failover never fences a healthy broker (KAFKA-15019).
+//!   the moment it leads, so a metadata failover never fences a healthy broker (KAFKA-15019),
+//!   and probes every broker once (the old leader may have died with others). A controller
+//!   that stalled moves every deadline by the time it lost ([`Liveness::resumed`]).
 //! - A crashed process is told apart from a slow one without waiting out its session: a
-//!   broker silent for [`PROBE_AFTER`] is probed with a TCP connect to its advertised
-//!   listener, and one whose port *refuses* the connection (nothing listens there: the
-//!   process is gone) is fenced at once. A paused or cut-off node does not refuse (its
+//!   broker silent for [`PROBE_AFTER`] (or whose heartbeat connection ended) is probed with
+//!   a TCP connect to its metadata RPC listener, and one whose port *refuses* the connection
+//!   (nothing listens there: the process is gone) is fenced at once. A paused or cut-off node does not refuse (its
 //!   kernel still accepts, or nothing answers at all), so it keeps its full session.
 //! - The broker side ([`MetaNode::start_heartbeats`]) reports [`BrokerStatus::Expired`]
 //!   once no heartbeat has been answered for the session minus two intervals: it stops
@@ -39,6 +41,12 @@ pub(crate) const TICK: Duration = Duration::from_millis(100);
 /// How long a broker is silent before the controller probes its listener (two heartbeat
 /// intervals at the defaults: one late heartbeat is not enough).
 pub(crate) const PROBE_AFTER: Duration = Duration::from_millis(500);
+
+/// A gap this long between two controller rounds (ticks are 100 ms) means the controller
+/// itself stalled; see [`Liveness::resumed`]. A SIGSTOPped metadata leader that came back
+/// before anyone replaced it fenced both other brokers of a 3-node chaos run on sessions
+/// that had expired only while it was stopped.
+const STALL: Duration = Duration::from_millis(500);
 
 /// How long a probe's connect may take; no answer in time proves nothing.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
@@ -66,6 +74,16 @@ impl Liveness {
             refused: HashMap::new(),
             probing: HashSet::new(),
             suspects: HashSet::new(),
+        }
+    }
+
+    /// This controller did not run for `stalled` (its process was paused, or starved): the
+    /// heartbeats it did not read meanwhile are its own silence, not the brokers'. Every
+    /// deadline moves by that much (only the lost time: repeated stalls cannot keep a dead
+    /// broker unfenced); a refused probe still fences at once.
+    pub(crate) fn resumed(&mut self, stalled: Duration) {
+        for (_, deadline) in self.deadlines.values_mut() {
+            *deadline += stalled;
         }
     }
 
@@ -225,16 +243,20 @@ fn moves_off_fenced(state: &ClusterState) -> Vec<PartitionMove> {
 /// The leader's controller loop; runs on every node, acts only while it leads.
 pub(crate) async fn run(node: Weak<MetaNode>) {
     let mut leading = false;
+    let mut last_round;
     // Woken early by a fence or registration being applied, or a probe finding a crashed
     // process (`Shared::controller_wake`).
     let Some(shared) = node.upgrade().map(|n| n.shared.clone()) else {
         return;
     };
     loop {
+        last_round = Instant::now();
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
             _ = shared.controller_wake.notified() => {}
         }
+        // Only the wait's overshoot counts: a round's own Raft writes are not a stall.
+        let stalled = last_round.elapsed().saturating_sub(TICK);
         let Some(node) = node.upgrade() else {
             return;
         };
@@ -246,6 +268,13 @@ pub(crate) async fn run(node: Weak<MetaNode>) {
             }
             continue;
         }
+        if leading && stalled >= STALL {
+            tracing::warn!(
+                stalled_ms = stalled.as_millis() as u64,
+                "controller: this node stalled; the brokers' deadlines move by as much"
+            );
+            node.liveness.lock().resumed(stalled);
+        }
         if !leading {
             // A new leader knows nothing of the brokers' sessions, and the one it replaced
             // may have died with others (a host lost): probe every broker once now rather
@@ -256,11 +285,19 @@ pub(crate) async fn run(node: Weak<MetaNode>) {
         let now = Instant::now();
         let probes = node.read(|st| node.liveness.lock().to_probe(st, node.node_id, now));
         for (id, epoch, host, port) in probes {
+            // The node's metadata RPC listener: the leader reaches it anyway (it replicates
+            // to every node), and it stays open until the process has handed off and stops.
+            // An advertised Kafka listener may not be reachable from here at all (one that
+            // names `localhost` for clients on the host). Kafka's listener only for a node
+            // outside the membership.
+            let addr = node
+                .rpc_address(id)
+                .unwrap_or_else(|| format!("{host}:{port}"));
             let weak = Arc::downgrade(&node);
             tokio::spawn(async move {
-                let refused = connection_refused(&host, port).await;
+                let refused = connection_refused(&addr).await;
                 if refused {
-                    tracing::info!(broker = id, %host, port, "controller: a silent (or disconnected) broker's listener refuses connections");
+                    tracing::info!(broker = id, %addr, "controller: a silent (or disconnected) broker's process refuses connections");
                 }
                 if let Some(n) = weak.upgrade() {
                     n.liveness.lock().probed(id, epoch, refused);
@@ -316,9 +353,9 @@ async fn submit_all(node: &MetaNode, commands: Vec<Command>) -> bool {
 
 /// Whether a TCP connect to `host:port` is refused: nothing listens there. A timeout, an
 /// unreachable network or a failed lookup prove nothing and count as not refused.
-async fn connection_refused(host: &str, port: u16) -> bool {
+async fn connection_refused(addr: &str) -> bool {
     matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect((host, port))).await,
+        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
     )
 }
@@ -662,6 +699,28 @@ mod tests {
         l.probed(2, 2, false);
         assert!(fences(&l.plan(&st, t0)).is_empty());
         assert!(l.to_probe(&st, 1, t0).is_empty());
+    }
+
+    #[test]
+    fn a_controller_that_stalled_fences_nobody_for_the_heartbeats_it_did_not_read() {
+        let st = state(&[(1, 1, false), (2, 2, false), (3, 3, false)], &[]);
+        let mut l = Liveness::new(SESSION);
+        let t0 = Instant::now();
+        l.plan(&st, t0);
+        for id in 1..=3 {
+            l.heartbeat(&st, id, id, t0);
+        }
+        // Paused for two sessions: the brokers heartbeated all along, unread.
+        let resumed = t0 + SESSION * 2;
+        l.resumed(SESSION * 2);
+        assert!(fences(&l.plan(&st, resumed)).is_empty());
+        // Their queued heartbeats arrive; broker 2 stays silent a whole session after.
+        let later = resumed + SESSION;
+        for id in [1, 3] {
+            l.heartbeat(&st, id, id, resumed);
+            l.heartbeat(&st, id, id, later);
+        }
+        assert_eq!(fences(&l.plan(&st, later)), vec![(2, 2)]);
     }
 
     #[test]

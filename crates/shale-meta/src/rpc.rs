@@ -249,12 +249,12 @@ impl Peer {
         }
     }
 
-    /// Sends `req` and waits for its reply, for at most `timeout` in all (connecting
-    /// included).
     fn pop_open(&self) -> Option<TcpStream> {
         take_open(&mut self.idle.lock())
     }
 
+    /// Sends `req` and waits for its reply, for at most `timeout` in all (connecting
+    /// included).
     pub(crate) async fn call(
         &self,
         req: &PbRequest,

@@ -107,13 +107,16 @@ pub(crate) fn cluster_id(broker: &Broker) -> String {
 /// new owners from the same moment, so clients move them first and drop the broker after:
 /// librdkafka, seeing a broker leave the list in the response that moves its partitions,
 /// decommissions it and parks those partitions on its internal broker until the next
-/// one-second topic scan (a second of unavailability on every failover). Listing a dead
-/// node is harmless: no partition or coordinator points at it, so no client needs it.
-pub(crate) const FENCED_BROKER_LISTED: Duration = Duration::from_secs(10);
+/// one-second topic scan (a second of unavailability on every failover). Three seconds cover
+/// a client's next metadata after the move. Not free: no partition or coordinator points at
+/// the dead node, but admin calls sent to every listed broker (ListGroups, ListTransactions)
+/// fail or wait on it meanwhile, as they do against Kafka until its session timeout.
+pub(crate) const FENCED_BROKER_LISTED: Duration = Duration::from_secs(3);
 
 /// The brokers Metadata lists: the live ones, and others fenced less than
-/// [`FENCED_BROKER_LISTED`] ago. This node lists itself only while it is live: a restarted
-/// node is not listed by itself until it registered again (readiness probes rely on that).
+/// [`FENCED_BROKER_LISTED`] ago. This node lists itself only while its registration is not
+/// fenced: a restarted node whose old registration was fenced is not listed by itself until
+/// it registered again (readiness probes rely on that).
 pub(crate) fn brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
     let now_ms = crate::now_ms();
     let me = broker.config.node_id as u64;
@@ -126,8 +129,11 @@ pub(crate) fn brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
     })
 }
 
+/// A fenced broker's stamp is the controller's clock: bounded both ways, so a clock far
+/// behind or ahead of the controller's cannot list it for longer.
 fn listed(b: &shale_meta::BrokerRegistration, now_ms: i64) -> bool {
-    !b.fenced || now_ms - b.fenced_at_ms < FENCED_BROKER_LISTED.as_millis() as i64
+    let grace = FENCED_BROKER_LISTED.as_millis() as i64;
+    !b.fenced || (now_ms - b.fenced_at_ms).abs() < grace
 }
 
 /// The live brokers (DescribeCluster: an operator's view of who serves now).
@@ -137,12 +143,12 @@ pub(crate) fn live_brokers(broker: &Broker) -> Vec<MetadataResponseBroker> {
 
 fn brokers_where(
     broker: &Broker,
-    listed: impl Fn(u64, &shale_meta::BrokerRegistration) -> bool,
+    keep: impl Fn(u64, &shale_meta::BrokerRegistration) -> bool,
 ) -> Vec<MetadataResponseBroker> {
     let mut nodes: Vec<MetadataResponseBroker> = broker.meta.read(|s| {
         s.nodes
             .values()
-            .filter(|n| s.brokers.get(&n.id).is_none_or(|b| listed(n.id, b)))
+            .filter(|n| s.brokers.get(&n.id).is_none_or(|b| keep(n.id, b)))
             .map(|n| {
                 MetadataResponseBroker::default()
                     .with_node_id(BrokerId(n.id as i32))
@@ -173,12 +179,13 @@ fn error_topic(name: &str, code: ResponseError) -> MetadataResponseTopic {
 fn describe_topic(broker: &Broker, name: &str, _version: i16) -> MetadataResponseTopic {
     let found = broker.meta.read(|s| {
         let t = s.topics.get(name)?;
-        let parts: Vec<(u64, i32)> = t
+        let parts: Vec<(u64, i32, bool)> = t
             .partitions
             .iter()
             .map(|p| {
                 let epoch = s.streams.get(&p.stream_id).map(|m| m.epoch).unwrap_or(0);
-                (p.owner, leader_epoch(epoch))
+                let fenced = s.brokers.get(&p.owner).is_some_and(|b| b.fenced);
+                (p.owner, leader_epoch(epoch), fenced)
             })
             .collect();
         Some((t.id, parts))
@@ -189,15 +196,7 @@ fn describe_topic(broker: &Broker, name: &str, _version: i16) -> MetadataRespons
     let partitions = parts
         .into_iter()
         .enumerate()
-        .map(|(i, (owner, epoch))| {
-            let leader = BrokerId(owner as i32);
-            MetadataResponsePartition::default()
-                .with_partition_index(i as i32)
-                .with_leader_id(leader)
-                .with_leader_epoch(epoch)
-                .with_replica_nodes(vec![leader])
-                .with_isr_nodes(vec![leader])
-        })
+        .map(|(i, (owner, epoch, fenced))| partition_entry(i as i32, owner, epoch, fenced))
         .collect();
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(name.to_string()))))
@@ -205,6 +204,25 @@ fn describe_topic(broker: &Broker, name: &str, _version: i16) -> MetadataRespons
         .with_is_internal(topics::is_internal(name))
         .with_partitions(partitions)
         .with_topic_authorized_operations(OPERATIONS_OMITTED)
+}
+
+/// One partition of a Metadata answer: its owner leads it, unless the owner is fenced and
+/// the move is not applied yet (or no live broker can take it). Then, as Kafka for a
+/// partition whose only replica is offline, it has no leader: clients re-ask at once
+/// (librdkafka every 100 ms and up) instead of trying the dead node.
+fn partition_entry(index: i32, owner: u64, epoch: i32, fenced: bool) -> MetadataResponsePartition {
+    let replica = BrokerId(owner as i32);
+    let p = MetadataResponsePartition::default()
+        .with_partition_index(index)
+        .with_leader_epoch(epoch)
+        .with_replica_nodes(vec![replica]);
+    if fenced {
+        p.with_error_code(ResponseError::LeaderNotAvailable.code())
+            .with_leader_id(BrokerId(-1))
+            .with_offline_replicas(vec![replica])
+    } else {
+        p.with_leader_id(replica).with_isr_nodes(vec![replica])
+    }
 }
 
 /// Checks a client's `current_leader_epoch` (-1: no check) against the partition's, as Kafka
@@ -303,6 +321,21 @@ pub(crate) fn leader_epoch_of(broker: &Broker, topic: &str, partition: i32) -> O
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_partition_whose_owner_is_fenced_has_no_leader_until_it_moves() {
+        let moving = partition_entry(3, 2, 7, true);
+        assert_eq!(moving.error_code, ResponseError::LeaderNotAvailable.code());
+        assert_eq!(moving.leader_id, BrokerId(-1));
+        assert_eq!(moving.offline_replicas, vec![BrokerId(2)]);
+        assert!(moving.isr_nodes.is_empty());
+        let led = partition_entry(3, 2, 7, false);
+        assert_eq!(
+            (led.error_code, led.leader_id, led.leader_epoch),
+            (0, BrokerId(2), 7)
+        );
+        assert_eq!(led.isr_nodes, vec![BrokerId(2)]);
+    }
+
     fn registration(fenced: bool, fenced_at_ms: i64) -> shale_meta::BrokerRegistration {
         shale_meta::BrokerRegistration {
             epoch: 1,
@@ -328,5 +361,7 @@ mod tests {
         );
         // Fenced by a log entry from before the stamp: as Kafka, left out.
         assert!(!listed(&registration(true, 0), now));
+        // A stamp from a controller clock far ahead does not keep it listed either.
+        assert!(!listed(&registration(true, now + grace), now));
     }
 }
