@@ -588,6 +588,23 @@ mod tests {
         s
     }
 
+    /// Every broker of `s` with a listener on 127.0.0.1, port 9000 + its id.
+    fn with_listeners(mut s: ClusterState) -> ClusterState {
+        let ids: Vec<u64> = s.brokers.keys().copied().collect();
+        for id in ids {
+            s.nodes.insert(
+                id,
+                crate::NodeMeta {
+                    id,
+                    host: "127.0.0.1".into(),
+                    port: 9000 + id as u16,
+                    rack: None,
+                },
+            );
+        }
+        s
+    }
+
     fn fences(cmds: &[Command]) -> Vec<(u64, u64)> {
         cmds.iter()
             .filter_map(|c| match c {
@@ -725,18 +742,7 @@ mod tests {
 
     #[test]
     fn a_new_leader_probes_every_broker_at_once_and_fences_the_dead_ones() {
-        let mut st = state(&[(1, 1, false), (2, 2, false), (3, 3, false)], &[]);
-        for id in 1..=3 {
-            st.nodes.insert(
-                id,
-                crate::NodeMeta {
-                    id,
-                    host: "127.0.0.1".into(),
-                    port: 9000 + id as u16,
-                    rack: None,
-                },
-            );
-        }
+        let st = with_listeners(state(&[(1, 1, false), (2, 2, false), (3, 3, false)], &[]));
         // Node 1 just started leading: no sessions, no heartbeats yet. The old leader may
         // have died with others, so each broker but itself is probed now, not after
         // PROBE_AFTER of silence.
@@ -760,18 +766,7 @@ mod tests {
 
     #[test]
     fn a_silent_broker_whose_port_refuses_is_fenced_before_its_session_ends() {
-        let mut st = state(&[(1, 1, false), (2, 2, false), (3, 3, false)], &[]);
-        for id in 1..=3 {
-            st.nodes.insert(
-                id,
-                crate::NodeMeta {
-                    id,
-                    host: "127.0.0.1".into(),
-                    port: 9000 + id as u16,
-                    rack: None,
-                },
-            );
-        }
+        let st = with_listeners(state(&[(1, 1, false), (2, 2, false), (3, 3, false)], &[]));
         let mut l = Liveness::new(SESSION);
         let t0 = Instant::now();
         l.plan(&st, t0);
