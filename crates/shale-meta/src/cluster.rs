@@ -203,11 +203,8 @@ impl MetaNode {
 
     /// The leader this node knows of, with its RPC address.
     pub(crate) fn known_leader(&self) -> Option<(u64, String)> {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
-        let id = m.current_leader?;
-        let addr = self.address_of(id, &m.membership_config.get_node(&id)?.addr);
-        Some((id, addr))
+        let id = self.raft.metrics().borrow_watched().current_leader?;
+        Some((id, self.rpc_address(id)?))
     }
 
     /// Whether a quorum acknowledged this leader within [`crate::liveness::LEADER_LEASE`] (a single voter

@@ -102,9 +102,10 @@ impl Liveness {
         self.suspects.insert(id);
     }
 
-    /// Every registered broker is a suspect (see [`Self::suspect`]): this node starts leading.
+    /// Every live broker is a suspect (see [`Self::suspect`]): this node starts leading.
     pub(crate) fn suspect_all(&mut self, state: &ClusterState) {
-        self.suspects.extend(state.brokers.keys().copied());
+        let live = state.brokers.iter().filter(|(_, b)| !b.fenced);
+        self.suspects.extend(live.map(|(&id, _)| id));
     }
 
     /// The live brokers (other than `me`) silent for [`PROBE_AFTER`], or suspected (see

@@ -47,6 +47,9 @@ struct Buffer {
 
 pub(crate) struct Wal {
     buffer: Mutex<Buffer>,
+    /// `Buffer::closed`, readable without the buffer's lock (every produce asks it first,
+    /// `Stream::accepts_appends`).
+    closed: std::sync::atomic::AtomicBool,
     /// Wakes the flusher: first entry buffered, batch bytes reached, or closed.
     wake: Notify,
     batch_bytes: usize,
@@ -67,6 +70,7 @@ impl Wal {
     pub fn new(batch_bytes: usize, max_inflight: usize) -> Self {
         Wal {
             buffer: Mutex::new(Buffer::default()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             wake: Notify::new(),
             batch_bytes: batch_bytes.max(1),
             inflight: Arc::new(Semaphore::new(max_inflight.max(1))),
@@ -119,12 +123,15 @@ impl Wal {
 
     /// Stops accepting appends and makes the flusher write what is buffered, then exit.
     pub fn close(&self) {
+        // First: whoever then finds the buffer closed also finds `is_closed`.
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
         self.buffer.lock().closed = true;
         self.wake.notify_one();
     }
 
     pub fn is_closed(&self) -> bool {
-        self.buffer.lock().closed
+        self.closed.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
