@@ -50,14 +50,15 @@ def shale_factory(request, moto, tmp_path):
     request.node._shale_procs = created
 
     def make(settings: dict | None = None, env: dict | None = None, mode: str = "serve",
-             start: bool = True, name: str | None = None, s3: bool = True) -> harness.Shale:
+             start: bool = True, name: str | None = None, s3: bool = True,
+             protocol: str = "PLAINTEXT") -> harness.Shale:
         if harness.reference_broker():
             node = harness.KafkaBroker(tmp_path / f"kafka{len(created) + 1}")
             created.append(node)
             return node.start() if start else node
         name = name or f"shale{len(created) + 1}"
         node = harness.Shale(tmp_path / name, mode=mode, moto=moto if (s3 and mode == "serve") else None,
-                             settings=settings, env=env, name=name)
+                             settings=settings, env=env, name=name, protocol=protocol)
         created.append(node)
         if start:
             node.start()

@@ -204,7 +204,7 @@ class Shale:
 
     def __init__(self, workdir: Path, mode: str = "serve", moto: MotoServer | None = None,
                  bucket: str | None = None, settings: dict | None = None, env: dict | None = None,
-                 name: str = "shale"):
+                 name: str = "shale", protocol: str = "PLAINTEXT"):
         assert mode in ("serve", "dev")
         self.name = name
         self.mode = mode
@@ -212,12 +212,15 @@ class Shale:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"
         self.port = free_port()
+        # A listener that is not PLAINTEXT cannot be probed by kproto: readiness is then the
+        # start banner's `bootstrap:` line in the log.
+        self.protocol = protocol
         self.moto = moto
         self.bucket = bucket
         self.settings = dict(self.DEFAULTS)
         if mode == "serve":
             self.settings.update({
-                "listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+                "listeners": f"{protocol}://127.0.0.1:{self.port}",
                 "data.dir": str(self.data_dir),
             })
             if moto is not None:
@@ -282,6 +285,8 @@ class Shale:
         """Until the port accepts connections and ApiVersions + Metadata are answered."""
         deadline = time.monotonic() + timeout
         last = None
+        if self.protocol != "PLAINTEXT":
+            return self._wait_banner(deadline)
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(
@@ -300,6 +305,20 @@ class Shale:
                 last = repr(e)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{self.name} not ready after {timeout}s ({last}):\n{tail(self.log, 80)}")
+            time.sleep(0.1)
+
+    def _wait_banner(self, deadline: float):
+        want = f"bootstrap: 127.0.0.1:{self.port}"
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode} while starting:\n{tail(self.log, 80)}")
+            text = self.log.read_text(errors="replace") if self.log.exists() else ""
+            # Each start appends to the log: count banners, not just find one.
+            if text.count(want) >= self.starts:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} printed no banner:\n{tail(self.log, 80)}")
             time.sleep(0.1)
 
     def kill9(self):

@@ -9,6 +9,7 @@ used to probe the UNSUPPORTED_VERSION fallback.
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import time
 
@@ -222,15 +223,18 @@ class Closed(Exception):
 
 
 class Conn:
-    def __init__(self, host: str, port: int, timeout: float = 30.0):
+    def __init__(self, host: str, port: int, timeout: float = 30.0, tls=None):
+        """`tls`: an ssl.SSLContext for a TLS listener (None: plaintext)."""
         self.sock = socket.create_connection((host, port), timeout=timeout)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         self.sock.settimeout(timeout)
         self.corr = 0
 
     @classmethod
-    def to(cls, bootstrap: str, timeout: float = 30.0) -> "Conn":
+    def to(cls, bootstrap: str, timeout: float = 30.0, tls=None) -> "Conn":
         host, port = bootstrap.rsplit(":", 1)
-        return cls(host, int(port), timeout)
+        return cls(host, int(port), timeout, tls)
 
     def close(self):
         try:
@@ -252,7 +256,7 @@ class Conn:
         while len(buf) < n:
             try:
                 chunk = self.sock.recv(n - len(buf))
-            except ConnectionResetError as e:
+            except (ConnectionResetError, ssl.SSLError) as e:
                 raise Closed(str(e)) from e
             if not chunk:
                 raise Closed(f"connection closed after {len(buf)} of {n} bytes")
@@ -289,6 +293,11 @@ class Conn:
             return False
         except (ConnectionResetError, BrokenPipeError):
             return True
+        except OSError as e:
+            # A TLS connection the server ends without close_notify.
+            if "EOF" in str(e) or "UNEXPECTED_EOF" in str(e):
+                return True
+            raise
         if data:
             raise AssertionError(f"expected the connection to be closed, got {len(data)} bytes: {data[:64]!r}")
         return True

@@ -69,6 +69,10 @@ pub struct BrokerConfig {
     /// `broker.session.timeout.ms`: the broker stops serving what it owns when no heartbeat
     /// was answered for this long minus two intervals (the controller fences it after this).
     pub broker_session_timeout: Duration,
+    /// `authorizer.class.name` set: ACLs are enforced with these settings (`super.users`,
+    /// `allow.everyone.if.no.acl.found`). `None`: every request is allowed, as in Kafka
+    /// without an authorizer.
+    pub authorizer: Option<shale_security::acl::AuthorizerConfig>,
 }
 
 impl Default for BrokerConfig {
@@ -103,6 +107,7 @@ impl Default for BrokerConfig {
             transaction_state_num_partitions: 50,
             broker_heartbeat_interval: Duration::from_millis(250),
             broker_session_timeout: Duration::from_millis(1500),
+            authorizer: None,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::Broker;
 use crate::dispatch::{self, Started};
+use crate::session::{Admit, Session};
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
 use shale_protocol::envelope;
@@ -14,8 +15,7 @@ use shale_protocol::fetch_frame::{self, FrameChunks};
 use shale_protocol::frame::{FrameError, read_frame};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -53,8 +53,13 @@ async fn write_frame<W: AsyncWrite + Unpin>(
     w.flush().await
 }
 
-pub(crate) async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
-    let (mut reader, writer) = socket.into_split();
+/// Serves one connection (plain TCP or TLS) whose identity so far is `session`.
+pub(crate) async fn serve<S>(broker: Arc<Broker>, socket: S, mut session: Session)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let peer = session.peer;
+    let (mut reader, writer) = tokio::io::split(socket);
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER, writer);
     let (tx, mut rx) = mpsc::channel::<Pending>(MAX_IN_FLIGHT);
 
@@ -112,10 +117,10 @@ pub(crate) async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAd
                 break;
             }
         };
-        let Some(pending) = start_request(&broker, frame, peer).await else {
+        let Some((pending, then_close)) = start_request(&broker, &mut session, frame).await else {
             break;
         };
-        if tx.send(pending).await.is_err() {
+        if tx.send(pending).await.is_err() || then_close {
             break;
         }
     }
@@ -124,8 +129,13 @@ pub(crate) async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAd
 }
 
 /// Starts one request; `None` closes the connection (what Kafka does on requests it cannot
-/// parse or answer).
-async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> Option<Pending> {
+/// parse or answer), `Some((_, true))` closes it once the answer is sent.
+async fn start_request(
+    broker: &Arc<Broker>,
+    session: &mut Session,
+    frame: Bytes,
+) -> Option<(Pending, bool)> {
+    let peer = session.peer;
     let head = match envelope::peek(&frame) {
         Ok(h) => h,
         Err(e) => {
@@ -148,9 +158,10 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
                 head.correlation_id,
                 &dispatch::api_versions_response(0),
             );
-            return Some(tokio::spawn(async move {
-                resp.map(|b| Some(Frame::One(b))).map_err(|_| ())
-            }));
+            return Some((
+                tokio::spawn(async move { resp.map(|b| Some(Frame::One(b))).map_err(|_| ()) }),
+                false,
+            ));
         }
         tracing::warn!(%peer, ?api, version = head.api_version, "unsupported api version; closing");
         return None;
@@ -168,7 +179,6 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
     // The header's strings are slices of the frame; dropping them lets Produce reclaim the
     // frame for in-place patching.
     drop(header);
-    let started = dispatch::start(broker, version, body, frame).await;
     let encode = move |resp: Option<kafka_protocol::messages::ResponseKind>| {
         let Some(resp) = resp else { return Ok(None) };
         match envelope::encode_response(api, version, correlation_id, &resp) {
@@ -179,6 +189,40 @@ async fn start_request(broker: &Arc<Broker>, frame: Bytes, peer: SocketAddr) -> 
             }
         }
     };
+    // Authentication happens here, on the connection, before anything reaches dispatch.
+    use kafka_protocol::messages::RequestKind;
+    let admit = match body {
+        RequestKind::SaslHandshake(req) => session.handshake(req),
+        RequestKind::SaslAuthenticate(req) => session.authenticate(broker, version, req),
+        body => match session.admit(api) {
+            Admit::Serve => {
+                let started =
+                    dispatch::start(broker, &session.ctx, api, version, body, frame).await;
+                return Some((run(started, timer, encode, correlation_id, version)?, false));
+            }
+            refused => refused,
+        },
+    };
+    let (resp, then_close) = match admit {
+        Admit::Answer(resp) => (resp, false),
+        Admit::AnswerAndClose(resp) => (resp, true),
+        Admit::Close | Admit::Serve => return None,
+    };
+    let frame = encode(Some(resp));
+    timer.finish();
+    Some((tokio::spawn(async move { frame }), then_close))
+}
+
+/// Runs the rest of a dispatched request in a task of its own; `None` closes the connection.
+fn run(
+    started: Started,
+    timer: RequestTimer,
+    encode: impl FnOnce(Option<kafka_protocol::messages::ResponseKind>) -> Result<Option<Frame>, ()>
+    + Send
+    + 'static,
+    correlation_id: i32,
+    version: i16,
+) -> Option<Pending> {
     Some(match started {
         Started::Close => return None,
         Started::Done(resp) => {
@@ -219,8 +263,8 @@ impl Broker {
         frame: Bytes,
         within: std::time::Duration,
     ) -> Option<Bytes> {
-        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
-        let mut pending = start_request(self, frame, peer).await?;
+        let mut session = Session::anonymous(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (mut pending, _) = start_request(self, &mut session, frame).await?;
         match tokio::time::timeout(within, &mut pending).await {
             Ok(Ok(Ok(Some(Frame::One(b))))) => Some(b),
             Ok(Ok(Ok(Some(Frame::Chunks(c))))) => Some(c.concat()),

@@ -89,7 +89,50 @@ pub(crate) enum Started {
     Close,
 }
 
+/// Starts a request that passed authentication: the authorization gate first, then the
+/// handler of its API family.
 pub(crate) async fn start(
+    broker: &Arc<Broker>,
+    ctx: &crate::authz::RequestContext,
+    api: ApiKey,
+    version: i16,
+    body: RequestKind,
+    frame: bytes::Bytes,
+) -> Started {
+    use crate::authz::{Checked, Fixup};
+    match crate::authz::check(broker, ctx, api, version, body) {
+        Checked::Refuse(resp) => Started::Done(Some(resp)),
+        Checked::Close => Started::Close,
+        Checked::Dispatch(body, Fixup::None) => route(broker, version, body, frame).await,
+        Checked::Dispatch(body, fixup) => {
+            with_fixup(route(broker, version, body, frame).await, fixup)
+        }
+    }
+}
+
+/// Applies the gate's changes to a response once it is ready.
+fn with_fixup(started: Started, fixup: crate::authz::Fixup) -> Started {
+    use crate::authz::Fixup;
+    match (started, fixup) {
+        (Started::Done(mut resp), fixup) => {
+            fixup.apply(&mut resp);
+            Started::Done(resp)
+        }
+        (Started::Later(fut), fixup) => Started::Later(Box::pin(async move {
+            let mut resp = fut.await;
+            fixup.apply(&mut resp);
+            resp
+        })),
+        (Started::Fetch(fut), Fixup::Fetch(f)) => Started::Fetch(Box::pin(async move {
+            let mut reply = fut.await;
+            f(&mut reply.response);
+            reply
+        })),
+        (started, _) => started,
+    }
+}
+
+async fn route(
     broker: &Arc<Broker>,
     version: i16,
     body: RequestKind,
@@ -272,8 +315,42 @@ pub(crate) async fn start(
                 ))
             }))
         }
+        RequestKind::CreateAcls(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::CreateAcls(
+                    handlers::acls::create_acls(&broker, version, req).await,
+                ))
+            }))
+        }
+        RequestKind::DescribeAcls(req) => Done(Some(ResponseKind::DescribeAcls(
+            handlers::acls::describe_acls(broker, version, req).await,
+        ))),
+        RequestKind::DeleteAcls(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::DeleteAcls(
+                    handlers::acls::delete_acls(&broker, version, req).await,
+                ))
+            }))
+        }
+        RequestKind::DescribeUserScramCredentials(req) => {
+            Done(Some(ResponseKind::DescribeUserScramCredentials(
+                handlers::credentials::describe_user_scram_credentials(broker, version, req).await,
+            )))
+        }
+        RequestKind::AlterUserScramCredentials(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::AlterUserScramCredentials(
+                    handlers::credentials::alter_user_scram_credentials(&broker, version, req)
+                        .await,
+                ))
+            }))
+        }
         other => {
-            // Unreachable: `supported` filters API keys before decoding.
+            // Unreachable: `supported` filters API keys before decoding (SASL requests are
+            // answered by the connection's session).
             tracing::error!(request = ?std::mem::discriminant(&other), "no handler");
             Done(None)
         }

@@ -1,6 +1,7 @@
 //! Shale's Kafka front end: connections, request dispatch and the API handlers (one API
 //! family per module under `handlers`), on top of the stream layer and the metadata quorum.
 
+mod authz;
 mod compaction;
 pub mod config;
 mod connection;
@@ -12,6 +13,7 @@ mod membership;
 mod partitions;
 mod peers;
 mod retention;
+mod session;
 pub mod topic_config;
 #[doc(hidden)]
 pub mod txn;
@@ -62,6 +64,8 @@ pub struct Broker {
     peers: peers::Peers,
     /// Producer-state checkpoints fetched for recent opens (`txn::checkpoint`).
     checkpoints: txn::checkpoint::Fetched,
+    /// The authorizer (when `authorizer.class.name` enables it) and its ACL index.
+    acls: authz::Acls,
 }
 
 impl Broker {
@@ -73,6 +77,7 @@ impl Broker {
     ) -> anyhow::Result<Arc<Broker>> {
         let (shutdown, _) = watch::channel(false);
         let (closing, _) = watch::channel(false);
+        let config_authorizer = config.authorizer.clone();
         let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let coordinator = groups::GroupCoordinator::with_serving_flag(
             groups::GroupConfig::from_broker(&config),
@@ -98,6 +103,7 @@ impl Broker {
             open_slots: Arc::new(tokio::sync::Semaphore::new(membership::CONCURRENT_OPENS)),
             peers: Default::default(),
             checkpoints: Default::default(),
+            acls: authz::Acls::new(config_authorizer),
         });
         let _ = broker.txn.serving.set(broker.serving.clone());
         let heartbeats = broker.register().await?;
@@ -121,12 +127,30 @@ impl Broker {
         Ok(broker)
     }
 
-    /// Accepts Kafka connections until a shutdown has handed the partitions off. As Kafka's
-    /// controlled shutdown, the listener stays open meanwhile: a client that reconnects is
-    /// told where its partitions went, and the controller's crash probe (a refused connect
-    /// means the process is gone) does not take a node that is handing off for a dead one.
+    /// Accepts plaintext Kafka connections (every client is `User:ANONYMOUS`) until a
+    /// shutdown has handed the partitions off.
     pub async fn serve(self: &Arc<Self>, listener: TcpListener) {
+        let plaintext = Arc::new(shale_security::listener::ListenerSecurity::plaintext(
+            "PLAINTEXT",
+        ));
+        self.serve_listener(listener, plaintext).await
+    }
+
+    /// Accepts Kafka connections on a listener with `security` until a shutdown has handed
+    /// the partitions off. As Kafka's controlled shutdown, the listener stays open
+    /// meanwhile: a client that reconnects is told where its partitions went, and the
+    /// controller's crash probe (a refused connect means the process is gone) does not take
+    /// a node that is handing off for a dead one.
+    pub async fn serve_listener(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        security: Arc<shale_security::listener::ListenerSecurity>,
+    ) {
         let mut stop = self.closing.subscribe();
+        let tls = security
+            .tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
         loop {
             tokio::select! {
                 biased;
@@ -134,7 +158,27 @@ impl Broker {
                 accepted = listener.accept() => match accepted {
                     Ok((socket, peer)) => {
                         let _ = socket.set_nodelay(true);
-                        tokio::spawn(connection::serve(self.clone(), socket, peer));
+                        let (broker, security) = (self.clone(), security.clone());
+                        match &tls {
+                            None => {
+                                let session = session::Session::new(
+                                    security,
+                                    peer,
+                                    shale_security::principal::KafkaPrincipal::anonymous(),
+                                );
+                                tokio::spawn(connection::serve(broker, socket, session));
+                            }
+                            Some(acceptor) => {
+                                let acceptor = acceptor.clone();
+                                tokio::spawn(async move {
+                                    if let Some((stream, session)) =
+                                        tls_handshake(acceptor, socket, peer, security).await
+                                    {
+                                        connection::serve(broker, stream, session).await;
+                                    }
+                                });
+                            }
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -189,6 +233,62 @@ impl Broker {
     pub(crate) fn closing_signal(&self) -> watch::Receiver<bool> {
         self.closing.subscribe()
     }
+}
+
+/// A TLS handshake may take this long before the connection is dropped: a client that
+/// connects and says nothing must not hold a task and a socket for ever.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Completes a TLS handshake and establishes the connection's principal from its client
+/// certificate (SSL listeners; on SASL_SSL, SASL sets the principal afterwards). `None`
+/// (logged) when the handshake fails or the certificate maps to no principal.
+async fn tls_handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    socket: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    security: Arc<shale_security::listener::ListenerSecurity>,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    session::Session,
+)> {
+    let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, listener = %security.name, error = %e, "TLS handshake failed");
+            metrics::counter!("shale_authentication_failures_total", "listener" => security.name.clone())
+                .increment(1);
+            return None;
+        }
+        Err(_) => {
+            tracing::info!(%peer, listener = %security.name, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec());
+    let principal = if security.protocol.uses_sasl() {
+        shale_security::principal::KafkaPrincipal::anonymous()
+    } else {
+        match security.tls_principal(cert.as_deref()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::info!(
+                    %peer, listener = %security.name, error = %e,
+                    "authentication failed: the client certificate maps to no principal"
+                );
+                metrics::counter!("shale_authentication_failures_total", "listener" => security.name.clone())
+                    .increment(1);
+                return None;
+            }
+        }
+    };
+    tracing::debug!(%peer, %principal, listener = %security.name, "TLS connection established");
+    let session = session::Session::new(security, peer, principal);
+    Some((stream, session))
 }
 
 /// Milliseconds since the Unix epoch.

@@ -138,6 +138,12 @@ impl MetaNode {
                 let hb: crate::rpc::HeartbeatRequest = req.decode_body()?;
                 PbReply::new(&self.heartbeat_here(&hb))
             }
+            Some(Kind::AwaitApplied) => {
+                let r: crate::liveness::AwaitAppliedRequest = req.decode_body()?;
+                // Bounded whatever the caller asks: the connection is blocked meanwhile.
+                let timeout = Duration::from_millis(r.timeout_ms.min(30_000));
+                PbReply::new(&self.await_applied_here(r.index, timeout).await)
+            }
             None => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("unknown request kind {}", req.kind),

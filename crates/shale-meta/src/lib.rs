@@ -114,6 +114,29 @@ pub struct BrokerRegistration {
     pub fenced_at_ms: i64,
 }
 
+/// A user's salted SCRAM credential for one mechanism (Kafka's `ScramCredential`): what the
+/// server needs to check a proof, never the password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScramCredentialMeta {
+    pub salt: Vec<u8>,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+    pub iterations: u32,
+}
+
+/// One ACL as Kafka's wire carries it (codes of `ResourceType`, `PatternType`,
+/// `AclOperation`, `AclPermissionType`); `shale_security::acl` gives the codes meaning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclEntryMeta {
+    pub resource_type: i8,
+    pub resource_name: String,
+    pub pattern_type: i8,
+    pub principal: String,
+    pub host: String,
+    pub operation: i8,
+    pub permission: i8,
+}
+
 /// An object no live range points into any more, waiting to be deleted from the bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadObject {
@@ -156,6 +179,11 @@ pub struct ClusterState {
     pub brokers: StateMap<u64, BrokerRegistration>,
     /// The last broker epoch handed out.
     pub last_broker_epoch: u64,
+    /// SCRAM credentials by user, then by Kafka's mechanism type (1 SHA-256, 2 SHA-512).
+    pub scram_credentials: StateMap<String, BTreeMap<i8, ScramCredentialMeta>>,
+    /// ACLs by id (ids are never reused).
+    pub acls: StateMap<u64, AclEntryMeta>,
+    pub next_acl_id: u64,
 }
 
 /// Who owns the partitions a topic command adds. Decided when the command is applied, on
@@ -608,6 +636,50 @@ impl MetaNode {
             .await
         {
             Ok(Response::ProducerIds { start, count }) => Ok((start, count)),
+            Ok(Response::Rejected(e)) => Err(MetaError::Unavailable(e.to_string())),
+            Ok(other) => Err(MetaError::Unavailable(format!(
+                "unexpected response {other:?}"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Applies AlterUserScramCredentials' changes (validated by the caller): deletions, then
+    /// upsertions, in one entry, so every node sees all of them or none.
+    pub async fn alter_scram_credentials(
+        &self,
+        deletions: Vec<(String, i8)>,
+        upsertions: Vec<(String, i8, ScramCredentialMeta)>,
+    ) -> Result<(), MetaError> {
+        match self
+            .submit(Command::AlterScramCredentials {
+                deletions,
+                upsertions,
+            })
+            .await
+        {
+            Ok(Response::Ok) => Ok(()),
+            Ok(Response::Rejected(e)) => Err(MetaError::Unavailable(e.to_string())),
+            Ok(other) => Err(MetaError::Unavailable(format!(
+                "unexpected response {other:?}"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Adds ACLs (validated by the caller); one already present is not added twice.
+    pub async fn create_acls(&self, acls: Vec<AclEntryMeta>) -> Result<(), MetaError> {
+        self.submit_ok(Command::CreateAcls { acls }).await
+    }
+
+    /// Removes the ACLs with these ids (those still present).
+    pub async fn delete_acls(&self, ids: Vec<u64>) -> Result<(), MetaError> {
+        self.submit_ok(Command::DeleteAcls { ids }).await
+    }
+
+    async fn submit_ok(&self, cmd: Command) -> Result<(), MetaError> {
+        match self.submit(cmd).await {
+            Ok(Response::Ok) => Ok(()),
             Ok(Response::Rejected(e)) => Err(MetaError::Unavailable(e.to_string())),
             Ok(other) => Err(MetaError::Unavailable(format!(
                 "unexpected response {other:?}"

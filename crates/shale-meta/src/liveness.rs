@@ -29,6 +29,7 @@ use crate::placement::Placer;
 use crate::rpc::{CallError, HeartbeatReply, HeartbeatRequest, Kind, PbRequest};
 use crate::types::{Command, PartitionMove};
 use crate::{ClusterState, MetaNode};
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -64,6 +65,8 @@ pub(crate) struct Liveness {
     /// Brokers whose heartbeat connection ended: probed at once, without waiting for
     /// [`PROBE_AFTER`] of silence (a killed process's sockets close with it).
     suspects: HashSet<u64>,
+    /// Broker id -> (epoch, the last metadata log index it reported applied).
+    applied: HashMap<u64, (u64, u64)>,
 }
 
 impl Liveness {
@@ -74,6 +77,7 @@ impl Liveness {
             refused: HashMap::new(),
             probing: HashSet::new(),
             suspects: HashSet::new(),
+            applied: HashMap::new(),
         }
     }
 
@@ -93,6 +97,7 @@ impl Liveness {
         self.refused.clear();
         self.probing.clear();
         self.suspects.clear();
+        self.applied.clear();
     }
 
     /// The connection broker `id` heartbeated on ended (closed or reset). A process killed
@@ -172,6 +177,22 @@ impl Liveness {
             // Unknown, or an older (or, not applied here yet, newer) registration.
             _ => HeartbeatReply::Reregister,
         }
+    }
+
+    /// The live brokers (registered, not fenced) whose last heartbeat reported less than
+    /// `index` applied; `me` counts as applied (its caller checks its own replica).
+    pub(crate) fn lagging(&self, state: &ClusterState, index: u64, me: u64) -> Vec<u64> {
+        state
+            .brokers
+            .iter()
+            .filter(|(id, b)| !b.fenced && **id != me)
+            .filter(|(id, b)| {
+                self.applied
+                    .get(id)
+                    .is_none_or(|&(epoch, applied)| epoch != b.epoch || applied < index)
+            })
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// What the controller does now: fence brokers past their deadline, and move the
@@ -457,8 +478,135 @@ impl MetaNode {
             };
         }
         let now = Instant::now();
-        self.read(|st| self.liveness.lock().heartbeat(st, req.id, req.epoch, now))
+        self.read(|st| {
+            let mut l = self.liveness.lock();
+            let reply = l.heartbeat(st, req.id, req.epoch, now);
+            if reply == HeartbeatReply::Live {
+                l.applied.insert(req.id, (req.epoch, req.applied));
+            }
+            reply
+        })
     }
+
+    /// Returns once every live broker has applied the metadata log up to what the leader
+    /// has applied now (so a change written before the call is in force on every node that
+    /// serves clients), or fails after `timeout`. Brokers report what they have applied with
+    /// each heartbeat; one that stops heartbeating stops serving within its session and is
+    /// fenced soon after, so waiting a session out bounds the wait.
+    pub async fn await_applied_everywhere(
+        &self,
+        timeout: Duration,
+    ) -> Result<(), crate::MetaError> {
+        // The leader's applied index covers every write acknowledged before the call (the
+        // leader applies a write before acknowledging it); 0 asks for that.
+        let index = 0;
+        let deadline = Instant::now() + timeout;
+        let mut target = self.known_leader();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let reply = match &target {
+                Some((leader, addr)) if *leader != self.node_id => {
+                    let call = PbRequest::new(
+                        Kind::AwaitApplied,
+                        &AwaitAppliedRequest {
+                            index,
+                            timeout_ms: remaining.as_millis() as u64,
+                        },
+                    )
+                    .map_err(|e| crate::MetaError::Unavailable(e.to_string()))?;
+                    match self
+                        .peer(addr)
+                        .call(&call, remaining + Duration::from_millis(500))
+                        .await
+                    {
+                        Ok(r) => r
+                            .decode_body::<AwaitAppliedReply>()
+                            .map_err(|e| crate::MetaError::Unavailable(e.to_string()))?,
+                        Err(e) => AwaitAppliedReply::Failed(format!("metadata leader: {e:?}")),
+                    }
+                }
+                _ => self.await_applied_here(index, remaining).await,
+            };
+            match reply {
+                AwaitAppliedReply::Done => return Ok(()),
+                AwaitAppliedReply::Failed(e) => return Err(crate::MetaError::Unavailable(e)),
+                AwaitAppliedReply::NotLeader {
+                    leader_id,
+                    leader_addr,
+                } => {
+                    if Instant::now() >= deadline {
+                        return Err(crate::MetaError::Unavailable(
+                            "no metadata leader reachable".into(),
+                        ));
+                    }
+                    target = match (leader_id, leader_addr) {
+                        (Some(id), Some(addr)) => Some((id, addr)),
+                        _ => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            self.known_leader()
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    /// The leader's half of [`MetaNode::await_applied_everywhere`].
+    pub(crate) async fn await_applied_here(
+        &self,
+        index: u64,
+        timeout: Duration,
+    ) -> AwaitAppliedReply {
+        if self.leader() != Some(self.node_id) {
+            let hint = self.known_leader();
+            return AwaitAppliedReply::NotLeader {
+                leader_id: hint.as_ref().map(|h| h.0),
+                leader_addr: hint.map(|h| h.1),
+            };
+        }
+        let index = index.max(self.applied_index());
+        let deadline = Instant::now() + timeout;
+        let mut changes = self.changes();
+        loop {
+            // The leader's own replica, then every other live broker's report.
+            let me = self.node_id;
+            let lagging = if self.applied_index() < index {
+                vec![me]
+            } else {
+                self.read(|st| self.liveness.lock().lagging(st, index, me))
+            };
+            if lagging.is_empty() {
+                return AwaitAppliedReply::Done;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return AwaitAppliedReply::Failed(format!(
+                    "brokers {lagging:?} have not applied metadata index {index} yet"
+                ));
+            }
+            // Heartbeats do not bump `changes`: poll at a fraction of their interval.
+            let _ =
+                tokio::time::timeout(remaining.min(Duration::from_millis(50)), changes.changed())
+                    .await;
+        }
+    }
+}
+
+/// A request to the leader to wait until every live broker has applied `index`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct AwaitAppliedRequest {
+    pub index: u64,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum AwaitAppliedReply {
+    Done,
+    Failed(String),
+    NotLeader {
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
 }
 
 /// How recent a quorum's acknowledgement must be for the leader to answer heartbeats. Raft
@@ -480,11 +628,16 @@ async fn heartbeat_loop(
     // received, which is no earlier than the last one answered here.
     let expiry = session.saturating_sub(interval * 2).max(interval);
     let mut last_ok = Instant::now();
-    let req = HeartbeatRequest { id, epoch };
+    let mut req = HeartbeatRequest {
+        id,
+        epoch,
+        applied: 0,
+    };
     loop {
         let Some(n) = node.upgrade() else {
             return;
         };
+        req.applied = n.applied_index();
         let reply = send_heartbeat(&n, &req, interval).await;
         drop(n);
         let status = match reply {

@@ -42,6 +42,8 @@ pub(crate) enum Kind {
     ChangeMembership = 7,
     /// openraft's TransferLeader: a stopping leader names its successor.
     TransferLeader = 8,
+    /// Wait until every live broker has applied a log index (admin changes in force).
+    AwaitApplied = 9,
 }
 
 impl Kind {
@@ -55,6 +57,7 @@ impl Kind {
             6 => Kind::Heartbeat,
             7 => Kind::ChangeMembership,
             8 => Kind::TransferLeader,
+            9 => Kind::AwaitApplied,
             _ => return None,
         })
     }
@@ -182,6 +185,10 @@ pub fn fuzz_decode(data: &[u8]) {
 pub(crate) struct HeartbeatRequest {
     pub id: u64,
     pub epoch: u64,
+    /// The last metadata log index the broker's replica has applied (0 from brokers that
+    /// predate the field).
+    #[serde(default)]
+    pub applied: u64,
 }
 
 /// The leader's answer to a heartbeat.

@@ -50,6 +50,48 @@ pub(crate) struct PbState {
     pub brokers: Vec<PbBroker>,
     #[prost(uint64, tag = "11")]
     pub last_broker_epoch: u64,
+    #[prost(message, repeated, tag = "12")]
+    pub scram_credentials: Vec<PbScramCredential>,
+    #[prost(message, repeated, tag = "13")]
+    pub acls: Vec<PbAcl>,
+    #[prost(uint64, tag = "14")]
+    pub next_acl_id: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct PbAcl {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(int32, tag = "2")]
+    pub resource_type: i32,
+    #[prost(string, tag = "3")]
+    pub resource_name: String,
+    #[prost(int32, tag = "4")]
+    pub pattern_type: i32,
+    #[prost(string, tag = "5")]
+    pub principal: String,
+    #[prost(string, tag = "6")]
+    pub host: String,
+    #[prost(int32, tag = "7")]
+    pub operation: i32,
+    #[prost(int32, tag = "8")]
+    pub permission: i32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct PbScramCredential {
+    #[prost(string, tag = "1")]
+    pub user: String,
+    #[prost(int32, tag = "2")]
+    pub mechanism: i32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub salt: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub stored_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "5")]
+    pub server_key: Vec<u8>,
+    #[prost(uint32, tag = "6")]
+    pub iterations: u32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -272,6 +314,35 @@ pub(crate) fn encode(state: &ClusterState) -> Vec<u8> {
     if state.last_broker_epoch != 0 {
         uint64::encode(11, &state.last_broker_epoch, &mut buf);
     }
+    for (user, by_mech) in state.scram_credentials.iter() {
+        for (mechanism, c) in by_mech {
+            let pb = PbScramCredential {
+                user: user.clone(),
+                mechanism: i32::from(*mechanism),
+                salt: c.salt.clone(),
+                stored_key: c.stored_key.clone(),
+                server_key: c.server_key.clone(),
+                iterations: c.iterations,
+            };
+            message::encode(12, &pb, &mut buf);
+        }
+    }
+    for (id, a) in state.acls.iter() {
+        let pb = PbAcl {
+            id: *id,
+            resource_type: i32::from(a.resource_type),
+            resource_name: a.resource_name.clone(),
+            pattern_type: i32::from(a.pattern_type),
+            principal: a.principal.clone(),
+            host: a.host.clone(),
+            operation: i32::from(a.operation),
+            permission: i32::from(a.permission),
+        };
+        message::encode(13, &pb, &mut buf);
+    }
+    if state.next_acl_id != 0 {
+        uint64::encode(14, &state.next_acl_id, &mut buf);
+    }
     let crc = crc32c::crc32c(&buf).to_le_bytes();
     buf.extend_from_slice(&crc);
     buf
@@ -308,8 +379,48 @@ fn from_pb(pb: PbState) -> io::Result<ClusterState> {
         next_object_id: pb.next_object_id,
         next_producer_id: pb.next_producer_id,
         last_broker_epoch: pb.last_broker_epoch,
+        next_acl_id: pb.next_acl_id,
         ..ClusterState::default()
     };
+    for a in pb.acls {
+        let code = |v: i32, what: &str| {
+            i8::try_from(v)
+                .map_err(|_| invalid_data(format!("snapshot data: ACL {} {what} {v}", a.id)))
+        };
+        let acl = crate::AclEntryMeta {
+            resource_type: code(a.resource_type, "resource type")?,
+            pattern_type: code(a.pattern_type, "pattern type")?,
+            operation: code(a.operation, "operation")?,
+            permission: code(a.permission, "permission")?,
+            resource_name: a.resource_name,
+            principal: a.principal,
+            host: a.host,
+        };
+        s.acls.insert(a.id, acl);
+    }
+    for c in pb.scram_credentials {
+        let mechanism = i8::try_from(c.mechanism).map_err(|_| {
+            invalid_data(format!(
+                "snapshot data: SCRAM mechanism {} of user {:?}",
+                c.mechanism, c.user
+            ))
+        })?;
+        let mut by_mech = s
+            .scram_credentials
+            .get(&c.user)
+            .cloned()
+            .unwrap_or_default();
+        by_mech.insert(
+            mechanism,
+            crate::ScramCredentialMeta {
+                salt: c.salt,
+                stored_key: c.stored_key,
+                server_key: c.server_key,
+                iterations: c.iterations,
+            },
+        );
+        s.scram_credentials.insert(c.user, by_mech);
+    }
     for b in pb.brokers {
         let incarnation: [u8; 16] = b.incarnation.as_slice().try_into().map_err(|_| {
             invalid_data(format!(
@@ -433,6 +544,42 @@ mod tests {
             last_broker_epoch: 7,
             ..ClusterState::default()
         };
+        s.next_acl_id = 3;
+        s.acls.insert(
+            2,
+            crate::AclEntryMeta {
+                resource_type: 2,
+                resource_name: "payments".into(),
+                pattern_type: 4,
+                principal: "User:alice".into(),
+                host: "*".into(),
+                operation: 3,
+                permission: -1,
+            },
+        );
+        s.scram_credentials.insert(
+            "alice".into(),
+            BTreeMap::from([
+                (
+                    1,
+                    crate::ScramCredentialMeta {
+                        salt: vec![1, 2, 3],
+                        stored_key: vec![0xff; 32],
+                        server_key: vec![0; 32],
+                        iterations: 4096,
+                    },
+                ),
+                (
+                    2,
+                    crate::ScramCredentialMeta {
+                        salt: Vec::new(),
+                        stored_key: vec![7; 64],
+                        server_key: vec![8; 64],
+                        iterations: u32::MAX,
+                    },
+                ),
+            ]),
+        );
         s.brokers.insert(
             1,
             crate::BrokerRegistration {

@@ -236,6 +236,42 @@ impl MetaState {
                 .replace_stream_ranges(stream_id, epoch, start, end, new_object, now_ms)
                 .map(|()| Response::Ok),
             Command::AllocateProducerIds { node, count } => self.allocate_producer_ids(node, count),
+            Command::CreateAcls { acls } => {
+                for acl in acls {
+                    if !self.state.acls.values().any(|a| *a == acl) {
+                        let id = self.state.next_acl_id;
+                        self.state.next_acl_id = id + 1;
+                        self.state.acls.insert(id, acl);
+                    }
+                }
+                Ok(Response::Ok)
+            }
+            Command::DeleteAcls { ids } => {
+                for id in ids {
+                    self.state.acls.remove(&id);
+                }
+                Ok(Response::Ok)
+            }
+            Command::AlterScramCredentials {
+                deletions,
+                upsertions,
+            } => {
+                let creds = &mut self.state.scram_credentials;
+                for (user, mechanism) in deletions {
+                    if let Some(by_mech) = creds.get_mut(&user) {
+                        by_mech.remove(&mechanism);
+                        if by_mech.is_empty() {
+                            creds.remove(&user);
+                        }
+                    }
+                }
+                for (user, mechanism, credential) in upsertions {
+                    let mut by_mech = creds.get(&user).cloned().unwrap_or_default();
+                    by_mech.insert(mechanism, credential);
+                    creds.insert(user, by_mech);
+                }
+                Ok(Response::Ok)
+            }
             Command::RegisterBroker { node, incarnation } => Ok(Response::BrokerEpoch(
                 self.register_broker(node, incarnation),
             )),

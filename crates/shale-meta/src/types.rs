@@ -115,6 +115,20 @@ pub enum Command {
     LeaseObjectIds {
         count: u64,
     },
+    /// SCRAM credential changes (AlterUserScramCredentials): deletions by (user, mechanism
+    /// type), then upsertions.
+    AlterScramCredentials {
+        deletions: Vec<(String, i8)>,
+        upsertions: Vec<(String, i8, crate::ScramCredentialMeta)>,
+    },
+    /// CreateAcls: bindings not present yet get the next ids.
+    CreateAcls {
+        acls: Vec<crate::AclEntryMeta>,
+    },
+    /// DeleteAcls: the ids the filters matched when the request was read.
+    DeleteAcls {
+        ids: Vec<u64>,
+    },
 }
 
 /// One partition's new owner.
@@ -187,6 +201,18 @@ impl fmt::Display for Command {
                 new_object.id
             ),
             Command::LeaseObjectIds { count } => write!(f, "LeaseObjectIds({count})"),
+            Command::CreateAcls { acls } => write!(f, "CreateAcls({})", acls.len()),
+            Command::DeleteAcls { ids } => write!(f, "DeleteAcls({})", ids.len()),
+            // Names only: a credential never goes to a log line.
+            Command::AlterScramCredentials {
+                deletions,
+                upsertions,
+            } => write!(
+                f,
+                "AlterScramCredentials({} deletions, {} upsertions)",
+                deletions.len(),
+                upsertions.len()
+            ),
         }
     }
 }

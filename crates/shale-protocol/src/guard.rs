@@ -561,11 +561,11 @@ mod tests {
 
     #[test]
     fn an_api_without_a_schema_is_refused() {
-        let frame = header(ApiKey::SaslHandshake, 1);
+        let frame = header(ApiKey::DescribeDelegationToken, 1);
         assert_eq!(
-            check_request(&frame, ApiKey::SaslHandshake, 1),
+            check_request(&frame, ApiKey::DescribeDelegationToken, 1),
             Err(GuardError::NoSchema {
-                api_key: 17,
+                api_key: 41,
                 version: 1
             })
         );

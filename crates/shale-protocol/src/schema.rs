@@ -171,6 +171,13 @@ pub fn request(api: ApiKey) -> Option<&'static Message> {
         ApiKey::DescribeProducers => &describe_producers::REQUEST,
         ApiKey::DescribeTransactions => &describe_transactions::REQUEST,
         ApiKey::ListTransactions => &list_transactions::REQUEST,
+        ApiKey::SaslHandshake => &sasl_handshake::REQUEST,
+        ApiKey::CreateAcls => &create_acls::REQUEST,
+        ApiKey::DescribeAcls => &describe_acls::REQUEST,
+        ApiKey::DeleteAcls => &delete_acls::REQUEST,
+        ApiKey::SaslAuthenticate => &sasl_authenticate::REQUEST,
+        ApiKey::DescribeUserScramCredentials => &describe_user_scram_credentials::REQUEST,
+        ApiKey::AlterUserScramCredentials => &alter_user_scram_credentials::REQUEST,
         _ => return None,
     })
 }
@@ -221,6 +228,16 @@ pub const ADVERTISED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 2),
+    // SASL. Handshake v0 (raw SASL tokens after it, no SaslAuthenticate framing) predates
+    // Kafka 1.0 and is not offered: every client in use sends v1 when it is advertised.
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
+    // ACLs; v0 predates pattern types (KIP-290) and no maintained client sends it.
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
 ];
 
 const BOOL: Ty = Ty::Bool;
@@ -855,6 +872,88 @@ pub mod list_transactions {
         f("producer_id_filters", Ty::Array(&I64)),
         f("duration_filter", I64).since(1),
         f("transactional_id_pattern", STR).since(2).nullable(),
+    ];
+}
+
+/// CreateAcls request.
+pub mod create_acls {
+    use super::*;
+    pub static REQUEST: Message = Message::new(1, 3, 2, BODY);
+    const BODY: &[Field] = &[f("creations", Ty::Array(&Ty::Struct(CREATION)))];
+    const CREATION: &[Field] = &[
+        f("resource_type", I8),
+        f("resource_name", STR),
+        f("resource_pattern_type", I8),
+        f("principal", STR),
+        f("host", STR),
+        f("operation", I8),
+        f("permission_type", I8),
+    ];
+}
+
+/// An ACL binding filter (DescribeAcls' body, each of DeleteAcls' filters).
+const ACL_FILTER: &[Field] = &[
+    f("resource_type_filter", I8),
+    f("resource_name_filter", STR).nullable(),
+    f("pattern_type_filter", I8),
+    f("principal_filter", STR).nullable(),
+    f("host_filter", STR).nullable(),
+    f("operation", I8),
+    f("permission_type", I8),
+];
+
+/// DescribeAcls request.
+pub mod describe_acls {
+    use super::*;
+    pub static REQUEST: Message = Message::new(1, 3, 2, ACL_FILTER);
+}
+
+/// DeleteAcls request.
+pub mod delete_acls {
+    use super::*;
+    pub static REQUEST: Message = Message::new(1, 3, 2, BODY);
+    const BODY: &[Field] = &[f("filters", Ty::Array(&Ty::Struct(ACL_FILTER)))];
+}
+
+/// SaslHandshake request.
+pub mod sasl_handshake {
+    use super::*;
+    pub static REQUEST: Message = Message::new(0, 1, NEVER, BODY);
+    const BODY: &[Field] = &[f("mechanism", STR)];
+}
+
+/// SaslAuthenticate request.
+pub mod sasl_authenticate {
+    use super::*;
+    pub static REQUEST: Message = Message::new(0, 2, 2, BODY);
+    const BODY: &[Field] = &[f("auth_bytes", BYTES)];
+}
+
+/// DescribeUserScramCredentials request.
+pub mod describe_user_scram_credentials {
+    use super::*;
+    // Flexible from v0.
+    pub static REQUEST: Message = Message::new(0, 0, 0, BODY);
+    const BODY: &[Field] = &[f("users", Ty::Array(&Ty::Struct(USER_NAME))).nullable()];
+    const USER_NAME: &[Field] = &[f("name", STR)];
+}
+
+/// AlterUserScramCredentials request.
+pub mod alter_user_scram_credentials {
+    use super::*;
+    // Flexible from v0.
+    pub static REQUEST: Message = Message::new(0, 0, 0, BODY);
+    const BODY: &[Field] = &[
+        f("deletions", Ty::Array(&Ty::Struct(DELETION))),
+        f("upsertions", Ty::Array(&Ty::Struct(UPSERTION))),
+    ];
+    const DELETION: &[Field] = &[f("name", STR), f("mechanism", I8)];
+    const UPSERTION: &[Field] = &[
+        f("name", STR),
+        f("mechanism", I8),
+        f("iterations", I32),
+        f("salt", BYTES),
+        f("salted_password", BYTES),
     ];
 }
 

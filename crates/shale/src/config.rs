@@ -12,6 +12,35 @@ pub const KEYS: &[(&str, &str)] = &[
     ("process.roles", "broker,controller"),
     ("listeners", "PLAINTEXT://127.0.0.1:9092"),
     ("advertised.listeners", ""),
+    // Kafka's default map, plus the controller listener's name.
+    (
+        "listener.security.protocol.map",
+        "PLAINTEXT:PLAINTEXT,SSL:SSL,SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+    ),
+    // TLS (PEM only; see shale_security::tls). Each may also be set per listener as
+    // listener.name.<name>.<key>.
+    ("ssl.keystore.type", ""),
+    ("ssl.keystore.location", ""),
+    ("ssl.keystore.certificate.chain", ""),
+    ("ssl.keystore.key", ""),
+    ("ssl.keystore.password", ""),
+    ("ssl.key.password", ""),
+    ("ssl.certificate.location", ""),
+    ("ssl.key.location", ""),
+    ("ssl.truststore.type", ""),
+    ("ssl.truststore.location", ""),
+    ("ssl.truststore.certificates", ""),
+    ("ssl.ca.location", ""),
+    ("ssl.client.auth", "none"),
+    ("ssl.enabled.protocols", "TLSv1.2,TLSv1.3"),
+    ("ssl.principal.mapping.rules", "DEFAULT"),
+    // Authorization: off unless authorizer.class.name names Kafka's standard authorizer.
+    ("authorizer.class.name", ""),
+    ("super.users", ""),
+    ("allow.everyone.if.no.acl.found", "false"),
+    // SASL.
+    ("sasl.enabled.mechanisms", "SCRAM-SHA-256,SCRAM-SHA-512"),
+    ("connections.max.reauth.ms", "0"),
     ("broker.rack", ""),
     ("controller.quorum.voters", ""),
     ("controller.listener.names", "CONTROLLER"),
@@ -132,7 +161,7 @@ impl Settings {
     }
 
     pub fn set(&mut self, key: &str, value: String) -> anyhow::Result<()> {
-        if !KEYS.iter().any(|(k, _)| *k == key) {
+        if !KEYS.iter().any(|(k, _)| *k == key) && !is_listener_setting(key) {
             bail!("unknown setting {key} (see docs/configuration.md)");
         }
         self.explicit.insert(key.to_string());
@@ -189,16 +218,95 @@ impl Settings {
         Ok((broker, controller))
     }
 
-    /// Host and port of the first listener that is not a controller listener.
+    /// Host and port of the client listener (the one that is not a controller listener).
     pub fn listener(&self) -> anyhow::Result<(String, u16)> {
+        let (_, host, port) = self.client_listener()?;
+        Ok((host, port))
+    }
+
+    /// The client listener: name, host and port. Shale serves one (multiple client
+    /// listeners would need an endpoint per listener in the brokers' registrations).
+    pub fn client_listener(&self) -> anyhow::Result<(String, String, u16)> {
         let controller = self.str("controller.listener.names");
-        let kafka = self
+        let mut kafka = self
             .str("listeners")
             .split(',')
             .map(str::trim)
-            .find(|l| !is_named(l, controller))
-            .unwrap_or("");
-        parse_listener(kafka)
+            .filter(|l| !l.is_empty() && !is_named(l, controller));
+        let first = kafka.next().unwrap_or("");
+        if let Some(second) = kafka.next() {
+            bail!(
+                "listeners: {first} and {second} are both client listeners; Shale serves one \
+                 client listener (plus the controller listener) so far"
+            );
+        }
+        let name = match first.split_once("://") {
+            Some((name, _)) => name.trim().to_ascii_uppercase(),
+            None => "PLAINTEXT".to_string(),
+        };
+        let (host, port) = parse_listener(first)?;
+        Ok((name, host, port))
+    }
+
+    /// The security of the client listener, from `listener.security.protocol.map` and the
+    /// `ssl.*`/`sasl.*` settings (`listener.name.<name>.` first).
+    pub fn client_listener_security(
+        &self,
+    ) -> anyhow::Result<shale_security::listener::ListenerSecurity> {
+        let (name, _, _) = self.client_listener()?;
+        let protocol = self.security_protocol(&name)?;
+        let get = |key: &str| self.opt(key).map(str::to_string);
+        shale_security::listener::ListenerSecurity::from_settings(&name, protocol, &get)
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// The authorizer's settings, `None` when `authorizer.class.name` is unset.
+    pub fn authorizer(&self) -> anyhow::Result<Option<shale_security::acl::AuthorizerConfig>> {
+        /// Kafka's authorizers; Shale's is their ACL model (KRaft's name, and ZooKeeper's).
+        const KNOWN: &[&str] = &[
+            "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "kafka.security.authorizer.AclAuthorizer",
+        ];
+        let Some(class) = self.opt("authorizer.class.name") else {
+            return Ok(None);
+        };
+        if !KNOWN.contains(&class.trim()) {
+            bail!(
+                "authorizer.class.name={class}: Shale implements Kafka's ACL authorizer; \
+                 set it to {} (or leave it unset to allow every request)",
+                KNOWN[0]
+            );
+        }
+        Ok(Some(shale_security::acl::AuthorizerConfig {
+            super_users: shale_security::acl::AuthorizerConfig::parse_super_users(
+                self.str("super.users"),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
+            allow_if_no_acl: self.parse("allow.everyone.if.no.acl.found")?,
+        }))
+    }
+
+    /// A listener name's protocol in `listener.security.protocol.map`.
+    pub fn security_protocol(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<shale_security::listener::SecurityProtocol> {
+        for entry in self
+            .str("listener.security.protocol.map")
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            let (n, p) = entry.split_once(':').with_context(|| {
+                format!("listener.security.protocol.map entry {entry:?}: expected NAME:PROTOCOL")
+            })?;
+            if n.trim().eq_ignore_ascii_case(name) {
+                return p
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("listener.security.protocol.map: {e}"));
+            }
+        }
+        bail!("listener {name} is not in listener.security.protocol.map")
     }
 
     /// Host and port of the controller listener (`controller.listener.names`, Kafka's
@@ -253,7 +361,20 @@ impl Settings {
     /// Host and port clients are told to use.
     pub fn advertised(&self) -> anyhow::Result<(String, u16)> {
         match self.opt("advertised.listeners") {
-            Some(l) => parse_listener(l),
+            Some(l) => {
+                // The entry named as the client listener; else the first that is not the
+                // controller's.
+                let (name, _, _) = self.client_listener()?;
+                let controller = self.str("controller.listener.names");
+                let entries: Vec<&str> = l.split(',').map(str::trim).collect();
+                let entry = entries
+                    .iter()
+                    .find(|e| is_named(e, &name))
+                    .or_else(|| entries.iter().find(|e| !is_named(e, controller)))
+                    .copied()
+                    .unwrap_or("");
+                parse_listener(entry)
+            }
             None => {
                 let (host, port) = self.listener()?;
                 // A wildcard bind address is no use to clients.
@@ -285,17 +406,26 @@ fn is_named(spec: &str, name: &str) -> bool {
         .is_some_and(|(n, _)| !name.is_empty() && n.eq_ignore_ascii_case(name))
 }
 
+/// Settings a listener may override under `listener.name.<name>.` (Kafka's per-listener
+/// configuration), and the per-listener-only JAAS entries of the SASL mechanisms.
+fn is_listener_setting(key: &str) -> bool {
+    let Some(rest) = key.strip_prefix("listener.name.") else {
+        return false;
+    };
+    let Some((_, setting)) = rest.split_once('.') else {
+        return false;
+    };
+    setting == "plain.sasl.jaas.config"
+        || ((setting.starts_with("ssl.")
+            || setting.starts_with("sasl.")
+            || setting == "connections.max.reauth.ms")
+            && KEYS.iter().any(|(k, _)| *k == setting))
+}
+
+/// Host and port of the first listener in `spec` (`NAME://host:port,...`).
 fn parse_listener(spec: &str) -> anyhow::Result<(String, u16)> {
     let first = spec.split(',').next().unwrap_or("").trim();
-    let rest = match first.split_once("://") {
-        Some((proto, rest)) => {
-            if !proto.eq_ignore_ascii_case("PLAINTEXT") {
-                bail!("listener {first}: only PLAINTEXT listeners are supported so far");
-            }
-            rest
-        }
-        None => first,
-    };
+    let rest = first.split_once("://").map_or(first, |(_, rest)| rest);
     let (host, port) = rest
         .rsplit_once(':')
         .with_context(|| format!("listener {first}: expected host:port"))?;

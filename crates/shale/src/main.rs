@@ -178,6 +178,9 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let (host, port) = s.listener()?;
     let (adv_host, adv_port) = s.advertised()?;
+    // Before anything starts: a listener whose certificate or key does not load stops the
+    // node here, with the reason, rather than ever serving plaintext.
+    let security = Arc::new(s.client_listener_security()?);
     let store: Arc<dyn ObjectStore> = shale_stream::metered::MeteredStore::new(object_store(&s)?);
 
     // The metadata quorum: this node alone, or the voters of controller.quorum.voters
@@ -336,6 +339,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             transaction_state_num_partitions: s.parse("transaction.state.log.num.partitions")?,
             broker_heartbeat_interval: s.millis("broker.heartbeat.interval.ms")?,
             broker_session_timeout: s.millis("broker.session.timeout.ms")?,
+            authorizer: s.authorizer()?,
         },
         meta,
         streams,
@@ -354,7 +358,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     }
     let serving = {
         let broker = broker.clone();
-        tokio::spawn(async move { broker.serve(listener).await })
+        tokio::spawn(async move { broker.serve_listener(listener, security).await })
     };
     shutdown_signal().await;
     tracing::info!("shutting down: draining the WAL");

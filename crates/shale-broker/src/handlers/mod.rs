@@ -1,7 +1,9 @@
 //! Kafka API handlers, one API family per module.
 
+pub mod acls;
 pub mod cluster;
 pub mod configs;
+pub mod credentials;
 pub mod fetch;
 pub mod groups;
 pub mod metadata;

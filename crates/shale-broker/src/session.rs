@@ -1,0 +1,307 @@
+//! Who a connection speaks for: its listener, peer and principal, and the SASL exchange
+//! that establishes the principal on SASL listeners (Kafka's SaslServerAuthenticator).
+//!
+//! On a SASL listener only ApiVersions, SaslHandshake and SaslAuthenticate are answered
+//! until the exchange succeeds; anything else closes the connection, as Kafka does. A
+//! failed exchange is answered (SASL_AUTHENTICATION_FAILED with the reason) and then the
+//! connection closes. With `connections.max.reauth.ms` set, the session lasts that long
+//! (KIP-368): the client re-authenticates on the same connection, or the first request it
+//! sends after expiry closes it.
+
+use crate::Broker;
+use crate::authz::RequestContext;
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{
+    ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use shale_security::listener::{ListenerSecurity, SaslMechanism};
+use shale_security::principal::KafkaPrincipal;
+use shale_security::scram::{ScramServer, ScramStep};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The identity and SASL state of one connection.
+pub(crate) struct Session {
+    pub listener: Arc<ListenerSecurity>,
+    pub peer: SocketAddr,
+    /// `User:ANONYMOUS` until established (by the TLS certificate or SASL).
+    pub principal: KafkaPrincipal,
+    /// What the authorization gate sees of this connection, kept in step with `principal`.
+    pub ctx: RequestContext,
+    state: State,
+    /// When the current SASL session ends (KIP-368); `None`: it does not.
+    expires: Option<Instant>,
+}
+
+enum State {
+    /// Requests may flow: no SASL on this listener, or an exchange has succeeded.
+    Established,
+    /// A SASL listener before (or, re-authenticating, between) exchanges: waiting for
+    /// SaslHandshake.
+    Handshake,
+    /// After SaslHandshake: SaslAuthenticate carries the mechanism's messages.
+    Authenticating(Exchange),
+}
+
+enum Exchange {
+    Plain,
+    Scram(Box<ScramServer>),
+}
+
+/// What the connection does with a request, given the session.
+pub(crate) enum Admit {
+    /// Dispatch it.
+    Serve,
+    /// Send this response (a SASL step) and keep reading.
+    Answer(kafka_protocol::messages::ResponseKind),
+    /// Send this response, then close (a refused exchange).
+    AnswerAndClose(kafka_protocol::messages::ResponseKind),
+    /// Close without answering.
+    Close,
+}
+
+impl Session {
+    pub(crate) fn new(
+        listener: Arc<ListenerSecurity>,
+        peer: SocketAddr,
+        principal: KafkaPrincipal,
+    ) -> Session {
+        let state = if listener.protocol.uses_sasl() {
+            State::Handshake
+        } else {
+            State::Established
+        };
+        let ctx = RequestContext {
+            principal: principal.clone(),
+            host: peer.ip().to_string(),
+            listener: Arc::from(listener.name.as_str()),
+        };
+        Session {
+            listener,
+            peer,
+            principal,
+            ctx,
+            state,
+            expires: None,
+        }
+    }
+
+    /// A session on a plaintext listener (tests and the fuzz target drive the broker so).
+    pub(crate) fn anonymous(peer: SocketAddr) -> Session {
+        Session::new(
+            Arc::new(ListenerSecurity::plaintext("PLAINTEXT")),
+            peer,
+            KafkaPrincipal::anonymous(),
+        )
+    }
+
+    /// Whether a request of `api` may be dispatched now.
+    pub(crate) fn admit(&self, api: ApiKey) -> Admit {
+        match (&self.state, api) {
+            (_, ApiKey::ApiVersions) => Admit::Serve,
+            (State::Established, _) if self.expired() => {
+                tracing::info!(
+                    peer = %self.peer, principal = %self.principal, ?api,
+                    "SASL session expired (connections.max.reauth.ms); closing"
+                );
+                Admit::Close
+            }
+            (State::Established, _) => Admit::Serve,
+            // Re-authenticating: the old session serves until it expires.
+            (State::Handshake | State::Authenticating(_), _)
+                if self.expires.is_some() && !self.expired() =>
+            {
+                Admit::Serve
+            }
+            _ => {
+                tracing::info!(
+                    peer = %self.peer, ?api, listener = %self.listener.name,
+                    "request before SASL authentication; closing"
+                );
+                Admit::Close
+            }
+        }
+    }
+
+    fn expired(&self) -> bool {
+        self.expires.is_some_and(|t| Instant::now() >= t)
+    }
+
+    fn sasl_enabled(&self) -> bool {
+        self.listener.protocol.uses_sasl()
+    }
+
+    pub(crate) fn handshake(&mut self, req: SaslHandshakeRequest) -> Admit {
+        use kafka_protocol::messages::ResponseKind::SaslHandshake;
+        let mechanisms: Vec<StrBytes> = self
+            .listener
+            .sasl_mechanisms
+            .iter()
+            .map(|m| StrBytes::from_static_str(m.name()))
+            .collect();
+        let response = |code: Option<ResponseError>| {
+            SaslHandshake(
+                SaslHandshakeResponse::default()
+                    .with_error_code(code.map_or(0, |c| c.code()))
+                    .with_mechanisms(mechanisms.clone()),
+            )
+        };
+        // A handshake is the start of an exchange: on a plaintext listener, or in the middle
+        // of one, it is out of place.
+        let in_place = match self.state {
+            State::Handshake => true,
+            State::Established => self.sasl_enabled(),
+            State::Authenticating(_) => false,
+        };
+        if !self.sasl_enabled() {
+            // Kafka answers, and keeps the connection, on a listener without SASL.
+            return Admit::Answer(response(Some(ResponseError::IllegalSaslState)));
+        }
+        if !in_place {
+            tracing::info!(peer = %self.peer, listener = %self.listener.name, "SaslHandshake out of place; closing");
+            return Admit::AnswerAndClose(response(Some(ResponseError::IllegalSaslState)));
+        }
+        let requested = req.mechanism.as_str();
+        let Some(mech) = self
+            .listener
+            .sasl_mechanisms
+            .iter()
+            .copied()
+            .find(|m| m.name() == requested)
+        else {
+            tracing::info!(
+                peer = %self.peer, mechanism = requested, listener = %self.listener.name,
+                "authentication failed: SASL mechanism not enabled"
+            );
+            return Admit::AnswerAndClose(response(Some(ResponseError::UnsupportedSaslMechanism)));
+        };
+        self.state = State::Authenticating(match mech {
+            SaslMechanism::Plain => Exchange::Plain,
+            SaslMechanism::Scram(m) => Exchange::Scram(Box::new(ScramServer::new(m))),
+        });
+        Admit::Answer(response(None))
+    }
+
+    pub(crate) fn authenticate(
+        &mut self,
+        broker: &Broker,
+        version: i16,
+        req: SaslAuthenticateRequest,
+    ) -> Admit {
+        use kafka_protocol::messages::ResponseKind::SaslAuthenticate;
+        if matches!(self.state, State::Established) {
+            // Nothing to authenticate: Kafka answers and keeps the connection.
+            return Admit::Answer(SaslAuthenticate(
+                SaslAuthenticateResponse::default()
+                    .with_error_code(ResponseError::IllegalSaslState.code())
+                    .with_error_message(Some(StrBytes::from_static_str(
+                        "SaslAuthenticate request received after successful authentication",
+                    ))),
+            ));
+        }
+        let State::Authenticating(exchange) = &mut self.state else {
+            tracing::info!(peer = %self.peer, "SaslAuthenticate before SaslHandshake; closing");
+            return Admit::AnswerAndClose(SaslAuthenticate(
+                SaslAuthenticateResponse::default()
+                    .with_error_code(ResponseError::IllegalSaslState.code())
+                    .with_error_message(Some(StrBytes::from_static_str(
+                        "Unexpected SaslAuthenticate request before SaslHandshake",
+                    ))),
+            ));
+        };
+        let step = match exchange {
+            Exchange::Plain => self
+                .listener
+                .plain_users
+                .authenticate(&req.auth_bytes)
+                .map(|user| (Bytes::new(), Some(user)))
+                .map_err(|e| e.to_string()),
+            Exchange::Scram(server) => {
+                let mechanism = server.mechanism();
+                let lookup = |user: &str| broker.scram_credential(user, mechanism);
+                match server.step(&req.auth_bytes, lookup) {
+                    Ok(ScramStep::Continue(first)) => Ok((Bytes::from(first), None)),
+                    Ok(ScramStep::Done {
+                        server_final,
+                        username,
+                        token_auth,
+                    }) => {
+                        if token_auth {
+                            // Delegation tokens are not issued by Shale, so none can be valid.
+                            Err("Authentication failed: delegation tokens are not supported"
+                                .to_string())
+                        } else {
+                            Ok((Bytes::from(server_final), Some(username)))
+                        }
+                    }
+                    // Kafka tells the client only the authorization-id mismatch; every
+                    // other reason is logged here and the client gets the generic text.
+                    Err(e) if e.is_client_visible() => Err(e.to_string()),
+                    Err(e) => {
+                        tracing::info!(peer = %self.peer, reason = %e, "SCRAM exchange failed");
+                        Err(format!(
+                            "Authentication failed during authentication due to invalid \
+                             credentials with SASL mechanism {}",
+                            mechanism.name()
+                        ))
+                    }
+                }
+            }
+        };
+        match step {
+            Ok((bytes, None)) => Admit::Answer(SaslAuthenticate(
+                SaslAuthenticateResponse::default().with_auth_bytes(bytes),
+            )),
+            Ok((bytes, Some(user))) => {
+                let principal = KafkaPrincipal::user(user);
+                // KIP-368: re-authentication may not change who the connection is.
+                if self.expires.is_some() && principal != self.principal {
+                    return self.refuse(format!(
+                        "Authentication failed: re-authentication as {principal} on a \
+                             connection of {}",
+                        self.principal
+                    ));
+                }
+                let lifetime = self.listener.max_reauth;
+                self.expires = lifetime.map(|d| Instant::now() + d);
+                tracing::debug!(
+                    peer = %self.peer, %principal, listener = %self.listener.name,
+                    "authenticated"
+                );
+                self.ctx.principal = principal.clone();
+                self.principal = principal;
+                self.state = State::Established;
+                let lifetime_ms = match (version, lifetime) {
+                    (1.., Some(d)) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+                    _ => 0,
+                };
+                Admit::Answer(SaslAuthenticate(
+                    SaslAuthenticateResponse::default()
+                        .with_auth_bytes(bytes)
+                        .with_session_lifetime_ms(lifetime_ms),
+                ))
+            }
+            Err(reason) => self.refuse(reason),
+        }
+    }
+
+    fn refuse(&mut self, reason: String) -> Admit {
+        use kafka_protocol::messages::ResponseKind::SaslAuthenticate;
+        tracing::info!(
+            peer = %self.peer, listener = %self.listener.name, %reason,
+            "authentication failed"
+        );
+        metrics::counter!("shale_authentication_failures_total", "listener" => self.listener.name.clone())
+            .increment(1);
+        self.state = State::Handshake;
+        Admit::AnswerAndClose(SaslAuthenticate(
+            SaslAuthenticateResponse::default()
+                .with_error_code(ResponseError::SaslAuthenticationFailed.code())
+                .with_error_message(Some(StrBytes::from_string(reason))),
+        ))
+    }
+}

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The documented zero-trust example (docs/security.md), in one command:
+#
+#   deploy/zero-trust/up.sh [--dir DIR] [--port 19093] [--s3-port PORT]
+#
+# - generates a CA, the node's certificate and client certificates (admin, alice, bob);
+# - starts a moto S3 server and one Shale node whose only client listener is SASL_SSL and
+#   requires a client certificate signed by that CA (mTLS), with Kafka's ACL authorizer;
+# - as the bootstrap admin (PLAIN, password in DIR/admin.password, super user), creates the
+#   SCRAM-SHA-512 users alice and bob and the topic `payments`, and grants alice Write, Read
+#   and Describe on `payments` and Read on group `payments-app`; bob gets nothing;
+# - writes librdkafka-style client settings to DIR/alice.properties and DIR/bob.properties.
+# The last line of stdout is `bootstrap: HOST:PORT`. deploy/zero-trust/down.sh stops it.
+# Needs python3 with moto[server], boto3, cryptography and confluent-kafka
+# (scripts/install-test-deps.sh) and the binary ($ROOT/target/release/shale, or SHALE_BIN).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+HERE="$ROOT/deploy/zero-trust"
+BIN="${SHALE_BIN:-$ROOT/target/release/shale}"
+PYTHON="${PYTHON:-python3}"
+DIR="$ROOT/.zero-trust"
+PORT=19093
+S3_PORT=""
+
+die() { echo "zero-trust: $*" >&2; exit 1; }
+say() { echo "zero-trust: $*" >&2; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dir) DIR="$2"; shift 2 ;;
+        --port) PORT="$2"; shift 2 ;;
+        --s3-port) S3_PORT="$2"; shift 2 ;;
+        -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument $1" ;;
+    esac
+done
+
+[ -x "$BIN" ] || die "no shale binary at $BIN (cargo build --release -p shale, or set SHALE_BIN)"
+command -v moto_server >/dev/null || die "moto_server missing: run scripts/install-test-deps.sh"
+"$PYTHON" -c 'import boto3, cryptography, confluent_kafka' 2>/dev/null \
+    || die "python3 needs boto3, cryptography and confluent-kafka: run scripts/install-test-deps.sh"
+mkdir -p "$DIR"
+DIR="$(cd "$DIR" && pwd)"
+if [ -s "$DIR/shale.pid" ] && kill -0 "$(cat "$DIR/shale.pid")" 2>/dev/null; then
+    die "already running in $DIR (stop it with deploy/zero-trust/down.sh --dir $DIR)"
+fi
+
+free_port() {
+    "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+[ -n "$S3_PORT" ] || S3_PORT="$(free_port)"
+
+spawn() {
+    local pidfile="$1" log="$2"; shift 2
+    # shellcheck disable=SC2016  # $$ and $@ are the inner shell's
+    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$log" 2>&1 &
+    local i
+    for i in $(seq 100); do [ -s "$pidfile" ] && return 0; sleep 0.02; done
+    die "could not start $*"
+}
+
+say "certificates in $DIR"
+"$PYTHON" "$HERE/zt.py" certs "$DIR"
+[ -s "$DIR/admin.password" ] || "$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(24))' >"$DIR/admin.password"
+chmod 600 "$DIR/admin.password"
+
+rm -f "$DIR/moto.pid"
+spawn "$DIR/moto.pid" "$DIR/moto.log" moto_server -H 127.0.0.1 -p "$S3_PORT"
+"$PYTHON" - "http://127.0.0.1:$S3_PORT" <<'PY' >&2 || die "moto_server failed (log: $DIR/moto.log)"
+import sys, time, urllib.request
+import boto3
+url = sys.argv[1]
+for _ in range(300):
+    try:
+        urllib.request.urlopen(url + "/", timeout=2)
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit("moto_server did not answer within 30 s")
+boto3.client("s3", endpoint_url=url, aws_access_key_id="test", aws_secret_access_key="test",
+             region_name="us-east-1").create_bucket(Bucket="shale")
+PY
+
+ADMIN_PASSWORD="$(cat "$DIR/admin.password")"
+rm -rf "$DIR/data"  # the bucket is new (in memory): so must the metadata be
+cat >"$DIR/shale.toml" <<TOML
+"node.id" = 1
+"listeners" = "SASL_SSL://127.0.0.1:$PORT"
+"data.dir" = "$DIR/data"
+"object.store" = "s3"
+"s3.endpoint" = "http://127.0.0.1:$S3_PORT"
+"s3.bucket" = "shale"
+"s3.access.key.id" = "test"
+"s3.secret.access.key" = "test"
+# TLS: the node's identity, and client certificates required (mTLS) from this CA.
+"ssl.keystore.type" = "PEM"
+"ssl.certificate.location" = "$DIR/node.pem"
+"ssl.key.location" = "$DIR/node.key"
+"ssl.truststore.location" = "$DIR/ca.pem"
+"ssl.client.auth" = "required"
+# SASL on top: users log in with SCRAM-SHA-512; PLAIN only for the bootstrap admin.
+"sasl.enabled.mechanisms" = "SCRAM-SHA-512,PLAIN"
+"listener.name.sasl_ssl.plain.sasl.jaas.config" = 'org.apache.kafka.common.security.plain.PlainLoginModule required user_admin="$ADMIN_PASSWORD";'
+# Kafka's ACL authorizer: nothing is allowed that no ACL grants.
+"authorizer.class.name" = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+"super.users" = "User:admin"
+"allow.everyone.if.no.acl.found" = "false"
+"auto.create.topics.enable" = "false"
+TOML
+chmod 600 "$DIR/shale.toml"
+
+: >"$DIR/shale.log"
+rm -f "$DIR/shale.pid"
+spawn "$DIR/shale.pid" "$DIR/shale.log" "$BIN" serve --config "$DIR/shale.toml"
+for _ in $(seq 600); do
+    grep -q "^bootstrap: " "$DIR/shale.log" && break
+    kill -0 "$(cat "$DIR/shale.pid")" 2>/dev/null || { tail -n 30 "$DIR/shale.log" >&2; die "shale exited (log: $DIR/shale.log)"; }
+    sleep 0.1
+done
+grep -q "^bootstrap: " "$DIR/shale.log" || die "shale did not start within 60 s (log: $DIR/shale.log)"
+BOOTSTRAP="127.0.0.1:$PORT"
+
+say "users alice and bob (SCRAM-SHA-512), topic payments, alice's grants"
+"$PYTHON" "$HERE/zt.py" setup "$DIR" "$BOOTSTRAP" || die "setting up users and ACLs failed (log: $DIR/shale.log)"
+say "client settings: $DIR/alice.properties, $DIR/bob.properties"
+echo "bootstrap: $BOOTSTRAP"
