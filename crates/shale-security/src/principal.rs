@@ -149,8 +149,8 @@ pub fn rfc2253_subject(cert_der: &[u8]) -> Result<String, PrincipalError> {
     // The names' bytes straight from the DER: x509-parser's raw slices are off for an RDN
     // with no attributes.
     let (issuer, subject) = tbs_names(cert_der).map_err(PrincipalError::Certificate)?;
-    let issuer = parse_name(issuer)
-        .map_err(|e| PrincipalError::Certificate(format!("issuer: {e}")))?;
+    let issuer =
+        parse_name(issuer).map_err(|e| PrincipalError::Certificate(format!("issuer: {e}")))?;
     if issuer.is_empty() {
         return Err(PrincipalError::Certificate(
             "Empty issuer DN not allowed in X509Certificates".into(),
@@ -327,8 +327,14 @@ const RFC2253_KEYWORDS: &[(&[u8], &str)] = &[
     (&[0x55, 0x04, 0x0a], "O"),
     (&[0x55, 0x04, 0x0b], "OU"),
     // 0.9.2342.19200300.100.1.25 and .1
-    (&[0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19], "DC"),
-    (&[0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x01], "UID"),
+    (
+        &[0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19],
+        "DC",
+    ),
+    (
+        &[0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x01],
+        "UID",
+    ),
 ];
 
 fn render_ava(ava: &Ava<'_>) -> String {
@@ -506,7 +512,9 @@ fn oid_to_string(oid: &[u8]) -> String {
             }
             out.push_str(&base128_to_decimal(arc, if first { 80 } else { 0 }));
         } else {
-            let v = arc.iter().fold(0u32, |v, &b| (v << 7) | u32::from(b & 0x7f));
+            let v = arc
+                .iter()
+                .fold(0u32, |v, &b| (v << 7) | u32::from(b & 0x7f));
             match (first, v) {
                 (true, v) if v < 80 => out.push_str(&format!("{}.{}", v / 40, v % 40)),
                 (true, v) => out.push_str(&format!("2.{}", v - 80)),
@@ -851,9 +859,8 @@ impl RegexRule {
         } else {
             Some(name)
         };
-        name.map(Some).ok_or_else(|| {
-            unmappable("Java's case mapping of this name may differ from Rust's")
-        })
+        name.map(Some)
+            .ok_or_else(|| unmappable("Java's case mapping of this name may differ from Rust's"))
     }
 }
 
@@ -1032,9 +1039,7 @@ fn compile_replacement(
                     return Err(java("named capturing group has 0 length name".into()));
                 }
                 if value.get(i) != Some(&unit('}')) {
-                    return Err(java(
-                        "named capturing group is missing trailing '}'".into(),
-                    ));
+                    return Err(java("named capturing group is missing trailing '}'".into()));
                 }
                 let name = String::from_utf16_lossy(value.get(begin..i).unwrap_or_default());
                 if name.starts_with(|c: char| c.is_ascii_digit()) {
@@ -1080,10 +1085,7 @@ fn compile_replacement(
 /// count becomes a literal `\$n`, after truncating `$123` to `$12` or `$1` where those exist.
 /// Kept exactly, including that its positions come from the original string, so from the
 /// second escape on the `\` lands earlier than the `$` (Java then usually throws).
-fn escape_literal_back_references(
-    unescaped: &str,
-    group_count: usize,
-) -> Result<Vec<u16>, String> {
+fn escape_literal_back_references(unescaped: &str, group_count: usize) -> Result<Vec<u16>, String> {
     let original: Vec<u16> = unescaped.encode_utf16().collect();
     if group_count == 0 {
         return Ok(original);
@@ -1290,9 +1292,7 @@ mod java_regex {
             'd' => "0-9",
             's' => r"\x{9}-\x{D}\x{20}",
             'w' => "0-9A-Z_a-z",
-            'h' => {
-                r"\x{9}\x{20}\x{A0}\x{1680}\x{180E}\x{2000}-\x{200A}\x{202F}\x{205F}\x{3000}"
-            }
+            'h' => r"\x{9}\x{20}\x{A0}\x{1680}\x{180E}\x{2000}-\x{200A}\x{202F}\x{205F}\x{3000}",
             'v' => r"\x{A}-\x{D}\x{85}\x{2028}\x{2029}",
             _ => return None,
         };
@@ -1625,7 +1625,9 @@ mod java_regex {
         fn escape(&mut self) -> Result<Atom, Error> {
             self.bump();
             let Some(c) = self.bump() else {
-                return Err(Invalid("Unexpected internal error (a trailing backslash)".into()));
+                return Err(Invalid(
+                    "Unexpected internal error (a trailing backslash)".into(),
+                ));
             };
             if let Some(code_point) = self.code_point_escape(c)? {
                 self.literal(code_point);
@@ -1888,19 +1890,31 @@ mod tests {
         let p: KafkaPrincipal = "User:CN=a:b,O=c".parse().unwrap();
         assert_eq!(p.principal_type, "User");
         assert_eq!(p.name, "CN=a:b,O=c");
-        assert_eq!("Group:ops".parse::<KafkaPrincipal>().unwrap().principal_type, "Group");
+        assert_eq!(
+            "Group:ops"
+                .parse::<KafkaPrincipal>()
+                .unwrap()
+                .principal_type,
+            "Group"
+        );
     }
 
     #[test]
     fn parsing_keeps_an_empty_name_as_kafka_does() {
-        assert_eq!("User:".parse::<KafkaPrincipal>().unwrap(), KafkaPrincipal::user(""));
+        assert_eq!(
+            "User:".parse::<KafkaPrincipal>().unwrap(),
+            KafkaPrincipal::user("")
+        );
     }
 
     #[test]
     fn parsing_refuses_no_colon_an_empty_string_and_an_empty_type() {
         for s in ["alice", "", ":alice"] {
             assert!(
-                matches!(s.parse::<KafkaPrincipal>(), Err(PrincipalError::InvalidPrincipal(_))),
+                matches!(
+                    s.parse::<KafkaPrincipal>(),
+                    Err(PrincipalError::InvalidPrincipal(_))
+                ),
                 "{s:?}"
             );
         }
@@ -1955,7 +1969,10 @@ mod tests {
             );
         }
         let err = SslPrincipalMapper::parse("DEFAULT/L").unwrap_err();
-        assert_eq!(err.to_string(), "Invalid rule: `DEFAULT/L`, unmatched substring: `/L`");
+        assert_eq!(
+            err.to_string(),
+            "Invalid rule: `DEFAULT/L`, unmatched substring: `/L`"
+        );
     }
 
     #[test]
@@ -1997,15 +2014,24 @@ mod tests {
             ("RULE:/.*/L", "[RULE:/.*/L]"),
             ("RULE://,DEFAULT", "[RULE:/, DEFAULT]"),
             ("  RULE:// ,  DEFAULT  ", "[RULE:/, DEFAULT]"),
-            ("  RULE:   /     / ,  DEFAULT  ", "[RULE:   /     , DEFAULT]"),
-            ("  RULE:  /     /U   ,DEFAULT  ", "[RULE:  /     /U, DEFAULT]"),
+            (
+                "  RULE:   /     / ,  DEFAULT  ",
+                "[RULE:   /     , DEFAULT]",
+            ),
+            (
+                "  RULE:  /     /U   ,DEFAULT  ",
+                "[RULE:  /     /U, DEFAULT]",
+            ),
             (
                 "  RULE:([A-Z]*)/$1/U   ,RULE:([a-z]+)/$1/,   DEFAULT  ",
                 "[RULE:([A-Z]*)/$1/U, RULE:([a-z]+)/$1, DEFAULT]",
             ),
         ];
         for (rules, expected) in cases {
-            assert_eq!(split(rules), format!("SslPrincipalMapper(rules = {expected})"));
+            assert_eq!(
+                split(rules),
+                format!("SslPrincipalMapper(rules = {expected})")
+            );
         }
     }
 
@@ -2014,11 +2040,20 @@ mod tests {
         let cases = [
             (",   , , ,      , , ,   ", "[]"),
             (",,RULE://,,,DEFAULT,,", "[RULE:/, DEFAULT]"),
-            (",  , RULE: /   /    ,,,   DEFAULT, ,   ", "[RULE: /   , DEFAULT]"),
-            ("     ,  , RULE:   /  /U    ,,  ,DEFAULT, ,", "[RULE:   /  /U, DEFAULT]"),
+            (
+                ",  , RULE: /   /    ,,,   DEFAULT, ,   ",
+                "[RULE: /   , DEFAULT]",
+            ),
+            (
+                "     ,  , RULE:   /  /U    ,,  ,DEFAULT, ,",
+                "[RULE:   /  /U, DEFAULT]",
+            ),
         ];
         for (rules, expected) in cases {
-            assert_eq!(split(rules), format!("SslPrincipalMapper(rules = {expected})"));
+            assert_eq!(
+                split(rules),
+                format!("SslPrincipalMapper(rules = {expected})")
+            );
         }
     }
 
@@ -2070,7 +2105,10 @@ mod tests {
     #[test]
     fn no_matching_rule_is_kafkas_error_naming_the_rules() {
         let err = name("RULE:^CN=a$/b/", "CN=x").unwrap_err();
-        assert_eq!(err.to_string(), "No rules apply to CN=x, rules [RULE:^CN=a$/b]");
+        assert_eq!(
+            err.to_string(),
+            "No rules apply to CN=x, rules [RULE:^CN=a$/b]"
+        );
         let err = name("", "CN=x").unwrap_err();
         assert_eq!(err.to_string(), "No rules apply to CN=x, rules []");
     }
@@ -2081,7 +2119,10 @@ mod tests {
         assert_eq!(name("RULE:^CN=(.*)$/$1/U", "CN=duke").unwrap(), "DUKE");
         // Java's full mappings: ß uppercases to SS; a word-final sigma lowercases to ς.
         assert_eq!(name("RULE:^CN=(.*)$/$1/U", "CN=straße").unwrap(), "STRASSE");
-        assert_eq!(name("RULE:^CN=(.*)$/$1/L", "CN=ΟΔΥΣΣΕΥΣ").unwrap(), "οδυσσευς");
+        assert_eq!(
+            name("RULE:^CN=(.*)$/$1/L", "CN=ΟΔΥΣΣΕΥΣ").unwrap(),
+            "οδυσσευς"
+        );
     }
 
     #[test]
@@ -2090,7 +2131,10 @@ mod tests {
         // including the empty ones Java finds between characters.
         assert_eq!(name("RULE:(.*?)/[$1]/", "ab").unwrap(), "[]a[]b[]");
         assert_eq!(name("RULE:x*/-/", "x").unwrap(), "--");
-        assert_eq!(name("RULE:(x*)|(.*)/[$1|$2]/", "ab").unwrap(), "[|]a[|]b[|]");
+        assert_eq!(
+            name("RULE:(x*)|(.*)/[$1|$2]/", "ab").unwrap(),
+            "[|]a[|]b[|]"
+        );
     }
 
     #[test]
@@ -2098,8 +2142,11 @@ mod tests {
         // $0 is the whole match; a non-participating group is empty.
         assert_eq!(name("RULE:^CN=(.*)$/<$0>/", "CN=a").unwrap(), "<CN=a>");
         assert_eq!(
-            name("RULE:^CN=([^,]+),(?:OU=[^,]+,)*O=Acme.*$/$1@acme/L", "CN=Alice,OU=Eng,OU=Dev,O=Acme,C=US")
-                .unwrap(),
+            name(
+                "RULE:^CN=([^,]+),(?:OU=[^,]+,)*O=Acme.*$/$1@acme/L",
+                "CN=Alice,OU=Eng,OU=Dev,O=Acme,C=US"
+            )
+            .unwrap(),
             "alice@acme"
         );
         // Digits after the first extend the group number only while such a group exists.
@@ -2110,13 +2157,19 @@ mod tests {
             "alice"
         );
         // `\` makes the next character literal.
-        assert_eq!(name(r"RULE:^CN=(.*)$/\$1 \\ $1/", "CN=a").unwrap(), r"$1 \ a");
+        assert_eq!(
+            name(r"RULE:^CN=(.*)$/\$1 \\ $1/", "CN=a").unwrap(),
+            r"$1 \ a"
+        );
         assert_eq!(name(r"RULE:^CN=a\/b$/x\/y/", "CN=a/b").unwrap(), "x/y");
     }
 
     #[test]
     fn a_group_reference_beyond_the_groups_is_literal_as_kafka_escapes_it() {
-        assert_eq!(name("RULE:^CN=(.*?),OU=(.*?)$/$1-$3/", "CN=a,OU=b").unwrap(), "a-$3");
+        assert_eq!(
+            name("RULE:^CN=(.*?),OU=(.*?)$/$1-$3/", "CN=a,OU=b").unwrap(),
+            "a-$3"
+        );
         assert_eq!(name("RULE:^(a)(b)(c)$/$4@/", "abc").unwrap(), "$4@");
     }
 
@@ -2133,9 +2186,16 @@ mod tests {
     #[test]
     fn an_invalid_replacement_fails_the_mapping_only_when_its_rule_matches() {
         // Java throws from replaceAll: `$1` without groups, a trailing `$`.
-        for rules in ["RULE:^CN=a$/$1/", "RULE:^CN=(a)$/$/", r"RULE:^CN=(a)$/${nope}/"] {
+        for rules in [
+            "RULE:^CN=a$/$1/",
+            "RULE:^CN=(a)$/$/",
+            r"RULE:^CN=(a)$/${nope}/",
+        ] {
             assert!(
-                matches!(name(rules, "CN=a"), Err(PrincipalError::InvalidReplacement { .. })),
+                matches!(
+                    name(rules, "CN=a"),
+                    Err(PrincipalError::InvalidReplacement { .. })
+                ),
                 "{rules}"
             );
             assert!(matches!(
@@ -2156,9 +2216,15 @@ mod tests {
         assert_eq!(name(r"RULE:^CN=(\w+)$/$1/", "CN=Jose_1").unwrap(), "Jose_1");
         assert!(name(r"RULE:^CN=(\d+)$/$1/", "CN=\u{663}").is_err());
         // `.` stops at any line terminator, \r included.
-        assert_eq!(name("RULE:^CN=(.*)$/$1/,DEFAULT", "CN=a\rb").unwrap(), "CN=a\rb");
+        assert_eq!(
+            name("RULE:^CN=(.*)$/$1/,DEFAULT", "CN=a\rb").unwrap(),
+            "CN=a\rb"
+        );
         // \Q...\E quotes.
-        assert_eq!(name(r"RULE:^CN=\Q*.+\E$/quoted/", "CN=*.+").unwrap(), "quoted");
+        assert_eq!(
+            name(r"RULE:^CN=\Q*.+\E$/quoted/", "CN=*.+").unwrap(),
+            "quoted"
+        );
         assert!(name(r"RULE:^CN=\Q*.+\E$/quoted/", "CN=aa").is_err());
         // A class with `]` first, and `-` last, as literals.
         assert_eq!(name("RULE:^CN=[]a-]+$/ok/", "CN=a]-").unwrap(), "ok");
@@ -2249,7 +2315,10 @@ mod tests {
     }
 
     /// A DER Name from RDNs in certificate order, each a list of (type, tag, value).
-    fn name_der(rdns: &[&[(&[u8], u8, &[u8])]]) -> Vec<u8> {
+    /// An attribute: type OID, value tag, value.
+    type Attribute<'a> = (&'a [u8], u8, &'a [u8]);
+
+    fn name_der(rdns: &[&[Attribute<'_>]]) -> Vec<u8> {
         let rdns: Vec<u8> = rdns
             .iter()
             .flat_map(|avas| {
@@ -2289,7 +2358,10 @@ mod tests {
             rest = after;
         }
         fields[index] = field.to_vec();
-        tlv(0x30, &[tlv(tag, &fields.concat()), after_tbs.to_vec()].concat())
+        tlv(
+            0x30,
+            &[tlv(tag, &fields.concat()), after_tbs.to_vec()].concat(),
+        )
     }
 
     fn with_subject(name: Vec<u8>) -> Vec<u8> {
@@ -2368,7 +2440,10 @@ mod tests {
                         custom(&[1, 2, 840, 113549, 1, 9, 1]),
                         DnValue::Ia5String("alice@example.com".try_into().unwrap()),
                     ),
-                    (custom(&[2, 5, 4, 5]), DnValue::PrintableString("1234".try_into().unwrap())),
+                    (
+                        custom(&[2, 5, 4, 5]),
+                        DnValue::PrintableString("1234".try_into().unwrap()),
+                    ),
                     (CommonName, utf8("alice")),
                 ]),
                 Some(
@@ -2379,7 +2454,10 @@ mod tests {
             (
                 "UID, DC and STREET have keywords",
                 dn(vec![
-                    (custom(&[0, 9, 2342, 19200300, 100, 1, 25]), DnValue::Ia5String("com".try_into().unwrap())),
+                    (
+                        custom(&[0, 9, 2342, 19200300, 100, 1, 25]),
+                        DnValue::Ia5String("com".try_into().unwrap()),
+                    ),
                     (custom(&[2, 5, 4, 9]), utf8("1 Main St")),
                     (custom(&[0, 9, 2342, 19200300, 100, 1, 1]), utf8("jdoe")),
                 ]),
@@ -2388,10 +2466,22 @@ mod tests {
             (
                 "JDK 17 decodes every string type as UTF-8: BMPString's zero bytes show as \\00",
                 dn(vec![
-                    (CountryName, DnValue::PrintableString("US".try_into().unwrap())),
-                    (OrganizationName, DnValue::BmpString("Org".try_into().unwrap())),
-                    (OrganizationalUnitName, DnValue::TeletexString("tt".try_into().unwrap())),
-                    (LocalityName, DnValue::UniversalString("u".try_into().unwrap())),
+                    (
+                        CountryName,
+                        DnValue::PrintableString("US".try_into().unwrap()),
+                    ),
+                    (
+                        OrganizationName,
+                        DnValue::BmpString("Org".try_into().unwrap()),
+                    ),
+                    (
+                        OrganizationalUnitName,
+                        DnValue::TeletexString("tt".try_into().unwrap()),
+                    ),
+                    (
+                        LocalityName,
+                        DnValue::UniversalString("u".try_into().unwrap()),
+                    ),
                 ]),
                 Some(r"L=#1c0400000075,OU=tt,O=\00O\00r\00g,C=US"),
             ),
@@ -2423,13 +2513,21 @@ mod tests {
             ),
             (
                 "invalid UTF-8 becomes U+FFFD as Java's decoder places it",
-                with_subject(name_der(&[&[(CN, UTF8, b"a\xed\xa0\x80b\xe9c\xf0\x9f\x98")]])),
+                with_subject(name_der(&[&[(
+                    CN,
+                    UTF8,
+                    b"a\xed\xa0\x80b\xe9c\xf0\x9f\x98",
+                )]])),
                 Some("CN=a\u{fffd}b\u{fffd}c\u{fffd}"),
             ),
             (
                 "OIDs with large arcs",
                 with_subject(name_der(&[
-                    &[(&[0x88, 0x37, 0x81, 0x80, 0x80, 0x80, 0x80, 0x01], UTF8, b"a")],
+                    &[(
+                        &[0x88, 0x37, 0x81, 0x80, 0x80, 0x80, 0x80, 0x01],
+                        UTF8,
+                        b"a",
+                    )],
                     &[(&[0x8f, 0xff, 0xff, 0xff, 0x7f, 0x81, 0x00], UTF8, b"b")],
                 ])),
                 Some("2.4294967215.128=#0c0162,2.999.34359738369=#0c0161"),
@@ -2467,7 +2565,10 @@ mod tests {
                 "an AVA with more than a type and a value",
                 with_subject(tlv(
                     0x30,
-                    &tlv(0x31, &tlv(0x30, &[tlv(6, CN), tlv(UTF8, b"a"), tlv(5, &[])].concat())),
+                    &tlv(
+                        0x31,
+                        &tlv(0x30, &[tlv(6, CN), tlv(UTF8, b"a"), tlv(5, &[])].concat()),
+                    ),
                 )),
                 None,
             ),
@@ -2521,300 +2622,5 @@ mod tests {
         for (i, (_, cert, _)) in golden_cases().iter().enumerate() {
             std::fs::write(format!("{dir}/{i}.der"), cert).unwrap();
         }
-    }
-}
-
-#[cfg(test)]
-mod differential {
-    //! TEMPORARY: differential testing against Kafka's code on JDK 17.
-    use super::*;
-
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-        fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-            xs[self.below(xs.len())]
-        }
-        fn string(&mut self, xs: &[&str], max: usize) -> String {
-            let n = self.below(max + 1);
-            (0..n).map(|_| self.pick(xs)).collect()
-        }
-    }
-
-    const PATTERN: &[&str] = &[
-        "a", "b", "A", "B", "C", "N", "=", ",", "CN=", "OU=", "(.*?)", "(.*)", "(.+)", "([^,]*)",
-        "([a-z]*)", "(?i)", "(?-i)", "(?s)", "(?i:", "(?:", "(", "(?<g>", ")", ")", "|", "*", "+",
-        "?", "*?", "+?", "??", "{2}", "{1,}", "{0,2}", ".", "\\d", "\\w", "\\s", "\\W", "[", "]",
-        "[^", "-", "^", "$", "\\\\", "\\,", "\\.", "\\/", "é", "É", "😀", "\\x41", "\\u00e9",
-        "\\Q", ".\\E", "\\E", "\\t", "[a-c]", "[A-Z]", "[^a]", "[a-]", "[]a]", "\\0101", "\\cA",
-        "\\p{L}", "(?=a)", "\\1", "\\b", "&&", "\\v", "\\h", "#", " ", "\\Z", "\\z", "\\A",
-        "[\\x{1F600}]", "[^\\x{1F600}]", "\\uD83D\\uDE00", "\\uDE00", "x*", "(x*)", "(a|)", "(|a)",
-        "\\n", "\\r", "[\\s,]", "[-a]", "[a-z&&[^b]]", "\\x{e9}", "{", "}", "(?i)é", "k", "K",
-        "(?:(a)|b)+", "((a)|b)*", "(a|(b))+", "(a*)?", "(a*){2}", "(a|b*){1,3}", "(?:a(b)?)*",
-        "(a)*", "([^,]*)+", "(.)*?", "(a?){0,1}",
-    ];
-    const REPLACEMENT: &[&str] = &[
-        "$1", "$2", "$0", "$", "\\", "x", "${g}", "$12", "\\$1", "@", "$3$4", "$9", "a", "\\\\",
-        "\\/", "{", "}", "é", "$10", "$1é$5", "😀", "$99999999999", "${1}", "${}",
-    ];
-    const DN: &[&str] = &[
-        "CN=", "a", "b", "A", "B", "é", "É", "😀", ",", "OU=", "x", "\\,", " ", "1", "=", "\n",
-        "\r", "\u{2028}", "+", ";", "Σ", "ß", "İ", "k", "\u{212A}", "٣", "\t", "ﬀ",
-    ];
-    const REAL_PATTERN: &[&str] = &[
-        "^", "CN=", "(.*?)", "(.*)", ",", "OU=", "(?i)", "([^,]+)", "(.+?)", ".*", "$", "(\\\\,|[^,])*",
-        "O=", "([a-z]+)", "[Cc][Nn]=", "(?:", ")", "|", "(?<n>[^,]*)", "\\s*", "(x*)", "(.)", "a", "é",
-        "((\\\\, *|\\w)+)", "(,.*|$)", "DC=", "(?s)", ".+",
-    ];
-    const REAL_REPLACEMENT: &[&str] = &["$1", "@", "$2", "${n}", "$0", "-", "\\$", "$3", "$4", "x"];
-    const SPLIT: &[&str] = &[
-        "RULE:", "DEFAULT", ",", " ", "/", "\\", "L", "U", "x", "\u{2028}", "\t", "\\/",
-        "RULE:a/b/", ",,", "\n", "(", ")", "\u{85}", "😀", "a",
-    ];
-
-    const REAL_DN: &[&str] = &[
-        "CN=", "alice", "Bob", ",OU=", "Eng", ",O=", "Example", ",DC=", "com", "\\, ", "é", "x", "a",
-        "😀", " ", "\n", "Duke", "cn=", ",", "Σ",
-    ];
-    fn hex8(s: &str) -> String {
-        s.bytes().map(|b| format!("{b:02x}")).collect()
-    }
-    fn hex16(s: &str) -> String {
-        s.encode_utf16().map(|u| format!("{u:04x}")).collect()
-    }
-
-    #[test]
-    #[ignore]
-    fn generate() {
-        let Ok(path) = std::env::var("SHALE_DIFF_GEN") else { return };
-        let seed: u64 = std::env::var("SHALE_DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-        let count: usize = std::env::var("SHALE_DIFF_COUNT").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
-        let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
-        let mut out = String::new();
-        for i in 0..count {
-            let rules = if i % 10 == 0 {
-                rng.string(SPLIT, 10)
-            } else if i % 3 == 0 {
-                let flag = rng.pick(&["", "L", "U"]);
-                let p = rng.string(REAL_PATTERN, 6);
-                let r = rng.string(REAL_REPLACEMENT, 3);
-                format!("RULE:{p}/{r}/{flag}")
-            } else {
-                let flag = rng.pick(&["", "L", "U"]);
-                let p = rng.string(PATTERN, 7);
-                let r = rng.string(REPLACEMENT, 3);
-                let mut rules = format!("RULE:{p}/{r}/{flag}");
-                if rng.below(3) == 0 {
-                    rules.push_str(", DEFAULT");
-                }
-                rules
-            };
-            out.push_str(&hex8(&rules));
-            for j in 0..8 {
-                out.push('\t');
-                let dn = if j % 2 == 0 { rng.string(DN, 8) } else { rng.string(REAL_DN, 6) };
-                out.push_str(&hex8(&dn));
-            }
-            out.push('\t');
-            out.push_str(&hex8("CN=abc,OU=b"));
-            out.push('\n');
-        }
-        std::fs::write(path, out).unwrap();
-    }
-
-    #[test]
-    #[ignore]
-    fn check() {
-        let Ok(cases) = std::env::var("SHALE_DIFF_CASES") else { return };
-        let java = std::env::var("SHALE_DIFF_JAVA").unwrap();
-        let cases = std::fs::read_to_string(cases).unwrap();
-        let java = std::fs::read_to_string(java).unwrap();
-        let unhex = |h: &str| {
-            let bytes: Vec<u8> = (0..h.len() / 2).map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap()).collect();
-            String::from_utf8(bytes).unwrap()
-        };
-        let (mut mismatches, mut unsupported, mut unmappable, mut agree) = (0, 0, 0, 0);
-        for (case, expected) in cases.lines().zip(java.lines()) {
-            let fields: Vec<&str> = case.split('\t').collect();
-            let rules = unhex(fields[0]);
-            let exp: Vec<&str> = expected.split('\t').collect();
-            let mapper = SslPrincipalMapper::parse(&rules);
-            match (&mapper, exp[0]) {
-                (Err(PrincipalError::UnsupportedPattern { .. }), "OK") => { unsupported += 1; continue; }
-                (Err(PrincipalError::UnsupportedPattern { .. }), _) => { println!("UNSUPPORTED-BUT-JAVA-REJECTS {rules:?}: {}", mapper.as_ref().unwrap_err()); unsupported += 1; continue; }
-                (Err(_), "PARSE_ERR") => { agree += 1; continue; }
-                (Err(e), _) => { println!("MISMATCH parse {rules:?}: rust error {e}, java ok"); mismatches += 1; continue; }
-                (Ok(_), "PARSE_ERR") => { println!("MISMATCH parse {rules:?}: rust ok, java {}", exp[1]); mismatches += 1; continue; }
-                _ => {}
-            }
-            let mapper = mapper.unwrap();
-            if hex16(&mapper.to_string()) != exp[1] {
-                println!("MISMATCH toString {rules:?}: rust {mapper}");
-                mismatches += 1;
-                continue;
-            }
-            for (dn_hex, want) in fields[1..].iter().zip(&exp[2..]) {
-                let dn = unhex(dn_hex);
-                let got = match mapper.principal_name(&dn) {
-                    Ok(n) => format!("N:{}", hex16(&n)),
-                    Err(PrincipalError::NoMatchingRule { .. }) => "NOMATCH".into(),
-                    Err(PrincipalError::InvalidReplacement { .. }) => "ERR".into(),
-                    Err(PrincipalError::Unmappable { .. }) => { unmappable += 1; continue; }
-                    Err(e) => format!("OTHER {e}"),
-                };
-                let want_cmp = if want.starts_with("ERR") { "ERR" } else { want };
-                if got == want_cmp {
-                    agree += 1;
-                } else {
-                    println!("MISMATCH {rules:?} on {dn:?}: rust {got} ({:?}), java {want}", mapper.principal_name(&dn));
-                    mismatches += 1;
-                }
-            }
-        }
-        println!("agree {agree}, mismatches {mismatches}, unsupported {unsupported}, unmappable {unmappable}");
-        assert_eq!(mismatches, 0);
-    }
-}
-#[cfg(test)]
-mod case_diff {
-    #[test]
-    #[ignore]
-    fn case_diff() {
-        let Ok(path) = std::env::var("SHALE_CASE") else { return };
-        let text = std::fs::read_to_string(path).unwrap();
-        let mut java = std::collections::HashMap::new();
-        for line in text.lines() {
-            let mut f = line.split(' ');
-            let cp = u32::from_str_radix(f.next().unwrap(), 16).unwrap();
-            let parse = |s: &str| -> String { s.split(',').filter(|x| !x.is_empty()).map(|x| char::from_u32(u32::from_str_radix(x, 16).unwrap()).unwrap()).collect() };
-            let l = parse(f.next().unwrap());
-            let u = parse(f.next().unwrap());
-            java.insert(cp, (l, u));
-        }
-        let mut diffs = vec![];
-        for cp in 0..=0x10FFFFu32 {
-            let Some(c) = char::from_u32(cp) else { continue };
-            let s = c.to_string();
-            let (jl, ju) = java.get(&cp).cloned().unwrap_or((s.clone(), s.clone()));
-            let rl = s.to_lowercase();
-            let ru = s.to_uppercase();
-            if jl != rl || ju != ru {
-                diffs.push(cp);
-                println!("{cp:04X} {c}: java {jl:?}/{ju:?} rust {rl:?}/{ru:?}");
-            }
-        }
-        println!("{} diffs", diffs.len());
-    }
-}
-#[cfg(test)]
-mod lower_diff {
-    use super::*;
-    const ALPHA: &[&str] = &["A", "a", "Σ", "σ", "ς", " ", ",", "-", ".", "'", "1", "é", "ǅ", "ª", "\u{301}", ":", "_", "Ω", "=", "+", "Я", "日", "\u{2019}", "\u{B7}", "İ", "ß", "\\", "#", "@", "/", "(", ")", "<", ">", ";", "\"", "Ⅻ", "ΣΣ", "AΣ", "Σa", "\u{2028}", "\t", "ﬀ", "ŉ"];
-    #[test]
-    #[ignore]
-    fn lower_diff() {
-        let Ok(mode) = std::env::var("SHALE_LOWER") else { return };
-        let mut x: u64 = 88172645463325253;
-        let mut next = || { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x };
-        if mode == "gen" {
-            let mut out = String::new();
-            for _ in 0..200000 {
-                let n = (next() % 7) as usize;
-                let s: String = (0..n).map(|_| ALPHA[(next() % ALPHA.len() as u64) as usize]).collect();
-                out.push_str(&s.bytes().map(|b| format!("{b:02x}")).collect::<String>());
-                out.push('\n');
-            }
-            std::fs::write("/tmp/diff/lower_in.txt", out).unwrap();
-            return;
-        }
-        let input = std::fs::read_to_string("/tmp/diff/lower_in.txt").unwrap();
-        let java = std::fs::read_to_string("/tmp/diff/lower_out.txt").unwrap();
-        let (mut ok, mut refused, mut bad) = (0, 0, 0);
-        for (i, j) in input.lines().zip(java.lines()) {
-            let bytes: Vec<u8> = (0..i.len() / 2).map(|k| u8::from_str_radix(&i[2 * k..2 * k + 2], 16).unwrap()).collect();
-            let s = String::from_utf8(bytes).unwrap();
-            let (jl, ju) = j.split_once('\t').unwrap();
-            let h = |s: &str| s.encode_utf16().map(|u| format!("{u:04x}")).collect::<String>();
-            match java_lowercase(&s) {
-                Some(l) if h(&l) == jl => ok += 1,
-                Some(l) => { bad += 1; if bad < 20 { println!("LOWER {s:?}: rust {l:?} java {jl}"); } }
-                None => refused += 1,
-            }
-            match java_uppercase(&s) {
-                Some(u) if h(&u) == ju => ok += 1,
-                Some(u) => { bad += 1; if bad < 20 { println!("UPPER {s:?}: rust {u:?} java {ju}"); } }
-                None => refused += 1,
-            }
-        }
-        println!("ok {ok} refused {refused} bad {bad}");
-    }
-}
-#[cfg(test)]
-mod names_diff {
-    use super::*;
-    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
-        let mut v = vec![tag];
-        let n = content.len();
-        if n < 128 { v.push(n as u8) } else if n < 256 { v.extend([0x81, n as u8]) } else { v.extend([0x82, (n >> 8) as u8, n as u8]) }
-        v.extend_from_slice(content);
-        v
-    }
-    #[test]
-    #[ignore]
-    fn names_diff() {
-        let Ok(mode) = std::env::var("SHALE_NAMES") else { return };
-        let mut x: u64 = 0x1234_5678_9abc_def3;
-        let mut next = move || { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x };
-        let oids: &[&[u8]] = &[&[0x55, 4, 3], &[0x55, 4, 6], &[0x55, 4, 10], &[0x55, 4, 11], &[0x55, 4, 9], &[0x55, 4, 5],
-            &[0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19], &[0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x01],
-            &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 9, 1], &[0x8f, 0xff, 0xff, 0xff, 0x7f, 0x81, 0x00], &[0x27, 5], &[0x51],
-            &[0x88, 0x37, 0x81, 0x80, 0x80, 0x80, 0x80, 0x01], &[0x80, 1], &[0x55, 0x84]];
-        let tags = [0x0c, 0x13, 0x14, 0x16, 0x1b, 0x1e, 0x1c, 0x02, 0x04, 0x05, 0x2c, 0x30, 0x0c, 0x0c, 0x13];
-        let pieces: &[&[u8]] = &[b"a", b"Z", b",", b"+", b"=", b"#", b" ", b"\r", b"\0", b"\"", b"\\", b"<", b">", b";", b"\n",
-            "é".as_bytes(), "😀".as_bytes(), b"\xe9", b"\xff", b"\xc0\x80", b"\xed\xa0\x80", b"\xf0\x9f\x98", b"\xf4\x90\x80\x80", b"\x00a", b"\xe2\x82", b"\xe0\x80", b"\xe0", b"\xf0\x80\x80", b"\xf0", b"\xf5\x80\x80\x80", b"\xc2", b"\x80", b"\xef\xbf\xbf", b"\xf8", b"\xe1\x80", b"\xf1\x80\x80", b"\xf4\x8f\xbf", b"\xf0\x90", b"\xe0\xa0"];
-        if mode == "gen" {
-            let mut out = String::new();
-            for _ in 0..50000 {
-                let mut rdns = vec![];
-                for _ in 0..(next() % 4) {
-                    let mut avas = vec![];
-                    for _ in 0..(next() % 3) + u64::from(next() % 5 != 0) {
-                        let oid = oids[(next() % oids.len() as u64) as usize];
-                        let tag = tags[(next() % tags.len() as u64) as usize];
-                        let mut value = vec![];
-                        for _ in 0..(next() % 6) { value.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]); }
-                        let mut ava = tlv(6, oid);
-                        ava.extend(tlv(tag, &value));
-                        avas.extend(tlv(0x30, &ava));
-                    }
-                    rdns.extend(tlv(0x31, &avas));
-                }
-                let name = tlv(0x30, &rdns);
-                out.push_str(&name.iter().map(|b| format!("{b:02x}")).collect::<String>());
-                out.push('\n');
-            }
-            std::fs::write("/tmp/diff/names_in.txt", out).unwrap();
-            return;
-        }
-        let input = std::fs::read_to_string("/tmp/diff/names_in.txt").unwrap();
-        let java = std::fs::read_to_string("/tmp/diff/names_out.txt").unwrap();
-        let (mut ok, mut bad) = (0, 0);
-        for (i, j) in input.lines().zip(java.lines()) {
-            let bytes: Vec<u8> = (0..i.len() / 2).map(|k| u8::from_str_radix(&i[2 * k..2 * k + 2], 16).unwrap()).collect();
-            let got = match parse_name(&bytes) {
-                Ok(n) => format!("OK\t{}", render_name(&n).encode_utf16().map(|u| format!("{u:04x}")).collect::<String>()),
-                Err(_) => "EXC".into(),
-            };
-            if got == j { ok += 1 } else { bad += 1; if bad < 15 { println!("BAD {i}: rust {got} {:?} java {j}", parse_name(&bytes).map(|n| render_name(&n))); } }
-        }
-        println!("ok {ok} bad {bad}");
     }
 }
