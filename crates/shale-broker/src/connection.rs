@@ -192,7 +192,7 @@ async fn start_request(
     // Authentication happens here, on the connection, before anything reaches dispatch.
     use kafka_protocol::messages::RequestKind;
     let admit = match body {
-        RequestKind::SaslHandshake(req) => session.handshake(req),
+        RequestKind::SaslHandshake(req) => session.handshake(version, req),
         RequestKind::SaslAuthenticate(req) => session.authenticate(broker, version, req),
         body => match session.admit(api) {
             Admit::Serve => {

@@ -135,7 +135,7 @@ impl Session {
         self.listener.protocol.uses_sasl()
     }
 
-    pub(crate) fn handshake(&mut self, req: SaslHandshakeRequest) -> Admit {
+    pub(crate) fn handshake(&mut self, version: i16, req: SaslHandshakeRequest) -> Admit {
         use kafka_protocol::messages::ResponseKind::SaslHandshake;
         let mechanisms: Vec<StrBytes> = self
             .listener
@@ -164,6 +164,13 @@ impl Session {
         if !in_place {
             tracing::info!(peer = %self.peer, listener = %self.listener.name, "SaslHandshake out of place; closing");
             return Admit::AnswerAndClose(response(Some(ResponseError::IllegalSaslState)));
+        }
+        if version == 0 {
+            tracing::info!(
+                peer = %self.peer, listener = %self.listener.name,
+                "SaslHandshake v0 (unframed SASL tokens) is not supported; closing"
+            );
+            return Admit::AnswerAndClose(response(Some(ResponseError::UnsupportedVersion)));
         }
         let requested = req.mechanism.as_str();
         let Some(mech) = self

@@ -228,9 +228,10 @@ pub const ADVERTISED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 2),
-    // SASL. Handshake v0 (raw SASL tokens after it, no SaslAuthenticate framing) predates
-    // Kafka 1.0 and is not offered: every client in use sends v1 when it is advertised.
-    (ApiKey::SaslHandshake, 1, 1),
+    // SASL. librdkafka (2.0 at least) takes SASL as supported only if SaslHandshake v0 is
+    // listed, then uses v1. A v0 handshake itself (raw SASL tokens after it, no
+    // SaslAuthenticate framing, Kafka before 1.0) is answered UNSUPPORTED_VERSION.
+    (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
     (ApiKey::AlterUserScramCredentials, 0, 0),

@@ -454,8 +454,17 @@ fn client_final(
         .map_err(|_| bad("channel binding is not base64"))?;
     let proof = B64.decode(proof).map_err(|_| bad("proof is not base64"))?;
 
-    // Not secrets (the nonce went out in clear), but compared in constant time all the same.
-    if verify_slices_are_equal(nonce.as_bytes(), pending.nonce.as_bytes()).is_err() {
+    // Kafka accepts a nonce that *ends with* the combined one (`endsWith` in
+    // ScramSaslServer): librdkafka before 2.2 sends its own nonce twice (client nonce, then
+    // the server's whole `r=`, which starts with it). The proof covers the message as sent
+    // and the server part is fresh per exchange, so a replay still fails. Not secrets (the
+    // nonce went out in clear), but compared in constant time all the same.
+    let tail = nonce
+        .len()
+        .checked_sub(pending.nonce.len())
+        .and_then(|start| nonce.as_bytes().get(start..))
+        .unwrap_or_default();
+    if tail.is_empty() || verify_slices_are_equal(tail, pending.nonce.as_bytes()).is_err() {
         return Err(ScramError::NonceMismatch);
     }
     // Without channel binding, `c=` must repeat the GS2 header byte for byte (RFC 5802 §5.1).
@@ -665,8 +674,22 @@ mod tests {
             self.finish_with_binding(server_first, &self.gs2_header)
         }
 
+        /// Client-final whose `r=` is `nonce` rather than the server's combined nonce.
+        fn finish_with_nonce(&self, server_first: &[u8], nonce: &str) -> ClientFinal {
+            self.finish_as(server_first, &self.gs2_header, Some(nonce))
+        }
+
         /// Client-final with `c=` carrying `binding` (the GS2 header unless tampered with).
         fn finish_with_binding(&self, server_first: &[u8], binding: &str) -> ClientFinal {
+            self.finish_as(server_first, binding, None)
+        }
+
+        fn finish_as(
+            &self,
+            server_first: &[u8],
+            binding: &str,
+            final_nonce: Option<&str>,
+        ) -> ClientFinal {
             let server_first = std::str::from_utf8(server_first).unwrap();
             let mut attrs = server_first.split(',');
             let nonce = attrs.next().unwrap().strip_prefix("r=").unwrap();
@@ -694,7 +717,11 @@ mod tests {
             );
             let client_key = mech.hmac(&salted, b"Client Key");
             let stored_key = mech.hash(&client_key);
-            let without_proof = format!("c={},r={}", B64.encode(binding), nonce);
+            let without_proof = format!(
+                "c={},r={}",
+                B64.encode(binding),
+                final_nonce.unwrap_or(nonce)
+            );
             let auth_message = format!("{},{},{}", self.bare, server_first, without_proof);
             let signature = mech.hmac(&stored_key, auth_message.as_bytes());
             let proof: Vec<u8> = client_key
@@ -889,6 +916,29 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn a_nonce_ending_with_the_combined_one_is_accepted_as_kafka_does() {
+        // librdkafka 2.0 sends `r=<client nonce><server's r=>`.
+        let mech = ScramMechanism::Sha512;
+        let cred = credential(mech, "pw");
+        let client = Client::new(mech, "alice", "pw");
+        let (mut server, first) = started(mech, &client, &cred);
+        let first_text = String::from_utf8(first.clone()).unwrap();
+        let combined = first_text
+            .split(',')
+            .next()
+            .unwrap()
+            .strip_prefix("r=")
+            .unwrap()
+            .to_string();
+        let doubled = format!("{}{combined}", client.nonce);
+        let fin = client.finish_with_nonce(&first, &doubled);
+        assert!(matches!(
+            server.step(fin.message.as_bytes(), |_| None),
+            Ok(ScramStep::Done { .. })
+        ));
     }
 
     #[test]

@@ -1,0 +1,122 @@
+"""The documented zero-trust example (deploy/zero-trust/up.sh): SASL_SSL with required client
+certificates, SCRAM-SHA-512 users and ACLs, driven as a user would, with the client settings
+it writes, by confluent-kafka and kcat (librdkafka 2.0.2, an old SCRAM client)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+pytest.importorskip("confluent_kafka")
+
+from confluent_kafka import Consumer, KafkaError, Producer
+
+import harness
+
+UP = harness.REPO / "deploy" / "zero-trust" / "up.sh"
+DOWN = harness.REPO / "deploy" / "zero-trust" / "down.sh"
+
+
+def properties(path) -> dict:
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            k, v = line.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+@pytest.fixture(scope="module")
+def zero_trust(tmp_path_factory):
+    d = tmp_path_factory.mktemp("zt")
+    port = harness.free_port()
+    env = {"SHALE_BIN": str(harness.shale_bin())}
+    import os
+    r = subprocess.run([str(UP), "--dir", str(d), "--port", str(port)], capture_output=True, text=True,
+                       timeout=180, env={**os.environ, **env})
+    try:
+        assert r.returncode == 0, f"up.sh failed:\n{r.stderr}\n{(d / 'shale.log').read_text()[-4000:]}"
+        assert r.stdout.strip().splitlines()[-1] == f"bootstrap: 127.0.0.1:{port}"
+        yield d
+    finally:
+        subprocess.run([str(DOWN), "--dir", str(d)], timeout=60)
+
+
+def deliver(conf: dict, topic: str, value: bytes):
+    got = []
+    p = Producer({**conf, "message.timeout.ms": 15000})
+    p.produce(topic, value, on_delivery=lambda err, msg: got.append(err))
+    p.flush(30)
+    return got[0] if got else "no delivery report"
+
+
+def test_alice_writes_and_reads_payments_in_her_group(zero_trust):
+    alice = properties(zero_trust / "alice.properties")
+    assert deliver(alice, "payments", b"paid by alice") is None
+    c = Consumer({**alice, "group.id": "payments-app", "auto.offset.reset": "earliest",
+                  "enable.auto.commit": False})
+    try:
+        c.subscribe(["payments"])
+        values = []
+        for _ in range(60):
+            m = c.poll(1.0)
+            if m is None:
+                continue
+            assert m.error() is None, m.error()
+            values.append(m.value())
+            if b"paid by alice" in values:
+                break
+        assert b"paid by alice" in values
+        c.commit(asynchronous=False)
+    finally:
+        c.close()
+
+
+def test_bob_is_denied_payments(zero_trust):
+    bob = properties(zero_trust / "bob.properties")
+    err = deliver(bob, "payments", b"paid by bob")
+    assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, err
+
+
+def test_bob_cannot_join_alices_group(zero_trust):
+    bob = properties(zero_trust / "bob.properties")
+    errors = []
+    c = Consumer({**bob, "group.id": "payments-app", "error_cb": lambda e: errors.append(e)})
+    try:
+        c.subscribe(["payments"])
+        for _ in range(20):
+            m = c.poll(0.5)
+            if m is not None and m.error():
+                errors.append(m.error())
+            if errors:
+                break
+    finally:
+        c.close()
+    assert any(e.code() in (KafkaError.GROUP_AUTHORIZATION_FAILED,
+                            KafkaError.TOPIC_AUTHORIZATION_FAILED) for e in errors), errors
+
+
+def test_a_client_without_a_certificate_is_refused(zero_trust):
+    alice = properties(zero_trust / "alice.properties")
+    alice.pop("ssl.certificate.location")
+    alice.pop("ssl.key.location")
+    err = deliver(alice, "payments", b"no cert")
+    assert err is not None
+
+
+@pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat not installed")
+def test_kcat_uses_the_written_settings(zero_trust):
+    alice = zero_trust / "alice.properties"
+    r = subprocess.run(["kcat", "-F", str(alice), "-t", "payments", "-P", "-p", "0"],
+                       input=b"from kcat\n", capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    r = subprocess.run(["kcat", "-F", str(alice), "-C", "-t", "payments", "-p", "0", "-o", "beginning",
+                        "-e", "-q"], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    assert b"from kcat" in r.stdout
+    r = subprocess.run(["kcat", "-F", str(zero_trust / "bob.properties"), "-t", "payments", "-P", "-p", "0"],
+                       input=b"bob\n", capture_output=True, timeout=60)
+    assert b"Topic authorization failed" in r.stderr or b"TOPIC_AUTHORIZATION_FAILED" in r.stderr \
+        or r.returncode != 0, r.stderr.decode()[-2000:]
