@@ -28,7 +28,7 @@ class JavaProcess:
     Any client printing JSON lines the same way runs in it too (the kafkajs clients of
     tests/js/clients.js: test_cluster_clients.py)."""
 
-    def __init__(self, args: list[str], log: Path):
+    def __init__(self, args: list[str], log: Path, env: dict | None = None):
         self.args = args
         self.log = log
         with open(log, "ab") as f:
@@ -36,7 +36,8 @@ class JavaProcess:
         err = open(log, "ab")
         try:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=err, start_new_session=True)
+                                         stderr=err, start_new_session=True,
+                                         env={**os.environ, **(env or {})})
         finally:
             err.close()
         harness._LIVE.add(self.proc)
@@ -135,17 +136,18 @@ class JavaClients:
         c.classpath, c.log_dir = self.classpath, Path(log_dir)
         return c
 
-    def spawn(self, *args, log_level: str = "info") -> JavaProcess:
+    def spawn(self, *args, log_level: str = "info", env: dict | None = None) -> JavaProcess:
         cmd = ["java", "-Xmx512m", "-cp", self.classpath,
                f"-Dorg.slf4j.simpleLogger.defaultLogLevel={log_level}",
                "-Dorg.slf4j.simpleLogger.showDateTime=true",
                # the request versions a client sends: "Sending PRODUCE request with header ..."
                "-Dorg.slf4j.simpleLogger.log.org.apache.kafka.clients.NetworkClient=debug",
                MAIN, *map(str, args)]
-        return JavaProcess(cmd, self.log_dir / f"java-{args[0]}.log")
+        return JavaProcess(cmd, self.log_dir / f"java-{args[0]}.log", env=env)
 
-    def run(self, *args, timeout: float = 180.0) -> dict:
-        return self.spawn(*args).wait(timeout)
+    def run(self, *args, timeout: float = 180.0, env: dict | None = None) -> dict:
+        """`env`: SHALE_CLIENT_CONFIG names a properties file every client starts from."""
+        return self.spawn(*args, env=env).wait(timeout)
 
     def consume(self, bootstrap: str, topic: str, at_least: int, isolation: str = "read_uncommitted",
                 timeout_s: float = 60.0, values: str = "string") -> dict:

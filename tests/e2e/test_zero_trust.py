@@ -120,3 +120,36 @@ def test_kcat_uses_the_written_settings(zero_trust):
                        input=b"bob\n", capture_output=True, timeout=60)
     assert b"Topic authorization failed" in r.stderr or b"TOPIC_AUTHORIZATION_FAILED" in r.stderr \
         or r.returncode != 0, r.stderr.decode()[-2000:]
+
+
+def java_config(zero_trust, user: str) -> dict:
+    """The Java client's settings for `user`: SCRAM-SHA-512 over TLS with the user's
+    certificate, from PEM files (Java wants the key and chain in one keystore file)."""
+    p = properties(zero_trust / f"{user}.properties")
+    keystore = zero_trust / f"{user}-keystore.pem"
+    keystore.write_text((zero_trust / f"{user}.key").read_text() + (zero_trust / f"{user}.pem").read_text())
+    conf = zero_trust / f"{user}-java.properties"
+    conf.write_text("".join(f"{k}={v}\n" for k, v in {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                            f'username="{user}" password="{p["sasl.password"]}";',
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": p["ssl.ca.location"],
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(keystore),
+    }.items()))
+    return {"SHALE_CLIENT_CONFIG": str(conf)}
+
+
+def test_the_java_client_produces_and_consumes_as_alice_and_is_refused_as_bob(zero_trust, java_cli, tmp_path):
+    cli = java_cli.at(tmp_path)
+    bootstrap = properties(zero_trust / "alice.properties")["bootstrap.servers"]
+    out = cli.run("produce-default", bootstrap, "payments", 50, env=java_config(zero_trust, "alice"))
+    assert out["acked"] == 50 and not out["errors"], out
+    got = cli.run("consume", bootstrap, "payments", 50, "read_uncommitted", 60000, "string",
+                  env=java_config(zero_trust, "alice"), timeout=120)
+    assert got["count"] >= 50, got
+    out = cli.run("produce-default", bootstrap, "payments", 1, env=java_config(zero_trust, "bob"),
+                  timeout=240)
+    assert out["acked"] == 0 and any("TopicAuthorizationException" in e for e in out["errors"]), out

@@ -87,6 +87,24 @@ public final class Main {
         }
     }
 
+    /**
+     * Client settings every subcommand starts from: the properties file named by the
+     * SHALE_CLIENT_CONFIG environment variable (security settings: SASL_SSL, SCRAM, PEM
+     * stores), or nothing.
+     */
+    static Properties baseProps() {
+        Properties props = new Properties();
+        String file = System.getenv("SHALE_CLIENT_CONFIG");
+        if (file != null && !file.isEmpty()) {
+            try (java.io.Reader r = java.nio.file.Files.newBufferedReader(java.nio.file.Path.of(file))) {
+                props.load(r);
+            } catch (java.io.IOException e) {
+                throw new java.io.UncheckedIOException(e);
+            }
+        }
+        return props;
+    }
+
     private static void usage() {
         System.err.println("usage: Main produce-default|produce-idempotent|consume|txn|txn-open|wordcount ... (see Main.java)");
         System.exit(2);
@@ -98,7 +116,7 @@ public final class Main {
         String bootstrap = a[0], topic = a[1];
         int n = Integer.parseInt(a[2]);
         long delayMs = a.length > 3 ? Long.parseLong(a[3]) : 0;
-        Properties props = new Properties();
+        Properties props = baseProps();
         props.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         props.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
         props.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
@@ -144,7 +162,7 @@ public final class Main {
         String bootstrap = a[0], topic = a[1];
         int n = Integer.parseInt(a[2]);
         long delayMs = Long.parseLong(a[3]);
-        Properties props = new Properties();
+        Properties props = baseProps();
         props.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         props.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
         props.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
@@ -197,7 +215,7 @@ public final class Main {
         String isolation = a.length > 3 ? a[3] : "read_uncommitted";
         long timeoutMs = a.length > 4 ? Long.parseLong(a[4]) : 60_000;
         boolean longs = a.length > 5 && a[5].equals("long");
-        Properties props = new Properties();
+        Properties props = baseProps();
         props.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         props.put(ConsumerConfig.KEY_DESERIALIZER_CLASS_CONFIG, StringDeserializer.class.getName());
         props.put(ConsumerConfig.VALUE_DESERIALIZER_CLASS_CONFIG, ByteArrayDeserializer.class.getName());
@@ -250,7 +268,7 @@ public final class Main {
 
     static void txn(String[] a) throws Exception {
         String bootstrap = a[0], topic = a[1], txnId = a[2];
-        Properties props = new Properties();
+        Properties props = baseProps();
         props.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         props.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
         props.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
@@ -291,7 +309,7 @@ public final class Main {
     static void txnOpen(String[] a) throws Exception {
         String bootstrap = a[0], topic = a[1], txnId = a[2];
         int n = Integer.parseInt(a[3]);
-        Properties props = new Properties();
+        Properties props = baseProps();
         props.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         props.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
         props.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
@@ -316,7 +334,7 @@ public final class Main {
 
     static void wordcount(String[] a) throws Exception {
         String bootstrap = a[0], appId = a[1], in = a[2], out = a[3], stateDir = a[4];
-        Properties props = new Properties();
+        Properties props = baseProps();
         props.put(StreamsConfig.APPLICATION_ID_CONFIG, appId);
         props.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         props.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.EXACTLY_ONCE_V2);
