@@ -94,12 +94,13 @@ cat >"$DIR/shale.toml" <<TOML
 "s3.bucket" = "shale"
 "s3.access.key.id" = "test"
 "s3.secret.access.key" = "test"
-# TLS: the node's identity, and client certificates required (mTLS) from this CA.
+# TLS: the node's identity, and client certificates required (mTLS) from this CA. On a
+# SASL_SSL listener Kafka reads ssl.client.auth only with the listener prefix (KIP-684).
 "ssl.keystore.type" = "PEM"
 "ssl.certificate.location" = "$DIR/node.pem"
 "ssl.key.location" = "$DIR/node.key"
 "ssl.truststore.location" = "$DIR/ca.pem"
-"ssl.client.auth" = "required"
+"listener.name.sasl_ssl.ssl.client.auth" = "required"
 # SASL on top: users log in with SCRAM-SHA-512; PLAIN only for the bootstrap admin.
 "sasl.enabled.mechanisms" = "SCRAM-SHA-512,PLAIN"
 "listener.name.sasl_ssl.plain.sasl.jaas.config" = 'org.apache.kafka.common.security.plain.PlainLoginModule required user_admin="$ADMIN_PASSWORD";'

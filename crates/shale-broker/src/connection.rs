@@ -94,7 +94,7 @@ where
         // (NOT_LEADER_OR_FOLLOWER naming the new owner) rather than lost with the socket,
         // which a librdkafka idempotent producer pays for with a second of waiting.
         let frame = {
-            let read = read_frame(&mut reader, limit);
+            let read = read_frame(&mut reader, session.frame_limit(limit));
             tokio::pin!(read);
             loop {
                 tokio::select! {
@@ -109,7 +109,7 @@ where
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(FrameError::TooLarge { size, limit }) => {
-                tracing::warn!(%peer, size, limit, "request larger than socket.request.max.bytes; closing");
+                tracing::warn!(%peer, size, limit, "request larger than the frame limit (socket.request.max.bytes; 512 KiB before SASL authentication); closing");
                 break;
             }
             Err(e) => {
@@ -150,6 +150,13 @@ async fn start_request(
         tracing::warn!(%peer, api_key = head.api_key, "unknown or unsupported api key; closing");
         return None;
     };
+    // Before anything is decoded: on a SASL listener, only the SASL requests (and
+    // ApiVersions) of an unauthenticated client are read further.
+    if !matches!(api, ApiKey::SaslHandshake | ApiKey::SaslAuthenticate)
+        && !matches!(session.admit(api), Admit::Serve)
+    {
+        return None;
+    }
     let range = dispatch::supported(api)?;
     if head.api_version < range.min || head.api_version > range.max {
         if api == ApiKey::ApiVersions {
@@ -194,14 +201,11 @@ async fn start_request(
     let admit = match body {
         RequestKind::SaslHandshake(req) => session.handshake(version, req),
         RequestKind::SaslAuthenticate(req) => session.authenticate(broker, version, req),
-        body => match session.admit(api) {
-            Admit::Serve => {
-                let started =
-                    dispatch::start(broker, &session.ctx, api, version, body, frame).await;
-                return Some((run(started, timer, encode, correlation_id, version)?, false));
-            }
-            refused => refused,
-        },
+        // Admitted before decoding (above).
+        body => {
+            let started = dispatch::start(broker, &session.ctx, api, version, body, frame).await;
+            return Some((run(started, timer, encode, correlation_id, version)?, false));
+        }
     };
     let (resp, then_close) = match admit {
         Admit::Answer(resp) => (resp, false),

@@ -146,6 +146,18 @@ impl Broker {
         listener: TcpListener,
         security: Arc<shale_security::listener::ListenerSecurity>,
     ) {
+        // As Kafka's authorizer waits for its initial load: serve under the ACLs the quorum
+        // has now, not a replica that may not have replayed a revocation made while this
+        // node was down.
+        if self.acls_enabled() {
+            match tokio::time::timeout(std::time::Duration::from_secs(30), self.meta.read_barrier())
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "ACLs may be stale: read barrier failed"),
+                Err(_) => tracing::warn!("ACLs may be stale: read barrier timed out"),
+            }
+        }
         let mut stop = self.closing.subscribe();
         let tls = security
             .tls

@@ -24,6 +24,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Kafka's `sasl.server.max.receive.size` default.
+const SASL_MAX_RECEIVE_SIZE: usize = 512 * 1024;
+
 /// The identity and SASL state of one connection.
 pub(crate) struct Session {
     pub listener: Arc<ListenerSecurity>,
@@ -35,6 +38,11 @@ pub(crate) struct Session {
     state: State,
     /// When the current SASL session ends (KIP-368); `None`: it does not.
     expires: Option<Instant>,
+    /// The mechanism of the last successful exchange (`None` before one): a
+    /// re-authentication must use it again and prove the same principal.
+    authenticated_with: Option<SaslMechanism>,
+    /// The mechanism the exchange in progress uses.
+    authenticating_with: Option<SaslMechanism>,
 }
 
 enum State {
@@ -77,7 +85,7 @@ impl Session {
         };
         let ctx = RequestContext {
             principal: principal.clone(),
-            host: peer.ip().to_string(),
+            host: acl_host(peer.ip()),
             listener: Arc::from(listener.name.as_str()),
         };
         Session {
@@ -87,6 +95,8 @@ impl Session {
             ctx,
             state,
             expires: None,
+            authenticated_with: None,
+            authenticating_with: None,
         }
     }
 
@@ -127,6 +137,17 @@ impl Session {
         }
     }
 
+    /// The largest frame the connection reads now: before a SASL listener's client has
+    /// authenticated, Kafka's `sasl.server.max.receive.size` (512 KiB), so that an
+    /// unauthenticated peer cannot make the node buffer and decode large requests.
+    pub(crate) fn frame_limit(&self, configured: usize) -> usize {
+        if self.sasl_enabled() && self.authenticated_with.is_none() {
+            configured.min(SASL_MAX_RECEIVE_SIZE)
+        } else {
+            configured
+        }
+    }
+
     fn expired(&self) -> bool {
         self.expires.is_some_and(|t| Instant::now() >= t)
     }
@@ -152,15 +173,17 @@ impl Session {
         };
         // A handshake is the start of an exchange: on a plaintext listener, or in the middle
         // of one, it is out of place.
-        let in_place = match self.state {
-            State::Handshake => true,
-            State::Established => self.sasl_enabled(),
-            State::Authenticating(_) => false,
-        };
-        if !self.sasl_enabled() {
-            // Kafka answers, and keeps the connection, on a listener without SASL.
+        if !self.sasl_enabled()
+            || (matches!(self.state, State::Established) && self.expires.is_none())
+        {
+            // No SASL on this listener, or an authenticated session that does not expire
+            // (re-authentication is off): Kafka answers and keeps the connection.
             return Admit::Answer(response(Some(ResponseError::IllegalSaslState)));
         }
+        let in_place = match self.state {
+            State::Handshake | State::Established => true,
+            State::Authenticating(_) => false,
+        };
         if !in_place {
             tracing::info!(peer = %self.peer, listener = %self.listener.name, "SaslHandshake out of place; closing");
             return Admit::AnswerAndClose(response(Some(ResponseError::IllegalSaslState)));
@@ -186,6 +209,14 @@ impl Session {
             );
             return Admit::AnswerAndClose(response(Some(ResponseError::UnsupportedSaslMechanism)));
         };
+        if self.authenticated_with.is_some_and(|m| m != mech) {
+            tracing::info!(
+                peer = %self.peer, principal = %self.principal,
+                "authentication failed: re-authentication with another SASL mechanism"
+            );
+            return Admit::AnswerAndClose(response(Some(ResponseError::IllegalSaslState)));
+        }
+        self.authenticating_with = Some(mech);
         self.state = State::Authenticating(match mech {
             SaslMechanism::Plain => Exchange::Plain,
             SaslMechanism::Scram(m) => Exchange::Scram(Box::new(ScramServer::new(m))),
@@ -266,7 +297,7 @@ impl Session {
             Ok((bytes, Some(user))) => {
                 let principal = KafkaPrincipal::user(user);
                 // KIP-368: re-authentication may not change who the connection is.
-                if self.expires.is_some() && principal != self.principal {
+                if self.authenticated_with.is_some() && principal != self.principal {
                     return self.refuse(format!(
                         "Authentication failed: re-authentication as {principal} on a \
                              connection of {}",
@@ -275,6 +306,7 @@ impl Session {
                 }
                 let lifetime = self.listener.max_reauth;
                 self.expires = lifetime.map(|d| Instant::now() + d);
+                self.authenticated_with = self.authenticating_with.take();
                 tracing::debug!(
                     peer = %self.peer, %principal, listener = %self.listener.name,
                     "authenticated"
@@ -310,5 +342,32 @@ impl Session {
                 .with_error_code(ResponseError::SaslAuthenticationFailed.code())
                 .with_error_message(Some(StrBytes::from_string(reason))),
         ))
+    }
+}
+
+/// A client's address as ACL hosts name it: Java's `InetAddress.getHostAddress()`, which
+/// Kafka matches against. An IPv4 client of a dual-stack listener is its IPv4 address, and
+/// IPv6 is written out in full (`0:0:0:0:0:0:0:1`, not `::1`).
+fn acl_host(ip: std::net::IpAddr) -> String {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => v6
+            .segments()
+            .iter()
+            .map(|s| format!("{s:x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn acl_hosts_are_written_as_java_writes_them() {
+        let host = |s: &str| super::acl_host(s.parse().unwrap());
+        assert_eq!(host("10.0.0.1"), "10.0.0.1");
+        assert_eq!(host("::ffff:10.0.0.1"), "10.0.0.1");
+        assert_eq!(host("::1"), "0:0:0:0:0:0:0:1");
+        assert_eq!(host("fe80::1:abcd"), "fe80:0:0:0:0:0:1:abcd");
     }
 }

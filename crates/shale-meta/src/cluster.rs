@@ -185,7 +185,7 @@ impl MetaNode {
         }
     }
 
-    async fn read_index_here(&self) -> ReadIndexReply {
+    pub(crate) async fn read_index_here(&self) -> ReadIndexReply {
         match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
             Ok(lin) => ReadIndexReply::Index(lin.read_log_id().index()),
             Err(e) => match e.forward_to_leader() {

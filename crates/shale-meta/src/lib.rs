@@ -116,12 +116,22 @@ pub struct BrokerRegistration {
 
 /// A user's salted SCRAM credential for one mechanism (Kafka's `ScramCredential`): what the
 /// server needs to check a proof, never the password.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScramCredentialMeta {
     pub salt: Vec<u8>,
     pub stored_key: Vec<u8>,
     pub server_key: Vec<u8>,
     pub iterations: u32,
+}
+
+/// The keys stay out of logs: the stored key allows offline password guessing, the server
+/// key impersonating the broker.
+impl std::fmt::Debug for ScramCredentialMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramCredentialMeta")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One ACL as Kafka's wire carries it (codes of `ResourceType`, `PatternType`,

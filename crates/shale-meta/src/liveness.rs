@@ -564,7 +564,23 @@ impl MetaNode {
                 leader_addr: hint.map(|h| h.1),
             };
         }
-        let index = index.max(self.applied_index());
+        // The committed index (a quorum round) covers every write acknowledged before the
+        // call, even one this leader has not applied yet or one a previous leader
+        // committed; the applied index from metrics could lag both.
+        let committed = match self.read_index_here().await {
+            crate::rpc::ReadIndexReply::Index(i) => i,
+            crate::rpc::ReadIndexReply::NotLeader {
+                leader_id,
+                leader_addr,
+            } => {
+                return AwaitAppliedReply::NotLeader {
+                    leader_id,
+                    leader_addr,
+                };
+            }
+            crate::rpc::ReadIndexReply::Failed(e) => return AwaitAppliedReply::Failed(e),
+        };
+        let index = index.max(committed);
         let deadline = Instant::now() + timeout;
         let mut changes = self.changes();
         loop {

@@ -91,6 +91,8 @@ wire_enum!(
 pub const CLUSTER_NAME: &str = "kafka-cluster";
 /// A literal resource name, principal or host matching every one.
 pub const WILDCARD: &str = "*";
+/// The resource name Kafka's `authorizeByResourceType` first checks.
+const HARDCODE: &str = "hardcode";
 /// The principal matching every principal.
 pub const WILDCARD_PRINCIPAL: &str = "User:*";
 
@@ -409,7 +411,13 @@ impl Authorizer {
         operation: AclOperation,
         resource_type: ResourceType,
     ) -> bool {
-        if self.is_super_user(principal) {
+        // Kafka's `authorizeByResourceType` first asks about a resource no ACL names (it
+        // uses the topic "hardcode"): super users and `allow.everyone.if.no.acl.found` then
+        // decide as for any such resource.
+        if self
+            .authorize(principal, host, operation, resource_type, HARDCODE)
+            .allowed()
+        {
             return true;
         }
         let principal = principal.to_string();
@@ -427,10 +435,8 @@ impl Authorizer {
         let mut deny_prefix: Vec<&str> = Vec::new();
         let mut allow_literal: Vec<&str> = Vec::new();
         let mut allow_prefix: Vec<&str> = Vec::new();
-        let mut any_acl = false;
         for ((_, name), entries) in literal {
             for e in entries {
-                any_acl = true;
                 if applies(e) {
                     match e.permission {
                         AclPermissionType::Deny => deny_literal.push(name),
@@ -441,7 +447,6 @@ impl Authorizer {
             }
         }
         for (name, e) in prefixed {
-            any_acl = true;
             if applies(e) {
                 match e.permission {
                     AclPermissionType::Deny => deny_prefix.push(name),
@@ -454,11 +459,10 @@ impl Authorizer {
             return false;
         }
         let denied_prefix = |name: &str| deny_prefix.iter().any(|p| name.starts_with(p));
-        let allowed = allow_literal
+        allow_literal
             .iter()
             .any(|n| *n == WILDCARD || (!deny_literal.contains(n) && !denied_prefix(n)))
-            || allow_prefix.iter().any(|p| !denied_prefix(p));
-        allowed || (!any_acl && self.config.allow_if_no_acl)
+            || allow_prefix.iter().any(|p| !denied_prefix(p))
     }
 }
 

@@ -123,9 +123,18 @@ impl ListenerSecurity {
     ) -> Result<ListenerSecurity, String> {
         let prefix = format!("listener.name.{}.", name.to_ascii_lowercase());
         let lookup = |key: &str| get(&format!("{prefix}{key}")).or_else(|| get(key));
+        // KIP-684: on SASL_SSL, `ssl.client.auth` counts only with the listener prefix (a
+        // bare one is meant for SSL listeners), as in Kafka.
+        let tls_lookup = |key: &str| {
+            if key == "ssl.client.auth" && protocol == SecurityProtocol::SaslSsl {
+                get(&format!("{prefix}{key}"))
+            } else {
+                lookup(key)
+            }
+        };
         let tls = if protocol.uses_tls() {
             Some(
-                ServerTls::from_settings(&lookup)
+                ServerTls::from_settings(&tls_lookup)
                     .map_err(|e| format!("listener {name} ({}): {e}", protocol.name()))?,
             )
         } else {

@@ -115,11 +115,20 @@ pub const TOPIC_SYNONYMS: &[(&str, &str)] = &[
 ];
 
 /// The resolved settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     values: BTreeMap<String, String>,
     /// Keys set explicitly (file or environment), as opposed to defaults.
     explicit: std::collections::BTreeSet<String>,
+}
+
+/// Names only: values include secrets (JAAS passwords, inline keys, S3 credentials).
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("explicit", &self.explicit)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Settings {

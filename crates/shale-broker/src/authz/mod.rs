@@ -53,6 +53,11 @@ impl Acls {
 }
 
 impl Broker {
+    /// Whether ACLs are enforced (`authorizer.class.name` is set).
+    pub(crate) fn acls_enabled(&self) -> bool {
+        self.acls.config.is_some()
+    }
+
     /// The authorizer in force, `None` when authorization is off.
     pub(crate) fn authorizer(&self) -> Option<Arc<Authorizer>> {
         let config = self.acls.config.as_ref()?;
@@ -180,7 +185,23 @@ pub(crate) fn check(
     };
     use RequestKind as R;
     match body {
-        R::ApiVersions(_) | R::DescribeCluster(_) => Checked::Dispatch(body, Fixup::None),
+        R::ApiVersions(_) => Checked::Dispatch(body, Fixup::None),
+        // Open to every principal, as in Kafka; only the operations it reports depend on
+        // the ACLs.
+        R::DescribeCluster(req) => {
+            let ops = req
+                .include_cluster_authorized_operations
+                .then(|| topics::cluster_operations(&gate));
+            let fixup = match ops {
+                None => Fixup::None,
+                Some(ops) => Fixup::response(move |r| {
+                    if let ResponseKind::DescribeCluster(d) = r {
+                        d.cluster_authorized_operations = ops;
+                    }
+                }),
+            };
+            Checked::Dispatch(R::DescribeCluster(req), fixup)
+        }
         R::CreateAcls(_)
         | R::DescribeAcls(_)
         | R::DeleteAcls(_)

@@ -48,8 +48,10 @@ pub(super) fn check(broker: &Broker, gate: &Gate<'_>, version: i16, body: Reques
                     .map(|t| produce_denied(t, code))
                     .collect();
                 // acks=0 gets no answer, denied or not.
+                // acks=0 has no answer to carry the error: Kafka closes the connection so the
+                // client notices.
                 return if req.acks == 0 {
-                    Checked::Dispatch(R::Produce(req.with_topic_data(Vec::new())), Fixup::None)
+                    Checked::Close
                 } else {
                     Checked::Refuse(ResponseKind::Produce(
                         ProduceResponse::default().with_responses(responses),
@@ -59,6 +61,9 @@ pub(super) fn check(broker: &Broker, gate: &Gate<'_>, version: i16, body: Reques
             let (ok, denied) = split(std::mem::take(&mut req.topic_data), |t| {
                 topic(AclOperation::Write, &t.name)
             });
+            if req.acks == 0 && !denied.is_empty() {
+                return Checked::Close;
+            }
             req.topic_data = ok;
             let denied: Vec<_> = denied
                 .iter()
@@ -114,7 +119,7 @@ pub(super) fn check(broker: &Broker, gate: &Gate<'_>, version: i16, body: Reques
             };
             Checked::Dispatch(R::Fetch(req), fixup)
         }
-        R::Metadata(req) => metadata(broker, gate, req),
+        R::Metadata(req) => metadata(broker, gate, version, req),
         R::ListOffsets(mut req) => {
             let (ok, denied) = split(std::mem::take(&mut req.topics), |t| {
                 topic(AclOperation::Describe, &t.name)
@@ -470,6 +475,24 @@ pub(super) const CLUSTER_OPERATIONS: &[AclOperation] = &[
     AclOperation::DescribeTokens,
 ];
 
+/// The cluster operations a principal may do, as Metadata and DescribeCluster report them:
+/// 0 without DESCRIBE on the cluster (Kafka's rule).
+pub(super) fn cluster_operations(gate: &Gate<'_>) -> i32 {
+    if !gate.may_see(
+        AclOperation::Describe,
+        ResourceType::Cluster,
+        super::CLUSTER_NAME,
+    ) {
+        return 0;
+    }
+    authorized_operations(
+        gate,
+        CLUSTER_OPERATIONS,
+        ResourceType::Cluster,
+        super::CLUSTER_NAME,
+    )
+}
+
 /// The bit field of `ops` the principal may do on a resource.
 pub(super) fn authorized_operations(
     gate: &Gate<'_>,
@@ -483,19 +506,36 @@ pub(super) fn authorized_operations(
 }
 
 /// Metadata: every topic the principal may DESCRIBE (all-topics requests leave the others
-/// out), TOPIC_AUTHORIZATION_FAILED for named ones it may not, and auto-creation only with
-/// CREATE (on the cluster or the topic).
-fn metadata(broker: &Broker, gate: &Gate<'_>, mut req: MetadataRequest) -> Checked {
+/// out), TOPIC_AUTHORIZATION_FAILED for named ones it may not describe, and for missing ones
+/// it may not create (CREATE on the cluster or the topic), as Kafka answers: those never
+/// reach the handler, which would create them.
+fn metadata(broker: &Broker, gate: &Gate<'_>, version: i16, mut req: MetadataRequest) -> Checked {
     let mut denied: Vec<metadata_response::MetadataResponseTopic> = Vec::new();
-    if let Some(topics) = req.topics.take() {
+    // v0 has no null: an empty list means every topic.
+    let all_topics = match &req.topics {
+        None => true,
+        Some(t) => t.is_empty() && version == 0,
+    };
+    // Below v4 a request cannot turn auto-creation off; from v4 it says.
+    let may_create =
+        broker.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+    // The topics a named request still asks for once the denied ones are taken out.
+    let mut asked: Option<Vec<(Option<String>, uuid::Uuid)>> = None;
+    if !all_topics && let Some(topics) = req.topics.take() {
         let mut kept = Vec::with_capacity(topics.len());
-        let mut may_create_all = true;
-        let cluster_create = req.allow_auto_topic_creation
+        let cluster_create = may_create
             && gate.may_see(
                 AclOperation::Create,
                 ResourceType::Cluster,
                 super::CLUSTER_NAME,
             );
+        let deny = |t: &metadata_request::MetadataRequestTopic| {
+            metadata_response::MetadataResponseTopic::default()
+                .with_error_code(TOPIC_DENIED)
+                .with_name(t.name.clone())
+                .with_topic_id(t.topic_id)
+                .with_topic_authorized_operations(i32::MIN)
+        };
         for t in topics {
             let name = match &t.name {
                 Some(n) => Some(n.to_string()),
@@ -503,44 +543,29 @@ fn metadata(broker: &Broker, gate: &Gate<'_>, mut req: MetadataRequest) -> Check
             };
             match name {
                 Some(n) if !gate.allows(AclOperation::Describe, ResourceType::Topic, &n) => {
-                    denied.push(
-                        metadata_response::MetadataResponseTopic::default()
-                            .with_error_code(TOPIC_DENIED)
-                            .with_name(t.name.clone())
-                            .with_topic_id(t.topic_id)
-                            .with_topic_authorized_operations(i32::MIN),
-                    );
+                    denied.push(deny(&t));
                 }
-                Some(n) => {
-                    if req.allow_auto_topic_creation
+                Some(n)
+                    if may_create
                         && !cluster_create
-                        && !gate.may_see(AclOperation::Create, ResourceType::Topic, &n)
-                    {
-                        may_create_all = false;
-                    }
-                    kept.push(t);
+                        && !broker.meta.read(|s| s.topics.contains_key(&n))
+                        && !gate.allows(AclOperation::Create, ResourceType::Topic, &n) =>
+                {
+                    denied.push(deny(&t));
                 }
-                None => kept.push(t),
+                _ => kept.push(t),
             }
         }
-        // One flag covers the request: a topic the principal may not create is not created
-        // (it is answered UNKNOWN_TOPIC_OR_PARTITION, as Kafka does).
-        if !may_create_all {
-            req.allow_auto_topic_creation = false;
-        }
+        asked = Some(
+            kept.iter()
+                .map(|t| (t.name.as_ref().map(|n| n.to_string()), t.topic_id))
+                .collect::<Vec<_>>(),
+        );
         req.topics = Some(kept);
     }
-    let all_topics = req.topics.is_none();
     let want_topic_ops = req.include_topic_authorized_operations;
     let want_cluster_ops = req.include_cluster_authorized_operations;
-    let cluster_ops = want_cluster_ops.then(|| {
-        authorized_operations(
-            gate,
-            CLUSTER_OPERATIONS,
-            ResourceType::Cluster,
-            super::CLUSTER_NAME,
-        )
-    });
+    let cluster_ops = want_cluster_ops.then(|| cluster_operations(gate));
     // The fixup runs after the handler, on the same authorizer snapshot.
     let authorizer = gate.authorizer.clone();
     let ctx = gate.ctx.clone();
@@ -554,13 +579,21 @@ fn metadata(broker: &Broker, gate: &Gate<'_>, mut req: MetadataRequest) -> Check
                 ctx: &ctx,
                 api,
             };
-            if all_topics {
-                m.topics.retain(|t| {
-                    t.name.as_ref().is_none_or(|n| {
-                        gate.may_see(AclOperation::Describe, ResourceType::Topic, n)
+            // Every answer is filtered, not only all-topics ones: a v0 request whose named
+            // topics were all denied reaches the handler empty, which v0 reads as "all".
+            m.topics.retain(|t| {
+                let visible = t
+                    .name
+                    .as_ref()
+                    .is_none_or(|n| gate.may_see(AclOperation::Describe, ResourceType::Topic, n));
+                let was_asked = asked.as_ref().is_none_or(|a| {
+                    a.iter().any(|(name, id)| {
+                        name.as_deref() == t.name.as_deref().map(|v| &**v)
+                            || (!id.is_nil() && *id == t.topic_id)
                     })
                 });
-            }
+                visible && was_asked
+            });
             if want_topic_ops {
                 for t in m.topics.iter_mut().filter(|t| t.error_code == 0) {
                     if let Some(n) = &t.name {

@@ -67,6 +67,26 @@ fn filter(
     }
 }
 
+/// The answer to a change the quorum committed, once the wait for every live broker to
+/// apply it ended: success, or REQUEST_TIMED_OUT saying the change is committed but some
+/// broker had not applied it yet (it is not undone: a retry is harmless).
+pub(crate) fn in_force_outcome(
+    waited: Result<(), shale_meta::MetaError>,
+) -> (i16, Option<StrBytes>) {
+    match waited {
+        Ok(()) => (0, None),
+        Err(e) => {
+            tracing::warn!(error = %e, "a committed security change is not applied everywhere yet");
+            (
+                ResponseError::RequestTimedOut.code(),
+                Some(StrBytes::from_string(format!(
+                    "committed, but not yet applied on every broker: {e}"
+                ))),
+            )
+        }
+    }
+}
+
 fn quorum_error(e: &shale_meta::MetaError) -> (i16, Option<StrBytes>) {
     (
         ResponseError::NotController.code(),
@@ -110,13 +130,12 @@ pub async fn create_acls(
     }
     if !valid.is_empty() {
         let (slots, acls): (Vec<usize>, Vec<AclEntryMeta>) = valid.into_iter().unzip();
-        let created = broker.meta.create_acls(acls).await;
-        let created = match created {
-            Ok(()) => broker.acls_in_force().await,
-            Err(e) => Err(e),
+        let outcome = match broker.meta.create_acls(acls).await {
+            Ok(()) => in_force_outcome(broker.acls_in_force().await),
+            Err(e) => quorum_error(&e),
         };
-        if let Err(e) = created {
-            let (code, message) = quorum_error(&e);
+        if outcome.0 != 0 {
+            let (code, message) = outcome;
             for i in slots {
                 results[i] = AclCreationResult::default()
                     .with_error_code(code)
@@ -223,12 +242,12 @@ pub async fn delete_acls(
         results.push(DeleteAclsFilterResult::default().with_matching_acls(matching));
     }
     if !ids.is_empty() {
-        let deleted = match broker.meta.delete_acls(ids.into_iter().collect()).await {
-            Ok(()) => broker.acls_in_force().await,
-            Err(e) => Err(e),
+        let outcome = match broker.meta.delete_acls(ids.into_iter().collect()).await {
+            Ok(()) => in_force_outcome(broker.acls_in_force().await),
+            Err(e) => quorum_error(&e),
         };
-        if let Err(e) = deleted {
-            let (code, message) = quorum_error(&e);
+        if outcome.0 != 0 {
+            let (code, message) = outcome;
             for r in results.iter_mut().filter(|r| r.error_code == 0) {
                 *r = DeleteAclsFilterResult::default()
                     .with_error_code(code)

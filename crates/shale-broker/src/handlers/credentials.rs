@@ -232,7 +232,9 @@ pub async fn alter_user_scram_credentials(
             )
             .await;
         let outcome = match applied {
-            Ok(()) => (0, None),
+            // A removed or rotated credential stops working on every broker before the
+            // call returns, as ACL changes do.
+            Ok(()) => crate::handlers::acls::in_force_outcome(broker.acls_in_force().await),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot store SCRAM credentials");
                 (
