@@ -24,8 +24,10 @@ use openraft::raft::{AppendEntriesRequest, ReadPolicy, VoteRequest};
 use std::io;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 /// How long a write or a read barrier follows leader hints before giving up.
 pub(crate) const FORWARD_DEADLINE: Duration = Duration::from_secs(10);
@@ -34,8 +36,17 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between attempts while no leader is known or a hint led nowhere.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
-/// Serves Raft and forwarded requests on `listener` until the node is dropped.
+/// How long a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves Raft and forwarded requests on `listener` until the node is dropped. Under mTLS
+/// each connection first completes a handshake whose client certificate names a node id.
 pub(crate) async fn serve(listener: TcpListener, node: Weak<MetaNode>) {
+    let acceptor = node.upgrade().and_then(|n| {
+        n.tls
+            .as_ref()
+            .map(|t| TlsAcceptor::from(Arc::clone(&t.server)))
+    });
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -50,11 +61,68 @@ pub(crate) async fn serve(listener: TcpListener, node: Weak<MetaNode>) {
             return;
         }
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, peer, node.clone()));
+        match &acceptor {
+            None => {
+                tokio::spawn(serve_connection(stream, peer, node.clone(), None));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Some((tls, id)) = accept_node(&acceptor, stream, peer).await {
+                        serve_connection(tls, peer, node, Some(id)).await;
+                    }
+                });
+            }
+        }
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, peer: std::net::SocketAddr, node: Weak<MetaNode>) {
+/// The TLS handshake with a peer and the node id its certificate names; `None` (logged)
+/// when either fails.
+async fn accept_node(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, u64)> {
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, error = %e, "metadata rpc: TLS handshake failed");
+            metrics::counter!("shale_node_authentication_failures_total").increment(1);
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "metadata rpc: TLS handshake timed out");
+            return None;
+        }
+    };
+    // The verifier required a certificate from the cluster CA; it must also be a node's.
+    let named = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| "no certificate".to_string())
+        .and_then(|c| shale_security::node::node_id_of(c));
+    match named {
+        Ok(id) => Some((tls, id)),
+        Err(reason) => {
+            tracing::warn!(%peer, %reason, "metadata rpc: refused a peer that is not a node");
+            metrics::counter!("shale_node_authentication_failures_total").increment(1);
+            None
+        }
+    }
+}
+
+/// Serves one connection's requests in turn. `from` is the node id the peer's certificate
+/// names (under mTLS): what it claims in its requests must be that id.
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: std::net::SocketAddr,
+    node: Weak<MetaNode>,
+    from: Option<u64>,
+) {
     // The broker that heartbeats on this connection: when the connection ends, the
     // controller probes it at once (see `Liveness::suspect`).
     let mut heartbeats_from = None;
@@ -78,10 +146,11 @@ async fn serve_connection(mut stream: TcpStream, peer: std::net::SocketAddr, nod
         if heartbeats_from.is_none()
             && req.kind() == Some(Kind::Heartbeat)
             && let Ok(hb) = req.decode_body::<crate::rpc::HeartbeatRequest>()
+            && from.is_none_or(|f| f == hb.id)
         {
             heartbeats_from = Some(hb.id);
         }
-        let reply = node.handle_rpc(req).await;
+        let reply = node.handle_rpc(req, from).await;
         drop(node);
         let reply = match reply {
             Ok(r) => r,
@@ -96,19 +165,43 @@ async fn serve_connection(mut stream: TcpStream, peer: std::net::SocketAddr, nod
     }
 }
 
+/// The node a Raft vote is for: the sender of AppendEntries, snapshots and vote requests.
+fn leader_of(vote: &crate::types::Vote) -> u64 {
+    use openraft::vote::RaftLeaderId;
+    *vote.leader_id().node_id()
+}
+
+/// Refuses a request made in another node's name: `claimed` is the node id inside the
+/// request, `from` the one the peer's certificate names (`None` without mTLS).
+fn check_claim(from: Option<u64>, claimed: u64, what: &str) -> io::Result<()> {
+    match from {
+        Some(from) if from != claimed => {
+            metrics::counter!("shale_node_authentication_failures_total").increment(1);
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("node {from} sent {what} in the name of node {claimed}"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl MetaNode {
-    async fn handle_rpc(&self, req: PbRequest) -> io::Result<PbReply> {
+    async fn handle_rpc(&self, req: PbRequest, from: Option<u64>) -> io::Result<PbReply> {
         match req.kind() {
             Some(Kind::AppendEntries) => {
                 let rpc: AppendEntriesRequest<TypeConfig> = req.decode_body()?;
+                check_claim(from, leader_of(&rpc.vote), "AppendEntries")?;
                 PbReply::new(&self.raft.append_entries(rpc).await)
             }
             Some(Kind::Vote) => {
                 let rpc: VoteRequest<TypeConfig> = req.decode_body()?;
+                check_claim(from, leader_of(&rpc.vote), "a vote request")?;
                 PbReply::new(&self.raft.vote(rpc).await)
             }
             Some(Kind::TransferLeader) => {
                 let rpc: openraft::raft::TransferLeaderRequest<TypeConfig> = req.decode_body()?;
+                check_claim(from, leader_of(rpc.from_leader()), "TransferLeader")?;
                 // In the form every Raft answer takes on the wire (`raft_call` reads it).
                 let answer = self
                     .raft
@@ -119,6 +212,7 @@ impl MetaNode {
             }
             Some(Kind::InstallSnapshot) => {
                 let head: SnapshotHead = req.decode_body()?;
+                check_claim(from, leader_of(&head.vote), "a snapshot")?;
                 let snapshot = Snapshot {
                     meta: head.meta,
                     snapshot: req.data,
@@ -132,10 +226,16 @@ impl MetaNode {
             Some(Kind::ReadIndex) => PbReply::new(&self.read_index_here().await),
             Some(Kind::ChangeMembership) => {
                 let change: crate::quorum::MembershipChange = req.decode_body()?;
+                // A node adds itself as a learner; voter changes are operators' calls,
+                // relayed by whichever node received them.
+                if let crate::quorum::MembershipChange::AddLearner { id, .. } = &change {
+                    check_claim(from, *id, "a learner registration")?;
+                }
                 PbReply::new(&self.change_membership_here(change).await)
             }
             Some(Kind::Heartbeat) => {
                 let hb: crate::rpc::HeartbeatRequest = req.decode_body()?;
+                check_claim(from, hb.id, "a heartbeat")?;
                 PbReply::new(&self.heartbeat_here(&hb))
             }
             Some(Kind::AwaitApplied) => {
@@ -259,11 +359,13 @@ impl MetaNode {
             .unwrap_or_else(|| recorded.to_string())
     }
 
-    pub(crate) fn peer(&self, addr: &str) -> Arc<Peer> {
+    /// The connection pool to node `id` at `addr` (under mTLS its certificate must name
+    /// `id`; a node that moved address gets a new pool).
+    pub(crate) fn peer(&self, id: u64, addr: &str) -> Arc<Peer> {
         self.peers
             .lock()
-            .entry(addr.to_string())
-            .or_insert_with(|| Arc::new(Peer::new(addr)))
+            .entry((id, addr.to_string()))
+            .or_insert_with(|| Arc::new(Peer::new(addr, self.tls.as_ref(), Some(id))))
             .clone()
     }
 
@@ -308,7 +410,7 @@ impl MetaNode {
                         },
                     )
                     .map_err(|e| WriteError::Unavailable(e.to_string()))?;
-                    match self.peer(addr).call(&req, CALL_TIMEOUT).await {
+                    match self.peer(*id, addr).call(&req, CALL_TIMEOUT).await {
                         Ok(reply) => reply
                             .decode_body::<WriteReply>()
                             .map_err(|e| WriteError::Indeterminate(e.to_string()))?,
@@ -366,7 +468,7 @@ impl MetaNode {
                     let req = PbRequest::new(Kind::ReadIndex, &())
                         .map_err(|e| MetaError::Unavailable(e.to_string()))?;
                     match self
-                        .peer(addr)
+                        .peer(*id, addr)
                         .call(&req, CALL_TIMEOUT.min(remaining))
                         .await
                     {

@@ -30,6 +30,7 @@ mod rpc;
 mod sm_store;
 
 pub use liveness::{BrokerStatus, Heartbeats};
+pub use rpc::Pooled as PooledConnection;
 #[doc(hidden)]
 pub use rpc::fuzz_decode as fuzz_rpc_decode;
 pub use rpc::take_open as take_open_connection;
@@ -303,6 +304,9 @@ pub struct MetaOptions {
     /// and its partitions move. 1.5 s (Kafka: 9 s) so a failover fits in 2.5 s: detection,
     /// one controller tick, the commit, and the new owner opening its streams.
     pub session_timeout: Duration,
+    /// Mutual TLS for the node-to-node RPC (the CONTROLLER listener mapped to SSL); `None`
+    /// is plain TCP.
+    pub tls: Option<shale_security::node::NodeTls>,
 }
 
 impl Default for MetaOptions {
@@ -313,6 +317,7 @@ impl Default for MetaOptions {
             segment_bytes: 16 << 20,
             startup_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_millis(1500),
+            tls: None,
         }
     }
 }
@@ -378,7 +383,9 @@ pub struct MetaNode {
     /// Object ids leased to this node and not used yet (`LeaseObjectIds`).
     object_ids: parking_lot::Mutex<std::ops::Range<u64>>,
     /// Connections to other nodes for forwarded writes and read barriers, by address.
-    peers: parking_lot::Mutex<std::collections::HashMap<String, Arc<rpc::Peer>>>,
+    peers: parking_lot::Mutex<std::collections::HashMap<(u64, String), Arc<rpc::Peer>>>,
+    /// Node-to-node mTLS, when configured.
+    tls: Option<shale_security::node::NodeTls>,
     /// The RPC server task (multi-voter quorums only).
     server: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Broker sessions, while this node leads.
@@ -454,6 +461,7 @@ impl MetaNode {
             NetworkFactory {
                 node_id: config.node_id,
                 addresses: Arc::clone(&addresses),
+                tls: options.tls.clone(),
             },
             log_store,
             sm,
@@ -468,6 +476,7 @@ impl MetaNode {
             addresses,
             object_ids: parking_lot::Mutex::new(0..0),
             peers: parking_lot::Mutex::new(Default::default()),
+            tls: options.tls.clone(),
             server: parking_lot::Mutex::new(None),
             liveness: parking_lot::Mutex::new(liveness::Liveness::new(options.session_timeout)),
             controller: parking_lot::Mutex::new(None),

@@ -116,7 +116,7 @@ impl Liveness {
     /// The live brokers (other than `me`) silent for [`PROBE_AFTER`], or suspected (see
     /// [`Self::suspect`]), and not probed yet, with their epoch and advertised address; each
     /// is marked as being probed.
-    pub(crate) fn to_probe(
+    pub(crate) fn take_probes(
         &mut self,
         state: &ClusterState,
         me: u64,
@@ -305,7 +305,7 @@ pub(crate) async fn run(node: Weak<MetaNode>) {
         }
         leading = true;
         let now = Instant::now();
-        let probes = node.read(|st| node.liveness.lock().to_probe(st, node.node_id, now));
+        let probes = node.read(|st| node.liveness.lock().take_probes(st, node.node_id, now));
         for (id, epoch, host, port) in probes {
             // The node's metadata RPC listener: the leader reaches it anyway (it replicates
             // to every node), and it stays open until the process has handed off and stops.
@@ -515,7 +515,7 @@ impl MetaNode {
                     )
                     .map_err(|e| crate::MetaError::Unavailable(e.to_string()))?;
                     match self
-                        .peer(addr)
+                        .peer(*leader, addr)
                         .call(&call, remaining + Duration::from_millis(500))
                         .await
                     {
@@ -694,7 +694,7 @@ async fn send_heartbeat(
         let reply = match &target {
             Some((leader, addr)) if *leader != node.node_id => {
                 let call = PbRequest::new(Kind::Heartbeat, req).ok()?;
-                match node.peer(addr).call(&call, timeout).await {
+                match node.peer(*leader, addr).call(&call, timeout).await {
                     Ok(r) => r.decode_body::<HeartbeatReply>().ok()?,
                     Err(
                         CallError::Unreachable(_) | CallError::Network(_) | CallError::Timeout(_),
@@ -874,18 +874,18 @@ mod tests {
         let t0 = Instant::now();
         l.plan(&st, t0);
         l.heartbeat(&st, 2, 2, t0);
-        assert!(l.to_probe(&st, 1, t0).is_empty());
+        assert!(l.take_probes(&st, 1, t0).is_empty());
         // A killed process's sockets close with it: no need to wait for its silence.
         l.suspect(2);
         assert_eq!(
-            l.to_probe(&st, 1, t0),
+            l.take_probes(&st, 1, t0),
             vec![(2, 2, "127.0.0.1".to_string(), 9002)]
         );
         // Answered (the connection was merely closed): nobody is fenced, and the suspicion
         // was used up.
         l.probed(2, 2, false);
         assert!(fences(&l.plan(&st, t0)).is_empty());
-        assert!(l.to_probe(&st, 1, t0).is_empty());
+        assert!(l.take_probes(&st, 1, t0).is_empty());
     }
 
     #[test]
@@ -920,7 +920,7 @@ mod tests {
         let t0 = Instant::now();
         l.suspect_all(&st);
         assert_eq!(
-            l.to_probe(&st, 1, t0),
+            l.take_probes(&st, 1, t0),
             vec![
                 (2, 2, "127.0.0.1".to_string(), 9002),
                 (3, 3, "127.0.0.1".to_string(), 9003)
@@ -931,7 +931,7 @@ mod tests {
         // The refused one is fenced at the first plan; the one that answered has a full
         // session (KAFKA-15019: a metadata failover fences no healthy broker).
         assert_eq!(fences(&l.plan(&st, t0)), vec![(3, 3)]);
-        assert!(l.to_probe(&st, 1, t0).is_empty());
+        assert!(l.take_probes(&st, 1, t0).is_empty());
     }
 
     #[test]
@@ -944,13 +944,13 @@ mod tests {
         l.heartbeat(&st, 3, 3, t0);
         // Nobody has been silent long enough to be probed, and the controller never probes
         // its own broker.
-        assert!(l.to_probe(&st, 1, t0 + PROBE_AFTER / 2).is_empty());
+        assert!(l.take_probes(&st, 1, t0 + PROBE_AFTER / 2).is_empty());
         let later = t0 + PROBE_AFTER;
         l.heartbeat(&st, 3, 3, later);
-        let probes = l.to_probe(&st, 1, later);
+        let probes = l.take_probes(&st, 1, later);
         assert_eq!(probes, vec![(2, 2, "127.0.0.1".to_string(), 9002)]);
         // One probe at a time per broker.
-        assert!(l.to_probe(&st, 1, later).is_empty());
+        assert!(l.take_probes(&st, 1, later).is_empty());
         // The connect was refused: fenced at the next tick, long before the session is over.
         l.probed(2, 2, true);
         assert_eq!(fences(&l.plan(&st, later)), vec![(2, 2)]);
@@ -972,12 +972,12 @@ mod tests {
         let t0 = Instant::now();
         l.plan(&st, t0);
         let t = t0 + PROBE_AFTER;
-        assert_eq!(l.to_probe(&st, 1, t).len(), 1);
+        assert_eq!(l.take_probes(&st, 1, t).len(), 1);
         // Accepted (or timed out): a paused or cut-off node keeps its session.
         l.probed(2, 5, false);
         assert!(l.plan(&st, t).is_empty());
         // Refused, but the broker heartbeats after all: the heartbeat wins.
-        assert_eq!(l.to_probe(&st, 1, t).len(), 1);
+        assert_eq!(l.take_probes(&st, 1, t).len(), 1);
         l.probed(2, 5, true);
         l.heartbeat(&st, 2, 5, t);
         assert!(l.plan(&st, t).is_empty());

@@ -23,6 +23,8 @@ pub(crate) struct NetworkFactory {
     pub node_id: u64,
     /// This node's own addresses for peers (`MetaNode::address_of`).
     pub addresses: std::sync::Arc<std::collections::BTreeMap<u64, String>>,
+    /// Node-to-node mTLS: each target's certificate must name it.
+    pub tls: Option<shale_security::node::NodeTls>,
 }
 
 /// A client for one peer, with its own connection.
@@ -44,6 +46,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
                     .get(&target)
                     .cloned()
                     .unwrap_or_else(|| node.addr.clone()),
+                self.tls.as_ref(),
+                Some(target),
             ),
         }
     }

@@ -78,7 +78,7 @@ impl MetaNode {
         loop {
             let reply = match &target {
                 Some((id, addr)) if *id != self.node_id => {
-                    self.forward_change(addr, &change).await?
+                    self.forward_change(*id, addr, &change).await?
                 }
                 Some(_) => self.change_membership_here(change.clone()).await,
                 // No leader known (a learner before it heard from anyone): ask the voters.
@@ -113,12 +113,13 @@ impl MetaNode {
 
     async fn forward_change(
         &self,
+        id: u64,
         addr: &str,
         change: &MembershipChange,
     ) -> Result<WriteReply, crate::WriteError> {
         let req = PbRequest::new(Kind::ChangeMembership, change)
             .map_err(|e| crate::WriteError::Unavailable(e.to_string()))?;
-        match self.peer(addr).call(&req, CALL_TIMEOUT).await {
+        match self.peer(id, addr).call(&req, CALL_TIMEOUT).await {
             Ok(reply) => reply
                 .decode_body::<WriteReply>()
                 .map_err(|e| crate::WriteError::Indeterminate(e.to_string())),
@@ -143,7 +144,7 @@ impl MetaNode {
             if *id == self.node_id {
                 continue;
             }
-            match self.forward_change(addr, change).await {
+            match self.forward_change(*id, addr, change).await {
                 Ok(WriteReply::NotLeader {
                     leader_id: None, ..
                 })

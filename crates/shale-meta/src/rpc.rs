@@ -7,15 +7,20 @@
 //! any error. Everything read from the network is bounded by [`MAX_FRAME`] and allocated only
 //! as bytes arrive, and a malformed frame closes the connection; it never panics.
 //!
-//! Transport security comes with the security issue: the stream is generic over
-//! `AsyncRead + AsyncWrite`, so a rustls stream slots in where the `TcpStream` is.
+//! Transport: plain TCP, or mutual TLS when the CONTROLLER listener maps to SSL
+//! ([`shale_security::node`]): each side presents a certificate from the cluster CA naming
+//! its node id, and the server holds a peer to that id.
 
 use crate::types::{Command, Response, Snapshot, SnapshotMeta, Vote};
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use shale_security::node::NodeTls;
 use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Largest frame either side accepts (a metadata snapshot travels in one frame).
@@ -219,27 +224,101 @@ pub(crate) enum CallError {
     Timeout(Duration),
 }
 
+/// One connection to a peer: plain TCP, or TLS over it.
+pub(crate) enum RpcStream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Pooled for RpcStream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            RpcStream::Tcp(s) => s,
+            RpcStream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for RpcStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RpcStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            RpcStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for RpcStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            RpcStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            RpcStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RpcStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            RpcStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RpcStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            RpcStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// One peer: its idle connections, each used by one call at a time. Calls never wait for
 /// each other: one without an idle connection opens its own, so a heartbeat is not queued
 /// behind a forwarded write to a node that stopped answering (that head-of-line wait once
 /// let a new leader fence its own broker).
 pub(crate) struct Peer {
     addr: String,
-    idle: parking_lot::Mutex<Vec<TcpStream>>,
+    /// The node TLS config and the name the peer's certificate must carry, under mTLS.
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    idle: parking_lot::Mutex<Vec<RpcStream>>,
+}
+
+/// A pooled connection whose TCP socket can be probed.
+pub trait Pooled {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Pooled for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
 }
 
 /// The newest of `idle` (a pool of connections to one peer) that the peer has not closed;
 /// closed ones are dropped. A restarted or killed peer's old connections end with it (its
 /// kernel closes them): a request sent on one would be lost with its outcome unknown (a
-/// forwarded write "may have been applied") for nothing.
-pub fn take_open(idle: &mut Vec<TcpStream>) -> Option<TcpStream> {
+/// forwarded write "may have been applied") for nothing. The socket is peeked, not read, so
+/// a TLS stream above it is left intact.
+pub fn take_open<S: Pooled>(idle: &mut Vec<S>) -> Option<S> {
     while let Some(s) = idle.pop() {
         let mut probe = [0u8; 1];
-        match s.try_read(&mut probe) {
+        let mut buf = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match s.tcp().poll_peek(&mut cx, &mut buf) {
             // Nothing to read and not closed: usable.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(s),
-            // Closed (0), an unsolicited byte, or an error: drop it.
-            _ => continue,
+            Poll::Pending => return Some(s),
+            // Closed (0), an unsolicited byte (a TLS alert), or an error: drop it.
+            Poll::Ready(_) => continue,
         }
     }
     None
@@ -249,15 +328,39 @@ pub fn take_open(idle: &mut Vec<TcpStream>) -> Option<TcpStream> {
 const MAX_IDLE: usize = 4;
 
 impl Peer {
-    pub(crate) fn new(addr: impl Into<String>) -> Peer {
+    /// A peer at `addr`; under mTLS, `node` is the id its certificate must name (`None`:
+    /// any node of the cluster, for a leader known only by its address).
+    pub(crate) fn new(addr: impl Into<String>, tls: Option<&NodeTls>, node: Option<u64>) -> Peer {
         Peer {
             addr: addr.into(),
+            tls: tls.map(|t| {
+                let name = match node {
+                    Some(id) => NodeTls::server_name(id),
+                    None => NodeTls::any_node(),
+                };
+                (Arc::clone(&t.client), name)
+            }),
             idle: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
-    fn pop_open(&self) -> Option<TcpStream> {
+    fn pop_open(&self) -> Option<RpcStream> {
         take_open(&mut self.idle.lock())
+    }
+
+    /// A new connection, TLS handshake included.
+    async fn connect(&self) -> io::Result<RpcStream> {
+        let tcp = TcpStream::connect(&self.addr).await?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            None => Ok(RpcStream::Tcp(tcp)),
+            Some((config, name)) => {
+                let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                    .connect(name.clone(), tcp)
+                    .await?;
+                Ok(RpcStream::Tls(Box::new(tls)))
+            }
+        }
     }
 
     /// Sends `req` and waits for its reply, for at most `timeout` in all (connecting
@@ -271,24 +374,18 @@ impl Peer {
         let cached = self.pop_open();
         let mut stream = match cached {
             Some(s) => s,
-            None => match tokio::time::timeout(
-                CONNECT_TIMEOUT.min(timeout),
-                TcpStream::connect(&self.addr),
-            )
-            .await
-            {
-                Ok(Ok(s)) => {
-                    let _ = s.set_nodelay(true);
-                    s
+            None => {
+                match tokio::time::timeout(CONNECT_TIMEOUT.min(timeout), self.connect()).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return Err(CallError::Unreachable(e)),
+                    Err(_) => {
+                        return Err(CallError::Unreachable(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("connecting to {}", self.addr),
+                        )));
+                    }
                 }
-                Ok(Err(e)) => return Err(CallError::Unreachable(e)),
-                Err(_) => {
-                    return Err(CallError::Unreachable(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("connecting to {}", self.addr),
-                    )));
-                }
-            },
+            }
         };
         let exchange = async {
             write_frame(&mut stream, req).await?;
@@ -379,7 +476,7 @@ mod tests {
                 held.push(s);
             }
         });
-        let peer = Arc::new(Peer::new(addr));
+        let peer = Arc::new(Peer::new(addr, None, None));
         let req = PbRequest::new(Kind::Heartbeat, &()).unwrap();
         let slow = {
             let (peer, req) = (peer.clone(), req.clone());
@@ -409,7 +506,7 @@ mod tests {
                     .unwrap();
             }
         });
-        let peer = Peer::new(addr);
+        let peer = Peer::new(addr, None, None);
         let req = PbRequest::new(Kind::Heartbeat, &()).unwrap();
         peer.call(&req, Duration::from_secs(5)).await.unwrap();
         // The answered connection went back to the pool; the peer has closed it since.

@@ -6,8 +6,11 @@
 //! results, so every piece can be tested on its own with bytes in and bytes out.
 
 pub mod acl;
+pub mod audit;
 pub mod jaas;
 pub mod listener;
+pub mod node;
+pub mod oauth;
 pub mod plain;
 pub mod principal;
 pub mod scram;

@@ -157,9 +157,9 @@ pub fn client_config(
 }
 
 /// The listener's certificate chain and key, and where they came from (for errors).
-type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, String);
+pub(crate) type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, String);
 
-fn identity(get: &dyn Fn(&str) -> Option<String>) -> Result<Identity, TlsError> {
+pub(crate) fn identity(get: &dyn Fn(&str) -> Option<String>) -> Result<Identity, TlsError> {
     check_store_type(get, "ssl.keystore.type")?;
     if get("ssl.key.password").is_some() || get("ssl.keystore.password").is_some() {
         return Err(TlsError::Config(
@@ -208,7 +208,7 @@ fn identity(get: &dyn Fn(&str) -> Option<String>) -> Result<Identity, TlsError> 
     Ok(identity)
 }
 
-fn truststore(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<RootCertStore>, TlsError> {
+pub(crate) fn truststore(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<RootCertStore>, TlsError> {
     check_store_type(get, "ssl.truststore.type")?;
     let pem = match (
         get("ssl.truststore.location").or_else(|| get("ssl.ca.location")),
@@ -228,7 +228,7 @@ fn truststore(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<RootCertSto
     Ok(Some(store))
 }
 
-fn protocol_versions(
+pub(crate) fn protocol_versions(
     get: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, TlsError> {
     let Some(list) = get("ssl.enabled.protocols") else {

@@ -295,6 +295,41 @@ impl Settings {
         }))
     }
 
+    /// Mutual TLS for the metadata quorum's node-to-node RPC, when
+    /// `listener.security.protocol.map` maps the controller listener to SSL (its `ssl.*`
+    /// settings resolve `listener.name.<controller>.` first, as Kafka's do). SASL on the
+    /// controller listener is refused: nodes prove who they are by certificate.
+    pub fn node_tls(&self, node_id: u64) -> anyhow::Result<Option<shale_security::node::NodeTls>> {
+        use shale_security::listener::SecurityProtocol;
+        let name = self
+            .str("controller.listener.names")
+            .trim()
+            .to_ascii_uppercase();
+        if name.is_empty() {
+            return Ok(None);
+        }
+        match self.security_protocol(&name)? {
+            SecurityProtocol::Plaintext => Ok(None),
+            SecurityProtocol::Ssl => {
+                let prefix = format!("listener.name.{}.", name.to_ascii_lowercase());
+                let get = |key: &str| {
+                    self.opt(&format!("{prefix}{key}"))
+                        .or_else(|| self.opt(key))
+                        .map(str::to_string)
+                };
+                shale_security::node::NodeTls::from_settings(&get, node_id)
+                    .map(Some)
+                    .map_err(|e| anyhow::anyhow!("the {name} listener (node-to-node TLS): {e}"))
+            }
+            other => bail!(
+                "listener.security.protocol.map maps the controller listener {name} to {}; \
+                 nodes authenticate each other by certificate: use SSL (mutual TLS) or \
+                 PLAINTEXT",
+                other.name()
+            ),
+        }
+    }
+
     /// A listener name's protocol in `listener.security.protocol.map`.
     pub fn security_protocol(
         &self,

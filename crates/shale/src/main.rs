@@ -240,6 +240,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         },
         shale_meta::MetaOptions {
             session_timeout: s.millis("broker.session.timeout.ms")?,
+            tls: s.node_tls(node_id)?,
             ..Default::default()
         },
         rpc_listener,
