@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stops what deploy/zero-trust/up.sh started: the node (SIGTERM, SIGKILL after 15 s), then
+# Stops what deploy/zero-trust/up.sh started: the nodes (SIGTERM, SIGKILL after 15 s), then
 # the S3 server. Keeps DIR (certificates, logs).
 #
 #   deploy/zero-trust/down.sh [--dir DIR]
@@ -24,5 +24,8 @@ stop() {
     fi
     rm -f "$pidfile"
 }
-stop "$DIR/shale.pid" shale
+for pidfile in "$DIR"/n*/shale.pid; do
+    [ -e "$pidfile" ] || continue
+    stop "$pidfile" "shale $(basename "$(dirname "$pidfile")")"
+done
 stop "$DIR/moto.pid" moto

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Helpers of deploy/zero-trust/up.sh.
 
-  zt.py certs DIR                 a CA, the node's certificate (localhost, 127.0.0.1) and
-                                  client certificates for admin, alice and bob (PEM)
+  zt.py certs DIR [NODES]         a CA, each node's certificate (node-<id>.pem: localhost,
+                                  127.0.0.1 and node-<id>, the name node-to-node mTLS
+                                  checks) and client certificates for admin, alice and bob
   zt.py setup DIR BOOTSTRAP       as the bootstrap admin: SCRAM-SHA-512 users alice and bob,
                                   topic `payments`, alice's grants; writes DIR/alice.properties
                                   and DIR/bob.properties
@@ -19,7 +20,7 @@ import sys
 from pathlib import Path
 
 
-def certs(d: Path):
+def certs(d: Path, nodes: int = 1):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -39,7 +40,7 @@ def certs(d: Path):
           .sign(ca_key, hashes.SHA256()))
     (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
 
-    def leaf(name, subject, usage):
+    def leaf(name, subject, usage, dns=("localhost",)):
         key = ec.generate_private_key(ec.SECP256R1())
         b = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name)
              .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -49,7 +50,7 @@ def certs(d: Path):
              .add_extension(x509.ExtendedKeyUsage(usage), critical=False))
         if ExtendedKeyUsageOID.SERVER_AUTH in usage:
             b = b.add_extension(x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                [x509.DNSName(n) for n in dns] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                 critical=False)
         cert = b.sign(ca_key, hashes.SHA256())
         (d / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -58,9 +59,13 @@ def certs(d: Path):
                                         serialization.NoEncryption()))
         k.chmod(0o600)
 
-    leaf("node", x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost"),
-                            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "nodes")]),
-         [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+    # One certificate per node, for its client listener (localhost) and for node-to-node
+    # mTLS (node-<id>: a peer is accepted only as the node its certificate names).
+    for i in range(1, nodes + 1):
+        leaf(f"node-{i}", x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"node-{i}"),
+                                     x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "nodes")]),
+             [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+             dns=("localhost", f"node-{i}"))
     for user in ("admin", "alice", "bob"):
         leaf(user, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user),
                               x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "clients")]),
@@ -115,7 +120,7 @@ def setup(d: Path, bootstrap: str):
 
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "certs":
-        certs(Path(sys.argv[2]))
+        certs(Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) >= 4 else 1)
     elif len(sys.argv) >= 4 and sys.argv[1] == "setup":
         setup(Path(sys.argv[2]), sys.argv[3])
     else:

@@ -37,7 +37,7 @@ def zero_trust(tmp_path_factory):
     r = subprocess.run([str(UP), "--dir", str(d), "--port", str(port)], capture_output=True, text=True,
                        timeout=180, env={**os.environ, **env})
     try:
-        assert r.returncode == 0, f"up.sh failed:\n{r.stderr}\n{(d / 'shale.log').read_text()[-4000:]}"
+        assert r.returncode == 0, f"up.sh failed:\n{r.stderr}\n{(d / 'n1' / 'shale.log').read_text()[-4000:]}"
         assert r.stdout.strip().splitlines()[-1] == f"bootstrap: 127.0.0.1:{port}"
         yield d
     finally:
@@ -105,7 +105,7 @@ def test_a_client_without_a_certificate_is_refused(zero_trust):
     err = deliver(alice, "payments", b"no cert")
     assert err is not None and err.code() in (KafkaError._MSG_TIMED_OUT, KafkaError._TRANSPORT,
                                               KafkaError._SSL), err
-    log = (zero_trust / "shale.log").read_text()
+    log = (zero_trust / "n1" / "shale.log").read_text()
     assert "TLS handshake failed" in log and "peer sent no certificates" in log.lower() \
         or "NoCertificatesPresented" in log, log[-2000:]
 

@@ -27,7 +27,7 @@ const MAX_IN_FLIGHT: usize = 128;
 type Pending = JoinHandle<Result<Option<Frame>, ()>>;
 
 /// An encoded response: one buffer, or chunks (a fetch's records as they were read).
-enum Frame {
+pub(crate) enum Frame {
     One(Bytes),
     Chunks(FrameChunks),
 }
@@ -200,7 +200,7 @@ async fn start_request(
     use kafka_protocol::messages::RequestKind;
     let admit = match body {
         RequestKind::SaslHandshake(req) => session.handshake(version, req),
-        RequestKind::SaslAuthenticate(req) => session.authenticate(broker, version, req),
+        RequestKind::SaslAuthenticate(req) => session.authenticate(broker, version, req).await,
         // Admitted before decoding (above).
         body => {
             let started = dispatch::start(broker, &session.ctx, api, version, body, frame).await;
@@ -268,10 +268,23 @@ impl Broker {
         within: std::time::Duration,
     ) -> Option<Bytes> {
         let mut session = Session::anonymous(SocketAddr::from(([127, 0, 0, 1], 0)));
-        let (mut pending, _) = start_request(self, &mut session, frame).await?;
+        match self.serve_one(&mut session, frame, within).await? {
+            Frame::One(b) => Some(b),
+            Frame::Chunks(c) => Some(c.concat()),
+        }
+    }
+
+    /// One request of `session` start to finish: its response frame (size prefix
+    /// included), or `None` as in [`Broker::handle_frame`].
+    pub(crate) async fn serve_one(
+        self: &Arc<Self>,
+        session: &mut Session,
+        frame: Bytes,
+        within: std::time::Duration,
+    ) -> Option<Frame> {
+        let (mut pending, _) = start_request(self, session, frame).await?;
         match tokio::time::timeout(within, &mut pending).await {
-            Ok(Ok(Ok(Some(Frame::One(b))))) => Some(b),
-            Ok(Ok(Ok(Some(Frame::Chunks(c))))) => Some(c.concat()),
+            Ok(Ok(Ok(frame))) => frame,
             Ok(_) => None,
             Err(_) => {
                 pending.abort();

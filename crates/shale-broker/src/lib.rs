@@ -60,8 +60,6 @@ pub struct Broker {
     reconcile_opening: Mutex<std::collections::HashSet<shale_stream::StreamId>>,
     /// Bounds the reconciler's concurrent opens (`membership::CONCURRENT_OPENS`).
     open_slots: Arc<tokio::sync::Semaphore>,
-    /// Connections to the other brokers, for the requests brokers send each other.
-    peers: peers::Peers,
     /// Producer-state checkpoints fetched for recent opens (`txn::checkpoint`).
     checkpoints: txn::checkpoint::Fetched,
     /// The authorizer (when `authorizer.class.name` enables it) and its ACL index.
@@ -101,11 +99,13 @@ impl Broker {
             reconciled_topics: Mutex::new(None),
             reconcile_opening: Mutex::new(Default::default()),
             open_slots: Arc::new(tokio::sync::Semaphore::new(membership::CONCURRENT_OPENS)),
-            peers: Default::default(),
             checkpoints: Default::default(),
             acls: authz::Acls::new(config_authorizer),
         });
         let _ = broker.txn.serving.set(broker.serving.clone());
+        broker
+            .meta
+            .set_node_call_handler(Arc::new(peers::NodeCalls(Arc::downgrade(&broker))));
         let heartbeats = broker.register().await?;
         broker.open_owned_partitions().await?;
         let membership = tokio::spawn(membership::run(broker.clone(), heartbeats));

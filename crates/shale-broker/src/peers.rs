@@ -3,27 +3,32 @@
 //! channel) and KIP-890's calls from a partition's owner to a transaction coordinator on
 //! another node (AddPartitionsToTxn v5).
 //!
-//! Peers are reached at the listener they advertise in the metadata. Connections are pooled
-//! per peer (a few idle ones kept), one request at a time each, so concurrent transactions do
-//! not queue behind one another. Answers are network input like any other: a frame over
-//! [`MAX_RESPONSE`] or one that does not decode drops the connection and is an error.
+//! They travel over the node-to-node transport ([`MetaNode::call_node`]), not a client
+//! listener: that transport is mutual TLS with the cluster CA when configured, so a peer
+//! broker is identified by its node certificate, and the client listeners stay free to
+//! require SASL, client certificates and ACLs without the brokers holding client
+//! credentials. On the receiving side only the inter-broker APIs are served on that path
+//! ([`INTER_BROKER_APIS`]), without the ACL gate (a node is trusted with cluster actions,
+//! as Kafka's broker principal is a super user). Answers are network input like any
+//! other: one that does not decode is an error.
+//!
+//! [`MetaNode::call_node`]: shale_meta::MetaNode::call_node
 
 use crate::Broker;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use crate::connection::Frame;
+use crate::session::Session;
+use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::sync::Weak;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Longest wait for one answer (a marker waits for a WAL flush, normally milliseconds).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest answer accepted: the answers asked for here are small.
-const MAX_RESPONSE: usize = 1 << 20;
-/// Idle connections kept per peer.
-const IDLE_PER_PEER: usize = 4;
+
+/// The APIs a node serves to other nodes on the node-to-node transport.
+pub(crate) const INTER_BROKER_APIS: &[ApiKey] =
+    &[ApiKey::WriteTxnMarkers, ApiKey::AddPartitionsToTxn];
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PeerError {
@@ -31,12 +36,6 @@ pub(crate) enum PeerError {
     UnknownNode(u64),
     #[error("calling node {node}: {reason}")]
     Failed { node: u64, reason: String },
-}
-
-/// Idle connections by peer address.
-#[derive(Default)]
-pub(crate) struct Peers {
-    idle: Mutex<HashMap<(String, u16), Vec<TcpStream>>>,
 }
 
 impl Broker {
@@ -48,49 +47,54 @@ impl Broker {
         version: i16,
         body: RequestKind,
     ) -> Result<ResponseKind, PeerError> {
-        let addr = self
+        let live = self
             .meta
-            .read(|s| {
-                let live = s.brokers.get(&node).is_some_and(|b| !b.fenced);
-                live.then(|| s.nodes.get(&node).map(|n| (n.host.clone(), n.port)))
-                    .flatten()
-            })
-            .ok_or(PeerError::UnknownNode(node))?;
+            .read(|s| s.brokers.get(&node).is_some_and(|b| !b.fenced));
+        if !live {
+            return Err(PeerError::UnknownNode(node));
+        }
         let failed = |reason: String| PeerError::Failed { node, reason };
         let request = encode(self.config.node_id, api, version, &body).map_err(failed)?;
-        let pooled = self
-            .peers
-            .idle
-            .lock()
-            .get_mut(&addr)
-            .and_then(shale_meta::take_open_connection);
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => {
-                tokio::time::timeout(CALL_TIMEOUT, TcpStream::connect((addr.0.as_str(), addr.1)))
-                    .await
-                    .map_err(|_| failed("connect timed out".into()))?
-                    .map_err(|e| failed(format!("connect: {e}")))?
-            }
-        };
-        let _ = conn.set_nodelay(true);
-        let answer = tokio::time::timeout(CALL_TIMEOUT, exchange(&mut conn, &request))
+        let answer = self
+            .meta
+            .call_node(node, request, CALL_TIMEOUT)
             .await
-            .map_err(|_| failed("no answer in time".into()))?
-            .map_err(|e| failed(e.to_string()))?;
-        let response = decode(api, version, answer).map_err(failed)?;
-        let mut idle = self.peers.idle.lock();
-        let pool = idle.entry(addr).or_default();
-        if pool.len() < IDLE_PER_PEER {
-            pool.push(conn);
+            .map_err(failed)?;
+        decode(api, version, answer).map_err(failed)
+    }
+}
+
+/// Serves other nodes' inter-broker requests (registered with the metadata node).
+pub(crate) struct NodeCalls(pub Weak<Broker>);
+
+#[async_trait::async_trait]
+impl shale_meta::NodeCallHandler for NodeCalls {
+    async fn handle(&self, from: Option<u64>, request: Bytes) -> Result<Bytes, String> {
+        let broker = self.0.upgrade().ok_or("the broker is stopping")?;
+        let head = shale_protocol::envelope::peek(&request).map_err(|e| e.to_string())?;
+        if !ApiKey::try_from(head.api_key).is_ok_and(|k| INTER_BROKER_APIS.contains(&k)) {
+            tracing::warn!(
+                ?from,
+                api_key = head.api_key,
+                "refused a node call that is not an inter-broker request"
+            );
+            return Err(format!("api key {} is not served to nodes", head.api_key));
         }
-        Ok(response)
+        let mut session = Session::node(from);
+        let frame = broker
+            .serve_one(&mut session, request, CALL_TIMEOUT)
+            .await
+            .ok_or("no answer")?;
+        // The answer as a connection would write it, less the size prefix.
+        match frame {
+            Frame::One(b) if b.len() >= 4 => Ok(b.slice(4..)),
+            _ => Err("no answer".into()),
+        }
     }
 }
 
 fn encode(me: i32, api: ApiKey, version: i16, body: &RequestKind) -> Result<Bytes, String> {
     let mut buf = BytesMut::new();
-    buf.put_i32(0);
     RequestHeader::default()
         .with_request_api_key(api as i16)
         .with_request_api_version(version)
@@ -100,27 +104,7 @@ fn encode(me: i32, api: ApiKey, version: i16, body: &RequestKind) -> Result<Byte
         .map_err(|e| format!("encoding the request header: {e}"))?;
     body.encode(&mut buf, version)
         .map_err(|e| format!("encoding the request: {e}"))?;
-    let len = i32::try_from(buf.len() - 4).map_err(|_| "request too large".to_string())?;
-    buf[0..4].copy_from_slice(&len.to_be_bytes());
     Ok(buf.freeze())
-}
-
-/// Writes one request and reads its answer's frame.
-async fn exchange(conn: &mut TcpStream, request: &[u8]) -> std::io::Result<Bytes> {
-    conn.write_all(request).await?;
-    let size = conn.read_i32().await?;
-    let size = usize::try_from(size)
-        .ok()
-        .filter(|s| *s <= MAX_RESPONSE)
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("answer of {size} bytes"),
-            )
-        })?;
-    let mut frame = vec![0u8; size];
-    conn.read_exact(&mut frame).await?;
-    Ok(Bytes::from(frame))
 }
 
 fn decode(api: ApiKey, version: i16, mut frame: Bytes) -> Result<ResponseKind, String> {

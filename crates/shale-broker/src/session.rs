@@ -6,7 +6,9 @@
 //! failed exchange is answered (SASL_AUTHENTICATION_FAILED with the reason) and then the
 //! connection closes. With `connections.max.reauth.ms` set, the session lasts that long
 //! (KIP-368): the client re-authenticates on the same connection, or the first request it
-//! sends after expiry closes it.
+//! sends after expiry closes it. An OAUTHBEARER session also ends when its token expires,
+//! whether or not `connections.max.reauth.ms` is set (as in Kafka: the credential's expiry is
+//! the session's).
 
 use crate::Broker;
 use crate::authz::RequestContext;
@@ -18,11 +20,12 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 use shale_security::listener::{ListenerSecurity, SaslMechanism};
+use shale_security::oauth::{JwtValidator, OAuthBearerServer, OAuthError, OAuthStep};
 use shale_security::principal::KafkaPrincipal;
 use shale_security::scram::{ScramServer, ScramStep};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Kafka's `sasl.server.max.receive.size` default.
 const SASL_MAX_RECEIVE_SIZE: usize = 512 * 1024;
@@ -58,6 +61,66 @@ enum State {
 enum Exchange {
     Plain,
     Scram(Box<ScramServer>),
+    /// With the listener's validator (and so its JWKS cache), taken at the handshake.
+    OAuth(Box<OAuthBearerServer>, Arc<JwtValidator>),
+}
+
+/// A successful exchange: who the connection is now, and for how long (`None`: no limit).
+struct Authenticated {
+    principal: KafkaPrincipal,
+    lifetime: Option<Duration>,
+}
+
+/// A failed exchange: the error code and message the client gets, and the reason logged
+/// (which may say more than the client is told).
+struct Refusal {
+    code: ResponseError,
+    message: String,
+    reason: String,
+}
+
+impl Refusal {
+    /// A refusal whose message is its reason.
+    fn told(message: String) -> Refusal {
+        Refusal {
+            code: ResponseError::SaslAuthenticationFailed,
+            reason: message.clone(),
+            message,
+        }
+    }
+
+    /// As Kafka's `SaslServerAuthenticator` answers the failures it does not explain.
+    fn generic(mechanism: &str, reason: String) -> Refusal {
+        Refusal {
+            code: ResponseError::SaslAuthenticationFailed,
+            message: format!(
+                "Authentication failed during authentication due to invalid credentials with \
+                 SASL mechanism {mechanism}"
+            ),
+            reason,
+        }
+    }
+
+    fn oauth(e: &OAuthError) -> Refusal {
+        if e.is_illegal_state() {
+            // Names only the exchange's state: nothing the client sent.
+            Refusal {
+                code: ResponseError::IllegalSaslState,
+                message: e.to_string(),
+                reason: e.reason(),
+            }
+        } else if e.is_client_visible() {
+            // A refused token: the client is told `{"status":"invalid_token"}` (Kafka's
+            // text), the log says why.
+            Refusal {
+                code: ResponseError::SaslAuthenticationFailed,
+                message: e.to_string(),
+                reason: e.reason(),
+            }
+        } else {
+            Refusal::generic(SaslMechanism::OAuthBearer.name(), e.reason())
+        }
+    }
 }
 
 /// What the connection does with a request, given the session.
@@ -87,6 +150,7 @@ impl Session {
             principal: principal.clone(),
             host: acl_host(peer.ip()),
             listener: Arc::from(listener.name.as_str()),
+            inter_broker: false,
         };
         Session {
             listener,
@@ -109,6 +173,22 @@ impl Session {
         )
     }
 
+    /// The session of a request another node relays over the node-to-node transport:
+    /// `from` is the node its certificate names (`None` without mTLS).
+    pub(crate) fn node(from: Option<u64>) -> Session {
+        let principal = match from {
+            Some(id) => KafkaPrincipal::user(shale_security::node::node_name(id)),
+            None => KafkaPrincipal::anonymous(),
+        };
+        let mut session = Session::new(
+            Arc::new(ListenerSecurity::plaintext("CONTROLLER")),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            principal,
+        );
+        session.ctx.inter_broker = true;
+        session
+    }
+
     /// Whether a request of `api` may be dispatched now.
     pub(crate) fn admit(&self, api: ApiKey) -> Admit {
         match (&self.state, api) {
@@ -116,7 +196,7 @@ impl Session {
             (State::Established, _) if self.expired() => {
                 tracing::info!(
                     peer = %self.peer, principal = %self.principal, ?api,
-                    "SASL session expired (connections.max.reauth.ms); closing"
+                    "SASL session expired (connections.max.reauth.ms, or the OAUTHBEARER token's expiry); closing"
                 );
                 Admit::Close
             }
@@ -216,15 +296,30 @@ impl Session {
             );
             return Admit::AnswerAndClose(response(Some(ResponseError::IllegalSaslState)));
         }
-        self.authenticating_with = Some(mech);
-        self.state = State::Authenticating(match mech {
+        let exchange = match mech {
             SaslMechanism::Plain => Exchange::Plain,
             SaslMechanism::Scram(m) => Exchange::Scram(Box::new(ScramServer::new(m))),
-        });
+            SaslMechanism::OAuthBearer => {
+                let Some(validator) = self.listener.oauth_validator.clone() else {
+                    // The listener was served without `connect_oauth`: a bug in start-up,
+                    // not the client's doing; it is refused as if OAUTHBEARER were off.
+                    tracing::error!(
+                        peer = %self.peer, listener = %self.listener.name,
+                        "OAUTHBEARER is enabled but the listener has no token validator; refusing"
+                    );
+                    return Admit::AnswerAndClose(response(Some(
+                        ResponseError::UnsupportedSaslMechanism,
+                    )));
+                };
+                Exchange::OAuth(Box::new(OAuthBearerServer::new()), validator)
+            }
+        };
+        self.authenticating_with = Some(mech);
+        self.state = State::Authenticating(exchange);
         Admit::Answer(response(None))
     }
 
-    pub(crate) fn authenticate(
+    pub(crate) async fn authenticate(
         &mut self,
         broker: &Broker,
         version: i16,
@@ -251,13 +346,24 @@ impl Session {
                     ))),
             ));
         };
-        let step = match exchange {
+        let max_reauth = self.listener.max_reauth;
+        let step: Result<(Bytes, Option<Authenticated>), Refusal> = match exchange {
             Exchange::Plain => self
                 .listener
                 .plain_users
                 .authenticate(&req.auth_bytes)
-                .map(|user| (Bytes::new(), Some(user)))
-                .map_err(|e| e.to_string()),
+                .map(|user| {
+                    let principal = KafkaPrincipal::user(user);
+                    let lifetime = max_reauth;
+                    (
+                        Bytes::new(),
+                        Some(Authenticated {
+                            principal,
+                            lifetime,
+                        }),
+                    )
+                })
+                .map_err(|e| Refusal::told(e.to_string())),
             Exchange::Scram(server) => {
                 let mechanism = server.mechanism();
                 let lookup = |user: &str| broker.scram_credential(user, mechanism);
@@ -270,23 +376,46 @@ impl Session {
                     }) => {
                         if token_auth {
                             // Delegation tokens are not issued by Shale, so none can be valid.
-                            Err("Authentication failed: delegation tokens are not supported"
-                                .to_string())
+                            Err(Refusal::told(
+                                "Authentication failed: delegation tokens are not supported"
+                                    .to_string(),
+                            ))
                         } else {
-                            Ok((Bytes::from(server_final), Some(username)))
+                            let principal = KafkaPrincipal::user(username);
+                            let lifetime = max_reauth;
+                            let done = Authenticated {
+                                principal,
+                                lifetime,
+                            };
+                            Ok((Bytes::from(server_final), Some(done)))
                         }
                     }
                     // Kafka tells the client only the authorization-id mismatch; every
-                    // other reason is logged here and the client gets the generic text.
-                    Err(e) if e.is_client_visible() => Err(e.to_string()),
-                    Err(e) => {
-                        tracing::info!(peer = %self.peer, reason = %e, "SCRAM exchange failed");
-                        Err(format!(
-                            "Authentication failed during authentication due to invalid \
-                             credentials with SASL mechanism {}",
-                            mechanism.name()
+                    // other reason is logged and the client gets the generic text.
+                    Err(e) if e.is_client_visible() => Err(Refusal::told(e.to_string())),
+                    Err(e) => Err(Refusal::generic(mechanism.name(), e.to_string())),
+                }
+            }
+            Exchange::OAuth(server, validator) => {
+                let now = SystemTime::now();
+                match server.step(&req.auth_bytes, validator, now).await {
+                    // The `invalid_token` challenge, sent as Kafka does (error code 0): the
+                    // client answers %x01 and the next step fails the exchange.
+                    Ok(OAuthStep::Continue(challenge)) => Ok((Bytes::from(challenge), None)),
+                    // The token bounds the session even without connections.max.reauth.ms:
+                    // a connection must not outlive the credential that opened it.
+                    Ok(OAuthStep::Done(token)) => {
+                        let lifetime = Some(token.session_lifetime(now, max_reauth));
+                        let principal = token.principal;
+                        Ok((
+                            Bytes::new(),
+                            Some(Authenticated {
+                                principal,
+                                lifetime,
+                            }),
                         ))
                     }
+                    Err(e) => Err(Refusal::oauth(&e)),
                 }
             }
         };
@@ -294,22 +423,26 @@ impl Session {
             Ok((bytes, None)) => Admit::Answer(SaslAuthenticate(
                 SaslAuthenticateResponse::default().with_auth_bytes(bytes),
             )),
-            Ok((bytes, Some(user))) => {
-                let principal = KafkaPrincipal::user(user);
+            Ok((
+                bytes,
+                Some(Authenticated {
+                    principal,
+                    lifetime,
+                }),
+            )) => {
                 // KIP-368: re-authentication may not change who the connection is.
                 if self.authenticated_with.is_some() && principal != self.principal {
-                    return self.refuse(format!(
+                    return self.refuse(Refusal::told(format!(
                         "Authentication failed: re-authentication as {principal} on a \
                              connection of {}",
                         self.principal
-                    ));
+                    )));
                 }
-                let lifetime = self.listener.max_reauth;
                 self.expires = lifetime.map(|d| Instant::now() + d);
                 self.authenticated_with = self.authenticating_with.take();
                 tracing::debug!(
                     peer = %self.peer, %principal, listener = %self.listener.name,
-                    "authenticated"
+                    ?lifetime, "authenticated"
                 );
                 self.ctx.principal = principal.clone();
                 self.principal = principal;
@@ -324,24 +457,44 @@ impl Session {
                         .with_session_lifetime_ms(lifetime_ms),
                 ))
             }
-            Err(reason) => self.refuse(reason),
+            Err(refusal) => self.refuse(refusal),
         }
     }
 
-    fn refuse(&mut self, reason: String) -> Admit {
+    fn refuse(&mut self, refusal: Refusal) -> Admit {
         use kafka_protocol::messages::ResponseKind::SaslAuthenticate;
+        self.log_failure(&refusal.reason);
+        self.state = State::Handshake;
+        Admit::AnswerAndClose(SaslAuthenticate(
+            SaslAuthenticateResponse::default()
+                .with_error_code(refusal.code.code())
+                .with_error_message(Some(StrBytes::from_string(refusal.message))),
+        ))
+    }
+
+    /// The log line and the counter of a failed exchange. `reason` never holds a secret (a
+    /// password, a token): the mechanisms' errors are written so.
+    fn log_failure(&self, reason: &str) {
+        let mechanism = self.authenticating_with.map_or("", SaslMechanism::name);
         tracing::info!(
-            peer = %self.peer, listener = %self.listener.name, %reason,
+            peer = %self.peer, listener = %self.listener.name, mechanism, %reason,
             "authentication failed"
         );
         metrics::counter!("shale_authentication_failures_total", "listener" => self.listener.name.clone())
             .increment(1);
-        self.state = State::Handshake;
-        Admit::AnswerAndClose(SaslAuthenticate(
-            SaslAuthenticateResponse::default()
-                .with_error_code(ResponseError::SaslAuthenticationFailed.code())
-                .with_error_message(Some(StrBytes::from_string(reason))),
-        ))
+    }
+}
+
+impl Drop for Session {
+    /// A client that goes away after the `invalid_token` challenge, instead of answering it,
+    /// failed to authenticate all the same: it gets the log line and the count.
+    fn drop(&mut self) {
+        if let State::Authenticating(Exchange::OAuth(server, _)) = &self.state
+            && let Some(refusal) = server.refusal()
+        {
+            let reason = format!("invalid token: {refusal} (the client left after the challenge)");
+            self.log_failure(&reason);
+        }
     }
 }
 

@@ -36,6 +36,18 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between attempts while no leader is known or a hint led nowhere.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
+/// Serves opaque requests from other nodes beside Raft (the broker's inter-broker
+/// requests), over the same transport, so they share its mutual TLS.
+#[async_trait::async_trait]
+pub trait NodeCallHandler: Send + Sync + 'static {
+    /// `from` is the calling node as its certificate names it (`None` without mTLS).
+    async fn handle(
+        &self,
+        from: Option<u64>,
+        request: bytes::Bytes,
+    ) -> Result<bytes::Bytes, String>;
+}
+
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -87,6 +99,12 @@ async fn accept_node(
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, u64)> {
     let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
+        // A peer that gave up connecting (its call timed out) ends the handshake early:
+        // not a refusal.
+        Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            tracing::debug!(%peer, error = %e, "metadata rpc: TLS handshake cut short");
+            return None;
+        }
         Ok(Err(e)) => {
             tracing::warn!(%peer, error = %e, "metadata rpc: TLS handshake failed");
             metrics::counter!("shale_node_authentication_failures_total").increment(1);
@@ -244,11 +262,53 @@ impl MetaNode {
                 let timeout = Duration::from_millis(r.timeout_ms.min(30_000));
                 PbReply::new(&self.await_applied_here(r.index, timeout).await)
             }
+            Some(Kind::NodeCall) => {
+                let handler = self.node_calls.read().clone();
+                let answer = match handler {
+                    Some(h) => h.handle(from, bytes::Bytes::from(req.data)).await,
+                    None => Err("this node serves no node calls".to_string()),
+                };
+                match answer {
+                    Ok(data) => {
+                        let mut reply = PbReply::new(&Ok::<(), String>(()))?;
+                        reply.data = data.into();
+                        Ok(reply)
+                    }
+                    Err(e) => PbReply::new(&Err::<(), String>(e)),
+                }
+            }
             None => Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("unknown request kind {}", req.kind),
             )),
         }
+    }
+
+    /// Sends `request` to node `id`'s [`NodeCallHandler`] over the node-to-node transport
+    /// (mutual TLS when configured) and returns its answer.
+    pub async fn call_node(
+        &self,
+        id: u64,
+        request: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<bytes::Bytes, String> {
+        let addr = self
+            .rpc_address(id)
+            .ok_or_else(|| format!("node {id} is not in the metadata quorum's membership"))?;
+        let mut req = PbRequest::new(Kind::NodeCall, &()).map_err(|e| e.to_string())?;
+        req.data = request.into();
+        let reply = self
+            .peer(id, &addr)
+            .call(&req, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer: Result<(), String> = reply.decode_body().map_err(|e| e.to_string())?;
+        answer.map(|()| bytes::Bytes::from(reply.data))
+    }
+
+    /// Registers what serves other nodes' [`MetaNode::call_node`] requests here.
+    pub fn set_node_call_handler(&self, handler: Arc<dyn NodeCallHandler>) {
+        *self.node_calls.write() = Some(handler);
     }
 
     /// Proposes on this node's Raft: committed if it leads, else a hint where the leader is.

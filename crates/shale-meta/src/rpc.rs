@@ -49,6 +49,9 @@ pub(crate) enum Kind {
     TransferLeader = 8,
     /// Wait until every live broker has applied a log index (admin changes in force).
     AwaitApplied = 9,
+    /// An opaque request for the node's owner (the broker's inter-broker requests): `data`
+    /// carries it, the reply's `data` the answer.
+    NodeCall = 10,
 }
 
 impl Kind {
@@ -63,6 +66,7 @@ impl Kind {
             7 => Kind::ChangeMembership,
             8 => Kind::TransferLeader,
             9 => Kind::AwaitApplied,
+            10 => Kind::NodeCall,
             _ => return None,
         })
     }
@@ -85,6 +89,9 @@ pub(crate) struct PbReply {
     /// The reply value, JSON: a `Result` of the request kind's answer.
     #[prost(bytes = "vec", tag = "1")]
     pub body: Vec<u8>,
+    /// Bulk bytes that are not JSON-encoded (a node call's answer).
+    #[prost(bytes = "vec", tag = "2")]
+    pub data: Vec<u8>,
 }
 
 impl PbRequest {
@@ -110,6 +117,7 @@ impl PbReply {
     pub(crate) fn new(body: &impl Serialize) -> io::Result<PbReply> {
         Ok(PbReply {
             body: serde_json::to_vec(body).map_err(io::Error::other)?,
+            data: Vec::new(),
         })
     }
 
@@ -177,6 +185,7 @@ pub fn fuzz_decode(data: &[u8]) {
     let _ = req.decode_body::<WriteRequest>();
     let reply = PbReply {
         body: req.body.clone(),
+        data: Vec::new(),
     };
     let _ = reply.decode_body::<WriteReply>();
     let _ = reply.decode_body::<ReadIndexReply>();

@@ -1,12 +1,14 @@
 //! A Kafka listener's security, as Kafka configures it: the protocol from
 //! `listener.security.protocol.map`, TLS from `ssl.*`, SASL from `sasl.enabled.mechanisms` and
-//! the mechanisms' JAAS entries, each name looked up with the `listener.name.<name>.` prefix
-//! first, then bare.
+//! the mechanisms' JAAS entries and OAUTHBEARER's `sasl.oauthbearer.*`, each name looked up
+//! with the `listener.name.<name>.` prefix first, then bare.
 
+use crate::oauth::{JwtValidator, OAuthConfig};
 use crate::plain::PlainUsers;
 use crate::principal::{KafkaPrincipal, SslPrincipalMapper};
 use crate::scram::ScramMechanism;
 use crate::tls::ServerTls;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Kafka's security protocols.
@@ -62,6 +64,8 @@ impl std::str::FromStr for SecurityProtocol {
 pub enum SaslMechanism {
     Plain,
     Scram(ScramMechanism),
+    /// RFC 7628 with JWT access tokens checked against the provider's JWKS ([`crate::oauth`]).
+    OAuthBearer,
 }
 
 impl SaslMechanism {
@@ -69,12 +73,14 @@ impl SaslMechanism {
         match self {
             SaslMechanism::Plain => "PLAIN",
             SaslMechanism::Scram(m) => m.name(),
+            SaslMechanism::OAuthBearer => crate::oauth::MECHANISM,
         }
     }
 
     pub fn from_name(name: &str) -> Option<SaslMechanism> {
         match name {
             "PLAIN" => Some(SaslMechanism::Plain),
+            crate::oauth::MECHANISM => Some(SaslMechanism::OAuthBearer),
             other => ScramMechanism::from_name(other).map(SaslMechanism::Scram),
         }
     }
@@ -98,6 +104,12 @@ pub struct ListenerSecurity {
     /// `connections.max.reauth.ms` (KIP-368): a SASL session lasts this long; a client must
     /// re-authenticate on the connection before then or it is closed. `None`: no limit.
     pub max_reauth: Option<Duration>,
+    /// OAUTHBEARER's settings, when the listener enables it. Read with the rest (start-up stops
+    /// on a bad one before anything runs); the JWKS is fetched by [`Self::connect_oauth`].
+    pub oauth: Option<OAuthConfig>,
+    /// The token validator built from `oauth` by [`Self::connect_oauth`]: one per listener,
+    /// shared by its connections, so that they share one JWKS cache and one refresh task.
+    pub oauth_validator: Option<Arc<JwtValidator>>,
 }
 
 impl ListenerSecurity {
@@ -111,6 +123,8 @@ impl ListenerSecurity {
             plain_users: PlainUsers::default(),
             principal_mapper: default_mapper(),
             max_reauth: None,
+            oauth: None,
+            oauth_validator: None,
         }
     }
 
@@ -147,6 +161,7 @@ impl ListenerSecurity {
         };
         let mut sasl_mechanisms = Vec::new();
         let mut plain_users = PlainUsers::default();
+        let mut oauth = None;
         if protocol.uses_sasl() {
             let enabled = lookup("sasl.enabled.mechanisms")
                 .unwrap_or_else(|| DEFAULT_SASL_MECHANISMS.to_string());
@@ -154,7 +169,7 @@ impl ListenerSecurity {
                 let mech = SaslMechanism::from_name(m).ok_or_else(|| {
                     format!(
                         "listener {name}: sasl.enabled.mechanisms: {m} is not supported \
-                         (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)"
+                         (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER)"
                     )
                 })?;
                 if !sasl_mechanisms.contains(&mech) {
@@ -178,6 +193,22 @@ impl ListenerSecurity {
                 })?;
                 plain_users = PlainUsers::from_jaas(&jaas).map_err(|e| format!("{key}: {e}"))?;
             }
+            if sasl_mechanisms.contains(&SaslMechanism::OAuthBearer) {
+                // Kafka's broker cannot validate a token without a key set either; Shale has
+                // no other validator to fall back on (Kafka's default one accepts unsecured
+                // tokens, which is for development only).
+                oauth = Some(
+                    OAuthConfig::from_settings(lookup)
+                        .map_err(|e| format!("listener {name}: {e}"))?
+                        .ok_or_else(|| {
+                            format!(
+                                "listener {name} enables OAUTHBEARER: {} must name the identity \
+                                 provider's JWKS (https://... or file:...)",
+                                crate::oauth::JWKS_ENDPOINT_URL
+                            )
+                        })?,
+                );
+            }
         }
         let max_reauth = match lookup("connections.max.reauth.ms") {
             None => None,
@@ -195,7 +226,23 @@ impl ListenerSecurity {
             plain_users,
             principal_mapper,
             max_reauth,
+            oauth,
+            oauth_validator: None,
         })
+    }
+
+    /// Builds the OAUTHBEARER validator when the listener enables the mechanism: fetches the
+    /// JWKS (with the configured retries) and starts its refresh. Fails, as Kafka's broker
+    /// does at start-up, when no key set can be had. Call once, before serving.
+    pub async fn connect_oauth(&mut self) -> Result<(), String> {
+        let Some(config) = &self.oauth else {
+            return Ok(());
+        };
+        let validator = JwtValidator::connect(config.clone())
+            .await
+            .map_err(|e| format!("listener {} (OAUTHBEARER): {e}", self.name))?;
+        self.oauth_validator = Some(Arc::new(validator));
+        Ok(())
     }
 
     /// The principal of a connection on an SSL listener, from the client's certificate

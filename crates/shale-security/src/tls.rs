@@ -208,7 +208,9 @@ pub(crate) fn identity(get: &dyn Fn(&str) -> Option<String>) -> Result<Identity,
     Ok(identity)
 }
 
-pub(crate) fn truststore(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<RootCertStore>, TlsError> {
+pub(crate) fn truststore(
+    get: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<RootCertStore>, TlsError> {
     check_store_type(get, "ssl.truststore.type")?;
     let pem = match (
         get("ssl.truststore.location").or_else(|| get("ssl.ca.location")),

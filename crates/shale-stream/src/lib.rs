@@ -14,6 +14,7 @@
 //! (`gc`). `local::DurableLocalStore` makes a local-directory bucket fsync what it writes.
 
 pub mod catalog;
+pub mod encrypted;
 pub mod local;
 pub mod memory;
 pub mod metered;

@@ -41,6 +41,20 @@ pub const KEYS: &[(&str, &str)] = &[
     // SASL.
     ("sasl.enabled.mechanisms", "SCRAM-SHA-256,SCRAM-SHA-512"),
     ("connections.max.reauth.ms", "0"),
+    // SASL/OAUTHBEARER (shale_security::oauth, which applies Kafka's defaults to unset ones).
+    // Each may also be set per listener, as listener.name.<name>.<key> or with Kafka's
+    // mechanism prefix, listener.name.<name>.oauthbearer.<key>.
+    ("sasl.oauthbearer.jwks.endpoint.url", ""),
+    ("sasl.oauthbearer.expected.audience", ""),
+    ("sasl.oauthbearer.expected.issuer", ""),
+    ("sasl.oauthbearer.clock.skew.seconds", ""),
+    ("sasl.oauthbearer.sub.claim.name", ""),
+    ("sasl.oauthbearer.scope.claim.name", ""),
+    ("sasl.oauthbearer.jwks.endpoint.refresh.ms", ""),
+    ("sasl.oauthbearer.jwks.endpoint.retry.backoff.ms", ""),
+    ("sasl.oauthbearer.jwks.endpoint.retry.backoff.max.ms", ""),
+    ("sasl.oauthbearer.allowed.urls", ""),
+    ("sasl.oauthbearer.jwks.endpoint.ssl.truststore.location", ""),
     ("broker.rack", ""),
     ("controller.quorum.voters", ""),
     ("controller.listener.names", "CONTROLLER"),
@@ -56,6 +70,15 @@ pub const KEYS: &[(&str, &str)] = &[
     ("s3.access.key.id", ""),
     ("s3.secret.access.key", ""),
     ("s3.prefix", ""),
+    // Server-side encryption by the bucket: "" (the bucket's default), AES256 (SSE-S3),
+    // aws:kms (SSE-KMS, with s3.sse.kms.key.id) or aws:kms:dsse.
+    ("s3.server.side.encryption", ""),
+    ("s3.sse.kms.key.id", ""),
+    // Client-side envelope encryption of every object (shale_stream::encrypted): KEKs as
+    // ID=file:/path or ID=env:VAR, and the one new objects are wrapped with. SIGHUP
+    // re-reads both (online rotation).
+    ("object.encryption.keys", ""),
+    ("object.encryption.key.id", ""),
     ("wal.batch.interval.ms", "50"),
     ("wal.batch.bytes", "8388608"),
     ("wal.max.inflight.uploads", "4"),
@@ -451,13 +474,18 @@ fn is_named(spec: &str, name: &str) -> bool {
 }
 
 /// Settings a listener may override under `listener.name.<name>.` (Kafka's per-listener
-/// configuration), and the per-listener-only JAAS entries of the SASL mechanisms.
+/// configuration), the per-listener-only JAAS entries of the SASL mechanisms, and
+/// OAUTHBEARER's settings under Kafka's mechanism prefix (`listener.name.<name>.oauthbearer.`).
 fn is_listener_setting(key: &str) -> bool {
     let Some(rest) = key.strip_prefix("listener.name.") else {
         return false;
     };
     let Some((_, setting)) = rest.split_once('.') else {
         return false;
+    };
+    let setting = match setting.strip_prefix("oauthbearer.") {
+        Some(oauth) if oauth.starts_with("sasl.oauthbearer.") => oauth,
+        _ => setting,
     };
     setting == "plain.sasl.jaas.config"
         || ((setting.starts_with("ssl.")
@@ -534,6 +562,70 @@ mod tests {
         let s = Settings::load(Some(&path)).unwrap();
         assert!(s.voters().unwrap().is_empty());
         assert_eq!(s.controller_listener().unwrap(), None);
+    }
+
+    #[test]
+    fn oauthbearer_settings_are_taken_bare_per_listener_and_with_the_mechanism_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        let url = format!("file://{}", jwks.display());
+        let path = dir.path().join("shale.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "\"listeners\" = \"SASL_PLAINTEXT://127.0.0.1:9092\"\n\
+                 \"sasl.enabled.mechanisms\" = \"OAUTHBEARER\"\n\
+                 \"sasl.oauthbearer.expected.issuer\" = \"https://idp.example\"\n\
+                 \"listener.name.sasl_plaintext.sasl.oauthbearer.expected.audience\" = \"kafka\"\n\
+                 \"listener.name.sasl_plaintext.oauthbearer.sasl.oauthbearer.jwks.endpoint.url\" = \"{url}\"\n",
+            ),
+        )
+        .unwrap();
+        let security = Settings::load(Some(&path))
+            .unwrap()
+            .client_listener_security()
+            .unwrap();
+        let oauth = security.oauth.expect("OAUTHBEARER is configured");
+        assert_eq!(
+            oauth.jwks.source,
+            shale_security::oauth::JwksSource::File(jwks)
+        );
+        assert_eq!(oauth.rules.expected_audience, ["kafka"]);
+        assert_eq!(
+            oauth.rules.expected_issuer.as_deref(),
+            Some("https://idp.example")
+        );
+        // The mechanism prefix takes only OAUTHBEARER's own settings, and only per listener.
+        for bad in [
+            "listener.name.sasl_plaintext.oauthbearer.ssl.keystore.location",
+            "listener.name.sasl_plaintext.oauthbearer.sasl.oauthbearer.no.such.key",
+            "oauthbearer.sasl.oauthbearer.jwks.endpoint.url",
+        ] {
+            std::fs::write(&path, format!("\"{bad}\" = \"x\"\n")).unwrap();
+            assert!(Settings::load(Some(&path)).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn oauthbearer_without_a_jwks_url_stops_start_up_with_the_key_to_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shale.toml");
+        std::fs::write(
+            &path,
+            "\"listeners\" = \"SASL_PLAINTEXT://127.0.0.1:9092\"\n\
+             \"sasl.enabled.mechanisms\" = \"OAUTHBEARER\"\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&path))
+            .unwrap()
+            .client_listener_security()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("enables OAUTHBEARER")
+                && err.contains("sasl.oauthbearer.jwks.endpoint.url"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -63,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let mut config_path = None;
     let settings = match cli.command {
         Command::Dev { data_dir, port } => {
             let mut s = Settings::load(None)?;
@@ -74,12 +75,15 @@ fn main() -> anyhow::Result<()> {
             }
             s
         }
-        Command::Serve { config } => Settings::load(config.as_deref())?,
+        Command::Serve { config } => {
+            config_path = config;
+            Settings::load(config_path.as_deref())?
+        }
     };
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(run(settings))
+        .block_on(run(settings, config_path))
 }
 
 /// Where objects go, in words, for the start banner.
@@ -155,13 +159,25 @@ fn object_store(s: &Settings) -> anyhow::Result<Arc<dyn ObjectStore>> {
             if let Some(k) = s.opt("s3.secret.access.key") {
                 b = b.with_secret_access_key(k);
             }
+            if let Some(sse) = s.opt("s3.server.side.encryption") {
+                b = b.with_config(
+                    "aws_server_side_encryption".parse::<object_store::aws::AmazonS3ConfigKey>()?,
+                    sse,
+                );
+            }
+            if let Some(key) = s.opt("s3.sse.kms.key.id") {
+                b = b.with_config(
+                    "aws_sse_kms_key_id".parse::<object_store::aws::AmazonS3ConfigKey>()?,
+                    key,
+                );
+            }
             Ok(Arc::new(b.build()?))
         }
         other => anyhow::bail!("object.store must be local or s3, not {other}"),
     }
 }
 
-async fn run(s: Settings) -> anyhow::Result<()> {
+async fn run(s: Settings, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     // Recording starts before anything else does, so start-up is counted too.
     let admin = match s.opt("admin.http.listener") {
         Some(addr) => {
@@ -180,7 +196,14 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let (adv_host, adv_port) = s.advertised()?;
     // Before anything starts: a listener whose certificate or key does not load stops the
     // node here, with the reason, rather than ever serving plaintext.
-    let security = Arc::new(s.client_listener_security()?);
+    let mut security = s.client_listener_security()?;
+    // Likewise an OAUTHBEARER listener whose JWKS cannot be fetched: Kafka's broker does not
+    // start without the key set either, and every token would be refused meanwhile.
+    security
+        .connect_oauth()
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let security = Arc::new(security);
     let store: Arc<dyn ObjectStore> = shale_stream::metered::MeteredStore::new(object_store(&s)?);
 
     // The metadata quorum: this node alone, or the voters of controller.quorum.voters
@@ -268,6 +291,28 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         }
         meta.shutdown().await;
         return Ok(());
+    }
+    // Client-side encryption wraps the metered store: the meter counts the bytes that
+    // cross the network, ciphertext. It needs the cluster id, bound into every object.
+    let (store, encrypted) = match object_keyring(&s)? {
+        None => (store, None),
+        Some(ring) => {
+            tracing::info!(
+                kek = ring.current_id(),
+                keys = ?ring.ids(),
+                "objects are encrypted client-side (AES-256-GCM envelope)"
+            );
+            let e = shale_stream::encrypted::EncryptedStore::new(
+                store,
+                cluster_id.as_bytes().to_vec(),
+                ring,
+                shale_stream::encrypted::DEFAULT_DEK_CACHE_ENTRIES,
+            );
+            (e.clone() as Arc<dyn ObjectStore>, Some(e))
+        }
+    };
+    if let Some(e) = encrypted {
+        tokio::spawn(rotate_keys_on_sighup(e, config_path.clone()));
     }
     let streams = StreamStore::start(
         store,
@@ -367,6 +412,37 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let _ = serving.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The object-encryption keyring the settings configure, if any.
+fn object_keyring(s: &Settings) -> anyhow::Result<Option<shale_stream::encrypted::Keyring>> {
+    shale_stream::encrypted::Keyring::from_settings(|k| s.opt(k).map(str::to_string))
+        .map_err(|e| anyhow::anyhow!("object encryption: {e}"))
+}
+
+/// Online KEK rotation: on SIGHUP the configuration is read again and its keyring replaces
+/// the running one (new objects wrap with the new current key; every key still listed keeps
+/// unwrapping). A keyring that fails to load, or none, leaves the running one in place.
+async fn rotate_keys_on_sighup(
+    store: Arc<shale_stream::encrypted::EncryptedStore>,
+    config: Option<PathBuf>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP: KEK rotation needs a restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let ring = Settings::load(config.as_deref()).and_then(|s| object_keyring(&s));
+        match ring {
+            Ok(Some(ring)) => store.set_keyring(ring),
+            Ok(None) => tracing::warn!(
+                "SIGHUP: the configuration no longer sets object.encryption.keys; keeping \
+                 the running keyring (objects stay encrypted)"
+            ),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: keyring not reloaded"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -636,6 +636,7 @@ pub(super) mod test_support {
                     principal: KafkaPrincipal::user("alice"),
                     host: "10.0.0.1".into(),
                     listener: Arc::from("CLIENT"),
+                    inter_broker: false,
                 },
             }
         }

@@ -34,14 +34,20 @@ pub(crate) struct RequestContext {
     /// The client's IP address as text (ACL hosts are IP addresses).
     pub host: String,
     pub listener: Arc<str>,
+    /// A request relayed by another node over the node-to-node transport (see `peers`):
+    /// only inter-broker APIs arrive that way, and they are not subject to ACLs.
+    pub inter_broker: bool,
 }
 
 /// The node's authorizer: its settings, and an index over the quorum's ACLs rebuilt when
 /// they change (the map is persistent, so "changed" is a pointer comparison).
 pub(crate) struct Acls {
     config: Option<AuthorizerConfig>,
-    cache: Mutex<Option<(StateMap<u64, AclEntryMeta>, Arc<Authorizer>)>>,
+    cache: Mutex<Option<IndexedAcls>>,
 }
+
+/// The ACLs an authorizer index was built from, and the index.
+type IndexedAcls = (StateMap<u64, AclEntryMeta>, Arc<Authorizer>);
 
 impl Acls {
     pub(crate) fn new(config: Option<AuthorizerConfig>) -> Acls {
@@ -175,7 +181,7 @@ pub(crate) fn check(
     version: i16,
     body: RequestKind,
 ) -> Checked {
-    let Some(authorizer) = broker.authorizer() else {
+    let Some(authorizer) = broker.authorizer().filter(|_| !ctx.inter_broker) else {
         return Checked::Dispatch(body, Fixup::None);
     };
     let gate = Gate {

@@ -32,6 +32,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The node blob's name.
+/// An owned partition and its fresh checkpoint (the offset it covers, its bytes), if any.
+type Taken = (Arc<crate::partitions::Owned>, Option<(u64, Bytes)>);
+
 const NAME: &str = "producer-state";
 /// An unchanged checkpoint is still rewritten this often: the garbage collector deletes a
 /// blob not rewritten for `gc_min_age` (an hour by default).
@@ -149,7 +152,7 @@ impl Writer {
             })
             .collect();
         let deadline = tokio::time::Instant::now() + DURABLE_WAIT;
-        let waiting = |taken: &[(Arc<crate::partitions::Owned>, Option<(u64, Bytes)>)]| {
+        let waiting = |taken: &[Taken]| {
             taken.iter().any(|(o, fresh)| {
                 fresh
                     .as_ref()
