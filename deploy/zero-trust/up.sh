@@ -8,7 +8,9 @@
 #   PORT+i-1) whose only client listener is SASL_SSL and requires a client certificate
 #   signed by that CA (mTLS), with Kafka's ACL authorizer; with several nodes they form one
 #   cluster whose metadata quorum (every node a voter) speaks mTLS on its CONTROLLER
-#   listeners, each node proving its node id by certificate;
+#   listeners, each node proving its node id by certificate; every object is encrypted
+#   client-side (DIR/kek-1.key) and every authentication, denial and admin change is
+#   audited (nI/data/audit/audit.log and the __shale_audit topic);
 # - as the bootstrap admin (PLAIN, password in DIR/admin.password, super user), creates the
 #   SCRAM-SHA-512 users alice and bob and the topic `payments`, and grants alice Write, Read
 #   and Describe on `payments` and Read on group `payments-app`; bob gets nothing;
@@ -72,6 +74,9 @@ say "certificates in $DIR"
 "$PYTHON" "$HERE/zt.py" certs "$DIR" "$NODES"
 [ -s "$DIR/admin.password" ] || "$PYTHON" -c 'import secrets; print(secrets.token_urlsafe(24))' >"$DIR/admin.password"
 chmod 600 "$DIR/admin.password"
+# The key-encryption key (KEK) every object is enveloped under; it never leaves DIR.
+[ -s "$DIR/kek-1.key" ] || "$PYTHON" -c 'import secrets; print(secrets.token_hex(32))' >"$DIR/kek-1.key"
+chmod 600 "$DIR/kek-1.key"
 
 rm -f "$DIR/moto.pid"
 spawn "$DIR/moto.pid" "$DIR/moto.log" moto_server -H 127.0.0.1 -p "$S3_PORT"
@@ -141,6 +146,13 @@ $CLUSTER
 "super.users" = "User:admin"
 "allow.everyone.if.no.acl.found" = "false"
 "auto.create.topics.enable" = "false"
+# Storage: every object is encrypted before it leaves the node (AES-256-GCM, a fresh data
+# key per object wrapped by kek-1); add a key and SIGHUP the nodes to rotate.
+"object.encryption.keys" = "kek-1=file:$DIR/kek-1.key"
+# Evidence: authentications, denials and admin changes, hash-chained, to
+# n$i/data/audit/audit.log and the __shale_audit topic; requests fail rather than go
+# unaudited.
+"audit.enable" = "true"
 TOML
     chmod 600 "$N/shale.toml"
     : >"$N/shale.log"

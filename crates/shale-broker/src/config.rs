@@ -73,6 +73,8 @@ pub struct BrokerConfig {
     /// `allow.everyone.if.no.acl.found`). `None`: every request is allowed, as in Kafka
     /// without an authorizer.
     pub authorizer: Option<shale_security::acl::AuthorizerConfig>,
+    /// The audit log (`audit.enable`); disabled records nothing.
+    pub auditor: shale_security::audit::Auditor,
 }
 
 impl Default for BrokerConfig {
@@ -108,6 +110,7 @@ impl Default for BrokerConfig {
             broker_heartbeat_interval: Duration::from_millis(250),
             broker_session_timeout: Duration::from_millis(1500),
             authorizer: None,
+            auditor: shale_security::audit::Auditor::disabled(),
         }
     }
 }

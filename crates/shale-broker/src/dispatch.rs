@@ -100,13 +100,64 @@ pub(crate) async fn start(
     frame: bytes::Bytes,
 ) -> Started {
     use crate::authz::{Checked, Fixup};
-    match crate::authz::check(broker, ctx, api, version, body) {
+    let auditor = &broker.config.auditor;
+    // Fail-closed: while the audit log cannot take events, nothing is served unaudited.
+    // Node-to-node requests (among them the audit topic's own writes) go on.
+    if !ctx.inter_broker && auditor.is_refusing() {
+        tracing::error!(
+            ?api,
+            "audit log unavailable (audit.failure.policy=fail-closed): closing"
+        );
+        return Started::Close;
+    }
+    let admin = (auditor.is_enabled() && !ctx.inter_broker)
+        .then(|| {
+            crate::audit::admin_request(ctx, api, version, &body)
+                .map(|a| (a, crate::audit::credential_changes(&body)))
+        })
+        .flatten();
+    let started = match crate::authz::check(broker, ctx, api, version, body) {
         Checked::Refuse(resp) => Started::Done(Some(resp)),
         Checked::Close => Started::Close,
         Checked::Dispatch(body, Fixup::None) => route(broker, version, body, frame).await,
         Checked::Dispatch(body, fixup) => {
             with_fixup(route(broker, version, body, frame).await, fixup)
         }
+    };
+    match admin {
+        None => started,
+        Some((admin, credentials)) => audit_outcomes(broker, started, admin, credentials),
+    }
+}
+
+/// Records an admin request's changes with their outcomes once its response is ready.
+fn audit_outcomes(
+    broker: &Arc<Broker>,
+    started: Started,
+    admin: crate::audit::AdminRequest,
+    credentials: Option<Vec<(String, String, shale_security::audit::CredentialOp)>>,
+) -> Started {
+    let record = move |broker: &Broker, resp: &Option<ResponseKind>| {
+        if let Some(resp) = resp {
+            for event in crate::audit::admin_outcomes(admin, credentials, resp) {
+                broker.audit(event);
+            }
+        }
+    };
+    match started {
+        Started::Done(resp) => {
+            record(broker, &resp);
+            Started::Done(resp)
+        }
+        Started::Later(fut) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                let resp = fut.await;
+                record(&broker, &resp);
+                resp
+            }))
+        }
+        other => other,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Shale's Kafka front end: connections, request dispatch and the API handlers (one API
 //! family per module under `handlers`), on top of the stream layer and the metadata quorum.
 
+pub mod audit;
 mod authz;
 mod compaction;
 pub mod config;
@@ -124,6 +125,10 @@ impl Broker {
         broker.tasks.lock().push(snapshots);
         let checkpoints = tokio::spawn(txn::checkpoint::run(broker.clone()));
         broker.tasks.lock().push(checkpoints);
+        if broker.config.auditor.is_enabled() {
+            let membership = audit::follow_membership(&broker);
+            broker.tasks.lock().push(membership);
+        }
         Ok(broker)
     }
 
@@ -173,18 +178,21 @@ impl Broker {
                         let (broker, security) = (self.clone(), security.clone());
                         match &tls {
                             None => {
-                                let session = session::Session::new(
+                                let mut session = session::Session::new(
                                     security,
                                     peer,
                                     shale_security::principal::KafkaPrincipal::anonymous(),
                                 );
+                                session.auditor = broker.config.auditor.clone();
                                 tokio::spawn(connection::serve(broker, socket, session));
                             }
                             Some(acceptor) => {
                                 let acceptor = acceptor.clone();
                                 tokio::spawn(async move {
+                                    let auditor = broker.config.auditor.clone();
                                     if let Some((stream, session)) =
-                                        tls_handshake(acceptor, socket, peer, security).await
+                                        tls_handshake(acceptor, socket, peer, security, auditor)
+                                            .await
                                     {
                                         connection::serve(broker, stream, session).await;
                                     }
@@ -259,16 +267,24 @@ async fn tls_handshake(
     socket: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
     security: Arc<shale_security::listener::ListenerSecurity>,
+    auditor: shale_security::audit::Auditor,
 ) -> Option<(
     tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     session::Session,
 )> {
+    use shale_security::audit::{AuditEvent, Client, Outcome};
+    let client = || Client::new(security.name.clone(), peer.ip().to_string());
     let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(socket)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::info!(%peer, listener = %security.name, error = %e, "TLS handshake failed");
             metrics::counter!("shale_authentication_failures_total", "listener" => security.name.clone())
                 .increment(1);
+            // A bad or missing client certificate (unknown CA, expired) ends here.
+            let _ = auditor.record(
+                AuditEvent::authentication(client(), "TLS", None, Outcome::Failed)
+                    .with_reason(e.to_string()),
+            );
             return None;
         }
         Err(_) => {
@@ -294,12 +310,30 @@ async fn tls_handshake(
                 );
                 metrics::counter!("shale_authentication_failures_total", "listener" => security.name.clone())
                     .increment(1);
+                let _ = auditor.record(
+                    AuditEvent::authentication(client(), "TLS", None, Outcome::Failed)
+                        .with_reason(e.to_string()),
+                );
                 return None;
             }
         }
     };
+    if cert.is_some() && !security.protocol.uses_sasl() {
+        // mTLS is the authentication on an SSL listener; a refusal to record it refuses the
+        // connection (fail-closed).
+        let event = AuditEvent::authentication(
+            client(),
+            "TLS",
+            Some(principal.to_string()),
+            Outcome::Succeeded,
+        );
+        if auditor.record(event).is_err() {
+            return None;
+        }
+    }
     tracing::debug!(%peer, %principal, listener = %security.name, "TLS connection established");
-    let session = session::Session::new(security, peer, principal);
+    let mut session = session::Session::new(security, peer, principal);
+    session.auditor = auditor;
     Some((stream, session))
 }
 

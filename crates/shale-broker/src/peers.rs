@@ -27,8 +27,12 @@ use std::time::Duration;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The APIs a node serves to other nodes on the node-to-node transport.
-pub(crate) const INTER_BROKER_APIS: &[ApiKey] =
-    &[ApiKey::WriteTxnMarkers, ApiKey::AddPartitionsToTxn];
+/// Produce only for the audit topic (the other nodes' audit sinks; see `authz::check`).
+pub(crate) const INTER_BROKER_APIS: &[ApiKey] = &[
+    ApiKey::WriteTxnMarkers,
+    ApiKey::AddPartitionsToTxn,
+    ApiKey::Produce,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PeerError {
@@ -61,6 +65,24 @@ impl Broker {
             .await
             .map_err(failed)?;
         decode(api, version, answer).map_err(failed)
+    }
+}
+
+impl Broker {
+    /// Sends `body` to this node as another node would: the same path, without a socket
+    /// (the audit topic's writes when this node owns its partition).
+    pub(crate) async fn call_self(
+        self: &std::sync::Arc<Self>,
+        api: ApiKey,
+        version: i16,
+        body: RequestKind,
+    ) -> Result<ResponseKind, String> {
+        let request = encode(self.config.node_id, api, version, &body)?;
+        let mut session = Session::node(None);
+        match self.serve_one(&mut session, request, CALL_TIMEOUT).await {
+            Some(Frame::One(b)) if b.len() >= 4 => decode(api, version, b.slice(4..)),
+            _ => Err("no answer".into()),
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use kafka_protocol::messages::{
     SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::StrBytes;
+use shale_security::audit::{self, AuditEvent, Auditor, Outcome};
 use shale_security::listener::{ListenerSecurity, SaslMechanism};
 use shale_security::oauth::{JwtValidator, OAuthBearerServer, OAuthError, OAuthStep};
 use shale_security::principal::KafkaPrincipal;
@@ -46,6 +47,8 @@ pub(crate) struct Session {
     authenticated_with: Option<SaslMechanism>,
     /// The mechanism the exchange in progress uses.
     authenticating_with: Option<SaslMechanism>,
+    /// Where authentications are recorded (the listener sets it).
+    pub auditor: Auditor,
 }
 
 enum State {
@@ -161,6 +164,7 @@ impl Session {
             expires: None,
             authenticated_with: None,
             authenticating_with: None,
+            auditor: Auditor::disabled(),
         }
     }
 
@@ -438,6 +442,17 @@ impl Session {
                         self.principal
                     )));
                 }
+                let mechanism = self.authenticating_with.map_or("", SaslMechanism::name);
+                let event = AuditEvent::authentication(
+                    self.audit_client(),
+                    mechanism,
+                    Some(principal.to_string()),
+                    Outcome::Succeeded,
+                );
+                if self.auditor.record(event).is_err() {
+                    // Fail-closed: an authentication that cannot be recorded does not happen.
+                    return Admit::Close;
+                }
                 self.expires = lifetime.map(|d| Instant::now() + d);
                 self.authenticated_with = self.authenticating_with.take();
                 tracing::debug!(
@@ -482,6 +497,14 @@ impl Session {
         );
         metrics::counter!("shale_authentication_failures_total", "listener" => self.listener.name.clone())
             .increment(1);
+        let _ = self.auditor.record(
+            AuditEvent::authentication(self.audit_client(), mechanism, None, Outcome::Failed)
+                .with_reason(reason.to_string()),
+        );
+    }
+
+    fn audit_client(&self) -> audit::Client {
+        audit::Client::new(self.listener.name.clone(), self.ctx.host.clone())
     }
 }
 

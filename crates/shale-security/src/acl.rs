@@ -260,6 +260,8 @@ pub enum Reason {
     NoMatchingAllow,
     /// No ACL names the resource at all: `allow.everyone.if.no.acl.found` decided.
     NoAclForResource,
+    /// Shale's own resource no principal may change (the audit topic).
+    Protected,
 }
 
 impl Decision {

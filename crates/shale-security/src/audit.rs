@@ -1708,6 +1708,14 @@ impl Auditor {
         self.inner.as_ref().is_some_and(|i| i.log_allowed)
     }
 
+    /// Whether events are being refused now (`fail-closed` with a failing sink): callers
+    /// then fail requests rather than serve them unaudited.
+    pub fn is_refusing(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| {
+            i.policy == FailurePolicy::FailClosed && !i.healthy.load(Ordering::Acquire)
+        })
+    }
+
     /// False while a sink is failing.
     pub fn is_healthy(&self) -> bool {
         self.inner

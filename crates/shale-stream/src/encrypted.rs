@@ -864,6 +864,11 @@ impl EncryptedStore {
         );
     }
 
+    /// The id of the KEK new objects are wrapped with.
+    pub fn current_key_id(&self) -> String {
+        self.keys.read().provider.current_key_id().to_owned()
+    }
+
     /// The key provider and the generation it belongs to.
     fn keys(&self) -> (Arc<dyn KmsProvider>, u64) {
         let keys = self.keys.read();

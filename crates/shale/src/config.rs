@@ -78,6 +78,15 @@ pub const KEYS: &[(&str, &str)] = &[
     // ID=file:/path or ID=env:VAR, and the one new objects are wrapped with. SIGHUP
     // re-reads both (online rotation).
     ("object.encryption.keys", ""),
+    // The audit log (shale_security::audit): CloudEvents, hash-chained, to a file (default
+    // <data.dir>/audit/audit.log, which also carries the chain across restarts) and the
+    // __shale_audit topic.
+    ("audit.enable", "false"),
+    ("audit.file.path", ""),
+    ("audit.queue.capacity", "65536"),
+    ("audit.failure.policy", "fail-closed"),
+    ("audit.log.allowed", "false"),
+    ("audit.topic.enable", ""),
     ("object.encryption.key.id", ""),
     ("wal.batch.interval.ms", "50"),
     ("wal.batch.bytes", "8388608"),

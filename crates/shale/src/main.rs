@@ -40,6 +40,45 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Checks an audit log (a file, or the __shale_audit topic exported one value per line):
+    /// every event's hash, every link to the event before it, every sequence. Exits 1 on the
+    /// first problem.
+    Verify {
+        file: PathBuf,
+        /// A head recorded earlier (logged by the node as `audit head`), as
+        /// SOURCE=SEQUENCE:HASH: the log must still reach it, so a truncated tail shows.
+        #[arg(long = "expect")]
+        expect: Vec<String>,
+    },
+}
+
+/// `shale audit verify`.
+fn audit_verify(file: &std::path::Path, expect: &[String]) -> anyhow::Result<bool> {
+    use shale_security::audit::{Head, Verifier};
+    let mut verifier = Verifier::new();
+    for e in expect {
+        let (source, head) = e
+            .rsplit_once('=')
+            .with_context(|| format!("--expect {e}: expected SOURCE=SEQUENCE:HASH"))?;
+        let head: Head = head
+            .parse()
+            .map_err(|err| anyhow::anyhow!("--expect {e}: {err}"))?;
+        verifier = verifier.expecting(source, head);
+    }
+    let report = verifier
+        .verify_file(file)
+        .with_context(|| format!("reading {}", file.display()))?;
+    println!("{report}");
+    Ok(report.is_ok())
 }
 
 /// Log filter when neither `SHALE_LOG` nor `RUST_LOG` is set. openraft logs every election
@@ -74,6 +113,12 @@ fn main() -> anyhow::Result<()> {
                 s.set("listeners", format!("PLAINTEXT://127.0.0.1:{port}"))?;
             }
             s
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { file, expect },
+        } => {
+            let ok = audit_verify(&file, &expect)?;
+            std::process::exit(if ok { 0 } else { 1 });
         }
         Command::Serve { config } => {
             config_path = config;
@@ -311,8 +356,13 @@ async fn run(s: Settings, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             (e.clone() as Arc<dyn ObjectStore>, Some(e))
         }
     };
+    let (auditor, topic_sink) = start_audit(&s, &cluster_id, node_id).await?;
     if let Some(e) = encrypted {
-        tokio::spawn(rotate_keys_on_sighup(e, config_path.clone()));
+        tokio::spawn(rotate_keys_on_sighup(
+            e,
+            config_path.clone(),
+            auditor.clone(),
+        ));
     }
     let streams = StreamStore::start(
         store,
@@ -386,11 +436,18 @@ async fn run(s: Settings, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             broker_heartbeat_interval: s.millis("broker.heartbeat.interval.ms")?,
             broker_session_timeout: s.millis("broker.session.timeout.ms")?,
             authorizer: s.authorizer()?,
+            auditor: auditor.clone(),
         },
         meta,
         streams,
     )
     .await?;
+    if let Some(sink) = topic_sink {
+        sink.attach(&broker).await?;
+    }
+    if auditor.is_enabled() {
+        tokio::spawn(log_audit_head(auditor.clone()));
+    }
 
     tracing::debug!(%host, port, data_dir = %data_dir.display(), "shale is serving");
     let cluster = broker.meta.read(|st| st.cluster_id.clone());
@@ -407,11 +464,71 @@ async fn run(s: Settings, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tokio::spawn(async move { broker.serve_listener(listener, security).await })
     };
     shutdown_signal().await;
+    // The last events go out while the broker (the topic sink's path) still runs.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), auditor.flush())
+        .await
+        .is_err_and(|_| auditor.is_enabled())
+    {
+        tracing::warn!("audit log not flushed within 5 s of shutdown");
+    }
     tracing::info!("shutting down: draining the WAL");
     broker.shutdown().await;
     let _ = serving.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The audit log the settings configure: its file sink (which also carries the chain across
+/// restarts) and, unless `audit.topic.enable=false`, the `__shale_audit` topic sink, to be
+/// attached once the broker runs.
+async fn start_audit(
+    s: &Settings,
+    cluster_id: &str,
+    node_id: u64,
+) -> anyhow::Result<(
+    shale_security::audit::Auditor,
+    Option<shale_broker::audit::TopicSink>,
+)> {
+    use shale_security::audit::{AuditConfig, AuditSink, Auditor, Chain, FileSink, Source};
+    let mut config = AuditConfig::from_settings(|k| s.opt(k).map(str::to_string))
+        .map_err(|e| anyhow::anyhow!("audit: {e}"))?;
+    if !config.enabled {
+        return Ok((Auditor::disabled(), None));
+    }
+    let path = config
+        .file_path
+        .get_or_insert_with(|| s.data_dir().join("audit").join("audit.log"))
+        .clone();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let source = Source::node(cluster_id, i32::try_from(node_id).unwrap_or(i32::MAX));
+    let chain = Chain::resume_from_file(&path, &source)
+        .map_err(|e| anyhow::anyhow!("audit log {}: {e}", path.display()))?;
+    let mut sinks: Vec<Box<dyn AuditSink>> =
+        vec![Box::new(FileSink::open(&path).await.with_context(
+            || format!("opening the audit log {}", path.display()),
+        )?)];
+    let topic = config
+        .topic_enabled
+        .then(shale_broker::audit::TopicSink::new);
+    if let Some(t) = &topic {
+        sinks.push(Box::new(t.clone()));
+    }
+    tracing::info!(file = %path.display(), topic = topic.is_some(), source = %source, "audit log on");
+    Ok((Auditor::start(&config, chain, sinks), topic))
+}
+
+/// Logs the audit chain's head every minute: recorded elsewhere (a log collector), it lets
+/// `shale audit verify --expect` show a truncated tail.
+async fn log_audit_head(auditor: shale_security::audit::Auditor) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        if let Some((source, head)) = auditor.head() {
+            tracing::info!(%source, %head, "audit head");
+        }
+    }
 }
 
 /// The object-encryption keyring the settings configure, if any.
@@ -426,7 +543,9 @@ fn object_keyring(s: &Settings) -> anyhow::Result<Option<shale_stream::encrypted
 async fn rotate_keys_on_sighup(
     store: Arc<shale_stream::encrypted::EncryptedStore>,
     config: Option<PathBuf>,
+    auditor: shale_security::audit::Auditor,
 ) {
+    use shale_security::audit::{AuditEvent, Outcome};
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot watch SIGHUP: KEK rotation needs a restart");
@@ -435,12 +554,28 @@ async fn rotate_keys_on_sighup(
     while hup.recv().await.is_some() {
         let ring = Settings::load(config.as_deref()).and_then(|s| object_keyring(&s));
         match ring {
-            Ok(Some(ring)) => store.set_keyring(ring),
+            Ok(Some(ring)) => {
+                let current = ring.current_id().to_string();
+                let previous = store.current_key_id();
+                store.set_keyring(ring);
+                let _ = auditor.record(AuditEvent::key_rotation(
+                    current,
+                    Some(previous),
+                    None,
+                    Outcome::Succeeded,
+                ));
+            }
             Ok(None) => tracing::warn!(
                 "SIGHUP: the configuration no longer sets object.encryption.keys; keeping \
                  the running keyring (objects stay encrypted)"
             ),
-            Err(e) => tracing::error!(error = %e, "SIGHUP: keyring not reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: keyring not reloaded");
+                let _ = auditor.record(
+                    AuditEvent::key_rotation(store.current_key_id(), None, None, Outcome::Failed)
+                        .with_reason(e.to_string()),
+                );
+            }
         }
     }
 }

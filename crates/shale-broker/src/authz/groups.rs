@@ -539,6 +539,8 @@ pub(super) struct Later {
     authorizer: Arc<Authorizer>,
     ctx: RequestContext,
     api: &'static str,
+    version: i16,
+    auditor: shale_security::audit::Auditor,
 }
 
 impl Later {
@@ -547,6 +549,8 @@ impl Later {
             authorizer: gate.authorizer.clone(),
             ctx: gate.ctx.clone(),
             api: gate.api,
+            version: gate.version,
+            auditor: gate.auditor.clone(),
         }
     }
 
@@ -555,6 +559,8 @@ impl Later {
             authorizer: self.authorizer.clone(),
             ctx: &self.ctx,
             api: self.api,
+            version: self.version,
+            auditor: self.auditor.clone(),
         }
     }
 
@@ -646,6 +652,8 @@ pub(super) mod test_support {
                 authorizer: self.authorizer.clone(),
                 ctx: &self.ctx,
                 api: "test",
+                version: 0,
+                auditor: shale_security::audit::Auditor::disabled(),
             }
         }
     }

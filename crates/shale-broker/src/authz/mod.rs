@@ -44,6 +44,8 @@ pub(crate) struct RequestContext {
 pub(crate) struct Acls {
     config: Option<AuthorizerConfig>,
     cache: Mutex<Option<IndexedAcls>>,
+    /// The allow-everything authorizer of [`Broker::audit_protection`].
+    open: std::sync::OnceLock<Arc<Authorizer>>,
 }
 
 /// The ACLs an authorizer index was built from, and the index.
@@ -54,6 +56,7 @@ impl Acls {
         Acls {
             config,
             cache: Mutex::new(None),
+            open: std::sync::OnceLock::new(),
         }
     }
 }
@@ -82,6 +85,24 @@ impl Broker {
         Some(authorizer)
     }
 
+    /// Without ACLs but with an audit log: a gate that allows everything except writing to
+    /// or deleting the audit topic (see [`Gate::allows`]).
+    pub(crate) fn audit_protection(&self) -> Option<Arc<Authorizer>> {
+        if !self.config.auditor.is_enabled() {
+            return None;
+        }
+        let open = self.acls.open.get_or_init(|| {
+            Arc::new(Authorizer::new(
+                AuthorizerConfig {
+                    super_users: Default::default(),
+                    allow_if_no_acl: true,
+                },
+                [],
+            ))
+        });
+        Some(open.clone())
+    }
+
     /// After an ACL or credential change: returns once every live broker has applied it,
     /// so the change is in force wherever a client connects when the admin call returns.
     pub(crate) async fn acls_in_force(&self) -> Result<(), shale_meta::MetaError> {
@@ -97,15 +118,52 @@ pub(crate) struct Gate<'a> {
     authorizer: Arc<Authorizer>,
     ctx: &'a RequestContext,
     api: &'static str,
+    version: i16,
+    /// Where denials (and, with `audit.log.allowed`, allows) are recorded.
+    auditor: shale_security::audit::Auditor,
 }
 
 impl Gate<'_> {
-    /// Whether the principal may do `op` on the resource; a denial is logged with what was
-    /// asked (the audit log's input).
+    /// Whether the principal may do `op` on the resource; a denial is logged and audited
+    /// with what was asked. The audit topic is append-only for Shale itself: no principal,
+    /// super users included, may write to it or delete from it.
     pub(crate) fn allows(&self, op: AclOperation, rt: ResourceType, name: &str) -> bool {
-        let d = self
-            .authorizer
-            .authorize(&self.ctx.principal, &self.ctx.host, op, rt, name);
+        let d = if rt == ResourceType::Topic
+            && name == crate::audit::AUDIT_TOPIC
+            && matches!(
+                op,
+                AclOperation::Write | AclOperation::Delete | AclOperation::Alter
+            ) {
+            Decision::Deny(shale_security::acl::Reason::Protected)
+        } else {
+            self.authorizer
+                .authorize(&self.ctx.principal, &self.ctx.host, op, rt, name)
+        };
+        let audited = !d.allowed() || self.auditor.logs_allowed();
+        if audited {
+            use shale_security::audit;
+            let request = audit::Request::new(
+                self.ctx.principal.to_string(),
+                audit::Client::new(self.ctx.listener.to_string(), self.ctx.host.clone()),
+                audit::Api::new(self.api, self.version),
+            );
+            let resource = shale_security::audit::Resource::new(rt.to_string(), name);
+            let event = shale_security::audit::AuditEvent::authorization(
+                &request,
+                resource,
+                op.to_string(),
+                d.allowed(),
+            );
+            let event = match d {
+                Decision::Deny(reason) => event.with_reason(format!("{reason:?}")),
+                Decision::Allow(_) => event,
+            };
+            if self.auditor.record(event).is_err() && d.allowed() {
+                // Fail-closed: an allow that cannot be recorded is not granted.
+                tracing::error!("audit log unavailable: refusing an allowed request");
+                return false;
+            }
+        }
         if let Decision::Deny(reason) = d {
             tracing::info!(
                 principal = %self.ctx.principal,
@@ -181,13 +239,31 @@ pub(crate) fn check(
     version: i16,
     body: RequestKind,
 ) -> Checked {
-    let Some(authorizer) = broker.authorizer().filter(|_| !ctx.inter_broker) else {
+    if ctx.inter_broker {
+        // Nodes produce only to the audit topic (their audit sinks).
+        if let RequestKind::Produce(req) = &body
+            && req
+                .topic_data
+                .iter()
+                .any(|t| t.name.as_str() != crate::audit::AUDIT_TOPIC)
+        {
+            tracing::warn!(
+                "refused a node's produce outside {}",
+                crate::audit::AUDIT_TOPIC
+            );
+            return Checked::Close;
+        }
+        return Checked::Dispatch(body, Fixup::None);
+    }
+    let Some(authorizer) = broker.authorizer().or_else(|| broker.audit_protection()) else {
         return Checked::Dispatch(body, Fixup::None);
     };
     let gate = Gate {
         authorizer,
         ctx,
         api: crate::dispatch::api_name(api),
+        version,
+        auditor: broker.config.auditor.clone(),
     };
     use RequestKind as R;
     match body {

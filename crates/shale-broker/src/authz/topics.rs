@@ -570,6 +570,8 @@ fn metadata(broker: &Broker, gate: &Gate<'_>, version: i16, mut req: MetadataReq
     let authorizer = gate.authorizer.clone();
     let ctx = gate.ctx.clone();
     let api = gate.api;
+    let version = gate.version;
+    let auditor = gate.auditor.clone();
     Checked::Dispatch(
         RequestKind::Metadata(req),
         Fixup::response(move |r| {
@@ -578,6 +580,8 @@ fn metadata(broker: &Broker, gate: &Gate<'_>, version: i16, mut req: MetadataReq
                 authorizer,
                 ctx: &ctx,
                 api,
+                version,
+                auditor,
             };
             // Every answer is filtered, not only all-topics ones: a v0 request whose named
             // topics were all denied reaches the handler empty, which v0 reads as "all".
