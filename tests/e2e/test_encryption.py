@@ -151,3 +151,13 @@ def test_a_key_that_does_not_load_stops_start_up(shale_factory, tmp_path):
     log = node.log.read_text()
     assert "Error: object encryption: object.encryption.keys" in log, node.log_tail(40)
     assert "abcd" not in log.split("start #")[-1].split("\n", 1)[1], "the error echoes the key"
+
+
+def test_sighup_on_a_node_without_encryption_changes_nothing(shale_factory):
+    # SIGHUP's default action would end the process; the node handles it and keeps serving.
+    node = shale_factory()
+    os.kill(node.proc.pid, signal.SIGHUP)
+    time.sleep(1)
+    assert node.running()
+    produce(node.bootstrap, "after-hup", [b"still serving"])
+    assert "SIGHUP: nothing to reload" in node.log.read_text()

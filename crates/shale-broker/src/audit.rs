@@ -100,15 +100,11 @@ impl AuditSink for TopicSink {
             .ok_or_else(|| io::Error::other(format!("{AUDIT_TOPIC} does not exist")))?;
         const VERSION: i16 = 9;
         let body = RequestKind::Produce(req);
-        let answer = if owner == broker.config.node_id as u64 {
-            broker.call_self(ApiKey::Produce, VERSION, body).await
-        } else {
-            broker
-                .call_peer(owner, ApiKey::Produce, VERSION, body)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .map_err(io::Error::other)?;
+        // Through the owner, this node included (`call_node` serves its own id in-process).
+        let answer = broker
+            .call_peer(owner, ApiKey::Produce, VERSION, body)
+            .await
+            .map_err(io::Error::other)?;
         let ResponseKind::Produce(resp) = answer else {
             return Err(io::Error::other("not a produce response"));
         };

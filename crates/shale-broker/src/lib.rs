@@ -104,9 +104,10 @@ impl Broker {
             acls: authz::Acls::new(config_authorizer),
         });
         let _ = broker.txn.serving.set(broker.serving.clone());
-        broker
-            .meta
-            .set_node_call_handler(Arc::new(peers::NodeCalls(Arc::downgrade(&broker))));
+        broker.meta.set_node_call_handler(
+            broker.config.node_id as u64,
+            Arc::new(peers::NodeCalls(Arc::downgrade(&broker))),
+        );
         let heartbeats = broker.register().await?;
         broker.open_owned_partitions().await?;
         let membership = tokio::spawn(membership::run(broker.clone(), heartbeats));

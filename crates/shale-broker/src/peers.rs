@@ -68,24 +68,6 @@ impl Broker {
     }
 }
 
-impl Broker {
-    /// Sends `body` to this node as another node would: the same path, without a socket
-    /// (the audit topic's writes when this node owns its partition).
-    pub(crate) async fn call_self(
-        self: &std::sync::Arc<Self>,
-        api: ApiKey,
-        version: i16,
-        body: RequestKind,
-    ) -> Result<ResponseKind, String> {
-        let request = encode(self.config.node_id, api, version, &body)?;
-        let mut session = Session::node(None);
-        match self.serve_one(&mut session, request, CALL_TIMEOUT).await {
-            Some(Frame::One(b)) if b.len() >= 4 => decode(api, version, b.slice(4..)),
-            _ => Err("no answer".into()),
-        }
-    }
-}
-
 /// Serves other nodes' inter-broker requests (registered with the metadata node).
 pub(crate) struct NodeCalls(pub Weak<Broker>);
 

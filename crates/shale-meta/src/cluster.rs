@@ -263,7 +263,13 @@ impl MetaNode {
                 PbReply::new(&self.await_applied_here(r.index, timeout).await)
             }
             Some(Kind::NodeCall) => {
-                let handler = self.node_calls.read().clone();
+                let handler = {
+                    let handlers = self.node_calls.read();
+                    handlers
+                        .get(&self.node_id)
+                        .or_else(|| handlers.values().next())
+                        .cloned()
+                };
                 let answer = match handler {
                     Some(h) => h.handle(from, bytes::Bytes::from(req.data)).await,
                     None => Err("this node serves no node calls".to_string()),
@@ -292,6 +298,11 @@ impl MetaNode {
         request: bytes::Bytes,
         timeout: Duration,
     ) -> Result<bytes::Bytes, String> {
+        // A node this process serves (itself) is called in-process, on the same path.
+        let local = self.node_calls.read().get(&id).cloned();
+        if let Some(handler) = local {
+            return handler.handle(None, request).await;
+        }
         let addr = self
             .rpc_address(id)
             .ok_or_else(|| format!("node {id} is not in the metadata quorum's membership"))?;
@@ -306,9 +317,9 @@ impl MetaNode {
         answer.map(|()| bytes::Bytes::from(reply.data))
     }
 
-    /// Registers what serves other nodes' [`MetaNode::call_node`] requests here.
-    pub fn set_node_call_handler(&self, handler: Arc<dyn NodeCallHandler>) {
-        *self.node_calls.write() = Some(handler);
+    /// Registers what serves [`MetaNode::call_node`] requests for broker node `id` here.
+    pub fn set_node_call_handler(&self, id: u64, handler: Arc<dyn NodeCallHandler>) {
+        self.node_calls.write().insert(id, handler);
     }
 
     /// Proposes on this node's Raft: committed if it leads, else a hint where the leader is.

@@ -387,8 +387,10 @@ pub struct MetaNode {
     peers: parking_lot::Mutex<std::collections::HashMap<(u64, String), Arc<rpc::Peer>>>,
     /// Node-to-node mTLS, when configured.
     tls: Option<shale_security::node::NodeTls>,
-    /// What serves other nodes' node calls (the broker registers itself).
-    node_calls: parking_lot::RwLock<Option<Arc<dyn cluster::NodeCallHandler>>>,
+    /// What serves node calls, by the broker node id that registered it (one in a
+    /// deployment; tests run several brokers on one metadata node).
+    node_calls:
+        parking_lot::RwLock<std::collections::HashMap<u64, Arc<dyn cluster::NodeCallHandler>>>,
     /// The RPC server task (multi-voter quorums only).
     server: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Broker sessions, while this node leads.
@@ -480,7 +482,7 @@ impl MetaNode {
             object_ids: parking_lot::Mutex::new(0..0),
             peers: parking_lot::Mutex::new(Default::default()),
             tls: options.tls.clone(),
-            node_calls: parking_lot::RwLock::new(None),
+            node_calls: parking_lot::RwLock::new(Default::default()),
             server: parking_lot::Mutex::new(None),
             liveness: parking_lot::Mutex::new(liveness::Liveness::new(options.session_timeout)),
             controller: parking_lot::Mutex::new(None),

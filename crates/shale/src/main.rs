@@ -357,13 +357,13 @@ async fn run(s: Settings, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         }
     };
     let (auditor, topic_sink) = start_audit(&s, &cluster_id, node_id).await?;
-    if let Some(e) = encrypted {
-        tokio::spawn(rotate_keys_on_sighup(
-            e,
-            config_path.clone(),
-            auditor.clone(),
-        ));
-    }
+    // Always watched: SIGHUP's default action would kill the node without a controlled
+    // shutdown.
+    tokio::spawn(rotate_keys_on_sighup(
+        encrypted,
+        config_path.clone(),
+        auditor.clone(),
+    ));
     let streams = StreamStore::start(
         store,
         meta.catalog(),
@@ -490,15 +490,18 @@ async fn start_audit(
     Option<shale_broker::audit::TopicSink>,
 )> {
     use shale_security::audit::{AuditConfig, AuditSink, Auditor, Chain, FileSink, Source};
-    let mut config = AuditConfig::from_settings(|k| s.opt(k).map(str::to_string))
-        .map_err(|e| anyhow::anyhow!("audit: {e}"))?;
+    // The file sink is always on (it carries the chain across restarts): its default path
+    // stands in for an unset audit.file.path.
+    let default_path = s.data_dir().join("audit").join("audit.log");
+    let mut config = AuditConfig::from_settings(|k| match (k, s.opt(k)) {
+        ("audit.file.path", None) => Some(default_path.display().to_string()),
+        (_, v) => v.map(str::to_string),
+    })
+    .map_err(|e| anyhow::anyhow!("audit: {e}"))?;
     if !config.enabled {
         return Ok((Auditor::disabled(), None));
     }
-    let path = config
-        .file_path
-        .get_or_insert_with(|| s.data_dir().join("audit").join("audit.log"))
-        .clone();
+    let path = config.file_path.get_or_insert(default_path).clone();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -541,7 +544,7 @@ fn object_keyring(s: &Settings) -> anyhow::Result<Option<shale_stream::encrypted
 /// the running one (new objects wrap with the new current key; every key still listed keeps
 /// unwrapping). A keyring that fails to load, or none, leaves the running one in place.
 async fn rotate_keys_on_sighup(
-    store: Arc<shale_stream::encrypted::EncryptedStore>,
+    store: Option<Arc<shale_stream::encrypted::EncryptedStore>>,
     config: Option<PathBuf>,
     auditor: shale_security::audit::Auditor,
 ) {
@@ -552,6 +555,13 @@ async fn rotate_keys_on_sighup(
         return;
     };
     while hup.recv().await.is_some() {
+        let Some(store) = &store else {
+            tracing::info!(
+                "SIGHUP: nothing to reload (objects are not encrypted; enabling encryption \
+                 needs a restart)"
+            );
+            continue;
+        };
         let ring = Settings::load(config.as_deref()).and_then(|s| object_keyring(&s));
         match ring {
             Ok(Some(ring)) => {
