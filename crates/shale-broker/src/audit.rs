@@ -158,8 +158,6 @@ impl Broker {
 /// The admin changes a request asks for, as (resource, operation, summary, configs), read
 /// before it is dispatched; their outcomes come from the response ([`admin_outcomes`]).
 pub(crate) struct AdminRequest {
-    api: ApiKey,
-    version: i16,
     request: audit::Request,
     changes: Vec<(Resource, &'static str, String, Vec<ConfigChange>)>,
 }
@@ -178,10 +176,7 @@ pub(crate) fn admin_request(
                 let configs = t
                     .configs
                     .iter()
-                    .map(|c| match &c.value {
-                        Some(v) => ConfigChange::set(c.name.to_string(), v),
-                        None => ConfigChange::delete(c.name.to_string()),
-                    })
+                    .map(|c| set_or_delete(&c.name, c.value.as_deref()))
                     .collect();
                 changes.push((
                     Resource::topic(t.name.to_string()),
@@ -239,10 +234,7 @@ pub(crate) fn admin_request(
                 let configs = res
                     .configs
                     .iter()
-                    .map(|c| match &c.value {
-                        Some(v) => ConfigChange::set(c.name.to_string(), v),
-                        None => ConfigChange::delete(c.name.to_string()),
-                    })
+                    .map(|c| set_or_delete(&c.name, c.value.as_deref()))
                     .collect();
                 changes.push((
                     config_resource(res.resource_type, &res.resource_name),
@@ -307,11 +299,17 @@ pub(crate) fn admin_request(
         return None;
     }
     Some(AdminRequest {
-        api,
-        version,
         request: Broker::audit_request(ctx, api, version),
         changes,
     })
+}
+
+/// A config set to `value`, or reset (no value).
+fn set_or_delete(name: &str, value: Option<&str>) -> ConfigChange {
+    match value {
+        Some(v) => ConfigChange::set(name, v),
+        None => ConfigChange::delete(name),
+    }
 }
 
 fn config_resource(resource_type: i8, name: &str) -> Resource {
@@ -341,7 +339,6 @@ pub(crate) fn admin_outcomes(
     resp: &ResponseKind,
 ) -> Vec<AuditEvent> {
     use ResponseKind as P;
-    let _ = (admin.api, admin.version);
     let codes: Vec<i16> = match resp {
         P::CreateTopics(r) => r.topics.iter().map(|t| t.error_code).collect(),
         P::DeleteTopics(r) => r.responses.iter().map(|t| t.error_code).collect(),
