@@ -411,3 +411,51 @@ def list_offsets(conn: Conn, topic: str, partition: int, timestamp: int):
     (_, parts), = resps
     (_, err, ts, off), = parts
     return err, ts, off
+
+
+# ---------------------------------------------------------------------------------------
+# Client quotas (KIP-546), v0 (non-flexible)
+DESCRIBE_CLIENT_QUOTAS, ALTER_CLIENT_QUOTAS = 48, 49
+MATCH_EXACT, MATCH_DEFAULT, MATCH_SPECIFIED = 0, 1, 2
+
+
+def f64(v):
+    return struct.pack(">d", v)
+
+
+def _entity(parts) -> bytes:
+    """`parts`: {entity type: name, or None for the type's default}."""
+    return array(sorted(parts.items()), lambda p: string(p[0]) + string(p[1]))
+
+
+def _read_entity(r: Reader) -> dict:
+    return dict(r.array(lambda r: (r.string(), r.string())) or [])
+
+
+def alter_client_quotas(conn: Conn, entries, validate_only: bool = False):
+    """AlterClientQuotas v0. `entries`: [(entity parts, {key: value or None to remove})].
+    Returns [(error_code, error_message, entity parts)]."""
+    def op(kv):
+        key, value = kv
+        return string(key) + f64(0.0 if value is None else value) + i8(1 if value is None else 0)
+
+    body = array(entries, lambda e: _entity(e[0]) + array(list(e[1].items()), op))
+    body += i8(1 if validate_only else 0)
+    r = conn.request(ALTER_CLIENT_QUOTAS, 0, body)
+    r.i32()  # throttle_time_ms
+    return r.array(lambda r: (r.i16(), r.string(), _read_entity(r)))
+
+
+def describe_client_quotas(conn: Conn, components, strict: bool = False):
+    """DescribeClientQuotas v0. `components`: [(entity type, match type, name)].
+    Returns (error_code, error_message, [(entity parts, {key: value})] or None)."""
+    body = array(components, lambda c: string(c[0]) + i8(c[1]) + string(c[2]))
+    body += i8(1 if strict else 0)
+    r = conn.request(DESCRIBE_CLIENT_QUOTAS, 0, body)
+    r.i32()  # throttle_time_ms
+    err, msg = r.i16(), r.string()
+    entries = r.array(lambda r: (
+        _read_entity(r),
+        dict(r.array(lambda r: (r.string(), struct.unpack(">d", r.take(8))[0])) or []),
+    ))
+    return err, msg, entries

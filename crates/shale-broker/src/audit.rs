@@ -292,6 +292,36 @@ pub(crate) fn admin_request(
                 ));
             }
         }
+        R::AlterClientQuotas(r) if !r.validate_only => {
+            for e in &r.entries {
+                let entity = e
+                    .entity
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{}={}",
+                            p.entity_type,
+                            p.entity_name.as_deref().unwrap_or("<default>")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let configs = e
+                    .ops
+                    .iter()
+                    .map(|op| {
+                        let value = op.value.to_string();
+                        set_or_delete(&op.key, (!op.remove).then_some(value.as_str()))
+                    })
+                    .collect();
+                changes.push((
+                    Resource::new("ClientQuota", entity),
+                    "AlterClientQuotas",
+                    String::new(),
+                    configs,
+                ));
+            }
+        }
         _ => {}
     }
     let credentials = matches!(body, R::AlterUserScramCredentials(_));
@@ -347,6 +377,7 @@ pub(crate) fn admin_outcomes(
         P::AlterConfigs(r) => r.responses.iter().map(|t| t.error_code).collect(),
         P::CreateAcls(r) => r.results.iter().map(|t| t.error_code).collect(),
         P::DeleteAcls(r) => r.filter_results.iter().map(|t| t.error_code).collect(),
+        P::AlterClientQuotas(r) => r.entries.iter().map(|t| t.error_code).collect(),
         P::AlterUserScramCredentials(r) => {
             let mut out = Vec::new();
             for (result, (user, mechanism, op)) in

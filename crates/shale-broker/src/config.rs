@@ -75,6 +75,8 @@ pub struct BrokerConfig {
     pub authorizer: Option<shale_security::acl::AuthorizerConfig>,
     /// The audit log (`audit.enable`); disabled records nothing.
     pub auditor: shale_security::audit::Auditor,
+    /// `quota.window.num`, `quota.window.size.seconds`: how client quota rates are measured.
+    pub quota: shale_security::quota::QuotaConfig,
 }
 
 impl Default for BrokerConfig {
@@ -111,6 +113,7 @@ impl Default for BrokerConfig {
             broker_session_timeout: Duration::from_millis(1500),
             authorizer: None,
             auditor: shale_security::audit::Auditor::disabled(),
+            quota: Default::default(),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::Broker;
 use crate::dispatch::{self, Started};
+use crate::handlers;
 use crate::session::{Admit, Session};
 use bytes::Bytes;
 use kafka_protocol::messages::ApiKey;
@@ -93,6 +94,14 @@ where
         // connection is still read until it goes idle: a request sent meanwhile is answered
         // (NOT_LEADER_OR_FOLLOWER naming the new owner) rather than lost with the socket,
         // which a librdkafka idempotent producer pays for with a second of waiting.
+        // A client over its quota: nothing is read until its throttle time is over.
+        let muted = session.muted_until.lock().take();
+        if let Some(until) = muted.filter(|t| *t > std::time::Instant::now()) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = stop.changed(), if !closing => closing = true,
+            }
+        }
         let frame = {
             let read = read_frame(&mut reader, session.frame_limit(limit));
             tokio::pin!(read);
@@ -202,9 +211,31 @@ async fn start_request(
         RequestKind::SaslHandshake(req) => session.handshake(version, req),
         RequestKind::SaslAuthenticate(req) => session.authenticate(broker, version, req).await,
         // Admitted before decoding (above).
-        body => {
-            let started = dispatch::start(broker, &session.ctx, api, version, body, frame).await;
-            return Some((run(started, timer, encode, correlation_id, version)?, false));
+        mut body => {
+            let quota = crate::quotas::RequestQuota::start(broker, &session.ctx, api, &frame);
+            if let (Some(q), RequestKind::Fetch(f)) = (&quota, &mut body)
+                && let Some(max) = q.fetch_max_bytes(broker)
+            {
+                // Kafka's bound: one fetch may not take more than the quota's window allows.
+                f.max_bytes = f.max_bytes.min(max);
+            }
+            let start = dispatch::start(broker, &session.ctx, api, version, body, frame);
+            let (started, spent) = match quota {
+                None => (start.await, std::time::Duration::ZERO),
+                Some(_) => crate::quotas::Timed::new(start, std::time::Duration::ZERO).await,
+            };
+            let throttling = quota.map(|quota| Throttling {
+                broker: broker.clone(),
+                quota,
+                spent,
+                api,
+                version,
+                muted_until: session.muted_until.clone(),
+            });
+            return Some((
+                run(started, timer, encode, correlation_id, version, throttling)?,
+                false,
+            ));
         }
     };
     let (resp, then_close) = match admit {
@@ -217,6 +248,36 @@ async fn start_request(
     Some((tokio::spawn(async move { frame }), then_close))
 }
 
+/// A request subject to client quotas: what `run` needs to throttle it once it is answered.
+struct Throttling {
+    broker: Arc<Broker>,
+    quota: crate::quotas::RequestQuota,
+    /// Time spent on the request so far (starting it).
+    spent: std::time::Duration,
+    api: ApiKey,
+    version: i16,
+    muted_until: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
+}
+
+impl Throttling {
+    /// Records the finished request; returns its throttle (ms) after muting the connection
+    /// for it, and how long to hold the response (versions from before KIP-219).
+    fn finish(
+        &self,
+        spent: std::time::Duration,
+        fetched: Option<u64>,
+    ) -> (u64, Option<std::time::Duration>) {
+        let throttle = self.quota.finish(&self.broker, spent, fetched);
+        if throttle == 0 {
+            return (0, None);
+        }
+        let d = std::time::Duration::from_millis(throttle);
+        *self.muted_until.lock() = Some(std::time::Instant::now() + d);
+        let hold = (!crate::quotas::client_throttles(self.api, self.version)).then_some(d);
+        (throttle, hold)
+    }
+}
+
 /// Runs the rest of a dispatched request in a task of its own; `None` closes the connection.
 fn run(
     started: Started,
@@ -226,22 +287,68 @@ fn run(
     + 'static,
     correlation_id: i32,
     version: i16,
+    throttling: Option<Throttling>,
 ) -> Option<Pending> {
+    use crate::quotas::{Timed, set_throttle_time};
+    let throttled = |t: &Option<Throttling>,
+                     resp: &mut Option<kafka_protocol::messages::ResponseKind>,
+                     spent| {
+        let (ms, hold) = t.as_ref().map_or((0, None), |t| t.finish(spent, None));
+        if ms > 0
+            && let Some(r) = resp.as_mut()
+        {
+            set_throttle_time(r, ms.min(i32::MAX as u64) as i32);
+        }
+        hold
+    };
     Some(match started {
         Started::Close => return None,
-        Started::Done(resp) => {
+        Started::Done(mut resp) => {
+            let spent = throttling.as_ref().map(|t| t.spent).unwrap_or_default();
+            let hold = throttled(&throttling, &mut resp, spent);
             let frame = encode(resp);
             timer.finish();
-            tokio::spawn(async move { frame })
+            tokio::spawn(async move {
+                if let Some(d) = hold {
+                    tokio::time::sleep(d).await;
+                }
+                frame
+            })
         }
         Started::Later(fut) => tokio::spawn(async move {
-            let resp = fut.await;
+            let spent = throttling.as_ref().map(|t| t.spent).unwrap_or_default();
+            let (mut resp, spent) = Timed::new(fut, spent).await;
+            let hold = throttled(&throttling, &mut resp, spent);
             timer.finish();
+            if let Some(d) = hold {
+                tokio::time::sleep(d).await;
+            }
             encode(resp)
         }),
         Started::Fetch(fut) => tokio::spawn(async move {
-            let reply = fut.await;
+            let spent = throttling.as_ref().map(|t| t.spent).unwrap_or_default();
+            let (mut reply, spent) = Timed::new(fut, spent).await;
+            let mut hold = None;
+            if let Some(t) = &throttling {
+                let bytes: u64 = reply.records.iter().flatten().map(|b| b.len() as u64).sum();
+                let (ms, h) = t.finish(spent, Some(bytes));
+                if ms > 0 {
+                    // Kafka answers a throttled fetch with no data: the records would only
+                    // add to the overshoot, and the client fetches them again later.
+                    let session_id = reply.response.session_id;
+                    reply = handlers::fetch::FetchReply {
+                        response: kafka_protocol::messages::FetchResponse::default()
+                            .with_throttle_time_ms(ms.min(i32::MAX as u64) as i32)
+                            .with_session_id(session_id),
+                        records: Vec::new(),
+                    };
+                }
+                hold = h;
+            }
             timer.finish();
+            if let Some(d) = hold {
+                tokio::time::sleep(d).await;
+            }
             fetch_frame::encode_fetch_response(
                 correlation_id,
                 version,

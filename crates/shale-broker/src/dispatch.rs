@@ -399,6 +399,17 @@ async fn route(
                 ))
             }))
         }
+        RequestKind::DescribeClientQuotas(req) => Done(Some(ResponseKind::DescribeClientQuotas(
+            handlers::quotas::describe_client_quotas(broker, version, req).await,
+        ))),
+        RequestKind::AlterClientQuotas(req) => {
+            let broker = broker.clone();
+            Started::Later(Box::pin(async move {
+                Some(ResponseKind::AlterClientQuotas(
+                    handlers::quotas::alter_client_quotas(&broker, version, req).await,
+                ))
+            }))
+        }
         other => {
             // Unreachable: `supported` filters API keys before decoding (SASL requests are
             // answered by the connection's session).

@@ -13,6 +13,7 @@ mod internal_topics;
 mod membership;
 mod partitions;
 mod peers;
+mod quotas;
 mod retention;
 mod session;
 pub mod topic_config;
@@ -65,6 +66,8 @@ pub struct Broker {
     checkpoints: txn::checkpoint::Fetched,
     /// The authorizer (when `authorizer.class.name` enables it) and its ACL index.
     acls: authz::Acls,
+    /// Client quotas in force and the rates measured against them.
+    quotas: quotas::ClientQuotas,
 }
 
 impl Broker {
@@ -77,6 +80,7 @@ impl Broker {
         let (shutdown, _) = watch::channel(false);
         let (closing, _) = watch::channel(false);
         let config_authorizer = config.authorizer.clone();
+        let config_quota = config.quota;
         let serving = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let coordinator = groups::GroupCoordinator::with_serving_flag(
             groups::GroupConfig::from_broker(&config),
@@ -102,6 +106,7 @@ impl Broker {
             open_slots: Arc::new(tokio::sync::Semaphore::new(membership::CONCURRENT_OPENS)),
             checkpoints: Default::default(),
             acls: authz::Acls::new(config_authorizer),
+            quotas: quotas::ClientQuotas::new(config_quota),
         });
         let _ = broker.txn.serving.set(broker.serving.clone());
         broker.meta.set_node_call_handler(

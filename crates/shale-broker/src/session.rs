@@ -49,6 +49,9 @@ pub(crate) struct Session {
     authenticating_with: Option<SaslMechanism>,
     /// Where authentications are recorded (the listener sets it).
     pub auditor: Auditor,
+    /// Until when nothing more is read from the connection: a client over its quota is
+    /// muted for its throttle time (KIP-219).
+    pub muted_until: Arc<parking_lot::Mutex<Option<Instant>>>,
 }
 
 enum State {
@@ -165,6 +168,7 @@ impl Session {
             authenticated_with: None,
             authenticating_with: None,
             auditor: Auditor::disabled(),
+            muted_until: Default::default(),
         }
     }
 

@@ -149,6 +149,39 @@ pub struct AclEntryMeta {
     pub permission: i8,
 }
 
+/// One client quota entity (Kafka's `ClientQuotaEntity`): its components as the wire carries
+/// them, `(entity type, name)` sorted by type, where a `None` name is the type's default
+/// (`<default>` in Kafka's tools). Shale's types are `user` and `client-id`.
+pub type QuotaEntityMeta = Vec<(String, Option<String>)>;
+
+/// A quota value. Kafka's are doubles; compared by bit pattern so the state stays `Eq`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct QuotaValue(pub f64);
+
+impl PartialEq for QuotaValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+impl Eq for QuotaValue {}
+
+/// The quotas set on one entity (AlterClientQuotas), by key (`producer_byte_rate`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientQuotaMeta {
+    pub entity: QuotaEntityMeta,
+    pub values: BTreeMap<String, QuotaValue>,
+}
+
+/// One entity's quota changes: each key set (`Some`) or removed (`None`).
+pub type QuotaChange = (QuotaEntityMeta, Vec<(String, Option<QuotaValue>)>);
+
+/// The key of an entity in [`ClusterState::client_quotas`]: its canonical JSON, so the map
+/// (and the JSON of the state) has string keys.
+pub fn quota_entity_key(entity: &QuotaEntityMeta) -> String {
+    serde_json::to_string(entity).unwrap_or_default()
+}
+
 /// An object no live range points into any more, waiting to be deleted from the bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadObject {
@@ -196,6 +229,9 @@ pub struct ClusterState {
     /// ACLs by id (ids are never reused).
     pub acls: StateMap<u64, AclEntryMeta>,
     pub next_acl_id: u64,
+    /// Client quotas (AlterClientQuotas) by [`quota_entity_key`]; an entity with no value
+    /// left is removed.
+    pub client_quotas: StateMap<String, ClientQuotaMeta>,
 }
 
 /// Who owns the partitions a topic command adds. Decided when the command is applied, on
@@ -695,6 +731,12 @@ impl MetaNode {
     /// Adds ACLs (validated by the caller); one already present is not added twice.
     pub async fn create_acls(&self, acls: Vec<AclEntryMeta>) -> Result<(), MetaError> {
         self.submit_ok(Command::CreateAcls { acls }).await
+    }
+
+    /// Applies AlterClientQuotas' changes (validated by the caller) in one entry: per entity,
+    /// each key set to `Some(value)` or removed (`None`).
+    pub async fn alter_client_quotas(&self, changes: Vec<QuotaChange>) -> Result<(), MetaError> {
+        self.submit_ok(Command::AlterClientQuotas { changes }).await
     }
 
     /// Removes the ACLs with these ids (those still present).

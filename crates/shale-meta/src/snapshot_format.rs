@@ -56,6 +56,34 @@ pub(crate) struct PbState {
     pub acls: Vec<PbAcl>,
     #[prost(uint64, tag = "14")]
     pub next_acl_id: u64,
+    #[prost(message, repeated, tag = "15")]
+    pub client_quotas: Vec<PbClientQuota>,
+}
+
+/// One entity's client quotas.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct PbClientQuota {
+    #[prost(message, repeated, tag = "1")]
+    pub entity: Vec<PbQuotaEntityPart>,
+    #[prost(message, repeated, tag = "2")]
+    pub values: Vec<PbQuotaValue>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct PbQuotaEntityPart {
+    #[prost(string, tag = "1")]
+    pub entity_type: String,
+    /// Absent: the type's default entity.
+    #[prost(string, optional, tag = "2")]
+    pub name: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct PbQuotaValue {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(double, tag = "2")]
+    pub value: f64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -343,6 +371,27 @@ pub(crate) fn encode(state: &ClusterState) -> Vec<u8> {
     if state.next_acl_id != 0 {
         uint64::encode(14, &state.next_acl_id, &mut buf);
     }
+    for q in state.client_quotas.values() {
+        let pb = PbClientQuota {
+            entity: q
+                .entity
+                .iter()
+                .map(|(entity_type, name)| PbQuotaEntityPart {
+                    entity_type: entity_type.clone(),
+                    name: name.clone(),
+                })
+                .collect(),
+            values: q
+                .values
+                .iter()
+                .map(|(key, v)| PbQuotaValue {
+                    key: key.clone(),
+                    value: v.0,
+                })
+                .collect(),
+        };
+        message::encode(15, &pb, &mut buf);
+    }
     let crc = crc32c::crc32c(&buf).to_le_bytes();
     buf.extend_from_slice(&crc);
     buf
@@ -397,6 +446,22 @@ fn from_pb(pb: PbState) -> io::Result<ClusterState> {
             host: a.host,
         };
         s.acls.insert(a.id, acl);
+    }
+    for q in pb.client_quotas {
+        let entity: crate::QuotaEntityMeta = q
+            .entity
+            .into_iter()
+            .map(|p| (p.entity_type, p.name))
+            .collect();
+        let values = q
+            .values
+            .into_iter()
+            .map(|v| (v.key, crate::QuotaValue(v.value)))
+            .collect();
+        s.client_quotas.insert(
+            crate::quota_entity_key(&entity),
+            crate::ClientQuotaMeta { entity, values },
+        );
     }
     for c in pb.scram_credentials {
         let mechanism = i8::try_from(c.mechanism).map_err(|_| {
@@ -545,6 +610,24 @@ mod tests {
             ..ClusterState::default()
         };
         s.next_acl_id = 3;
+        for entity in [
+            vec![("user".to_string(), Some("alice".to_string()))],
+            vec![
+                ("client-id".to_string(), None),
+                ("user".to_string(), Some(String::new())),
+            ],
+        ] {
+            s.client_quotas.insert(
+                crate::quota_entity_key(&entity),
+                crate::ClientQuotaMeta {
+                    entity,
+                    values: BTreeMap::from([
+                        ("producer_byte_rate".to_string(), crate::QuotaValue(1024.0)),
+                        ("request_percentage".to_string(), crate::QuotaValue(12.5)),
+                    ]),
+                },
+            );
+        }
         s.acls.insert(
             2,
             crate::AclEntryMeta {
@@ -694,10 +777,12 @@ mod tests {
 
     #[test]
     fn damaged_or_unknown_snapshot_data_is_rejected_not_half_loaded() {
-        let data = encode(&rich_state());
+        let mut state = rich_state();
+        state.client_quotas.clear();
+        let data = encode(&state);
         assert!(decode(&[]).is_err());
         assert!(decode(&[FORMAT_PROTO]).is_err());
-        // Cut before the last field (last_broker_epoch = 7: a tag byte and a 1-byte varint):
+        // Cut before the last field (next_acl_id = 3: a tag byte and a 1-byte varint):
         // still valid protobuf, so only the checksum can tell.
         let cut = &data[..data.len() - 4 - 2];
         assert!(PbState::decode(&cut[1..]).is_ok());

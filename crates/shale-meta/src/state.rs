@@ -252,6 +252,29 @@ impl MetaState {
                 }
                 Ok(Response::Ok)
             }
+            Command::AlterClientQuotas { changes } => {
+                for (entity, ops) in changes {
+                    let key = crate::quota_entity_key(&entity);
+                    let mut entry = self.state.client_quotas.get(&key).cloned().unwrap_or(
+                        crate::ClientQuotaMeta {
+                            entity,
+                            values: BTreeMap::new(),
+                        },
+                    );
+                    for (k, v) in ops {
+                        match v {
+                            Some(v) => entry.values.insert(k, v),
+                            None => entry.values.remove(&k),
+                        };
+                    }
+                    if entry.values.is_empty() {
+                        self.state.client_quotas.remove(&key);
+                    } else {
+                        self.state.client_quotas.insert(key, entry);
+                    }
+                }
+                Ok(Response::Ok)
+            }
             Command::AlterScramCredentials {
                 deletions,
                 upsertions,

@@ -129,6 +129,10 @@ pub enum Command {
     DeleteAcls {
         ids: Vec<u64>,
     },
+    /// AlterClientQuotas: per entity, keys set (`Some`) or removed (`None`).
+    AlterClientQuotas {
+        changes: Vec<crate::QuotaChange>,
+    },
 }
 
 /// One partition's new owner.
@@ -203,6 +207,9 @@ impl fmt::Display for Command {
             Command::LeaseObjectIds { count } => write!(f, "LeaseObjectIds({count})"),
             Command::CreateAcls { acls } => write!(f, "CreateAcls({})", acls.len()),
             Command::DeleteAcls { ids } => write!(f, "DeleteAcls({})", ids.len()),
+            Command::AlterClientQuotas { changes } => {
+                write!(f, "AlterClientQuotas({} entities)", changes.len())
+            }
             // Names only: a credential never goes to a log line.
             Command::AlterScramCredentials {
                 deletions,

@@ -189,7 +189,7 @@ fn walk_value(
         Ty::Bool | Ty::I8 => fixed(cur, 1),
         Ty::I16 => fixed(cur, 2),
         Ty::I32 => fixed(cur, 4),
-        Ty::I64 => fixed(cur, 8),
+        Ty::I64 | Ty::F64 => fixed(cur, 8),
         Ty::Uuid => fixed(cur, 16),
         Ty::Str => {
             let at = cur.pos;
@@ -296,7 +296,7 @@ pub fn min_size(ty: &Ty, version: i16, flexible: bool) -> u64 {
         Ty::Bool | Ty::I8 => 1,
         Ty::I16 => 2,
         Ty::I32 => 4,
-        Ty::I64 => 8,
+        Ty::I64 | Ty::F64 => 8,
         Ty::Uuid => 16,
         Ty::Str => length_prefix(2),
         Ty::Bytes | Ty::Records | Ty::Array(_) => length_prefix(4),

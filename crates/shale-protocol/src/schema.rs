@@ -37,6 +37,8 @@ pub enum Ty {
     I16,
     I32,
     I64,
+    /// IEEE 754 double, 8 bytes (client quota values).
+    F64,
     Uuid,
     /// int16 length (compact: unsigned varint length + 1) then UTF-8.
     Str,
@@ -178,6 +180,8 @@ pub fn request(api: ApiKey) -> Option<&'static Message> {
         ApiKey::SaslAuthenticate => &sasl_authenticate::REQUEST,
         ApiKey::DescribeUserScramCredentials => &describe_user_scram_credentials::REQUEST,
         ApiKey::AlterUserScramCredentials => &alter_user_scram_credentials::REQUEST,
+        ApiKey::DescribeClientQuotas => &describe_client_quotas::REQUEST,
+        ApiKey::AlterClientQuotas => &alter_client_quotas::REQUEST,
         _ => return None,
     })
 }
@@ -239,6 +243,9 @@ pub const ADVERTISED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateAcls, 1, 3),
     (ApiKey::DescribeAcls, 1, 3),
     (ApiKey::DeleteAcls, 1, 3),
+    // Client quotas (KIP-546).
+    (ApiKey::DescribeClientQuotas, 0, 1),
+    (ApiKey::AlterClientQuotas, 0, 1),
 ];
 
 const BOOL: Ty = Ty::Bool;
@@ -246,6 +253,7 @@ const I8: Ty = Ty::I8;
 const I16: Ty = Ty::I16;
 const I32: Ty = Ty::I32;
 const I64: Ty = Ty::I64;
+const F64: Ty = Ty::F64;
 const UUID: Ty = Ty::Uuid;
 const STR: Ty = Ty::Str;
 const BYTES: Ty = Ty::Bytes;
@@ -956,6 +964,37 @@ pub mod alter_user_scram_credentials {
         f("salt", BYTES),
         f("salted_password", BYTES),
     ];
+}
+
+/// DescribeClientQuotas request.
+pub mod describe_client_quotas {
+    use super::*;
+    pub static REQUEST: Message = Message::new(0, 1, 1, BODY);
+    const BODY: &[Field] = &[
+        f("components", Ty::Array(&Ty::Struct(COMPONENT))),
+        f("strict", BOOL),
+    ];
+    const COMPONENT: &[Field] = &[
+        f("entity_type", STR),
+        f("match_type", I8),
+        f("match", STR).nullable(),
+    ];
+}
+
+/// AlterClientQuotas request.
+pub mod alter_client_quotas {
+    use super::*;
+    pub static REQUEST: Message = Message::new(0, 1, 1, BODY);
+    const BODY: &[Field] = &[
+        f("entries", Ty::Array(&Ty::Struct(ENTRY))),
+        f("validate_only", BOOL),
+    ];
+    const ENTRY: &[Field] = &[
+        f("entity", Ty::Array(&Ty::Struct(ENTITY))),
+        f("ops", Ty::Array(&Ty::Struct(OP))),
+    ];
+    const ENTITY: &[Field] = &[f("entity_type", STR), f("entity_name", STR).nullable()];
+    const OP: &[Field] = &[f("key", STR), f("value", F64), f("remove", BOOL)];
 }
 
 /// The consumer protocol's subscription, carried as opaque bytes in JoinGroup's protocol

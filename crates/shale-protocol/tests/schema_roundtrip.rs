@@ -121,6 +121,7 @@ impl Gen {
             Ty::I16 => out.extend_from_slice(&(self.rng.next() as i16).to_be_bytes()),
             Ty::I32 => out.extend_from_slice(&(self.rng.next() as i32).to_be_bytes()),
             Ty::I64 => out.extend_from_slice(&(self.rng.next() as i64).to_be_bytes()),
+            Ty::F64 => out.extend_from_slice(&self.rng.next().to_be_bytes()),
             Ty::Uuid => {
                 let mut id = self.rng.bytes(16);
                 if let Some(b) = id.first_mut() {

@@ -226,9 +226,10 @@ async fn run(s: Settings, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     // Recording starts before anything else does, so start-up is counted too.
     let admin = match s.opt("admin.http.listener") {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding admin.http.listener {addr}"))?;
+            // Its TLS and token settings are checked here: one that does not load stops
+            // start-up before anything is served.
+            let get = |key: &str| s.opt(key).map(str::to_string);
+            let listener = admin_http::bind(addr, &get).await?;
             Some((listener, admin_http::install_recorder()?))
         }
         None => None,
@@ -437,6 +438,7 @@ async fn run(s: Settings, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             broker_session_timeout: s.millis("broker.session.timeout.ms")?,
             authorizer: s.authorizer()?,
             auditor: auditor.clone(),
+            quota: quota_config(&s)?,
         },
         meta,
         streams,
@@ -524,6 +526,22 @@ async fn start_audit(
 
 /// Logs the audit chain's head every minute: recorded elsewhere (a log collector), it lets
 /// `shale audit verify --expect` show a truncated tail.
+/// `quota.window.num` and `quota.window.size.seconds`, checked as Kafka checks them (at
+/// least 1 each).
+fn quota_config(s: &Settings) -> anyhow::Result<shale_security::quota::QuotaConfig> {
+    let samples: u32 = s.parse("quota.window.num")?;
+    let seconds: u64 = s.parse("quota.window.size.seconds")?;
+    let max_sensors: usize = s.parse("quota.sensors.max")?;
+    anyhow::ensure!(samples >= 1, "quota.window.num must be at least 1");
+    anyhow::ensure!(seconds >= 1, "quota.window.size.seconds must be at least 1");
+    anyhow::ensure!(max_sensors >= 1, "quota.sensors.max must be at least 1");
+    Ok(shale_security::quota::QuotaConfig {
+        samples,
+        window_ms: seconds * 1000,
+        max_sensors,
+    })
+}
+
 async fn log_audit_head(auditor: shale_security::audit::Auditor) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {

@@ -1,5 +1,6 @@
 //! Cluster-level APIs: ACL and credential administration (ALTER / DESCRIBE on the cluster),
-//! and the transaction markers coordinators send (CLUSTER_ACTION).
+//! client quotas (ALTER_CONFIGS / DESCRIBE_CONFIGS on the cluster, as Kafka), and the
+//! transaction markers coordinators send (CLUSTER_ACTION).
 
 use super::{Checked, Fixup, Gate};
 use kafka_protocol::error::ResponseError;
@@ -16,6 +17,8 @@ pub(super) fn check(gate: &Gate<'_>, _version: i16, body: RequestKind) -> Checke
             AclOperation::Alter
         }
         R::DescribeAcls(_) | R::DescribeUserScramCredentials(_) => AclOperation::Describe,
+        R::AlterClientQuotas(_) => AclOperation::AlterConfigs,
+        R::DescribeClientQuotas(_) => AclOperation::DescribeConfigs,
         R::WriteTxnMarkers(_) => AclOperation::ClusterAction,
         _ => return Checked::Dispatch(body, Fixup::None),
     };
@@ -79,6 +82,25 @@ pub(super) fn check(gate: &Gate<'_>, _version: i16, body: RequestKind) -> Checke
             DescribeUserScramCredentialsResponse::default()
                 .with_error_code(code)
                 .with_error_message(message()),
+        ),
+        R::DescribeClientQuotas(_) => ResponseKind::DescribeClientQuotas(
+            DescribeClientQuotasResponse::default()
+                .with_error_code(code)
+                .with_error_message(message())
+                .with_entries(None),
+        ),
+        R::AlterClientQuotas(req) => ResponseKind::AlterClientQuotas(
+            AlterClientQuotasResponse::default().with_entries(
+                req.entries
+                    .iter()
+                    .map(|e| {
+                        alter_client_quotas_response::EntryData::default()
+                            .with_entity(crate::handlers::quotas::echo_entity(&e.entity))
+                            .with_error_code(code)
+                            .with_error_message(message())
+                    })
+                    .collect(),
+            ),
         ),
         R::WriteTxnMarkers(req) => ResponseKind::WriteTxnMarkers(
             WriteTxnMarkersResponse::default().with_markers(

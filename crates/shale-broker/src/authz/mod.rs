@@ -289,6 +289,8 @@ pub(crate) fn check(
         | R::DeleteAcls(_)
         | R::DescribeUserScramCredentials(_)
         | R::AlterUserScramCredentials(_)
+        | R::DescribeClientQuotas(_)
+        | R::AlterClientQuotas(_)
         | R::WriteTxnMarkers(_) => cluster::check(&gate, version, body),
         R::Produce(_)
         | R::Fetch(_)

@@ -11,5 +11,6 @@ pub mod offset_commit;
 pub mod offsets;
 pub mod produce;
 pub mod producers;
+pub mod quotas;
 pub mod topics;
 pub mod txn;
