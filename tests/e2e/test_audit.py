@@ -168,3 +168,34 @@ def test_the_audit_topic_carries_the_chain_and_no_client_may_write_or_delete_it(
     with pytest.raises(Exception) as e:
         fs["__shale_audit"].result(30)
     assert "TOPIC_AUTHORIZATION_FAILED" in str(e.value)
+
+
+def test_refused_sasl_handshakes_and_quota_changes_are_audited(audited, pki):  # noqa: F811
+    import kproto
+    import test_security as ts
+    # A mechanism this listener does not enable: refused at the handshake, audited as a
+    # failed authentication.
+    with kproto.Conn.to(audited.bootstrap, tls=ts.tls_context(pki)) as c:
+        err, mechanisms = ts.sasl_handshake(c, "SCRAM-SHA-512")
+        assert err == 33 and "SCRAM-SHA-512" not in mechanisms  # UNSUPPORTED_SASL_MECHANISM
+    # A quota change by the super user.
+    with kproto.Conn.to(audited.bootstrap, tls=ts.tls_context(pki)) as c:
+        assert ts.sasl_handshake(c, "PLAIN")[0] == 0
+        assert ts.sasl_authenticate(c, f"\0admin\0{ADMIN_PASSWORD}".encode())[0] == 0
+        (err, msg, _), = kproto.alter_client_quotas(c, [({"user": "alice"}, {"producer_byte_rate": 4096})])
+        assert err == 0, msg
+
+    def complete(evs):
+        return any(e["type"].endswith(".admin_change") and e["data"]["resource"]["type"] == "ClientQuota"
+                   for e in evs)
+
+    evs = events(audited.audit_log, complete)
+    auth = [e["data"] for e in evs if e["type"].endswith(".authentication")]
+    assert any(a["outcome"] == "failed" and a["mechanism"] == "SCRAM-SHA-512"
+               and "not enabled" in a.get("reason", "") for a in auth), auth
+    quota = [e["data"] for e in evs if e["type"].endswith(".admin_change")
+             and e["data"]["resource"]["type"] == "ClientQuota"]
+    assert quota and quota[0]["resource"]["name"] == "user=alice", quota
+    assert quota[0]["outcome"] == "succeeded"
+    assert "producer_byte_rate" in json.dumps(quota[0])
+    assert verify(audited.audit_log).returncode == 0

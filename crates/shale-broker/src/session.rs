@@ -272,18 +272,20 @@ impl Session {
             State::Handshake | State::Established => true,
             State::Authenticating(_) => false,
         };
+        // Every refusal from here on ends the exchange: each is an authentication failure
+        // (logged, counted and audited), as a failed SaslAuthenticate is.
+        let requested = req.mechanism.as_str();
         if !in_place {
-            tracing::info!(peer = %self.peer, listener = %self.listener.name, "SaslHandshake out of place; closing");
+            self.refuse_handshake(requested, "SaslHandshake out of place");
             return Admit::AnswerAndClose(response(Some(ResponseError::IllegalSaslState)));
         }
         if version == 0 {
-            tracing::info!(
-                peer = %self.peer, listener = %self.listener.name,
-                "SaslHandshake v0 (unframed SASL tokens) is not supported; closing"
+            self.refuse_handshake(
+                requested,
+                "SaslHandshake v0 (unframed SASL tokens) is not supported",
             );
             return Admit::AnswerAndClose(response(Some(ResponseError::UnsupportedVersion)));
         }
-        let requested = req.mechanism.as_str();
         let Some(mech) = self
             .listener
             .sasl_mechanisms
@@ -291,17 +293,11 @@ impl Session {
             .copied()
             .find(|m| m.name() == requested)
         else {
-            tracing::info!(
-                peer = %self.peer, mechanism = requested, listener = %self.listener.name,
-                "authentication failed: SASL mechanism not enabled"
-            );
+            self.refuse_handshake(requested, "SASL mechanism not enabled");
             return Admit::AnswerAndClose(response(Some(ResponseError::UnsupportedSaslMechanism)));
         };
         if self.authenticated_with.is_some_and(|m| m != mech) {
-            tracing::info!(
-                peer = %self.peer, principal = %self.principal,
-                "authentication failed: re-authentication with another SASL mechanism"
-            );
+            self.refuse_handshake(requested, "re-authentication with another SASL mechanism");
             return Admit::AnswerAndClose(response(Some(ResponseError::IllegalSaslState)));
         }
         let exchange = match mech {
@@ -498,6 +494,23 @@ impl Session {
         tracing::info!(
             peer = %self.peer, listener = %self.listener.name, mechanism, %reason,
             "authentication failed"
+        );
+        metrics::counter!("shale_authentication_failures_total", "listener" => self.listener.name.clone())
+            .increment(1);
+        let _ = self.auditor.record(
+            AuditEvent::authentication(self.audit_client(), mechanism, None, Outcome::Failed)
+                .with_reason(reason.to_string()),
+        );
+    }
+
+    /// A SaslHandshake refused: the log line, the counter and the audit event of a failed
+    /// authentication. `requested` is the client's mechanism name, cut short (it is only
+    /// bounded by the frame).
+    fn refuse_handshake(&self, requested: &str, reason: &str) {
+        let mechanism: String = requested.chars().take(64).collect();
+        tracing::info!(
+            peer = %self.peer, listener = %self.listener.name, %mechanism, principal = %self.principal,
+            "authentication failed: {reason}"
         );
         metrics::counter!("shale_authentication_failures_total", "listener" => self.listener.name.clone())
             .increment(1);
