@@ -3,10 +3,11 @@
 #   PyPI:   moto[server] (a real S3 server), confluent-kafka, kafka-python, pytest, pytest-timeout
 #   Debian: kcat (librdkafka 2.0.2: old protocol versions), nodejs + npm when absent
 #   npm:    tests/js (kafkajs, pinned in tests/js/package.json + package-lock.json)
-#   Maven:  tests/java (kafka-clients + kafka-streams, pinned in tests/java/pom.xml), built
-#           with `mvn -q -B package` when java and mvn are on PATH; with SHALE_TEST_BROKER=kafka
-#           also tests/java/reference (the Apache Kafka broker the client tests are checked
-#           against)
+#   Maven:  tests/java (kafka-clients + kafka-streams, pinned in tests/java/pom.xml) and
+#           tests/java/tools (Apache Kafka's command-line tools: kafka-tools + kafka_2.13, the
+#           classpath of tests/e2e/test_kafka_cli.py), built with `mvn -q -B package` when java
+#           and mvn are on PATH; with SHALE_TEST_BROKER=kafka also tests/java/reference (the
+#           Apache Kafka broker the client tests are checked against)
 # Everything comes from the registries by package name; nothing is vendored.
 set -euo pipefail
 
@@ -108,7 +109,7 @@ if [ -f "$JS/package.json" ]; then
 fi
 log "npm: $((SECONDS - t))s"
 
-# ---- Maven (tests/java, tests/java/reference) -----------------------------------------------
+# ---- Maven (tests/java, tests/java/tools, tests/java/reference) ------------------------------
 # mvn_build DIR: `mvn -q -B package` in DIR unless its target/ was built from the same pom and
 # sources (a stamp of their hash next to target/classpath.txt).
 mvn_build() {
@@ -125,6 +126,7 @@ mvn_build() {
 t=$SECONDS
 if command -v java >/dev/null && command -v mvn >/dev/null; then
     mvn_build "$ROOT/tests/java"
+    mvn_build "$ROOT/tests/java/tools"
     if [ "${SHALE_TEST_BROKER:-shale}" = kafka ]; then
         mvn_build "$ROOT/tests/java/reference"
     fi

@@ -398,6 +398,36 @@ def java_classpath(pom_dir: Path) -> str | None:
     return f.read_text().strip() if f.is_file() else None
 
 
+def kafka_tool(main_class: str, *args, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """One run of an Apache Kafka command-line tool as its bin/kafka-*.sh script runs it:
+    `java -cp <tests/java/tools classpath> main_class args...`, e.g.
+    org.apache.kafka.tools.TopicCommand (kafka-topics.sh), org.apache.kafka.tools.AclCommand
+    (kafka-acls.sh), kafka.admin.ConfigCommand (kafka-configs.sh). Its log goes to stderr at
+    WARN (tests/java/tools/log4j2.properties), so does the JVM's. Returns the finished process
+    (returncode, text stdout and stderr); raises RuntimeError when tests/java/tools is not built.
+
+    The first run of a tool dumps the classes it loaded into a CDS archive under target/ (per
+    main class, classpath and java), which its later runs map: about half of the start-up time."""
+    import hashlib
+    tools = REPO / "tests" / "java" / "tools"
+    cp = java_classpath(tools)
+    if cp is None:
+        raise RuntimeError(f"no Kafka tools classpath at {tools}/target: run scripts/install-test-deps.sh")
+    java = shutil.which("java") or "java"
+    key = hashlib.sha256(f"{os.path.realpath(java)}\0{cp}\0{main_class}".encode()).hexdigest()[:16]
+    archive = tools / "target" / f"cds-{key}.jsa"
+    dump = archive.with_name(f"{archive.name}.{os.getpid()}.tmp")
+    cds = f"-XX:SharedArchiveFile={archive}" if archive.is_file() else f"-XX:ArchiveClassesAtExit={dump}"
+    cmd = [java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", cds,
+           "-Xlog:disable", "-Xlog:all=warning:stderr", "-cp", cp,
+           f"-Dlog4j2.configurationFile={tools / 'log4j2.properties'}", main_class, *map(str, args)]
+    try:
+        return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    finally:
+        if dump.is_file():
+            os.replace(dump, archive)
+
+
 KAFKA_REFERENCE = REPO / "tests" / "java" / "reference"
 
 
@@ -425,6 +455,8 @@ class KafkaBroker:
 
     def __init__(self, workdir: Path, settings: dict | None = None, name: str = "kafka"):
         self.name = name
+        # Shale.wait_ready reads it; the reference always serves plaintext.
+        self.protocol = "PLAINTEXT"
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.workdir / "data"

@@ -94,14 +94,6 @@ where
         // connection is still read until it goes idle: a request sent meanwhile is answered
         // (NOT_LEADER_OR_FOLLOWER naming the new owner) rather than lost with the socket,
         // which a librdkafka idempotent producer pays for with a second of waiting.
-        // A client over its quota: nothing is read until its throttle time is over.
-        let muted = session.muted_until.lock().take();
-        if let Some(until) = muted.filter(|t| *t > std::time::Instant::now()) {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until.into()) => {}
-                _ = stop.changed(), if !closing => closing = true,
-            }
-        }
         let frame = {
             let read = read_frame(&mut reader, session.frame_limit(limit));
             tokio::pin!(read);
@@ -126,6 +118,15 @@ where
                 break;
             }
         };
+        // A client over its quota: no request of its is started until its throttle time is
+        // over (Kafka mutes the channel; here the next frame waits, read or not).
+        let muted = session.muted_until.lock().take();
+        if let Some(until) = muted.filter(|t| *t > std::time::Instant::now()) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = stop.changed(), if !closing => closing = true,
+            }
+        }
         let Some((pending, then_close)) = start_request(&broker, &mut session, frame).await else {
             break;
         };

@@ -99,7 +99,8 @@ const MAX: &str = "9223372036854775807";
 
 use ConfigType::*;
 
-/// The topic configs of Apache Kafka 3.9, sorted by name as Kafka lists them.
+/// The topic configs of Apache Kafka 3.9, and Shale's own `replay.window.ms`, sorted by name
+/// as Kafka lists them.
 #[rustfmt::skip]
 pub const TOPIC_CONFIGS: &[ConfigDef] = &[
     one_of(def("cleanup.policy", List, "delete", Some("log.cleanup.policy"), "Retention policy: delete and/or compact."), &["compact", "delete"]),
@@ -131,6 +132,7 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
     def("remote.log.copy.disable", Boolean, "false", None, "Accepted for compatibility (tiered storage)."),
     def("remote.log.delete.on.disable", Boolean, "false", None, "Accepted for compatibility (tiered storage)."),
     def("remote.storage.enable", Boolean, "false", None, "Accepted for compatibility; all data is in object storage."),
+    at_least(def("replay.window.ms", Long, "-1", Some("replay.window.ms"), "Shale's: with an authorizer, fetching records older than this, or moving a committed offset backwards, also needs READ on the topic __replay.<topic> (-1 or 0: no window)."), -1),
     def("retention.bytes", Long, "-1", Some("log.retention.bytes"), "Size of a partition above which old data is deleted (-1: no limit)."),
     at_least(def("retention.ms", Long, "604800000", Some("log.retention.ms"), "Age after which data is deleted (-1: no limit)."), -1),
     at_least(def("segment.bytes", Int, "1073741824", Some("log.segment.bytes"), "Accepted for compatibility."), 14),

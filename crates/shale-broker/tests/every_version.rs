@@ -432,8 +432,8 @@ fn sample(api: ApiKey, version: i16, topic_id: uuid::Uuid) -> RequestKind {
                     .with_match_type(2),
             ]),
         ),
-        ApiKey::AlterClientQuotas => RequestKind::AlterClientQuotas(
-            AlterClientQuotasRequest::default().with_entries(vec![
+        ApiKey::AlterClientQuotas => {
+            RequestKind::AlterClientQuotas(AlterClientQuotasRequest::default().with_entries(vec![
                 alter_client_quotas_request::EntryData::default()
                     .with_entity(vec![
                         alter_client_quotas_request::EntityData::default()
@@ -445,8 +445,8 @@ fn sample(api: ApiKey, version: i16, topic_id: uuid::Uuid) -> RequestKind {
                             .with_key(name("producer_byte_rate"))
                             .with_value(1e9),
                     ]),
-            ]),
-        ),
+            ]))
+        }
         other => panic!("no sample request for {other:?}: add one when advertising it"),
     }
 }

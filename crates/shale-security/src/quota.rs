@@ -54,6 +54,10 @@ impl QuotaType {
 pub const USER: &str = "user";
 pub const CLIENT_ID: &str = "client-id";
 
+/// One part (user or client id) of a stored entity: absent (`None`), the default
+/// (`Some(None)`), or a name (`Some(Some(name))`).
+pub type EntityPart<'a> = Option<Option<&'a str>>;
+
 /// The bounds one entity sets, by [`QuotaType`] (`None`: not set here).
 pub type Bounds = [Option<f64>; 3];
 
@@ -93,13 +97,7 @@ impl QuotaTable {
     /// the default (`Some(None)`), or named (`Some(Some(name))`), with their values by key.
     /// Keys other than the three quota types are ignored.
     pub fn new<'a>(
-        entries: impl IntoIterator<
-            Item = (
-                Option<Option<&'a str>>,
-                Option<Option<&'a str>>,
-                Vec<(&'a str, f64)>,
-            ),
-        >,
+        entries: impl IntoIterator<Item = (EntityPart<'a>, EntityPart<'a>, Vec<(&'a str, f64)>)>,
     ) -> QuotaTable {
         let mut t = QuotaTable::default();
         for (user, client, values) in entries {
@@ -393,12 +391,7 @@ mod tests {
     use super::*;
 
     fn table(
-        entries: &[(
-            Option<Option<&'static str>>,
-            Option<Option<&'static str>>,
-            &'static str,
-            f64,
-        )],
+        entries: &[(EntityPart<'static>, EntityPart<'static>, &'static str, f64)],
     ) -> QuotaTable {
         QuotaTable::new(entries.iter().map(|&(u, c, k, v)| (u, c, vec![(k, v)])))
     }
@@ -406,7 +399,7 @@ mod tests {
     #[test]
     fn the_most_specific_entity_wins_in_kafkas_order() {
         let p = QuotaType::Produce;
-        let levels: [(Option<Option<&str>>, Option<Option<&str>>, f64); 8] = [
+        let levels: [(EntityPart, EntityPart, f64); 8] = [
             (Some(Some("alice")), Some(Some("app")), 1.0),
             (Some(Some("alice")), Some(None), 2.0),
             (Some(Some("alice")), None, 3.0),

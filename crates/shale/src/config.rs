@@ -146,6 +146,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("log.cleanup.policy", "delete"),
     ("log.message.timestamp.type", "CreateTime"),
     ("compression.type", "producer"),
+    // Shale's: the default replay window of topics (-1: none; docs/security.md).
+    ("replay.window.ms", "-1"),
 ];
 
 /// Broker settings that provide topic config defaults: (broker key, topic key).
@@ -156,6 +158,7 @@ pub const TOPIC_SYNONYMS: &[(&str, &str)] = &[
     ("log.cleanup.policy", "cleanup.policy"),
     ("log.message.timestamp.type", "message.timestamp.type"),
     ("compression.type", "compression.type"),
+    ("replay.window.ms", "replay.window.ms"),
 ];
 
 /// The resolved settings.

@@ -3,11 +3,14 @@
 //! topic), reading them (DESCRIBE), deleting offsets and groups (DELETE), describing and
 //! listing groups (DESCRIBE), and finding coordinators (DESCRIBE on the group or the
 //! transactional id). Denied groups are GROUP_AUTHORIZATION_FAILED, denied topics
-//! TOPIC_AUTHORIZATION_FAILED, in the response shape Kafka gives each version.
+//! TOPIC_AUTHORIZATION_FAILED, in the response shape Kafka gives each version. Moving a
+//! committed offset backwards on a topic with a replay window also takes READ on
+//! `__replay.<topic>` (`replay`).
 //!
 //! Also the helpers the transaction APIs (`txn.rs`) share: splitting a request, fixups that
 //! consult the authorizer after the handler ran.
 
+use super::replay::{self, BrokerCluster, Cluster};
 use super::topics::authorized_operations;
 use super::{CLUSTER_NAME, Checked, Fixup, Gate, RequestContext};
 use crate::Broker;
@@ -34,12 +37,22 @@ const GROUP_OPERATIONS: &[AclOperation] = &[
     AclOperation::AlterConfigs,
 ];
 
-pub(super) fn check(_broker: &Broker, gate: &Gate<'_>, version: i16, body: RequestKind) -> Checked {
+pub(super) fn check(
+    broker: &Arc<Broker>,
+    gate: &Gate<'_>,
+    version: i16,
+    body: RequestKind,
+) -> Checked {
     // The versions served name topics, never topic ids: the broker has nothing to resolve.
-    check_request(gate, version, body)
+    check_request(gate, &BrokerCluster(broker), version, body)
 }
 
-fn check_request(gate: &Gate<'_>, version: i16, body: RequestKind) -> Checked {
+fn check_request(
+    gate: &Gate<'_>,
+    cluster: &dyn Cluster,
+    version: i16,
+    body: RequestKind,
+) -> Checked {
     use RequestKind as R;
     let group = |op: AclOperation, name: &str| gate.allows(op, ResourceType::Group, name);
     match body {
@@ -91,7 +104,7 @@ fn check_request(gate: &Gate<'_>, version: i16, body: RequestKind) -> Checked {
                 LeaveGroupResponse::default().with_error_code(GROUP_DENIED),
             ))
         }
-        R::OffsetCommit(req) => offset_commit(gate, req),
+        R::OffsetCommit(req) => offset_commit(gate, cluster, req),
         R::OffsetFetch(req) if version >= 8 => offset_fetch_groups(gate, req),
         R::OffsetFetch(req) => offset_fetch_one(gate, req),
         R::OffsetDelete(req) => offset_delete(gate, req),
@@ -212,8 +225,9 @@ fn find_coordinator(gate: &Gate<'_>, version: i16, mut req: FindCoordinatorReque
 }
 
 /// OffsetCommit: READ on the group (else every partition GROUP_AUTHORIZATION_FAILED), then
-/// READ on each topic. When no topic is left Kafka answers without asking the coordinator.
-fn offset_commit(gate: &Gate<'_>, mut req: OffsetCommitRequest) -> Checked {
+/// READ on each topic, then the replay grant for a partition committed backwards on a topic
+/// with a replay window. When no topic is left Kafka answers without asking the coordinator.
+fn offset_commit(gate: &Gate<'_>, cluster: &dyn Cluster, mut req: OffsetCommitRequest) -> Checked {
     use offset_commit_response::{OffsetCommitResponsePartition, OffsetCommitResponseTopic};
     let answer = |t: &offset_commit_request::OffsetCommitRequestTopic, code: i16| {
         OffsetCommitResponseTopic::default()
@@ -239,7 +253,25 @@ fn offset_commit(gate: &Gate<'_>, mut req: OffsetCommitRequest) -> Checked {
         gate.allows(AclOperation::Read, ResourceType::Topic, &t.name)
     });
     req.topics = ok;
-    let denied: Vec<_> = refused.iter().map(|t| answer(t, TOPIC_DENIED)).collect();
+    let rewound = replay::check_commits(gate, cluster, &req.group_id, &mut req.topics);
+    let denied: Vec<_> = refused
+        .iter()
+        .map(|t| answer(t, TOPIC_DENIED))
+        .chain(rewound.into_iter().map(|(name, partitions)| {
+            OffsetCommitResponseTopic::default()
+                .with_name(name)
+                .with_partitions(
+                    partitions
+                        .into_iter()
+                        .map(|p| {
+                            OffsetCommitResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_error_code(TOPIC_DENIED)
+                        })
+                        .collect(),
+                )
+        }))
+        .collect();
     if req.topics.is_empty() && !denied.is_empty() {
         return Checked::Refuse(ResponseKind::OffsetCommit(
             OffsetCommitResponse::default().with_topics(denied),
@@ -686,13 +718,14 @@ pub(super) mod test_support {
 
 #[cfg(test)]
 mod tests {
+    use super::super::replay::test_support::FakeCluster;
     use super::test_support::*;
     use super::*;
     use AclOperation::{Delete, Describe, Read};
     use ResourceType::{Cluster, Group, Topic, TransactionalId};
 
     fn check(f: &Fixture, version: i16, body: RequestKind) -> Checked {
-        check_request(&f.gate(), version, body)
+        check_request(&f.gate(), &FakeCluster::default(), version, body)
     }
 
     fn gid(v: &str) -> GroupId {
@@ -979,6 +1012,85 @@ mod tests {
             panic!("wrong response type")
         };
         assert_eq!(commit_codes(&r), [("b".into(), 3, TOPIC_DENIED)]);
+    }
+
+    /// "a" has a replay window; group g has committed 50 on a-0 (nothing on a-1).
+    fn windowed() -> FakeCluster {
+        let mut c = FakeCluster::default();
+        c.windows.insert("a".into(), 60_000);
+        c.committed.insert(("g".into(), "a".into(), 0), 50);
+        c
+    }
+
+    #[test]
+    fn offset_commit_backwards_on_a_windowed_topic_fails_that_partition_without_the_replay_grant() {
+        let f = Fixture::new([allow(Group, "g", Read), allow(Topic, "a", Read)]);
+        // Both partitions commit offset 10: backwards on a-0, a first commit on a-1.
+        let req = OffsetCommitRequest::default()
+            .with_group_id(gid("g"))
+            .with_topics(vec![commit_topic("a", &[0, 1])]);
+        let committed = offset_commit_response::OffsetCommitResponseTopic::default()
+            .with_name(tname("a"))
+            .with_partitions(vec![
+                offset_commit_response::OffsetCommitResponsePartition::default()
+                    .with_partition_index(1),
+            ]);
+        let (body, resp) = dispatched(
+            check_request(&f.gate(), &windowed(), 8, RequestKind::OffsetCommit(req)),
+            ResponseKind::OffsetCommit(
+                OffsetCommitResponse::default().with_topics(vec![committed]),
+            ),
+        );
+        let RequestKind::OffsetCommit(sent) = body else {
+            panic!("wrong request type")
+        };
+        assert_eq!(sent.topics, vec![commit_topic("a", &[1])]);
+        let ResponseKind::OffsetCommit(r) = resp else {
+            panic!("wrong response type")
+        };
+        assert_eq!(
+            commit_codes(&r),
+            [("a".into(), 0, TOPIC_DENIED), ("a".into(), 1, 0)]
+        );
+    }
+
+    #[test]
+    fn offset_commit_backwards_with_the_replay_grant_reaches_the_coordinator() {
+        let f = Fixture::new([
+            allow(Group, "g", Read),
+            allow(Topic, "a", Read),
+            allow(Topic, "__replay.a", Read),
+        ]);
+        let req = OffsetCommitRequest::default()
+            .with_group_id(gid("g"))
+            .with_topics(vec![commit_topic("a", &[0])]);
+        let (body, _) = dispatched(
+            check_request(
+                &f.gate(),
+                &windowed(),
+                8,
+                RequestKind::OffsetCommit(req.clone()),
+            ),
+            ResponseKind::OffsetCommit(OffsetCommitResponse::default()),
+        );
+        assert_eq!(body, RequestKind::OffsetCommit(req));
+    }
+
+    #[test]
+    fn offset_commit_with_every_partition_rewound_is_answered_without_the_coordinator() {
+        let f = Fixture::new([allow(Group, "g", Read), allow(Topic, "a", Read)]);
+        let req = OffsetCommitRequest::default()
+            .with_group_id(gid("g"))
+            .with_topics(vec![commit_topic("a", &[0])]);
+        let ResponseKind::OffsetCommit(r) = refused(check_request(
+            &f.gate(),
+            &windowed(),
+            8,
+            RequestKind::OffsetCommit(req),
+        )) else {
+            panic!("wrong response type")
+        };
+        assert_eq!(commit_codes(&r), [("a".into(), 0, TOPIC_DENIED)]);
     }
 
     // OffsetFetch

@@ -14,6 +14,7 @@
 
 mod cluster;
 mod groups;
+pub(crate) mod replay;
 mod topics;
 mod txn;
 
@@ -46,6 +47,8 @@ pub(crate) struct Acls {
     cache: Mutex<Option<IndexedAcls>>,
     /// The allow-everything authorizer of [`Broker::audit_protection`].
     open: std::sync::OnceLock<Arc<Authorizer>>,
+    /// Replay boundaries of the partitions fetched from (`replay`).
+    pub(crate) replay: replay::Boundaries,
 }
 
 /// The ACLs an authorizer index was built from, and the index.
@@ -57,6 +60,7 @@ impl Acls {
             config,
             cache: Mutex::new(None),
             open: std::sync::OnceLock::new(),
+            replay: Default::default(),
         }
     }
 }
@@ -233,7 +237,7 @@ pub(crate) enum Checked {
 
 /// Checks a request against the ACLs (or lets it through when authorization is off).
 pub(crate) fn check(
-    broker: &Broker,
+    broker: &Arc<Broker>,
     ctx: &RequestContext,
     api: kafka_protocol::messages::ApiKey,
     version: i16,

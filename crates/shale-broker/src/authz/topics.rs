@@ -1,13 +1,16 @@
-//! Topic APIs: produce (WRITE), fetch (READ), metadata and offsets (DESCRIBE), topic
+//! Topic APIs: produce (WRITE), fetch (READ, and READ on `__replay.<topic>` to fetch from
+//! before a topic's replay window: `replay`), metadata and offsets (DESCRIBE), topic
 //! administration (CREATE, DELETE, ALTER) and configs (DESCRIBE_CONFIGS, ALTER_CONFIGS),
 //! with TOPIC_AUTHORIZATION_FAILED per denied topic as Kafka answers.
 
+use super::replay::{self, BrokerCluster};
 use super::{Checked, Fixup, Gate};
 use crate::Broker;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 use shale_security::acl::{AclOperation, ResourceType};
+use std::sync::Arc;
 
 const TOPIC_DENIED: i16 = ResponseError::TopicAuthorizationFailed.code();
 const CLUSTER_DENIED: i16 = ResponseError::ClusterAuthorizationFailed.code();
@@ -33,7 +36,12 @@ fn split<T>(items: Vec<T>, mut allowed: impl FnMut(&T) -> bool) -> (Vec<T>, Vec<
     items.into_iter().partition(|t| allowed(t))
 }
 
-pub(super) fn check(broker: &Broker, gate: &Gate<'_>, version: i16, body: RequestKind) -> Checked {
+pub(super) fn check(
+    broker: &Arc<Broker>,
+    gate: &Gate<'_>,
+    version: i16,
+    body: RequestKind,
+) -> Checked {
     use RequestKind as R;
     let topic = |op: AclOperation, name: &str| gate.allows(op, ResourceType::Topic, name);
     match body {
@@ -91,6 +99,9 @@ pub(super) fn check(broker: &Broker, gate: &Gate<'_>, version: i16, body: Reques
                 name_of(t).is_none_or(|n| topic(AclOperation::Read, &n))
             });
             req.topics = ok;
+            // Then history: partitions asked from before their topic's replay window.
+            let replayed =
+                replay::check_fetch(gate, &BrokerCluster(broker), &mut req.topics, name_of);
             let denied: Vec<fetch_response::FetchableTopicResponse> = denied
                 .into_iter()
                 .map(|t| {
@@ -111,6 +122,7 @@ pub(super) fn check(broker: &Broker, gate: &Gate<'_>, version: i16, body: Reques
                                 .collect(),
                         )
                 })
+                .chain(replayed)
                 .collect();
             let fixup = if denied.is_empty() {
                 Fixup::None
@@ -125,6 +137,10 @@ pub(super) fn check(broker: &Broker, gate: &Gate<'_>, version: i16, body: Reques
                 topic(AclOperation::Describe, &t.name)
             });
             req.topics = ok;
+            for t in &req.topics {
+                let partitions = t.partitions.iter().map(|p| p.partition_index);
+                replay::prepare(&BrokerCluster(broker), &t.name, partitions);
+            }
             let denied: Vec<_> = denied
                 .into_iter()
                 .map(|t| {
@@ -159,6 +175,10 @@ pub(super) fn check(broker: &Broker, gate: &Gate<'_>, version: i16, body: Reques
                 topic(AclOperation::Describe, &t.topic)
             });
             req.topics = ok;
+            for t in &req.topics {
+                let partitions = t.partitions.iter().map(|p| p.partition);
+                replay::prepare(&BrokerCluster(broker), &t.topic, partitions);
+            }
             let denied: Vec<_> = denied
                 .into_iter()
                 .map(|t| {

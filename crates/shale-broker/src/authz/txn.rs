@@ -3,9 +3,12 @@
 //! the group and topics it commits offsets for), an idempotent one IDEMPOTENT_WRITE on the
 //! cluster or WRITE on some topic; the broker-to-broker AddPartitionsToTxn (v4+) needs
 //! CLUSTER_ACTION; describing and listing transactions need DESCRIBE on the ids,
-//! DescribeProducers READ on the topics.
+//! DescribeProducers READ on the topics. A transactional commit that moves a group's offset
+//! backwards on a topic with a replay window also needs READ on `__replay.<topic>`
+//! (`replay`), as OffsetCommit does.
 
 use super::groups::{Later, fixup_if, pass, split};
+use super::replay::{self, BrokerCluster, Cluster};
 use super::{CLUSTER_NAME, Checked, Fixup, Gate};
 use crate::Broker;
 use crate::handlers::topics::{is_internal, validate_name};
@@ -19,7 +22,12 @@ const GROUP_DENIED: i16 = ResponseError::GroupAuthorizationFailed.code();
 const TOPIC_DENIED: i16 = ResponseError::TopicAuthorizationFailed.code();
 const CLUSTER_DENIED: i16 = ResponseError::ClusterAuthorizationFailed.code();
 
-pub(super) fn check(broker: &Broker, gate: &Gate<'_>, version: i16, body: RequestKind) -> Checked {
+pub(super) fn check(
+    broker: &std::sync::Arc<Broker>,
+    gate: &Gate<'_>,
+    version: i16,
+    body: RequestKind,
+) -> Checked {
     // AddPartitionsToTxn tells unknown partitions from refused ones (as Kafka does).
     let exists = |topic: &str, partition: i32| {
         broker.meta.read(|s| {
@@ -28,12 +36,13 @@ pub(super) fn check(broker: &Broker, gate: &Gate<'_>, version: i16, body: Reques
                 .is_some_and(|t| usize::try_from(partition).is_ok_and(|p| p < t.partitions.len()))
         })
     };
-    check_request(gate, version, body, &exists)
+    check_request(gate, &BrokerCluster(broker), version, body, &exists)
 }
 
 /// `exists(topic, partition)`: whether the cluster has that partition.
 fn check_request(
     gate: &Gate<'_>,
+    cluster: &dyn Cluster,
     version: i16,
     body: RequestKind,
     exists: &dyn Fn(&str, i32) -> bool,
@@ -80,7 +89,7 @@ fn check_request(
                 EndTxnResponse::default().with_error_code(TXN_ID_DENIED),
             ))
         }
-        R::TxnOffsetCommit(req) => txn_offset_commit(gate, req),
+        R::TxnOffsetCommit(req) => txn_offset_commit(gate, cluster, req),
         R::DescribeTransactions(mut req) => {
             use describe_transactions_response::TransactionState;
             let (ok, refused) = split(std::mem::take(&mut req.transactional_ids), |id| {
@@ -323,9 +332,15 @@ fn add_partitions(
 }
 
 /// TxnOffsetCommit: WRITE on the transactional id, then READ on the group (either refused:
-/// every partition gets the error), then READ per topic. With no topic left Kafka answers
-/// without asking the coordinator.
-fn txn_offset_commit(gate: &Gate<'_>, mut req: TxnOffsetCommitRequest) -> Checked {
+/// every partition gets the error), then READ per topic, then the replay grant for a
+/// partition committed below the group's committed offset on a topic with a replay window
+/// (compared with what the group has committed, not with offsets pending in transactions).
+/// With no topic left Kafka answers without asking the coordinator.
+fn txn_offset_commit(
+    gate: &Gate<'_>,
+    cluster: &dyn Cluster,
+    mut req: TxnOffsetCommitRequest,
+) -> Checked {
     use txn_offset_commit_response::{
         TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
     };
@@ -364,7 +379,25 @@ fn txn_offset_commit(gate: &Gate<'_>, mut req: TxnOffsetCommitRequest) -> Checke
         gate.allows(AclOperation::Read, ResourceType::Topic, &t.name)
     });
     req.topics = ok;
-    let denied: Vec<_> = refused.iter().map(|t| answer(t, TOPIC_DENIED)).collect();
+    let rewound = replay::check_commits(gate, cluster, &req.group_id, &mut req.topics);
+    let denied: Vec<_> = refused
+        .iter()
+        .map(|t| answer(t, TOPIC_DENIED))
+        .chain(rewound.into_iter().map(|(name, partitions)| {
+            TxnOffsetCommitResponseTopic::default()
+                .with_name(name)
+                .with_partitions(
+                    partitions
+                        .into_iter()
+                        .map(|p| {
+                            TxnOffsetCommitResponsePartition::default()
+                                .with_partition_index(p)
+                                .with_error_code(TOPIC_DENIED)
+                        })
+                        .collect(),
+                )
+        }))
+        .collect();
     if req.topics.is_empty() && !denied.is_empty() {
         return Checked::Refuse(ResponseKind::TxnOffsetCommit(
             TxnOffsetCommitResponse::default().with_topics(denied),
@@ -384,6 +417,7 @@ fn txn_offset_commit(gate: &Gate<'_>, mut req: TxnOffsetCommitRequest) -> Checke
 #[cfg(test)]
 mod tests {
     use super::super::groups::test_support::*;
+    use super::super::replay::test_support::FakeCluster;
     use super::*;
     use AclOperation::{All, ClusterAction, Describe, IdempotentWrite, Read, Write};
     use ResourceType::{Cluster, Group, Topic};
@@ -391,9 +425,13 @@ mod tests {
 
     /// Partitions 0-1 of every topic but "gone" exist.
     fn check(f: &Fixture, version: i16, body: RequestKind) -> Checked {
-        check_request(&f.gate(), version, body, &|t, p| {
-            t != "gone" && (0..2).contains(&p)
-        })
+        check_request(
+            &f.gate(),
+            &FakeCluster::default(),
+            version,
+            body,
+            &|t, p| t != "gone" && (0..2).contains(&p),
+        )
     }
 
     fn tname(v: &str) -> TopicName {
@@ -737,6 +775,51 @@ mod tests {
             ))),
             [("b".into(), 0, TOPIC_DENIED)]
         );
+    }
+
+    #[test]
+    fn txn_offset_commit_backwards_on_a_windowed_topic_needs_the_replay_grant() {
+        // The group has committed 50 on a-0 and nothing on a-1; both commit offset 0.
+        let mut cluster = FakeCluster::default();
+        cluster.windows.insert("a".into(), 60_000);
+        cluster.committed.insert(("g".into(), "a".into(), 0), 50);
+        let grants = [
+            allow(TxnId, "tx", Write),
+            allow(Group, "g", Read),
+            allow(Topic, "a", Read),
+        ];
+        let f = Fixture::new(grants.clone());
+        let body = || commit(vec![commit_topic("a", &[0, 1])]);
+        let answer = |partitions: &[i32]| {
+            ResponseKind::TxnOffsetCommit(TxnOffsetCommitResponse::default().with_topics(vec![
+                txn_offset_commit_response::TxnOffsetCommitResponseTopic::default()
+                    .with_name(tname("a"))
+                    .with_partitions(
+                        partitions
+                            .iter()
+                            .map(|p| {
+                                txn_offset_commit_response::TxnOffsetCommitResponsePartition::default()
+                                    .with_partition_index(*p)
+                            })
+                            .collect(),
+                    ),
+            ]))
+        };
+        let (sent, resp) = dispatched(
+            check_request(&f.gate(), &cluster, 3, body(), &|_, _| true),
+            answer(&[1]),
+        );
+        assert_eq!(sent, commit(vec![commit_topic("a", &[1])]));
+        assert_eq!(
+            commit_codes(&resp),
+            [("a".into(), 0, TOPIC_DENIED), ("a".into(), 1, 0)]
+        );
+        let granted = Fixture::new(grants.into_iter().chain([allow(Topic, "__replay.a", Read)]));
+        let (sent, _) = dispatched(
+            check_request(&granted.gate(), &cluster, 3, body(), &|_, _| true),
+            answer(&[0, 1]),
+        );
+        assert_eq!(sent, body());
     }
 
     // DescribeTransactions, ListTransactions

@@ -1,6 +1,8 @@
 //! Fetch: whole batches from the offset asked for (the batch holding it first), bounded by
 //! per-partition and response byte limits but always making progress, long-polling up to
-//! `max_wait_ms` until `min_bytes` are available. Only durable data is visible.
+//! `max_wait_ms` until `min_bytes` are available. Only durable data is visible. Whether a
+//! principal may read a partition from where it asks (READ, and the replay window of
+//! `authz::replay`) is decided by the gate before a request gets here.
 
 use crate::Broker;
 use crate::handlers::metadata::{check_leader_epoch, leader_epoch};

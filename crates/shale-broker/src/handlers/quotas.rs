@@ -254,9 +254,8 @@ fn check_op(key: &str, value: f64, remove: bool) -> Result<(String, Option<Quota
         )));
     }
     if kind != QuotaType::Request && value.fract() != 0.0 {
-        return Err(invalid(format!(
-            "Proposed value for {key} is not an integer: {value}"
-        )));
+        // Kafka's wording.
+        return Err(invalid(format!("{key} cannot be a fractional value.")));
     }
     Ok((key.to_string(), Some(QuotaValue(value))))
 }

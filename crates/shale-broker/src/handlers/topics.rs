@@ -53,6 +53,18 @@ pub fn is_internal(name: &str) -> bool {
     name == crate::groups::OFFSETS_TOPIC || name == crate::txn::glue::TXN_TOPIC
 }
 
+/// Why no topic may be named `__replay.<anything>`: those names are the replay grants' ACL
+/// resources (`authz::replay`), and a real topic under one would be confused with its grant.
+fn reserved_name(name: &str) -> Option<String> {
+    crate::authz::replay::is_replay_resource(name).then(|| {
+        format!(
+            "Topic name \"{name}\" is illegal: names starting with {} are reserved for \
+             replay grants",
+            crate::authz::replay::REPLAY_PREFIX
+        )
+    })
+}
+
 /// Kafka's topic name rules: 1..=249 chars of `[a-zA-Z0-9._-]`, not `.` or `..`.
 pub fn validate_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
@@ -97,6 +109,10 @@ pub(crate) async fn create_topic(
     placement: Placement,
 ) -> Result<(), (ResponseError, String)> {
     validate_name(name).map_err(|m| (ResponseError::InvalidTopicException, m.to_string()))?;
+    // Also here, not only in `validate_creation`: Metadata auto-creates through this.
+    if let Some(m) = reserved_name(name) {
+        return Err((ResponseError::InvalidTopicException, m));
+    }
     if partitions < 1 {
         return Err((
             ResponseError::InvalidPartitions,
@@ -256,6 +272,9 @@ pub(crate) fn validate_creation(
             format!("Topic name \"{name}\" is illegal: {m}"),
         )
     })?;
+    if let Some(m) = reserved_name(name) {
+        return Err((ResponseError::InvalidTopicException, m));
+    }
     if name.contains(['.', '_']) {
         let unified = name.replace('.', "_");
         if let Some(other) = state
@@ -1033,6 +1052,19 @@ mod tests {
         let (code, msg) = refusal(validate_creation(&topic("a_b", 1, 1), &s, &config()));
         assert_eq!(code, ResponseError::InvalidTopicException);
         assert_eq!(msg, "Topic 'a_b' collides with existing topic: a.b");
+    }
+
+    #[test]
+    fn names_of_replay_grants_cannot_be_topics() {
+        let s = state(&[], &[1]);
+        let (code, msg) = refusal(validate_creation(
+            &topic("__replay.payments", 1, 1),
+            &s,
+            &config(),
+        ));
+        assert_eq!(code, ResponseError::InvalidTopicException);
+        assert!(msg.contains("reserved for replay grants"), "{msg}");
+        assert!(validate_creation(&topic("__replay", 1, 1), &s, &config()).is_ok());
     }
 
     #[test]
