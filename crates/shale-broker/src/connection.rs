@@ -213,12 +213,19 @@ async fn start_request(
         RequestKind::SaslAuthenticate(req) => session.authenticate(broker, version, req).await,
         // Admitted before decoding (above).
         mut body => {
-            let quota = crate::quotas::RequestQuota::start(broker, &session.ctx, api, &frame);
-            if let (Some(q), RequestKind::Fetch(f)) = (&quota, &mut body)
-                && let Some(max) = q.fetch_max_bytes(broker)
-            {
-                // Kafka's bound: one fetch may not take more than the quota's window allows.
-                f.max_bytes = f.max_bytes.min(max);
+            let mut quota = crate::quotas::RequestQuota::start(broker, &session.ctx, api, &frame);
+            match (&mut quota, &mut body) {
+                (Some(q), RequestKind::Fetch(f)) => {
+                    if let Some(max) = q.fetch_max_bytes(broker) {
+                        // Kafka's bound: one fetch may not take more than the quota's window
+                        // allows, nor wait for more than that.
+                        f.max_bytes = f.max_bytes.min(max);
+                        f.min_bytes = f.min_bytes.min(f.max_bytes);
+                    }
+                }
+                // Kafka does not count acks=0 produces for request time: nothing answers.
+                (Some(q), RequestKind::Produce(p)) if p.acks == 0 => q.count_time = false,
+                _ => {}
             }
             let start = dispatch::start(broker, &session.ctx, api, version, body, frame);
             let (started, spent) = match quota {
@@ -229,8 +236,6 @@ async fn start_request(
                 broker: broker.clone(),
                 quota,
                 spent,
-                api,
-                version,
                 muted_until: session.muted_until.clone(),
             });
             return Some((
@@ -255,28 +260,29 @@ struct Throttling {
     quota: crate::quotas::RequestQuota,
     /// Time spent on the request so far (starting it).
     spent: std::time::Duration,
-    api: ApiKey,
-    version: i16,
     muted_until: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
 }
 
 impl Throttling {
-    /// Records the finished request; returns its throttle (ms) after muting the connection
-    /// for it, and how long to hold the response (versions from before KIP-219).
-    fn finish(
-        &self,
-        spent: std::time::Duration,
-        fetched: Option<u64>,
-    ) -> (u64, Option<std::time::Duration>) {
+    /// Records the finished request; returns its throttle (ms), after muting the connection
+    /// for it. As Kafka, the response itself is never held back.
+    fn finish(&self, spent: std::time::Duration, fetched: Option<u64>) -> u64 {
         let throttle = self.quota.finish(&self.broker, spent, fetched);
-        if throttle == 0 {
-            return (0, None);
+        if throttle > 0 {
+            // The later of this and a mute already in force: a pipelined request answered
+            // after a costlier one must not shorten its mute.
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(throttle);
+            let mut muted = self.muted_until.lock();
+            *muted = Some(muted.map_or(until, |m| m.max(until)));
         }
-        let d = std::time::Duration::from_millis(throttle);
-        *self.muted_until.lock() = Some(std::time::Instant::now() + d);
-        let hold = (!crate::quotas::client_throttles(self.api, self.version)).then_some(d);
-        (throttle, hold)
+        throttle
     }
+}
+
+/// A throttle as the responses' `throttle_time_ms` carries it (throttles are bounded by
+/// `Quotas::record`, far below `i32::MAX` ms).
+fn ms_field(ms: u64) -> i32 {
+    i32::try_from(ms).unwrap_or(i32::MAX)
 }
 
 /// Runs the rest of a dispatched request in a task of its own; `None` closes the connection.
@@ -294,62 +300,48 @@ fn run(
     let throttled = |t: &Option<Throttling>,
                      resp: &mut Option<kafka_protocol::messages::ResponseKind>,
                      spent| {
-        let (ms, hold) = t.as_ref().map_or((0, None), |t| t.finish(spent, None));
+        let ms = t.as_ref().map_or(0, |t| t.finish(spent, None));
         if ms > 0
             && let Some(r) = resp.as_mut()
         {
-            set_throttle_time(r, ms.min(i32::MAX as u64) as i32);
+            set_throttle_time(r, ms_field(ms));
         }
-        hold
     };
     Some(match started {
         Started::Close => return None,
         Started::Done(mut resp) => {
             let spent = throttling.as_ref().map(|t| t.spent).unwrap_or_default();
-            let hold = throttled(&throttling, &mut resp, spent);
+            throttled(&throttling, &mut resp, spent);
             let frame = encode(resp);
             timer.finish();
-            tokio::spawn(async move {
-                if let Some(d) = hold {
-                    tokio::time::sleep(d).await;
-                }
-                frame
-            })
+            tokio::spawn(async move { frame })
         }
         Started::Later(fut) => tokio::spawn(async move {
             let spent = throttling.as_ref().map(|t| t.spent).unwrap_or_default();
             let (mut resp, spent) = Timed::new(fut, spent).await;
-            let hold = throttled(&throttling, &mut resp, spent);
+            throttled(&throttling, &mut resp, spent);
             timer.finish();
-            if let Some(d) = hold {
-                tokio::time::sleep(d).await;
-            }
             encode(resp)
         }),
         Started::Fetch(fut) => tokio::spawn(async move {
             let spent = throttling.as_ref().map(|t| t.spent).unwrap_or_default();
             let (mut reply, spent) = Timed::new(fut, spent).await;
-            let mut hold = None;
             if let Some(t) = &throttling {
                 let bytes: u64 = reply.records.iter().flatten().map(|b| b.len() as u64).sum();
-                let (ms, h) = t.finish(spent, Some(bytes));
+                let ms = t.finish(spent, Some(bytes));
                 if ms > 0 {
                     // Kafka answers a throttled fetch with no data: the records would only
                     // add to the overshoot, and the client fetches them again later.
                     let session_id = reply.response.session_id;
                     reply = handlers::fetch::FetchReply {
                         response: kafka_protocol::messages::FetchResponse::default()
-                            .with_throttle_time_ms(ms.min(i32::MAX as u64) as i32)
+                            .with_throttle_time_ms(ms_field(ms))
                             .with_session_id(session_id),
                         records: Vec::new(),
                     };
                 }
-                hold = h;
             }
             timer.finish();
-            if let Some(d) = hold {
-                tokio::time::sleep(d).await;
-            }
             fetch_frame::encode_fetch_response(
                 correlation_id,
                 version,

@@ -2,17 +2,17 @@
 //! client, and the quota table kept in step with the metadata quorum.
 //!
 //! As in Kafka (KIP-219), a request over its quota is still served; its response carries
-//! `throttle_time_ms` and goes out at once, and the connection is then muted (nothing more
-//! is read from it) for that long, so a client that ignores the field is held back anyway.
-//! A response version from before KIP-219, whose clients do not back off themselves, is
-//! delayed instead. A throttled fetch answers no records (they would only add to the
-//! overshoot) and its bytes are not counted. What counts:
+//! `throttle_time_ms` and goes out at once, and the connection is then muted (no request of
+//! it is started) for that long, so a client that ignores the field is held back anyway.
+//! A throttled fetch answers no records (they would only add to the overshoot) and its
+//! bytes are not counted. What counts:
 //! - Produce: the request's size;
 //! - Fetch: the record bytes of the response;
 //! - request time: the time the node spends working on the request (its polls, not its
 //!   waits for durability or a long poll), as a percentage of one thread.
 //!
-//! Inter-broker requests, ApiVersions and the SASL exchange are never throttled.
+//! Inter-broker requests, ApiVersions and the SASL exchange are never throttled; acks=0
+//! produces are not counted for request time (their client reads no response), as in Kafka.
 
 use crate::Broker;
 use kafka_protocol::messages::{ApiKey, ResponseKind};
@@ -90,6 +90,8 @@ pub(crate) struct RequestQuota {
     pub client_id: String,
     /// The throttle its bytes earned already (a produce's size is known up front).
     pub throttle_ms: u64,
+    /// Whether its time counts for `request_percentage` (not for acks=0 produces).
+    pub count_time: bool,
 }
 
 /// Whether requests of `api` are measured at all.
@@ -98,43 +100,6 @@ pub(crate) fn counts(api: ApiKey) -> bool {
         api,
         ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
     )
-}
-
-/// Whether the client of this response version throttles itself (KIP-219: the broker
-/// answers at once and mutes the connection), or expects the answer delayed (older
-/// versions). APIs newer than KIP-219 always throttle themselves.
-pub(crate) fn client_throttles(api: ApiKey, version: i16) -> bool {
-    let since = match api {
-        ApiKey::Produce => 6,
-        ApiKey::Fetch => 8,
-        ApiKey::Metadata => 6,
-        ApiKey::ListOffsets => 3,
-        ApiKey::OffsetCommit | ApiKey::OffsetFetch => 4,
-        ApiKey::JoinGroup | ApiKey::CreateTopics => 3,
-        ApiKey::FindCoordinator
-        | ApiKey::Heartbeat
-        | ApiKey::LeaveGroup
-        | ApiKey::SyncGroup
-        | ApiKey::DescribeGroups
-        | ApiKey::ListGroups
-        | ApiKey::DeleteTopics
-        | ApiKey::DescribeConfigs
-        | ApiKey::OffsetForLeaderEpoch => 2,
-        ApiKey::DeleteRecords
-        | ApiKey::InitProducerId
-        | ApiKey::AddPartitionsToTxn
-        | ApiKey::AddOffsetsToTxn
-        | ApiKey::EndTxn
-        | ApiKey::TxnOffsetCommit
-        | ApiKey::DescribeAcls
-        | ApiKey::CreateAcls
-        | ApiKey::DeleteAcls
-        | ApiKey::AlterConfigs
-        | ApiKey::CreatePartitions
-        | ApiKey::DeleteGroups => 1,
-        _ => 0,
-    };
-    version >= since
 }
 
 /// Request time as Kafka counts it for `request_percentage`: percent-seconds.
@@ -254,6 +219,7 @@ impl RequestQuota {
             user,
             client_id,
             throttle_ms,
+            count_time: true,
         })
     }
 
@@ -265,21 +231,23 @@ impl RequestQuota {
     }
 
     /// Records the request's time (and a fetch's bytes) once it is answered; returns the
-    /// throttle, and whether it is a fetch's byte-rate (or request) throttle (then the
-    /// fetch is answered empty).
+    /// throttle (ms), 0 when the client is within its quotas. A throttled fetch is to be
+    /// answered without records (its bytes are taken back here).
     pub(crate) fn finish(&self, broker: &Broker, spent: Duration, fetched: Option<u64>) -> u64 {
         let Some(quotas) = broker.quotas_in_force() else {
             return self.throttle_ms;
         };
         let now = broker.quota_clock_ms();
         let mut throttle = self.throttle_ms;
-        throttle = throttle.max(quotas.record(
-            QuotaType::Request,
-            &self.user,
-            &self.client_id,
-            request_time_value(spent),
-            now,
-        ));
+        if self.count_time {
+            throttle = throttle.max(quotas.record(
+                QuotaType::Request,
+                &self.user,
+                &self.client_id,
+                request_time_value(spent),
+                now,
+            ));
+        }
         if let Some(bytes) = fetched {
             let fetch = quotas.record(
                 QuotaType::Fetch,
@@ -346,15 +314,6 @@ mod tests {
         );
         assert_eq!(t.resolve(QuotaType::Produce, "bob", "x").unwrap().0, 200.0);
         assert!(t.resolve(QuotaType::Produce, "carol", "x").is_none());
-    }
-
-    #[test]
-    fn old_response_versions_are_delayed_new_ones_throttle_themselves() {
-        assert!(!client_throttles(ApiKey::Produce, 5));
-        assert!(client_throttles(ApiKey::Produce, 6));
-        assert!(!client_throttles(ApiKey::Fetch, 7));
-        assert!(client_throttles(ApiKey::Fetch, 8));
-        assert!(client_throttles(ApiKey::DescribeClientQuotas, 0));
     }
 
     #[test]

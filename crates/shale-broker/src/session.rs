@@ -206,6 +206,21 @@ impl Session {
                     peer = %self.peer, principal = %self.principal, ?api,
                     "SASL session expired (connections.max.reauth.ms, or the OAUTHBEARER token's expiry); closing"
                 );
+                // KIP-368: a session not renewed in time is refused like a failed
+                // authentication, and audited as one (it names who it was).
+                let mechanism = self.authenticated_with.map_or("", SaslMechanism::name);
+                let _ = self.auditor.record(
+                    AuditEvent::authentication(
+                        self.audit_client(),
+                        mechanism,
+                        Some(self.principal.to_string()),
+                        Outcome::Failed,
+                    )
+                    .with_reason(
+                        "SASL session expired before re-authentication: connection closed"
+                            .to_string(),
+                    ),
+                );
                 Admit::Close
             }
             (State::Established, _) => Admit::Serve,

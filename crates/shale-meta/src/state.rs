@@ -253,7 +253,10 @@ impl MetaState {
                 Ok(Response::Ok)
             }
             Command::AlterClientQuotas { changes } => {
-                for (entity, ops) in changes {
+                for (mut entity, ops) in changes {
+                    // The proposer sorts and validates; applying the same way whatever it
+                    // sent keeps replicas equal and the state loadable.
+                    entity.sort();
                     let key = crate::quota_entity_key(&entity);
                     let mut entry = self.state.client_quotas.get(&key).cloned().unwrap_or(
                         crate::ClientQuotaMeta {
@@ -263,7 +266,8 @@ impl MetaState {
                     );
                     for (k, v) in ops {
                         match v {
-                            Some(v) => entry.values.insert(k, v),
+                            Some(v) if v.0.is_finite() => entry.values.insert(k, v),
+                            Some(_) => None,
                             None => entry.values.remove(&k),
                         };
                     }

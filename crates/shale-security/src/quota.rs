@@ -15,10 +15,16 @@
 //!
 //! Sensors (the per-entity rates) are kept for active entities only: one idle for a whole
 //! window has a rate of zero, the same as a new one, so it is dropped; their number is also
-//! capped, so client ids chosen by clients cannot grow memory without bound.
+//! capped, and they are keyed by a keyed hash of the entity (not its names, which clients
+//! choose and may make long), so client ids cannot grow memory without bound.
+//!
+//! One deviation: a byte-rate throttle is capped at the whole window (`samples × window`,
+//! 11 s by default; Kafka's is unbounded). By then every sample of the burst has left the
+//! window, and a muted connection is not held for minutes.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 /// What a quota limits.
@@ -269,7 +275,17 @@ impl Rate {
 pub struct Quotas {
     config: QuotaConfig,
     table: Mutex<Arc<QuotaTable>>,
-    sensors: Mutex<HashMap<(QuotaType, SensorKey), Rate>>,
+    sensors: Mutex<Sensors>,
+    /// Keys the sensor hashes (randomly per process, so clients cannot aim collisions).
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// The rates measured, by quota type and the hash of whose rate it is.
+#[derive(Default)]
+struct Sensors {
+    rates: HashMap<(QuotaType, u64), Rate>,
+    /// When idle sensors were last dropped (ms).
+    swept_ms: u64,
 }
 
 impl Quotas {
@@ -277,7 +293,8 @@ impl Quotas {
         Quotas {
             config,
             table: Mutex::new(Arc::new(QuotaTable::default_empty())),
-            sensors: Mutex::new(HashMap::new()),
+            sensors: Mutex::new(Sensors::default()),
+            hasher: Default::default(),
         }
     }
 
@@ -288,6 +305,10 @@ impl Quotas {
     /// Puts a new table in force (a quota change reached this node). Rates measured so far
     /// carry over to the new bounds, as Kafka's sensors do.
     pub fn set_table(&self, table: QuotaTable) {
+        if table.is_empty() {
+            // Nothing is measured any more: what was is of no use.
+            self.sensors.lock().rates.clear();
+        }
         *self.table.lock() = Arc::new(table);
     }
 
@@ -309,19 +330,22 @@ impl Quotas {
         let Some((bound, key)) = table.resolve(kind, user, client_id) else {
             return 0;
         };
+        let id = (kind, self.hasher.hash_one(&key));
         let mut sensors = self.sensors.lock();
-        let rate = self.sensor(&mut sensors, kind, key, now_ms);
+        let rate = self.sensor(&mut sensors, id, now_ms);
         rate.record(&self.config, value, now_ms);
         let (observed, window_ms) = rate.measure(&self.config, now_ms);
-        if observed <= bound || bound <= 0.0 {
+        if !(observed > bound && bound > 0.0) {
             return 0;
         }
+        // Finite and positive here; `as` saturates whatever the magnitude.
         let throttle = ((observed - bound) / bound * window_ms as f64).round() as u64;
-        match kind {
+        throttle.min(match kind {
             // Kafka's request quota caps a throttle at one sample window.
-            QuotaType::Request => throttle.min(self.config.window_ms),
-            _ => throttle,
-        }
+            QuotaType::Request => self.config.window_ms,
+            // Shale's cap (see the module docs): the whole window.
+            _ => self.config.window_ms * u64::from(self.config.samples),
+        })
     }
 
     /// Takes back a recorded value (a throttled fetch returns no records, so its bytes do
@@ -331,7 +355,8 @@ impl Quotas {
         let Some((_, key)) = table.resolve(kind, user, client_id) else {
             return;
         };
-        if let Some(rate) = self.sensors.lock().get_mut(&(kind, key)) {
+        let id = (kind, self.hasher.hash_one(&key));
+        if let Some(rate) = self.sensors.lock().rates.get_mut(&id) {
             rate.record(&self.config, -value, now_ms);
         }
     }
@@ -347,31 +372,35 @@ impl Quotas {
 
     /// Sensors in use (for tests and the metrics).
     pub fn sensor_count(&self) -> usize {
-        self.sensors.lock().len()
+        self.sensors.lock().rates.len()
     }
 
     fn sensor<'a>(
         &self,
-        sensors: &'a mut HashMap<(QuotaType, SensorKey), Rate>,
-        kind: QuotaType,
-        key: SensorKey,
+        sensors: &'a mut Sensors,
+        id: (QuotaType, u64),
         now_ms: u64,
     ) -> &'a mut Rate {
-        let id = (kind, key);
-        if !sensors.contains_key(&id) && sensors.len() >= self.config.max_sensors {
-            // Idle for a whole window: a rate of zero, the same as a new sensor.
+        if !sensors.rates.contains_key(&id) && sensors.rates.len() >= self.config.max_sensors {
+            // Idle for a whole window: a rate of zero, the same as a new sensor. Swept at most
+            // once a window, so a full map costs no scan per new client.
             let idle = self.config.window_ms * u64::from(self.config.samples);
-            sensors.retain(|_, r| now_ms.saturating_sub(r.last_used_ms) < idle);
-            if sensors.len() >= self.config.max_sensors
-                && let Some(oldest) = sensors
-                    .iter()
-                    .min_by_key(|(_, r)| r.last_used_ms)
-                    .map(|(k, _)| k.clone())
+            if now_ms.saturating_sub(sensors.swept_ms) >= self.config.window_ms {
+                sensors.swept_ms = now_ms;
+                sensors
+                    .rates
+                    .retain(|_, r| now_ms.saturating_sub(r.last_used_ms) < idle);
+            }
+            if sensors.rates.len() >= self.config.max_sensors
+                && let Some(any) = sensors.rates.keys().next().copied()
             {
-                sensors.remove(&oldest);
+                // Every sensor is busy: one of them starts over (its client is measured
+                // afresh), rather than memory growing.
+                sensors.rates.remove(&any);
             }
         }
         sensors
+            .rates
             .entry(id)
             .or_insert_with(|| Rate::new(&self.config, now_ms))
     }
@@ -493,18 +522,37 @@ mod tests {
     fn a_sustained_overload_is_throttled_in_proportion() {
         let q = quotas("producer_byte_rate", 1000.0);
         let mut last = 0;
-        // 3000 B/s for 30 s, never waiting out a throttle.
-        for i in 0..300 {
-            last = q.record(QuotaType::Produce, "alice", "c", 300.0, i * 100);
+        // 1500 B/s for 30 s, never waiting out a throttle.
+        for i in 0..150 {
+            last = q.record(QuotaType::Produce, "alice", "c", 300.0, i * 200);
         }
-        // 11 samples of 1 s hold 10.9 s at ~3000 B/s: about (3000 - 1000) / 1000 * 10.9 s.
-        assert!((21_000..=23_000).contains(&last), "{last}");
+        // 11 samples of 1 s hold 10.8 s at ~1500 B/s: (1528 - 1000) / 1000 * 10.8 s.
+        assert!((5_000..=6_500).contains(&last), "{last}");
     }
 
     #[test]
     fn request_throttles_are_capped_at_one_window() {
         let q = quotas("request_percentage", 10.0);
         assert_eq!(q.record(QuotaType::Request, "alice", "c", 5000.0, 0), 1000);
+    }
+
+    #[test]
+    fn byte_rate_throttles_are_capped_at_the_whole_window() {
+        let q = quotas("producer_byte_rate", 1.0);
+        assert_eq!(q.record(QuotaType::Produce, "alice", "c", 1e12, 0), 11_000);
+        assert_eq!(
+            q.record(QuotaType::Produce, "alice", "c", f64::INFINITY, 1),
+            11_000
+        );
+    }
+
+    #[test]
+    fn removing_every_quota_forgets_the_rates() {
+        let q = quotas("producer_byte_rate", 1000.0);
+        q.record(QuotaType::Produce, "alice", "c", 1.0, 0);
+        assert_eq!(q.sensor_count(), 1);
+        q.set_table(QuotaTable::new(Vec::new()));
+        assert_eq!(q.sensor_count(), 0);
     }
 
     #[test]

@@ -524,16 +524,20 @@ async fn start_audit(
     Ok((Auditor::start(&config, chain, sinks), topic))
 }
 
-/// Logs the audit chain's head every minute: recorded elsewhere (a log collector), it lets
-/// `shale audit verify --expect` show a truncated tail.
 /// `quota.window.num` and `quota.window.size.seconds`, checked as Kafka checks them (at
-/// least 1 each).
+/// least 1 each), and bounded: every client rate keeps one sample per window.
 fn quota_config(s: &Settings) -> anyhow::Result<shale_security::quota::QuotaConfig> {
     let samples: u32 = s.parse("quota.window.num")?;
     let seconds: u64 = s.parse("quota.window.size.seconds")?;
     let max_sensors: usize = s.parse("quota.sensors.max")?;
-    anyhow::ensure!(samples >= 1, "quota.window.num must be at least 1");
-    anyhow::ensure!(seconds >= 1, "quota.window.size.seconds must be at least 1");
+    anyhow::ensure!(
+        (1..=1000).contains(&samples),
+        "quota.window.num must be between 1 and 1000"
+    );
+    anyhow::ensure!(
+        (1..=3600).contains(&seconds),
+        "quota.window.size.seconds must be between 1 and 3600"
+    );
     anyhow::ensure!(max_sensors >= 1, "quota.sensors.max must be at least 1");
     Ok(shale_security::quota::QuotaConfig {
         samples,
@@ -542,6 +546,8 @@ fn quota_config(s: &Settings) -> anyhow::Result<shale_security::quota::QuotaConf
     })
 }
 
+/// Logs the audit chain's head every minute: recorded elsewhere (a log collector), it lets
+/// `shale audit verify --expect` show a truncated tail.
 async fn log_audit_head(auditor: shale_security::audit::Auditor) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {

@@ -253,7 +253,19 @@ fn offset_commit(gate: &Gate<'_>, cluster: &dyn Cluster, mut req: OffsetCommitRe
         gate.allows(AclOperation::Read, ResourceType::Topic, &t.name)
     });
     req.topics = ok;
-    let rewound = replay::check_commits(gate, cluster, &req.group_id, &mut req.topics);
+    let member = replay::Member {
+        id: &req.member_id,
+        instance: req.group_instance_id.as_deref(),
+        generation: req.generation_id_or_member_epoch,
+    };
+    let rewound = replay::check_commits(
+        gate,
+        cluster,
+        &req.group_id,
+        &member,
+        false,
+        &mut req.topics,
+    );
     let denied: Vec<_> = refused
         .iter()
         .map(|t| answer(t, TOPIC_DENIED))

@@ -162,6 +162,16 @@ pub(super) trait Cluster {
     /// The group's committed offset of the partition, `None` when it has none (or this
     /// node is not its coordinator: the commit then fails there).
     fn committed(&self, group: &str, topic: &str, partition: i32) -> Option<i64>;
+    /// Whether the coordinator would take this member's commit (`txn`: a TxnOffsetCommit's
+    /// checks). One it refuses gets the coordinator's error, never the replay check's.
+    fn accepts_commit(&self, group: &str, member: &Member<'_>, txn: bool) -> bool;
+}
+
+/// Who commits: the member id, static instance id and generation of a commit request.
+pub(super) struct Member<'a> {
+    pub id: &'a str,
+    pub instance: Option<&'a str>,
+    pub generation: i32,
 }
 
 /// The broker as the replay checks see it. The `Arc` lets a look-up outlive the request.
@@ -207,6 +217,12 @@ impl Cluster for BrokerCluster<'_> {
         }
     }
 
+    fn accepts_commit(&self, group: &str, member: &Member<'_>, txn: bool) -> bool {
+        self.0
+            .groups
+            .would_accept_commit(group, member.id, member.instance, member.generation, txn)
+    }
+
     fn committed(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
         let found = self
             .0
@@ -229,24 +245,53 @@ fn spawn_lookup(broker: &Arc<Broker>, topic: &str, partition: i32, id: StreamId,
     };
     let (broker, topic) = (broker.clone(), topic.to_string());
     runtime.spawn(async move {
-        let at = Instant::now();
+        // Should the look-up not finish (a panic, the runtime shutting down), the next use
+        // starts another rather than waiting for this one forever.
+        let mut pending = Pending {
+            cache: &cache,
+            id,
+            window_ms,
+            done: false,
+        };
         let now_ms = crate::now_ms();
         let part = match broker.partition(&topic, partition).await {
             Ok(part) => part,
             Err(_) => {
                 // No longer this node's to serve: its boundary goes with it.
+                pending.done = true;
                 cache.forget(id);
                 return;
             }
         };
-        match boundary(&part.stream, window_ms, now_ms).await {
-            Ok(offset) => cache.put(id, window_ms, offset, at),
+        let found = boundary(&part.stream, window_ms, now_ms).await;
+        pending.done = true;
+        match found {
+            // Its age counts from now: a slow look-up (a throttled store) must not leave
+            // every fetch waiting for one younger than SERVE_WITHIN. What was appended
+            // during the look-up is within the window anyway.
+            Ok(offset) => cache.put(id, window_ms, offset, Instant::now()),
             Err(e) => {
                 tracing::debug!(topic, partition, error = %e, "replay boundary look-up failed");
                 cache.failed(id, window_ms);
             }
         }
     });
+}
+
+/// A running look-up: ends it as failed unless it finished.
+struct Pending<'a> {
+    cache: &'a Boundaries,
+    id: StreamId,
+    window_ms: i64,
+    done: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.cache.failed(self.id, self.window_ms);
+        }
+    }
 }
 
 /// The first offset of the first batch whose timestamp is within the window (ListOffsets'
@@ -287,7 +332,7 @@ struct Entry {
     window_ms: i64,
     /// `None` until the first look-up finishes.
     offset: Option<i64>,
-    /// When the look-up that found `offset` started (or, before one did, when it was asked).
+    /// When the look-up that found `offset` finished (or, before one did, when it was asked).
     at: Instant,
     /// A look-up is running: no other starts.
     looking_up: bool,
@@ -328,7 +373,7 @@ impl Boundaries {
         }
     }
 
-    /// Records a finished look-up (started at `at`), unless the window changed meanwhile.
+    /// Records a look-up that finished at `at`, unless the window changed meanwhile.
     fn put(&self, id: StreamId, window_ms: i64, offset: i64, at: Instant) {
         if let Some(e) = self.entries.lock().get_mut(&id)
             && e.window_ms == window_ms
@@ -531,9 +576,20 @@ pub(super) fn check_commits<T: CommitTopic>(
     gate: &Gate<'_>,
     cluster: &dyn Cluster,
     group: &str,
+    member: &Member<'_>,
+    txn: bool,
     topics: &mut Vec<T>,
 ) -> Vec<(TopicName, Vec<i32>)> {
     let mut refused = Vec::new();
+    if !topics
+        .iter()
+        .any(|t| cluster.window_ms(&t.topic().to_string()).is_some())
+        || !cluster.accepts_commit(group, member, txn)
+    {
+        // A commit the coordinator refuses (a stale member) changes nothing: it gets the
+        // coordinator's error, and the client rejoins, as against Kafka.
+        return refused;
+    }
     topics.retain_mut(|t| {
         let name = t.topic().to_string();
         let Some(window) = cluster.window_ms(&name) else {
@@ -661,7 +717,7 @@ fn commit_reason(group: &str, rewinds: &[(i32, i64, i64)], window_ms: i64) -> St
 /// committed offsets by (group, topic, partition). Partitions not listed are `Elsewhere`.
 #[cfg(test)]
 pub(super) mod test_support {
-    use super::{Cluster, Served};
+    use super::{Cluster, Member, Served};
     use std::collections::HashMap;
 
     #[derive(Default)]
@@ -691,6 +747,9 @@ pub(super) mod test_support {
             self.committed
                 .get(&(group.to_string(), topic.to_string(), partition))
                 .copied()
+        }
+        fn accepts_commit(&self, _group: &str, member: &Member<'_>, _txn: bool) -> bool {
+            member.id != "stale"
         }
     }
 }
@@ -1155,7 +1214,12 @@ mod tests {
         c: &FakeCluster,
         mut topics: Vec<offset_commit_request::OffsetCommitRequestTopic>,
     ) -> (ByTopic, ByTopic) {
-        let refused = check_commits(&f.gate(), c, "g", &mut topics);
+        let member = Member {
+            id: "m",
+            instance: None,
+            generation: 1,
+        };
+        let refused = check_commits(&f.gate(), c, "g", &member, false, &mut topics);
         let kept = topics
             .iter()
             .map(|t| {
@@ -1181,6 +1245,29 @@ mod tests {
         );
         assert_eq!(kept, [("pay".into(), vec![1])]);
         assert_eq!(refused, [("pay".into(), vec![0])]);
+    }
+
+    #[test]
+    fn a_stale_members_commit_is_left_to_the_coordinator() {
+        // Its generation is gone: the coordinator answers ILLEGAL_GENERATION (the client
+        // rejoins), not an authorization error.
+        let mut topics = vec![commit_topic("pay", &[(0, 3)])];
+        let stale = Member {
+            id: "stale",
+            instance: None,
+            generation: 1,
+        };
+        let f = Fixture::new([]);
+        let refused = check_commits(
+            &f.gate(),
+            &committed_cluster(),
+            "g",
+            &stale,
+            false,
+            &mut topics,
+        );
+        assert!(refused.is_empty());
+        assert_eq!(topics.len(), 1);
     }
 
     #[test]

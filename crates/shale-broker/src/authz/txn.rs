@@ -379,7 +379,13 @@ fn txn_offset_commit(
         gate.allows(AclOperation::Read, ResourceType::Topic, &t.name)
     });
     req.topics = ok;
-    let rewound = replay::check_commits(gate, cluster, &req.group_id, &mut req.topics);
+    let member = replay::Member {
+        id: &req.member_id,
+        instance: req.group_instance_id.as_deref(),
+        generation: req.generation_id,
+    };
+    let rewound =
+        replay::check_commits(gate, cluster, &req.group_id, &member, true, &mut req.topics);
     let denied: Vec<_> = refused
         .iter()
         .map(|t| answer(t, TOPIC_DENIED))

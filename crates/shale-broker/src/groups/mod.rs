@@ -600,6 +600,35 @@ impl GroupCoordinator {
         (codes, values)
     }
 
+    /// Whether the coordinator would take a commit from this member at this generation
+    /// (`txn`: a TxnOffsetCommit's KIP-447 checks): the replay gate leaves the commits it
+    /// would refuse to it, so a stale member gets ILLEGAL_GENERATION / UNKNOWN_MEMBER_ID (and
+    /// rejoins), not an authorization error.
+    pub(crate) fn would_accept_commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+        txn: bool,
+    ) -> bool {
+        match self.lookup(group_id) {
+            Ok(Some(h)) => {
+                let g = h.group.lock();
+                if txn {
+                    g.validate_txn_commit(member_id, instance_id, generation)
+                        .is_ok()
+                } else {
+                    g.validate_commit(member_id, instance_id, generation)
+                        .is_ok()
+                }
+            }
+            // No group: only a commit without a generation creates one.
+            Ok(None) => generation < 0,
+            Err(_) => false,
+        }
+    }
+
     /// Committed offsets of a group: every partition when `topics` is None.
     #[allow(clippy::type_complexity)]
     pub(crate) fn fetch_offsets(

@@ -87,6 +87,17 @@ fn describe_filter(req: &DescribeClientQuotasRequest) -> Result<Vec<Component>, 
     let mut out: Vec<Component> = Vec::new();
     for c in &req.components {
         let t = c.entity_type.to_string();
+        // As Kafka's controller: an empty type is a bad request, another type one it does
+        // not know.
+        if t.is_empty() {
+            return Err(invalid("Invalid empty entity type."));
+        }
+        if t != USER && t != CLIENT_ID && t != "ip" {
+            return Err((
+                ResponseError::UnsupportedVersion,
+                format!("Custom entity type {t} is not supported"),
+            ));
+        }
         if out.iter().any(|(seen, _)| *seen == t) {
             return Err(invalid(format!(
                 "Duplicate {t} filter component entity type"
@@ -136,14 +147,23 @@ pub async fn alter_client_quotas(
     let mut results: Vec<(Vec<AlterEntity>, Result<(), Refusal>)> = Vec::new();
     let mut changes: Vec<shale_meta::QuotaChange> = Vec::new();
     let mut changed: Vec<usize> = Vec::new();
+    let mut seen: Vec<QuotaEntityMeta> = Vec::new();
     for entry in &req.entries {
         let echo = echo_entity(&entry.entity);
         let checked = check_entity(entry).and_then(|entity| {
-            let ops = entry
-                .ops
-                .iter()
-                .map(|op| check_op(&op.key, op.value, op.remove))
-                .collect::<Result<Vec<_>, _>>()?;
+            // As Kafka's controller: an entity once per request, a key once per entity.
+            if seen.contains(&entity) {
+                return Err(invalid("The same entity appears twice in the request"));
+            }
+            seen.push(entity.clone());
+            let mut ops: Vec<(String, Option<QuotaValue>)> = Vec::new();
+            for op in &entry.ops {
+                let checked = check_op(&op.key, op.value, op.remove)?;
+                if ops.iter().any(|(k, _)| *k == checked.0) {
+                    return Err(invalid(format!("Duplicate quota key {}", checked.0)));
+                }
+                ops.push(checked);
+            }
             Ok((entity, ops))
         });
         match checked {
@@ -253,9 +273,17 @@ fn check_op(key: &str, value: f64, remove: bool) -> Result<(String, Option<Quota
             "Proposed value for {key} must be a positive number, not {value}"
         )));
     }
-    if kind != QuotaType::Request && value.fract() != 0.0 {
-        // Kafka's wording.
-        return Err(invalid(format!("{key} cannot be a fractional value.")));
+    if kind != QuotaType::Request {
+        // Kafka's check and wording: a byte rate is a long, within 1e-6 of a whole number.
+        if (value - value.round()).abs() > 1e-6 {
+            return Err(invalid(format!("{key} cannot be a fractional value.")));
+        }
+        if value > i64::MAX as f64 {
+            return Err(invalid(format!(
+                "Proposed value for {key} is too large for a LONG."
+            )));
+        }
+        return Ok((key.to_string(), Some(QuotaValue(value.round()))));
     }
     Ok((key.to_string(), Some(QuotaValue(value))))
 }
@@ -299,6 +327,13 @@ mod tests {
         assert!(check_op("producer_byte_rate", 1024.0, false).is_ok());
         assert!(check_op("request_percentage", 12.5, false).is_ok());
         assert!(check_op("producer_byte_rate", 10.5, false).is_err());
+        assert!(check_op("producer_byte_rate", 1e300, false).is_err());
+        assert_eq!(
+            check_op("producer_byte_rate", 1_024.000_000_1, false)
+                .unwrap()
+                .1,
+            Some(QuotaValue(1024.0))
+        );
         assert!(check_op("consumer_byte_rate", -1.0, false).is_err());
         assert!(check_op("consumer_byte_rate", f64::NAN, false).is_err());
         assert!(check_op("no_such_key", 1.0, false).is_err());

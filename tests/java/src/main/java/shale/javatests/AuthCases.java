@@ -41,6 +41,10 @@ import org.apache.kafka.common.serialization.StringSerializer;
  *   {@code ok} when all N came back; {@code values} are what it read.</li>
  *   <li>{@code refused}: a producer asks for TOPIC's partitions (max.block.ms 15 s).
  *   {@code ok} when that fails; {@code error} and {@code causes} say how.</li>
+ *   <li>{@code steady}: one producer sends a record "s{i}" to partition 0 of TOPIC every
+ *   100 ms for N seconds, waiting for each acknowledgement, so that its connection outlives
+ *   a short SASL session (KIP-368 re-authentication). {@code ok} when every record was
+ *   acknowledged; {@code values} are the acknowledged ones.</li>
  * </ul>
  * Prints one JSON line a case, in order: {"case", "action", "ok", "values", "error", "causes",
  * "start_ms", "end_ms"} (wall-clock milliseconds, to find the case's audit events), and
@@ -67,9 +71,10 @@ public final class AuthCases {
                 switch (action) {
                     case "roundtrip" -> roundtrip(props, topic, n, values);
                     case "refused" -> partitions(props, topic);
+                    case "steady" -> steady(props, topic, n, values);
                     default -> throw new IllegalArgumentException("unknown action " + action);
                 }
-                ok = action.equals("roundtrip") && values.size() >= n;
+                ok = action.equals("roundtrip") ? values.size() >= n : action.equals("steady");
             } catch (Exception e) {
                 error = e;
                 ok = action.equals("refused");
@@ -126,6 +131,25 @@ public final class AuthCases {
                 for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(200))) {
                     values.add(r.value());
                 }
+            }
+        }
+    }
+
+    static void steady(Properties base, String topic, int seconds, List<String> values) throws Exception {
+        Properties p = new Properties();
+        p.putAll(base);
+        p.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        p.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        p.put(ProducerConfig.ACKS_CONFIG, "all");
+        p.put(ProducerConfig.MAX_BLOCK_MS_CONFIG, "20000");
+        p.put(ProducerConfig.DELIVERY_TIMEOUT_MS_CONFIG, "30000");
+        p.put(ProducerConfig.REQUEST_TIMEOUT_MS_CONFIG, "10000");
+        try (KafkaProducer<String, String> producer = new KafkaProducer<>(p)) {
+            long end = System.currentTimeMillis() + seconds * 1000L;
+            for (int i = 0; System.currentTimeMillis() < end; i++) {
+                producer.send(new ProducerRecord<>(topic, 0, "k" + i, "s" + i)).get(30, TimeUnit.SECONDS);
+                values.add("s" + i);
+                Thread.sleep(100);
             }
         }
     }
