@@ -64,9 +64,19 @@ impl TopicSink {
     }
 }
 
+/// How long the topic sink's first writes wait for the broker to be attached.
+const ATTACH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[async_trait::async_trait]
 impl AuditSink for TopicSink {
     async fn write(&mut self, lines: &[String]) -> io::Result<()> {
+        // Events of the node's start (its join, the first authentications) come before the
+        // broker is attached: they wait for it, briefly, rather than fail the sink (which,
+        // fail-closed, would refuse the node's first clients).
+        let deadline = tokio::time::Instant::now() + ATTACH_WAIT;
+        while self.broker.get().is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let broker = self
             .broker
             .get()

@@ -325,8 +325,9 @@ pub enum CredentialOp {
 /// `data` of an `authentication` event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Authentication {
-    /// On success the authenticated principal; on failure the identity the client claimed
-    /// (`User:<SASL username>`), if it got that far. Never the password.
+    /// On success the authenticated principal. On a failed exchange none: what a client
+    /// claims before proving it is not recorded as who it is. A session that expired names
+    /// the principal it had. Never a password or token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
     pub client: Client,
@@ -477,9 +478,9 @@ impl AuditEvent {
         }
     }
 
-    /// An authentication: `principal` is the authenticated one on success, the claimed one
-    /// (if any) on failure. Add the error and reason with [`with_error`](Self::with_error)
-    /// and [`with_reason`](Self::with_reason).
+    /// An authentication: `principal` as [`Authentication::principal`] says. Add the error
+    /// and reason with [`with_error`](Self::with_error) and
+    /// [`with_reason`](Self::with_reason).
     pub fn authentication(
         client: Client,
         mechanism: impl Into<String>,
