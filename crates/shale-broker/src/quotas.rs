@@ -225,7 +225,8 @@ impl RequestQuota {
 
     /// The most record bytes a fetch may answer with: what fits the fetch quota's window.
     pub(crate) fn fetch_max_bytes(&self, broker: &Broker) -> Option<i32> {
-        let quotas = broker.quotas_in_force()?;
+        // The table was brought up to date when the request started.
+        let quotas = &broker.quotas.quotas;
         let max = quotas.max_value_in_window(QuotaType::Fetch, &self.user, &self.client_id)?;
         Some(max.clamp(1.0, f64::from(i32::MAX)) as i32)
     }
@@ -234,9 +235,9 @@ impl RequestQuota {
     /// throttle (ms), 0 when the client is within its quotas. A throttled fetch is to be
     /// answered without records (its bytes are taken back here).
     pub(crate) fn finish(&self, broker: &Broker, spent: Duration, fetched: Option<u64>) -> u64 {
-        let Some(quotas) = broker.quotas_in_force() else {
-            return self.throttle_ms;
-        };
+        // As at the start: no second look at the metadata per request. A quota removed
+        // meanwhile resolves to nothing and records nothing.
+        let quotas = &broker.quotas.quotas;
         let now = broker.quota_clock_ms();
         let mut throttle = self.throttle_ms;
         if self.count_time {
